@@ -1,0 +1,72 @@
+# kubeshot — every target does its own set-up, so a fresh machine needs only `make run` / `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CHROMIUM ?= /usr/bin/chromium
+PYTEST_ARGS ?=
+
+.PHONY: setup chromium run test test-unit test-browser test-gateway test-cluster lint crds openapi bench testenv testenv-up testenv-down clean
+
+setup: $(STAMP) chromium
+
+# Debian's Chromium: Playwright drives it through executable_path (its own downloads are not used).
+chromium:
+	@if [ ! -x "$(CHROMIUM)" ]; then \
+	  echo "installing Debian's chromium"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium fonts-liberation >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,operator,capture]'
+	touch $@
+
+run: setup
+	$(BIN)/kubeshot serve
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+crds: $(STAMP)
+	$(BIN)/kubeshot crds --write crds/
+
+openapi: $(STAMP)
+	$(BIN)/kubeshot openapi --write operator/kubeshot/gateway/openapi.json
+
+# Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kubectl, helm) from Go modules.
+testenv:
+	testenv/build.sh
+
+testenv-up: testenv
+	testenv/up.sh
+
+testenv-down:
+	testenv/down.sh
+
+test: setup lint testenv
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(BIN)/pytest -m unit $(PYTEST_ARGS)
+
+test-browser: setup
+	$(BIN)/pytest -m browser $(PYTEST_ARGS)
+
+test-gateway: setup
+	$(BIN)/pytest -m gateway $(PYTEST_ARGS)
+
+test-cluster: setup testenv
+	$(BIN)/pytest -m cluster $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python bench/capture.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
