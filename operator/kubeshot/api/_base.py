@@ -1,0 +1,25 @@
+"""The base model every kubeshot resource model derives from: camelCase on the wire, strict."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+
+class Model(BaseModel):
+    """camelCase aliases (the CRD's and the HTTP API's spelling), snake_case in Python.
+
+    Unknown fields are rejected: an option that is not understood must never be silently ignored.
+    """
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        use_attribute_docstrings=True,
+    )
+
+    def to_wire(self) -> dict[str, object]:
+        """The document as the CRD and the HTTP API spell it (camelCase, unset fields omitted)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)

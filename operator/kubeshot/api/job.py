@@ -1,0 +1,146 @@
+"""CaptureJob, the engine's report, and the request a capture pod reads."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field
+
+from kubeshot.api._base import Model
+from kubeshot.api.capture import CaptureOptions
+from kubeshot.api.policy import Condition, ProxyCredentials, ScreenshotPolicySpec
+from kubeshot.api.reasons import FailureReason
+
+
+class CaptureJobSpec(CaptureOptions):
+    """A capture to run in a short-lived, locked-down pod under a ScreenshotPolicy."""
+
+    policy_ref: str | None = Field(default=None, max_length=253)
+    """Name of the ScreenshotPolicy in this namespace; `default` when unset."""
+    retries: int = Field(default=2, ge=0, le=10)
+    """Further attempts after a retriable failure (pod lost, internal error)."""
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    """Delete the job this long after it finished; the policy's TTL when unset."""
+
+    def capture_options(self) -> CaptureOptions:
+        return CaptureOptions.model_validate(
+            self.model_dump(exclude={"policy_ref", "retries", "ttl_seconds_after_finished"})
+        )
+
+
+class Phase(StrEnum):
+    """Where a CaptureJob is in its life."""
+
+    PENDING = "Pending"
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+    @property
+    def finished(self) -> bool:
+        return self in {Phase.SUCCEEDED, Phase.FAILED}
+
+
+class ResultSummary(Model):
+    """The verified artifact of a capture."""
+
+    content_type: str
+    """MIME type of the artifact."""
+    bytes: int = Field(ge=0)
+    """Size of the artifact in bytes."""
+    sha256: str = Field(pattern="^[0-9a-f]{64}$")
+    """SHA-256 of the artifact."""
+    width: int | None = None
+    """Image width in pixels (images), or first page width in points (pdf)."""
+    height: int | None = None
+    """Image height in pixels (images), or first page height in points (pdf)."""
+    url: str | None = None
+    """Where to download the artifact."""
+
+
+class Failure(Model):
+    """Why a capture failed."""
+
+    reason: FailureReason
+    """One of the closed set of failure reasons."""
+    message: str = Field(max_length=1024)
+    """What happened, in words a user understands."""
+
+
+class Timings(Model):
+    """Where a capture's time went, in milliseconds."""
+
+    total_ms: float = 0
+    """The whole capture."""
+    setup_ms: float = 0
+    """Browser context and page preparation."""
+    navigation_ms: float = 0
+    """Navigation and waits."""
+    render_ms: float = 0
+    """Rendering, encoding and verification of the artifact."""
+
+
+class CaptureReport(ResultSummary):
+    """What the engine reports of a successful capture (`kubeshot capture --json`)."""
+
+    format: str
+    """Output format."""
+    pages: int | None = None
+    """Number of pages (pdf)."""
+    final_url: str | None = None
+    """The page's URL after redirects."""
+    blocked_requests: int = 0
+    """Requests the egress guard refused."""
+    bytes_transferred: int = 0
+    """Bytes the page fetched through the egress guard."""
+    timings: Timings = Field(default_factory=Timings)
+    """Timings."""
+
+    def summary(self) -> ResultSummary:
+        return ResultSummary.model_validate(self.model_dump(include=set(ResultSummary.model_fields)))
+
+
+class CaptureJobStatus(Model):
+    """What the operator observed of a CaptureJob."""
+
+    phase: Phase = Phase.PENDING
+    """Pending, Queued, Running, Succeeded or Failed."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """Conditions."""
+    observed_generation: int | None = None
+    """The generation last reconciled."""
+    pod_name: str | None = None
+    """The capture pod of the current attempt."""
+    attempts: int = 0
+    """Attempts started."""
+    start_time: str | None = None
+    """When the first attempt started (RFC 3339)."""
+    completion_time: str | None = None
+    """When the job finished (RFC 3339)."""
+    result: ResultSummary | None = None
+    """The artifact, when Succeeded."""
+    failure: Failure | None = None
+    """Why it failed, when Failed."""
+
+
+class UploadTarget(Model):
+    """Where a capture pod sends its artifact."""
+
+    url: str = Field(pattern=r"^https?://")
+    """Upload URL of the gateway's result store."""
+    token: str = Field(min_length=16)
+    """Bearer token valid for this job's upload only."""
+
+
+class CaptureRequest(Model):
+    """What a capture pod reads from its Secret: the options and the effective policy."""
+
+    options: CaptureOptions
+    """The capture."""
+    policy: ScreenshotPolicySpec = Field(default_factory=ScreenshotPolicySpec)
+    """The effective ScreenshotPolicy."""
+    proxy: ProxyCredentials | None = None
+    """Resolved upstream proxy and credentials."""
+    upload: UploadTarget | None = None
+    """Where to upload the artifact; the artifact is written to a file when unset."""

@@ -1,0 +1,101 @@
+"""One error vocabulary, from engine exit code to CaptureJob status to HTTP error code."""
+
+from __future__ import annotations
+
+from enum import IntEnum, StrEnum
+
+
+class ExitCode(IntEnum):
+    """Exit codes of `kubeshot capture` and of the capture pod."""
+
+    OK = 0
+    INTERNAL = 1
+    INVALID_INPUT = 2
+    BLOCKED = 3
+    CAPTURE_FAILED = 4
+    RESOURCE_LIMIT = 5
+
+
+class FailureReason(StrEnum):
+    """Why a capture failed. A closed set: CaptureJob `status.failure.reason` is one of these."""
+
+    INVALID_SPEC = "InvalidSpec"
+    POLICY_NOT_FOUND = "PolicyNotFound"
+    POLICY_VIOLATION = "PolicyViolation"
+    BLOCKED_BY_POLICY = "BlockedByPolicy"
+    NAVIGATION_FAILED = "NavigationFailed"
+    TIMEOUT = "Timeout"
+    MEMORY_LIMIT_EXCEEDED = "MemoryLimitExceeded"
+    DOWNLOAD_LIMIT_EXCEEDED = "DownloadLimitExceeded"
+    RESULT_TOO_LARGE = "ResultTooLarge"
+    POD_LOST = "PodLost"
+    INTERNAL = "Internal"
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return _EXIT_CODES[self]
+
+    @property
+    def http_status(self) -> int:
+        return _HTTP[self][0]
+
+    @property
+    def error_code(self) -> str:
+        """The `error.code` of the gateway's JSON errors."""
+        return _HTTP[self][1]
+
+    @property
+    def retriable(self) -> bool:
+        """Whether another attempt may succeed (the operator retries these, with backoff)."""
+        return self in {FailureReason.POD_LOST, FailureReason.INTERNAL}
+
+    @classmethod
+    def from_exit_code(cls, code: int) -> FailureReason:
+        """The reason an engine exit code stands for when no termination message says more."""
+        return {
+            ExitCode.INVALID_INPUT: cls.INVALID_SPEC,
+            ExitCode.BLOCKED: cls.BLOCKED_BY_POLICY,
+            ExitCode.CAPTURE_FAILED: cls.NAVIGATION_FAILED,
+            ExitCode.RESOURCE_LIMIT: cls.DOWNLOAD_LIMIT_EXCEEDED,
+        }.get(code, cls.INTERNAL)  # type: ignore[call-overload]
+
+
+_EXIT_CODES: dict[FailureReason, ExitCode] = {
+    FailureReason.INVALID_SPEC: ExitCode.INVALID_INPUT,
+    FailureReason.POLICY_NOT_FOUND: ExitCode.INVALID_INPUT,
+    FailureReason.POLICY_VIOLATION: ExitCode.BLOCKED,
+    FailureReason.BLOCKED_BY_POLICY: ExitCode.BLOCKED,
+    FailureReason.NAVIGATION_FAILED: ExitCode.CAPTURE_FAILED,
+    FailureReason.TIMEOUT: ExitCode.CAPTURE_FAILED,
+    FailureReason.MEMORY_LIMIT_EXCEEDED: ExitCode.RESOURCE_LIMIT,
+    FailureReason.DOWNLOAD_LIMIT_EXCEEDED: ExitCode.RESOURCE_LIMIT,
+    FailureReason.RESULT_TOO_LARGE: ExitCode.RESOURCE_LIMIT,
+    FailureReason.POD_LOST: ExitCode.CAPTURE_FAILED,
+    FailureReason.INTERNAL: ExitCode.INTERNAL,
+}
+
+_HTTP: dict[FailureReason, tuple[int, str]] = {
+    FailureReason.INVALID_SPEC: (400, "invalid_request"),
+    FailureReason.POLICY_NOT_FOUND: (403, "blocked_by_policy"),
+    FailureReason.POLICY_VIOLATION: (403, "blocked_by_policy"),
+    FailureReason.BLOCKED_BY_POLICY: (403, "blocked_by_policy"),
+    FailureReason.NAVIGATION_FAILED: (502, "capture_failed"),
+    FailureReason.TIMEOUT: (504, "timeout"),
+    FailureReason.MEMORY_LIMIT_EXCEEDED: (422, "resource_limit"),
+    FailureReason.DOWNLOAD_LIMIT_EXCEEDED: (422, "resource_limit"),
+    FailureReason.RESULT_TOO_LARGE: (422, "resource_limit"),
+    FailureReason.POD_LOST: (503, "unavailable"),
+    FailureReason.INTERNAL: (500, "internal"),
+}
+
+
+class CaptureError(Exception):
+    """A capture that did not produce a verified artifact, with the reason users see."""
+
+    def __init__(self, reason: FailureReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.reason.value}: {self.message}"
