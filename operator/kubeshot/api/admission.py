@@ -19,7 +19,11 @@ def domain_matches(host: str, suffixes: list[str]) -> bool:
 
 
 def violations(options: CaptureOptions, policy: ScreenshotPolicySpec) -> list[str]:
-    """Every way the options break the policy, in words a caller understands."""
+    """Every way the options break the policy, in words a caller understands.
+
+    Ports and addresses are the egress guard's to judge: they depend on where a name resolves
+    (addresses in `allowedCIDRs` are reachable on any port).
+    """
     found: list[str] = []
     features, limits, network = policy.features, policy.limits, policy.network
     if options.format not in features.allowed_formats:
@@ -46,9 +50,6 @@ def violations(options: CaptureOptions, policy: ScreenshotPolicySpec) -> list[st
             found.append(f"domain {host} is blocked by the policy")
         elif network.allowed_domains and not domain_matches(host, network.allowed_domains):
             found.append(f"domain {host} is not in the policy's allowed domains")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        if port not in network.allowed_ports:
-            found.append(f"port {port} is not allowed by the policy")
     return found
 
 
