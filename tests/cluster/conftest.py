@@ -1,0 +1,147 @@
+"""Cluster tier: a real etcd + kube-apiserver + kube-controller-manager, started once per session.
+
+The control plane starts only when a test asks for one of these fixtures (`control_plane`,
+`kubeconfig`, `kubectl`, `namespace`, `kubeshot_crds`), never for tests that don't. Binaries come
+from `make testenv` (testenv/build.sh) or from $KUBESHOT_TESTENV_BIN.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# pytest puts tests/ (not the repository root) on sys.path for tests/conftest.py; `tests.conftest`
+# needs the root. (pyproject's `[tool.pytest.ini_options] pythonpath = ["."]` would do the same.)
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from tests.conftest import ROOT, need  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location(
+    "kubeshot_testenv_controlplane", ROOT / "testenv" / "controlplane.py"
+)
+assert _spec is not None
+assert _spec.loader is not None
+controlplane = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = controlplane
+_spec.loader.exec_module(controlplane)
+
+CRD_DIR = ROOT / "crds"
+KUBESHOT_CRDS = ("kubeshot.dev_screenshotpolicies.yaml", "kubeshot.dev_capturejobs.yaml")
+
+
+class Kubectl:
+    """The built kubectl, bound to the test cluster's admin kubeconfig."""
+
+    def __init__(self, binary: Path, kubeconfig: Path) -> None:
+        self.binary = binary
+        self.kubeconfig = kubeconfig
+
+    def __call__(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `kubectl ARGS`; with check=True a non-zero exit fails the test, showing stderr."""
+        proc = subprocess.run(
+            [str(self.binary), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            pytest.fail(
+                f"kubectl {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}", pytrace=False
+            )
+        return proc
+
+    def json(self, *args: str) -> Any:
+        """`kubectl ARGS -o json`, decoded."""
+        return json.loads(self(*args, "-o", "json").stdout)
+
+    def apply(self, manifest: dict[str, Any] | str, *args: str, check: bool = True):
+        """`kubectl apply -f -` of one manifest (a dict is sent as JSON)."""
+        text = manifest if isinstance(manifest, str) else json.dumps(manifest)
+        return self("apply", "-f", "-", *args, input=text, check=check)
+
+
+@pytest.fixture(scope="session")
+def testenv_bin_dir() -> Path:
+    bin_dir = controlplane.find_bin_dir()
+    missing = controlplane.missing_binaries(bin_dir)
+    need(not missing, f"cluster binaries missing in {bin_dir}: {missing}; run `make testenv`")
+    return bin_dir
+
+
+@pytest.fixture(scope="session")
+def control_plane(testenv_bin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A running controlplane.ControlPlane: `.server`, `.kubeconfig`, `.request()`, ..."""
+    cp = controlplane.ControlPlane(testenv_bin_dir, tmp_path_factory.mktemp("controlplane"))
+    started = time.monotonic()
+    cp.start()
+    cp.startup_seconds = time.monotonic() - started
+    try:
+        yield cp
+    finally:
+        cp.stop()
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(control_plane: Any) -> Path:
+    """Path of the admin (system:masters) kubeconfig of the session's control plane."""
+    return Path(control_plane.kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def kubectl(testenv_bin_dir: Path, kubeconfig: Path) -> Kubectl:
+    return Kubectl(testenv_bin_dir / "kubectl", kubeconfig)
+
+
+@pytest.fixture
+def namespace(control_plane: Any, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for this test, enforcing the `restricted` Pod Security Standard.
+
+    Capture pods must meet `restricted`, so every test namespace enforces it; a test that needs
+    less relabels its namespace. Deleted (without waiting) after the test.
+    """
+    # generateName must be a DNS label prefix: lower-case letters, digits and dashes.
+    test_name = "".join(c if c.isalnum() else "-" for c in request.node.name[:40].lower())
+    body = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "generateName": f"t-{test_name.strip('-')}-",
+            "labels": {
+                "pod-security.kubernetes.io/enforce": "restricted",
+                "pod-security.kubernetes.io/warn": "restricted",
+                "kubeshot.dev/test": "true",
+            },
+        },
+    }
+    status, created = control_plane.request("POST", "/api/v1/namespaces", body)
+    assert status == 201, created
+    name: str = created["metadata"]["name"]
+    try:
+        yield name
+    finally:
+        control_plane.request("DELETE", f"/api/v1/namespaces/{name}")
+
+
+@pytest.fixture(scope="session")
+def kubeshot_crds(kubectl: Kubectl) -> list[str]:
+    """The kubeshot CRDs from crds/, applied and Established; returns their names."""
+    files = [CRD_DIR / name for name in KUBESHOT_CRDS]
+    need(all(f.exists() for f in files), f"CRDs not generated yet in {CRD_DIR} (make crds)")
+    args = [arg for f in files for arg in ("-f", str(f))]
+    kubectl("apply", "--server-side", *args)
+    names = [d["metadata"]["name"] for d in kubectl.json("get", *args)["items"]]
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names])
+    return names

@@ -1,0 +1,121 @@
+"""The test control plane behaves like a real cluster where operators break: RBAC with
+service-account tokens, Pod Security admission, garbage collection by the controller-manager."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tests.cluster.conftest import Kubectl
+
+
+def _wait_until(predicate: Any, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_version_is_the_pinned_release(kubectl: Kubectl) -> None:
+    server = json.loads(kubectl("version", "-o", "json").stdout)["serverVersion"]
+    assert server["gitVersion"].startswith("v1.")
+    assert server["major"] == "1"
+
+
+def test_service_account_token_is_authorized_by_rbac(kubectl: Kubectl, namespace: str) -> None:
+    kubectl("create", "serviceaccount", "robot", "-n", namespace)
+    token = kubectl("create", "token", "robot", "-n", namespace, "--duration=10m").stdout.strip()
+    as_robot = ("--token", token, "--user", "", "-n", namespace)
+    # `--user ""` keeps kubectl from also sending the admin client certificate.
+
+    def can_list_configmaps() -> str:
+        return kubectl("auth", "can-i", "list", "configmaps", *as_robot, check=False).stdout.strip()
+
+    assert kubectl("auth", "whoami", "-o", "json", *as_robot).stdout.count(
+        f"system:serviceaccount:{namespace}:robot"
+    )
+    assert can_list_configmaps() == "no"
+    denied = kubectl("get", "configmaps", *as_robot, check=False)
+    assert denied.returncode != 0
+    assert "forbidden" in denied.stderr
+
+    kubectl("create", "role", "reader", "--verb=get,list", "--resource=configmaps", "-n", namespace)
+    kubectl(
+        "create", "rolebinding", "robot-reads", "--role=reader",
+        f"--serviceaccount={namespace}:robot", "-n", namespace,
+    )  # fmt: skip
+    assert _wait_until(lambda: can_list_configmaps() == "yes")
+    kubectl("get", "configmaps", *as_robot)
+
+
+def test_pod_security_admission_enforces_restricted(kubectl: Kubectl, namespace: str) -> None:
+    privileged = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "privileged", "namespace": namespace},
+        "spec": {
+            "containers": [
+                {"name": "c", "image": "busybox", "securityContext": {"privileged": True}}
+            ]
+        },
+    }
+    rejected = kubectl.apply(privileged, check=False)
+    assert rejected.returncode != 0
+    assert 'violates PodSecurity "restricted:latest"' in rejected.stderr
+    assert "privileged" in rejected.stderr
+
+    restricted = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "restricted", "namespace": namespace},
+        "spec": {
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": "c",
+                    "image": "busybox",
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                }
+            ],
+        },
+    }
+    kubectl.apply(restricted)
+
+
+def test_controller_manager_collects_garbage_and_publishes_root_ca(
+    kubectl: Kubectl, namespace: str
+) -> None:
+    owner = kubectl.json("create", "configmap", "owner", "-n", namespace)
+    dependent = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "dependent",
+            "namespace": namespace,
+            "ownerReferences": [
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "name": "owner",
+                    "uid": owner["metadata"]["uid"],
+                }
+            ],
+        },
+    }
+    kubectl.apply(dependent)
+    kubectl("delete", "configmap", "owner", "-n", namespace)
+
+    def dependent_gone() -> bool:
+        got = kubectl("get", "configmap", "dependent", "-n", namespace, check=False)
+        return got.returncode != 0 and "NotFound" in got.stderr
+
+    assert _wait_until(dependent_gone), "garbage collector did not delete the dependent"
+    root_ca = ("get", "configmap", "kube-root-ca.crt", "-n", namespace)
+    assert _wait_until(lambda: kubectl(*root_ca, check=False).returncode == 0)
