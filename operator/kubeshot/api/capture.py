@@ -323,17 +323,18 @@ CROSS_FIELD_RULES: tuple[CrossFieldRule, ...] = (
         lambda o: (o.url is None) != (o.html is None),
     ),
     CrossFieldRule(
-        "!has(self.quality) || self.format in ['jpeg', 'webp']",
+        "!has(self.quality) || (has(self.format) && self.format in ['jpeg', 'webp'])",
         "quality applies to jpeg and webp only",
         lambda o: o.quality is None or o.format in {Format.JPEG, Format.WEBP},
     ),
     CrossFieldRule(
-        "!has(self.pdf) || self.format == 'pdf'",
+        "!has(self.pdf) || (has(self.format) && self.format == 'pdf')",
         "pdf options apply to format pdf only",
         lambda o: o.pdf is None or o.format is Format.PDF,
     ),
     CrossFieldRule(
-        "!has(self.fullPage) || !self.fullPage || self.format in ['png', 'jpeg', 'webp']",
+        "!has(self.fullPage) || !self.fullPage || !has(self.format)"
+        " || self.format in ['png', 'jpeg', 'webp']",
         "fullPage applies to image formats only",
         lambda o: not o.full_page or o.format.is_image,
     ),
@@ -343,18 +344,19 @@ CROSS_FIELD_RULES: tuple[CrossFieldRule, ...] = (
         lambda o: not (o.full_page and o.selector is not None),
     ),
     CrossFieldRule(
-        "!has(self.selector) || self.format != 'pdf'",
+        "!has(self.selector) || !has(self.format) || self.format != 'pdf'",
         "selector does not apply to pdf",
         lambda o: o.selector is None or o.format is not Format.PDF,
     ),
     CrossFieldRule(
-        "!has(self.omitBackground) || !self.omitBackground || self.format in ['png', 'webp']",
+        "!has(self.omitBackground) || !self.omitBackground || !has(self.format)"
+        " || self.format in ['png', 'webp']",
         "omitBackground applies to png and webp only (jpeg has no transparency)",
         lambda o: not o.omit_background or o.format in {Format.PNG, Format.WEBP},
     ),
     CrossFieldRule(
         "!has(self.deviceScaleFactor) || self.deviceScaleFactor == 1.0"
-        " || self.format in ['png', 'jpeg', 'webp']",
+        " || !has(self.format) || self.format in ['png', 'jpeg', 'webp']",
         "deviceScaleFactor applies to image formats only",
         lambda o: o.device_scale_factor == 1.0 or o.format.is_image,
     ),

@@ -1,0 +1,453 @@
+"""The capture engine: one Chromium, a fresh context per capture, every option honoured.
+
+Isolation: every capture runs in a browser context of its own that is closed afterwards; a
+spare context (opened ahead of time, with a page, used once) only saves the time of opening it.
+All traffic goes through the egress guard, which decides what the page may reach.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    Page,
+    Playwright,
+    Response,
+    Route,
+    async_playwright,
+)
+from playwright.async_api import Error as PlaywrightError
+from playwright.async_api import TimeoutError as PlaywrightTimeout
+
+from kubeshot.api import (
+    CaptureError,
+    CaptureOptions,
+    CaptureReport,
+    FailureReason,
+    Format,
+    ProxyCredentials,
+    ScreenshotPolicySpec,
+    Timings,
+)
+from kubeshot.api.admission import admit, effective_timeout
+from kubeshot_capture import artifacts
+from kubeshot_capture.blocklists import COOKIE_BANNER_CSS, is_ad_request
+from kubeshot_capture.browser import chromium_args, chromium_executable
+from kubeshot_capture.guard import EgressGuard, EgressSession
+
+log = logging.getLogger(__name__)
+
+DEFAULT_POLICY = ScreenshotPolicySpec()
+# Context options that can only be chosen when a context is created; a capture that sets any of
+# them gets a context of its own instead of a spare one.
+_CREATION_ONLY = ("user_agent", "locale", "timezone")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A verified capture: the bytes and what the engine knows of them."""
+
+    data: bytes
+    report: CaptureReport
+
+
+@dataclass
+class _Spare:
+    context: BrowserContext
+    page: Page
+
+
+class CaptureEngine:
+    """Captures pages in one Chromium. Use as an async context manager; one capture at a time.
+
+    Args:
+        spare_contexts: contexts opened ahead of time (each used once, then closed). 0 opens
+            every context on demand.
+        guard: the egress guard; a new one by default. Passing one is for tests.
+    """
+
+    def __init__(self, *, spare_contexts: int = 1, guard: EgressGuard | None = None) -> None:
+        self._spare_target = spare_contexts
+        self._guard = guard if guard is not None else EgressGuard()
+        self._playwright: Playwright | None = None
+        self._browser: Browser | None = None
+        self._spares: asyncio.Queue[_Spare] = asyncio.Queue()
+        self._refills: set[asyncio.Task[None]] = set()
+        self._lock = asyncio.Lock()
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self._stack.enter_async_context(self._guard)
+            self._playwright = await self._stack.enter_async_context(async_playwright())
+            self._browser = await self._playwright.chromium.launch(
+                executable_path=chromium_executable(),
+                args=chromium_args() + self._guard.launch_args(),
+                proxy=self._guard.browser_proxy,  # type: ignore[arg-type]
+                headless=True,
+            )
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        for _ in range(self._spare_target):
+            self._refill()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        for task in self._refills:
+            task.cancel()
+        await asyncio.gather(*self._refills, return_exceptions=True)
+        while not self._spares.empty():
+            spare = self._spares.get_nowait()
+            with contextlib.suppress(PlaywrightError):
+                await spare.context.close()
+        if self._browser is not None:
+            with contextlib.suppress(PlaywrightError):
+                await self._browser.close()
+            self._browser = None
+        await self._stack.aclose()
+
+    @property
+    def browser(self) -> Browser:
+        if self._browser is None:
+            raise RuntimeError("CaptureEngine is not started: use `async with CaptureEngine()`")
+        return self._browser
+
+    async def capture(
+        self,
+        options: CaptureOptions,
+        policy: ScreenshotPolicySpec = DEFAULT_POLICY,
+        proxy: ProxyCredentials | None = None,
+    ) -> Artifact:
+        """Capture under the policy. Raises CaptureError with the reason users see."""
+        admit(options, policy)
+        async with self._lock:
+            session = self._guard.session(
+                policy.network,
+                max_download_bytes=policy.limits.max_download_bytes,
+                upstream=proxy,
+            )
+            try:
+                async with asyncio.timeout(effective_timeout(options, policy)):
+                    return await self._capture(options, policy, session)
+            except TimeoutError as exc:
+                self._raise_if_guard_stopped(session)
+                seconds = effective_timeout(options, policy)
+                raise CaptureError(
+                    FailureReason.TIMEOUT, f"capture did not finish within {seconds} s"
+                ) from exc
+            finally:
+                session.close()
+
+    async def _capture(
+        self, options: CaptureOptions, policy: ScreenshotPolicySpec, session: EgressSession
+    ) -> Artifact:
+        started = time.perf_counter()
+        if options.url is not None:
+            await session.preflight(options.url)
+        context, page = await self._open(options, policy)
+        try:
+            setup_done = time.perf_counter()
+            final_url = await self._load(page, options, session)
+            await self._prepare(page, options)
+            loaded = time.perf_counter()
+            data = await self._render(page, options, policy)
+            self._raise_if_guard_stopped(session)
+            if len(data) > policy.limits.max_result_bytes:
+                raise CaptureError(
+                    FailureReason.RESULT_TOO_LARGE,
+                    f"artifact of {len(data)} bytes exceeds the limit of "
+                    f"{policy.limits.max_result_bytes} bytes",
+                )
+            verified = artifacts.verify(data, options.format)
+            done = time.perf_counter()
+        finally:
+            with contextlib.suppress(PlaywrightError):
+                await context.close()
+        report = CaptureReport(
+            format=options.format.value,
+            content_type=verified.content_type,
+            bytes=len(data),
+            sha256=verified.sha256,
+            width=verified.width,
+            height=verified.height,
+            pages=verified.pages,
+            final_url=final_url,
+            blocked_requests=session.blocked_requests,
+            bytes_transferred=session.bytes_transferred,
+            timings=Timings(
+                total_ms=_ms(done - started),
+                setup_ms=_ms(setup_done - started),
+                navigation_ms=_ms(loaded - setup_done),
+                render_ms=_ms(done - loaded),
+            ),
+        )
+        return Artifact(data=data, report=report)
+
+    # -- contexts ---------------------------------------------------------------------------
+
+    def _refill(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._open_spare())
+        self._refills.add(task)
+        task.add_done_callback(self._refills.discard)
+
+    async def _open_spare(self) -> None:
+        try:
+            context = await self.browser.new_context(**_base_context_options())
+            page = await context.new_page()
+        except PlaywrightError as exc:  # browser closing: nothing to keep
+            log.debug("spare context not opened: %s", exc)
+            return
+        await self._spares.put(_Spare(context, page))
+
+    async def _open(
+        self, options: CaptureOptions, policy: ScreenshotPolicySpec
+    ) -> tuple[BrowserContext, Page]:
+        ignore_https = policy.network.ignore_https_errors
+        fresh = ignore_https or any(getattr(options, f) is not None for f in _CREATION_ONLY)
+        fresh = fresh or options.device_scale_factor != 1.0
+        if fresh or self._spare_target == 0:
+            context = await self.browser.new_context(
+                **_base_context_options(),
+                user_agent=options.user_agent,
+                locale=options.locale,
+                timezone_id=options.timezone,
+                device_scale_factor=options.device_scale_factor,
+                ignore_https_errors=ignore_https,
+            )
+            page = await context.new_page()
+        else:
+            spare = await self._spares.get()
+            context, page = spare.context, spare.page
+            self._refill()
+        await self._configure(context, page, options)
+        return context, page
+
+    async def _configure(self, context: BrowserContext, page: Page, options: CaptureOptions) -> None:
+        page.on("dialog", _dismiss_dialog)
+        context.on("page", _close_popup)
+        await page.set_viewport_size(
+            {"width": options.viewport.width, "height": options.viewport.height}
+        )
+        await page.emulate_media(color_scheme="dark" if options.dark_mode else "light")
+        if options.headers:
+            await context.set_extra_http_headers(options.headers)
+        if options.geolocation is not None:
+            await context.grant_permissions(["geolocation"])
+            await context.set_geolocation(options.geolocation.model_dump())
+        if options.cookies:
+            await context.add_cookies([_cookie(c, options) for c in options.cookies])
+        if options.block_ads:
+            await context.route(is_ad_request, _abort_ad)
+
+    # -- loading ----------------------------------------------------------------------------
+
+    async def _load(self, page: Page, options: CaptureOptions, session: EgressSession) -> str | None:
+        wait_until = options.wait_until.value
+        try:
+            if options.url is not None:
+                response = await page.goto(options.url, wait_until=wait_until)  # type: ignore[arg-type]
+                self._raise_if_blocked(session, options.url, response)
+            else:
+                assert options.html is not None
+                await page.set_content(options.html, wait_until=wait_until)  # type: ignore[arg-type]
+                response = None
+        except PlaywrightTimeout as exc:
+            self._raise_if_guard_stopped(session)
+            raise CaptureError(FailureReason.TIMEOUT, f"navigation timed out: {exc.message}") from exc
+        except PlaywrightError as exc:
+            if options.url is not None:
+                self._raise_if_blocked(session, options.url, None)
+            self._raise_if_guard_stopped(session)
+            raise CaptureError(
+                FailureReason.NAVIGATION_FAILED, f"navigation failed: {_first_line(exc.message)}"
+            ) from exc
+        self._raise_if_guard_stopped(session)
+        if options.wait_for_selector is not None:
+            try:
+                await page.wait_for_selector(options.wait_for_selector, state="visible")
+            except PlaywrightTimeout as exc:
+                raise CaptureError(
+                    FailureReason.TIMEOUT,
+                    f"no element matching waitForSelector {options.wait_for_selector!r} appeared",
+                ) from exc
+            except PlaywrightError as exc:
+                raise _selector_error("waitForSelector", exc) from exc
+        return response.url if response is not None else None
+
+    def _raise_if_blocked(
+        self, session: EgressSession, url: str, response: Response | None
+    ) -> None:
+        hops = [url]
+        if response is not None:
+            request = response.request
+            chain = []
+            while request is not None:
+                chain.append(request.url)
+                request = request.redirected_from
+            hops.extend(chain)
+        for hop in hops:
+            reason = session.blocked_reason(hop)
+            if reason is not None:
+                raise CaptureError(FailureReason.BLOCKED_BY_POLICY, reason)
+
+    def _raise_if_guard_stopped(self, session: EgressSession) -> None:
+        if session.download_exceeded:
+            raise CaptureError(
+                FailureReason.DOWNLOAD_LIMIT_EXCEEDED,
+                "the page fetched more than the policy's maxDownloadBytes",
+            )
+
+    async def _prepare(self, page: Page, options: CaptureOptions) -> None:
+        if options.hide_cookie_banners:
+            await page.add_style_tag(content=COOKIE_BANNER_CSS)
+        if options.custom_css is not None:
+            await page.add_style_tag(content=options.custom_css)
+        if options.custom_java_script is not None:
+            try:
+                await page.evaluate(options.custom_java_script)
+            except PlaywrightError as exc:
+                raise CaptureError(
+                    FailureReason.INVALID_SPEC,
+                    f"customJavaScript failed: {_first_line(exc.message)}",
+                ) from exc
+        if options.delay_ms:
+            await asyncio.sleep(options.delay_ms / 1000)
+
+    # -- rendering --------------------------------------------------------------------------
+
+    async def _render(
+        self, page: Page, options: CaptureOptions, policy: ScreenshotPolicySpec
+    ) -> bytes:
+        fmt = options.format
+        if fmt is Format.PDF:
+            pdf = options.pdf
+            kwargs: dict[str, Any] = {}
+            if pdf is not None:
+                kwargs = {
+                    "format": pdf.format.value,
+                    "landscape": pdf.landscape,
+                    "print_background": pdf.print_background,
+                    "scale": pdf.scale,
+                }
+                if pdf.page_ranges:
+                    kwargs["page_ranges"] = pdf.page_ranges
+            else:
+                kwargs = {"print_background": True}
+            return await page.pdf(**kwargs)
+        if fmt is Format.HTML:
+            if options.selector is not None:
+                locator = await self._element(page, options.selector)
+                html: str = await locator.evaluate("element => element.outerHTML")
+            else:
+                html = await page.content()
+            return html.encode("utf-8")
+        shot: dict[str, Any] = {
+            "type": "jpeg" if fmt is Format.JPEG else "png",
+            "omit_background": options.omit_background,
+            "animations": "disabled",
+            "caret": "hide",
+        }
+        if fmt is Format.JPEG:
+            shot["quality"] = options.quality if options.quality is not None else 80
+        if options.selector is not None:
+            data = await (await self._element(page, options.selector)).screenshot(**shot)
+        else:
+            if options.full_page:
+                shot["full_page"] = True
+                height = await page.evaluate(
+                    "Math.max(document.documentElement.scrollHeight, document.body ? "
+                    "document.body.scrollHeight : 0)"
+                )
+                cap = policy.limits.max_full_page_height
+                if int(height) > cap:
+                    shot["clip"] = {"x": 0, "y": 0, "width": options.viewport.width, "height": cap}
+            data = await page.screenshot(**shot)
+        if fmt is Format.WEBP:
+            data = await asyncio.to_thread(artifacts.png_to_webp, data, options.quality)
+        return data
+
+    async def _element(self, page: Page, selector: str) -> Any:
+        locator = page.locator(selector).first
+        try:
+            count = await page.locator(selector).count()
+        except PlaywrightError as exc:
+            raise _selector_error("selector", exc) from exc
+        if count == 0:
+            raise CaptureError(
+                FailureReason.NAVIGATION_FAILED, f"selector {selector!r} matched no element"
+            )
+        return locator
+
+
+def _base_context_options() -> dict[str, Any]:
+    # Service workers could answer requests from a cache the guard never sees; downloads would
+    # write files. Neither has a place in a capture.
+    return {"service_workers": "block", "accept_downloads": False, "java_script_enabled": True}
+
+
+def _cookie(cookie: Any, options: CaptureOptions) -> Any:
+    entry: dict[str, Any] = {
+        "name": cookie.name,
+        "value": cookie.value,
+        "secure": cookie.secure,
+        "httpOnly": cookie.http_only,
+    }
+    if cookie.same_site is not None:
+        entry["sameSite"] = cookie.same_site
+    if cookie.domain is not None:
+        entry["domain"] = cookie.domain
+        entry["path"] = cookie.path
+    elif options.url is not None:
+        entry["url"] = options.url
+    else:
+        raise CaptureError(
+            FailureReason.INVALID_SPEC, f"cookie {cookie.name!r} needs a domain with html input"
+        )
+    return entry
+
+
+def _selector_error(field: str, exc: PlaywrightError) -> CaptureError:
+    return CaptureError(
+        FailureReason.INVALID_SPEC, f"{field} is not a valid selector: {_first_line(exc.message)}"
+    )
+
+
+async def _abort_ad(route: Route) -> None:
+    await route.abort("blockedbyclient")
+
+
+async def _dismiss_dialog(dialog: Any) -> None:
+    with contextlib.suppress(PlaywrightError):
+        await dialog.dismiss()
+
+
+async def _close_popup(page: Page) -> None:
+    # Only the capture's own page may live; window.open() and target=_blank are closed at once.
+    if await page.opener() is not None:
+        with contextlib.suppress(PlaywrightError):
+            await page.close()
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0][:300] if text.strip() else "unknown error"
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)

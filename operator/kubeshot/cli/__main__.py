@@ -1,0 +1,5 @@
+import sys
+
+from kubeshot.cli import main
+
+sys.exit(main())

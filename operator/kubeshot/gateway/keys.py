@@ -1,0 +1,25 @@
+"""Every typed application key of the gateway, in one place."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from kubeshot.gateway.auth import Authenticator
+from kubeshot.gateway.backend import Backend
+from kubeshot.gateway.jobs import JobRegistry
+from kubeshot.gateway.metrics import Metrics
+from kubeshot.gateway.policies import PolicySet
+from kubeshot.gateway.ratelimit import RateLimiter
+from kubeshot.gateway.settings import Settings
+from kubeshot.gateway.signing import UrlSigner
+from kubeshot.gateway.store import ResultStore
+
+SETTINGS = web.AppKey("settings", Settings)
+AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+SIGNER = web.AppKey("signer", UrlSigner)
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
+POLICIES = web.AppKey("policies", PolicySet)
+BACKEND = web.AppKey("backend", Backend)
+STORE = web.AppKey("store", ResultStore)
+JOBS = web.AppKey("jobs", JobRegistry)
+METRICS = web.AppKey("metrics", Metrics)

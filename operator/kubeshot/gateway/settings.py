@@ -1,0 +1,211 @@
+"""The gateway's configuration: one pydantic-settings object read from the environment.
+
+The security settings keep the seed's names (`AUTH_TOKEN`, `HTTPS_ONLY`, `RATE_LIMIT_CAPTURE`, ...);
+everything else is prefixed `KUBESHOT_`. `kubeshot serve` flags override the environment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Literal
+
+from limits import parse as parse_rate_limit
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _alias(name: str) -> AliasChoices:
+    """Read `name` from the environment, or the field's own name when passed as a keyword."""
+    return AliasChoices(name)
+
+
+class Settings(BaseSettings):
+    """Everything `kubeshot serve` can be told. Defaults are the secure choice."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="",
+        case_sensitive=True,
+        populate_by_name=True,
+        extra="ignore",
+        frozen=True,
+    )
+
+    # --- listening -------------------------------------------------------------------------
+    host: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1"], validation_alias=_alias("KUBESHOT_HOST")
+    )
+    """Addresses to listen on. Plain HTTP is allowed only when all of them are loopback."""
+    port: int = Field(default=8080, ge=0, le=65535, validation_alias=_alias("KUBESHOT_PORT"))
+    """TCP port (HTTPS when a certificate is configured)."""
+    tls_cert: Path | None = Field(default=None, validation_alias=_alias("KUBESHOT_TLS_CERT"))
+    """PEM certificate chain; with tls_key the gateway serves HTTPS."""
+    tls_key: Path | None = Field(default=None, validation_alias=_alias("KUBESHOT_TLS_KEY"))
+    """PEM private key of tls_cert."""
+    http_redirect_port: int | None = Field(
+        default=None, ge=0, le=65535, validation_alias=_alias("KUBESHOT_HTTP_REDIRECT_PORT")
+    )
+    """With TLS: also listen for plain HTTP on this port, answering only with 308 to HTTPS."""
+
+    # --- HTTPS -----------------------------------------------------------------------------
+    https_only: bool = Field(default=True, validation_alias=_alias("HTTPS_ONLY"))
+    """Redirect plain-HTTP requests to HTTPS (308) and send HSTS on HTTPS."""
+    allow_http_on_loopback: bool = Field(
+        default=True, validation_alias=_alias("KUBESHOT_ALLOW_HTTP_ON_LOOPBACK")
+    )
+    """With HTTPS_ONLY: still serve plain HTTP when the gateway listens on loopback only."""
+    trusted_proxies: Annotated[list[Network], NoDecode] = Field(
+        default_factory=list, validation_alias=_alias("TRUSTED_PROXIES")
+    )
+    """Comma-separated CIDRs whose X-Forwarded-Proto / X-Forwarded-For are believed."""
+    hsts_max_age: int = Field(
+        default=63072000, ge=0, validation_alias=_alias("KUBESHOT_HSTS_MAX_AGE")
+    )
+    """Strict-Transport-Security max-age in seconds."""
+
+    # --- authentication --------------------------------------------------------------------
+    auth_token: SecretStr | None = Field(default=None, validation_alias=_alias("AUTH_TOKEN"))
+    """A bearer token (identity `default`, every policy). Generated at start when no token is set."""
+    tokens_file: Path | None = Field(default=None, validation_alias=_alias("TOKENS_FILE"))
+    """YAML/JSON file of hashed tokens with name, namespace, allowed policies and rate limit."""
+    no_auth: bool = Field(default=False, validation_alias=_alias("KUBESHOT_NO_AUTH"))
+    """Run without authentication (logged as a warning). `kubeshot serve --no-auth`."""
+    url_signing_secret: SecretStr | None = Field(
+        default=None, validation_alias=_alias("URL_SIGNING_SECRET")
+    )
+    """`SECRET` or `KEYID:SECRET[,KEYID:SECRET...]`; the first key signs, all verify. Unset:
+    signed URLs are refused."""
+    signed_url_max_ttl: int = Field(
+        default=7 * 86400, ge=1, validation_alias=_alias("SIGNED_URL_MAX_TTL")
+    )
+    """Largest `expires - now` a signed URL may carry, in seconds."""
+
+    # --- rate limits -----------------------------------------------------------------------
+    rate_limit_enabled: bool = Field(default=True, validation_alias=_alias("RATE_LIMIT_ENABLED"))
+    """Apply the rate limits below (per identity)."""
+    rate_limit_capture: str = Field(
+        default="5 per second", validation_alias=_alias("RATE_LIMIT_CAPTURE")
+    )
+    """Captures per token (POST /v1/screenshot, POST /v1/captures); a token's own limit wins."""
+    rate_limit_signed: str = Field(
+        default="2 per second", validation_alias=_alias("RATE_LIMIT_SIGNED")
+    )
+    """Signed-URL captures per client address."""
+    rate_limit_read: str = Field(
+        default="50 per second", validation_alias=_alias("RATE_LIMIT_READ")
+    )
+    """Other authenticated requests (job status, artifact download) per token."""
+
+    # --- capture ---------------------------------------------------------------------------
+    backend: Literal["local", "kubernetes"] = Field(
+        default="local", validation_alias=_alias("KUBESHOT_BACKEND")
+    )
+    """Where captures run."""
+    policy_files: list[Path] = Field(
+        default_factory=list, validation_alias=_alias("KUBESHOT_POLICY_FILES")
+    )
+    """ScreenshotPolicy YAML files; the policy named `default` applies when a request names none."""
+    ignore_https_errors: bool = Field(default=False, validation_alias=_alias("IGNORE_HTTPS_ERRORS"))
+    """Accept invalid TLS certificates of capture targets under the built-in default policy."""
+    proxy_server: str | None = Field(default=None, validation_alias=_alias("PROXY_SERVER"))
+    """Upstream proxy every capture is chained through, e.g. http://proxy.corp:3128."""
+    proxy_username: str | None = Field(default=None, validation_alias=_alias("PROXY_USERNAME"))
+    """User name for PROXY_SERVER."""
+    proxy_password: SecretStr | None = Field(
+        default=None, validation_alias=_alias("PROXY_PASSWORD")
+    )
+    """Password for PROXY_SERVER."""
+    max_body_bytes: int = Field(
+        default=2 * 1024 * 1024, ge=1024, validation_alias=_alias("KUBESHOT_MAX_BODY_BYTES")
+    )
+    """Largest request body; larger gets 413."""
+
+    # --- local backend ---------------------------------------------------------------------
+    workers: int = Field(default=2, ge=1, le=64, validation_alias=_alias("KUBESHOT_WORKERS"))
+    """Capture worker processes, each with its own Chromium."""
+    captures_per_worker: int = Field(
+        default=50, ge=1, validation_alias=_alias("KUBESHOT_CAPTURES_PER_WORKER")
+    )
+    """A worker is recycled (fresh process and browser) after this many captures."""
+    queue_size: int = Field(default=16, ge=0, validation_alias=_alias("KUBESHOT_QUEUE_SIZE"))
+    """Captures that may wait for a worker; more get 503 with Retry-After."""
+    queue_timeout: float = Field(
+        default=30.0, gt=0, validation_alias=_alias("KUBESHOT_QUEUE_TIMEOUT")
+    )
+    """Seconds a capture may wait for a worker before 503."""
+    worker_start_timeout: float = Field(
+        default=60.0, gt=0, validation_alias=_alias("KUBESHOT_WORKER_START_TIMEOUT")
+    )
+    """Seconds a new worker may take to launch its browser."""
+    memory_poll_interval: float = Field(
+        default=0.1, gt=0, validation_alias=_alias("KUBESHOT_MEMORY_POLL_INTERVAL")
+    )
+    """How often a busy worker's memory (PSS of its whole process tree) is measured."""
+    shutdown_grace: float = Field(
+        default=30.0, ge=0, validation_alias=_alias("KUBESHOT_SHUTDOWN_GRACE")
+    )
+    """On shutdown, seconds in-flight captures get to finish before they are failed."""
+
+    # --- result store ----------------------------------------------------------------------
+    result_dir: Path | None = Field(default=None, validation_alias=_alias("KUBESHOT_RESULT_DIR"))
+    """Directory of async-capture artifacts; a private temporary directory when unset."""
+    result_ttl_seconds: int = Field(
+        default=3600, ge=1, validation_alias=_alias("KUBESHOT_RESULT_TTL")
+    )
+    """Async jobs and their artifacts are deleted this long after they finished."""
+
+    @field_validator("host", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        return [h.strip() for h in value.split(",") if h.strip()] if isinstance(value, str) else value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_cidrs(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [c.strip() for c in value.split(",") if c.strip()]
+        if isinstance(value, list):
+            return [ipaddress.ip_network(str(c), strict=False) for c in value]
+        return value
+
+    @field_validator("policy_files", mode="before")
+    @classmethod
+    def _split_paths(cls, value: object) -> object:
+        return [p for p in value.split(",") if p] if isinstance(value, str) else value
+
+    @field_validator("rate_limit_capture", "rate_limit_signed", "rate_limit_read")
+    @classmethod
+    def _check_rate_limit(cls, value: str) -> str:
+        parse_rate_limit(value)  # ValueError on bad syntax
+        return value
+
+    @field_validator("proxy_server")
+    @classmethod
+    def _check_proxy(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("PROXY_SERVER must be an http:// or https:// URL")
+        return value or None
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None and self.tls_key is not None
+
+    @property
+    def loopback_only(self) -> bool:
+        """Whether every listening address is a loopback address."""
+        return all(_is_loopback(h) for h in self.host)
+
+    @property
+    def plain_http_allowed(self) -> bool:
+        return not self.https_only or (self.allow_http_on_loopback and self.loopback_only)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,214 @@
+"""The shared models: what they accept, what they refuse, and the words they refuse it with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from kubeshot.api import (
+    CaptureError,
+    CaptureJobSpec,
+    CaptureOptions,
+    ExitCode,
+    FailureReason,
+    ScreenshotPolicy,
+    ScreenshotPolicySpec,
+)
+from kubeshot.api.admission import admit, effective_timeout, violations
+from kubeshot.api.quantity import quantity_bytes
+
+URL = "https://example.com/"
+
+
+def refused(raw: dict[str, Any]) -> str:
+    with pytest.raises(ValidationError) as info:
+        CaptureOptions.model_validate(raw)
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://Example.COM", "https://example.com/"),
+        ("http://bücher.example/x?y=1", "http://xn--bcher-kva.example/x?y=1"),
+        ("http://example.com.:8080/a#frag", "http://example.com:8080/a"),
+        ("http://[::1]:81/", "http://[::1]:81/"),
+        ("http://0x7f.1/", "http://0x7f.1/"),
+    ],
+)
+def test_urls_are_normalised(url: str, expected: str) -> None:
+    assert CaptureOptions(url=url).url == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("file:///etc/passwd", "scheme must be http or https"),
+        ("FILE:///etc/passwd", "scheme must be http or https"),
+        ("javascript:alert(1)", "scheme must be http or https"),
+        ("gopher://x/", "scheme must be http or https"),
+        ("//example.com/", "scheme must be http or https"),
+        ("http://user:pw@example.com/", "must not carry credentials"),
+        ("http://example.com@127.0.0.1/", "must not carry credentials"),
+        ("http:\\\\localhost/", "backslashes"),
+        ("http://exa mple.com/", "not a valid domain"),
+        ("http://", "no host"),
+        ("http://example.com:99999/", "port is invalid"),
+        ("http://-bad-.com/", "not a valid domain"),
+        ("https://example.com/" + "a" * 2100, "at most 2048 characters"),
+    ],
+)
+def test_bad_urls_are_refused(url: str, message: str) -> None:
+    assert message in refused({"url": url})
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({}, "exactly one of url and html"),
+        ({"url": URL, "html": "<p>"}, "exactly one of url and html"),
+        ({"url": URL, "quality": 50}, "quality applies to jpeg and webp only"),
+        ({"url": URL, "format": "jpeg", "quality": 0}, "greater than or equal to 1"),
+        ({"url": URL, "pdf": {"landscape": True}}, "pdf options apply to format pdf only"),
+        ({"url": URL, "format": "pdf", "fullPage": True}, "fullPage applies to image formats"),
+        ({"url": URL, "fullPage": True, "selector": "p"}, "cannot be combined"),
+        ({"url": URL, "format": "pdf", "selector": "p"}, "selector does not apply to pdf"),
+        ({"url": URL, "format": "jpeg", "omitBackground": True}, "jpeg has no transparency"),
+        ({"url": URL, "format": "html", "deviceScaleFactor": 2}, "image formats only"),
+        ({"url": URL, "format": "gif"}, "format"),
+        ({"url": URL, "viewport": {"width": 0, "height": 10}}, "viewport.width"),
+        ({"url": URL, "headers": {"Host": "evil"}}, "may not be set"),
+        ({"url": URL, "headers": {"X-A": "b\r\nX-B: c"}}, "line break"),
+        ({"url": URL, "headers": {"bad name": "x"}}, "invalid header name"),
+        ({"url": URL, "headers": {f"x-{i}": "v" for i in range(40)}}, "at most 32"),
+        ({"url": URL, "locale": "not a locale"}, "BCP 47"),
+        ({"url": URL, "timezone": "Mars/Olympus"}, "unknown IANA time zone"),
+        ({"url": URL, "geolocation": {"latitude": 91, "longitude": 0}}, "latitude"),
+        ({"url": URL, "customCSS": "a" * 70000}, "customCSS"),
+        ({"url": URL, "delayMs": 60000}, "delayMs"),
+        ({"url": URL, "unknownOption": True}, "Extra inputs are not permitted"),
+        ({"url": URL, "cookies": [{"name": "a;b", "value": "c"}]}, "cookies.0.name"),
+    ],
+)
+def test_invalid_options_name_the_field(raw: dict[str, Any], message: str) -> None:
+    assert message in refused(raw)
+
+
+def test_wire_round_trip_keeps_camel_case() -> None:
+    raw = {
+        "url": URL,
+        "format": "pdf",
+        "pdf": {"format": "Letter", "landscape": True, "pageRanges": "1-2"},
+        "customCSS": "body{}",
+        "waitForSelector": "#ready",
+    }
+    wire = CaptureOptions.model_validate(raw).to_wire()
+    assert wire["customCSS"] == "body{}" and wire["pdf"]["pageRanges"] == "1-2"
+    assert CaptureOptions.model_validate(wire).to_wire() == wire
+
+
+def test_job_spec_splits_into_options() -> None:
+    job = CaptureJobSpec.model_validate({"url": URL, "policyRef": "strict", "retries": 1})
+    assert job.policy_ref == "strict"
+    assert job.capture_options() == CaptureOptions(url=URL)
+
+
+def test_policy_defaults_are_secure() -> None:
+    spec = ScreenshotPolicySpec()
+    assert spec.network.block_private_networks is True
+    assert spec.network.allowed_ports == [80, 443]
+    assert spec.network.ignore_https_errors is False
+    assert spec.features.allow_custom_java_script is False
+    assert spec.limits.memory_bytes == 1024**3
+    assert spec.limits.max_download_bytes == 50 * 1024**2
+
+
+def test_policy_document_and_domains() -> None:
+    doc = ScreenshotPolicy.model_validate(
+        {
+            "apiVersion": "kubeshot.dev/v1alpha1",
+            "kind": "ScreenshotPolicy",
+            "metadata": {"name": "intranet"},
+            "spec": {
+                "network": {"allowedDomains": ["Bücher.Example."], "allowedCIDRs": ["10.1.2.3/16"]}
+            },
+        }
+    )
+    assert doc.name == "intranet"
+    assert doc.spec.network.allowed_domains == ["xn--bcher-kva.example"]
+    assert doc.spec.network.allowed_cidrs == ["10.1.0.0/16"]
+    with pytest.raises(ValidationError, match="both allowed and blocked"):
+        ScreenshotPolicySpec.model_validate(
+            {"network": {"allowedDomains": ["a.com"], "blockedDomains": ["A.com"]}}
+        )
+    with pytest.raises(ValidationError, match="at least 64Mi"):
+        ScreenshotPolicySpec.model_validate({"limits": {"memory": "1Mi"}})
+
+
+def test_admission_lists_every_violation() -> None:
+    policy = ScreenshotPolicySpec.model_validate(
+        {
+            "features": {"allowedFormats": ["png"]},
+            "limits": {"timeoutSeconds": 10, "maxViewport": {"width": 800, "height": 600}},
+            "network": {"blockedDomains": ["evil.example"], "allowedDomains": []},
+        }
+    )
+    options = CaptureOptions.model_validate(
+        {
+            "url": "https://www.evil.example/",
+            "format": "pdf",
+            "customJavaScript": "1",
+            "viewport": {"width": 801, "height": 600},
+            "timeoutSeconds": 11,
+        }
+    )
+    found = violations(options, policy)
+    assert len(found) == 5, found
+    with pytest.raises(CaptureError) as info:
+        admit(options, policy)
+    assert info.value.reason is FailureReason.POLICY_VIOLATION
+    assert info.value.reason.exit_code == ExitCode.BLOCKED
+
+
+def test_allowed_domains_are_suffix_matches() -> None:
+    policy = ScreenshotPolicySpec.model_validate({"network": {"allowedDomains": ["example.com"]}})
+    admit(CaptureOptions(url="https://a.b.example.com/"), policy)
+    with pytest.raises(CaptureError):
+        admit(CaptureOptions(url="https://notexample.com/"), policy)
+    with pytest.raises(CaptureError):
+        admit(CaptureOptions(url="https://example.com.evil.net/"), policy)
+
+
+def test_timeout_is_capped_by_the_policy() -> None:
+    policy = ScreenshotPolicySpec()
+    assert effective_timeout(CaptureOptions(url=URL), policy) == 60
+    assert effective_timeout(CaptureOptions(url=URL, timeoutSeconds=5), policy) == 5
+
+
+@pytest.mark.parametrize(
+    ("reason", "exit_code", "http"),
+    [
+        (FailureReason.INVALID_SPEC, 2, 400),
+        (FailureReason.BLOCKED_BY_POLICY, 3, 403),
+        (FailureReason.POLICY_VIOLATION, 3, 403),
+        (FailureReason.NAVIGATION_FAILED, 4, 502),
+        (FailureReason.TIMEOUT, 4, 504),
+        (FailureReason.MEMORY_LIMIT_EXCEEDED, 5, 422),
+        (FailureReason.DOWNLOAD_LIMIT_EXCEEDED, 5, 422),
+        (FailureReason.RESULT_TOO_LARGE, 5, 422),
+        (FailureReason.INTERNAL, 1, 500),
+    ],
+)
+def test_one_error_vocabulary(reason: FailureReason, exit_code: int, http: int) -> None:
+    assert reason.exit_code == exit_code
+    assert reason.http_status == http
+    assert FailureReason.from_exit_code(reason.exit_code).exit_code == exit_code
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [("1Gi", 1024**3), ("512Mi", 512 * 1024**2), ("1.5G", 1_500_000_000)]
+)
+def test_quantities(text: str, value: int) -> None:
+    assert quantity_bytes(text) == value
