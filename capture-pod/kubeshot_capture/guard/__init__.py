@@ -1,0 +1,51 @@
+"""The egress guard: every browser request goes through an in-process forward proxy that
+resolves, classifies and pins each destination, enforces the capture's NetworkRules and counts
+its download budget.
+
+    async with EgressGuard() as guard:
+        browser = await chromium.launch(
+            proxy=guard.browser_proxy, args=[*flags, *guard.launch_args()]
+        )
+        with guard.session(rules, max_download_bytes=limit, upstream=credentials) as session:
+            await session.preflight(url)          # CaptureError(BLOCKED_BY_POLICY) when refused
+            ...navigate; then session.blocked_reason(url) / session.download_exceeded
+"""
+
+from kubeshot_capture.guard.addresses import (
+    IPAddress,
+    IPNetwork,
+    classify_address,
+    embedded_ipv4,
+    refusal_reason,
+)
+from kubeshot_capture.guard.proxy import EgressGuard
+from kubeshot_capture.guard.rules import CompiledRules, Resolver, system_resolver
+from kubeshot_capture.guard.session import EgressSession, RequestLike
+from kubeshot_capture.guard.targets import (
+    InvalidTarget,
+    Target,
+    normalise_host,
+    parse_authority,
+    parse_ipv4,
+    parse_url,
+)
+
+__all__ = [
+    "CompiledRules",
+    "EgressGuard",
+    "EgressSession",
+    "IPAddress",
+    "IPNetwork",
+    "InvalidTarget",
+    "RequestLike",
+    "Resolver",
+    "Target",
+    "classify_address",
+    "embedded_ipv4",
+    "normalise_host",
+    "parse_authority",
+    "parse_ipv4",
+    "parse_url",
+    "refusal_reason",
+    "system_resolver",
+]

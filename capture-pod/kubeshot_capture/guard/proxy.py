@@ -1,0 +1,597 @@
+"""The forward proxy every browser request goes through: asyncio streams, standard library only.
+
+It speaks just enough HTTP/1.1 to judge and relay: absolute-form requests (with keep-alive and
+WebSocket upgrades), CONNECT tunnels (HTTPS, wss, and ws, which Chromium always tunnels), and
+chaining through an upstream proxy with CONNECT. It never looks into tunnels; it decides on the
+destination, connects only to addresses it checked, and counts every byte it receives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import ssl
+from types import TracebackType
+from urllib.parse import urljoin, urlsplit
+
+from kubeshot.api import NetworkRules, ProxyCredentials
+
+from kubeshot_capture.guard.addresses import IPAddress
+from kubeshot_capture.guard.rules import Resolver, system_resolver
+from kubeshot_capture.guard.session import EgressSession, Refused
+from kubeshot_capture.guard.targets import InvalidTarget, Target, parse_authority, parse_url
+
+log = logging.getLogger("kubeshot_capture.guard")
+
+READ_SIZE = 256 * 1024
+"""Bytes read per call when relaying: large reads keep the per-byte cost of Python near zero."""
+HEAD_LIMIT = 256 * 1024
+"""Largest request or response head (request line or status line plus headers)."""
+CONNECT_TIMEOUT = 15.0
+"""Seconds to open a connection to a destination or to the upstream proxy."""
+MAX_IDLE_UPSTREAMS = 8
+"""Idle keep-alive connections to destinations kept per browser connection."""
+
+# Headers that describe one hop, never forwarded (RFC 9110 7.6.1), plus the proxy's own.
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"transfer-encoding",
+    }
+)
+
+
+class _BadMessage(Exception):
+    """A message the proxy will not relay (malformed or ambiguous framing)."""
+
+
+class _Cut(Exception):
+    """The session cut the traffic (budget exceeded or capture over)."""
+
+
+Headers = list[tuple[bytes, bytes]]
+
+
+def _parse_head(head: bytes) -> tuple[list[bytes], Headers]:
+    lines = head[:-4].split(b"\r\n")
+    start = lines[0].split(b" ", 2)
+    headers: Headers = []
+    for line in lines[1:]:
+        if not line or line[:1] in (b" ", b"\t"):
+            raise _BadMessage("obsolete header folding")
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name != name.strip():
+            raise _BadMessage("malformed header")
+        headers.append((name.lower(), value.strip()))
+    return start, headers
+
+
+def _header(headers: Headers, name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+def _tokens(headers: Headers, name: bytes) -> set[bytes]:
+    found: set[bytes] = set()
+    for key, value in headers:
+        if key == name:
+            found.update(t.strip().lower() for t in value.split(b","))
+    return found
+
+
+def _body_length(headers: Headers) -> int | None:
+    """Content-Length, or -1 for chunked; None when the message declares no body framing."""
+    encodings = _tokens(headers, b"transfer-encoding")
+    if encodings:
+        if b"chunked" not in encodings:
+            raise _BadMessage("transfer-encoding without chunked")
+        return -1
+    lengths = {v for k, v in headers if k == b"content-length"}
+    if not lengths:
+        return None
+    if len(lengths) != 1:
+        raise _BadMessage("conflicting content-length")
+    text = lengths.pop()
+    if not text.isdigit():
+        raise _BadMessage("invalid content-length")
+    return int(text)
+
+
+def _simple_response(status: int, text: str, reason: str) -> bytes:
+    body = f"kubeshot egress guard: {reason}\n".encode()
+    return (
+        f"HTTP/1.1 {status} {text}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\nCache-Control: no-store\r\n"
+        "X-Kubeshot-Egress: refused\r\n\r\n"
+    ).encode() + body
+
+
+class _Upstream:
+    """A connection to one destination (directly or tunnelled through the upstream proxy)."""
+
+    __slots__ = ("key", "reader", "writer")
+
+    def __init__(
+        self, key: tuple[str, int], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.key = key
+        self.reader = reader
+        self.writer = writer
+
+    def close(self) -> None:
+        self.writer.transport.abort()
+
+
+class EgressGuard:
+    """One per browser: a forward proxy on 127.0.0.1:<free port> that judges every request.
+
+    Use as an async context manager; start one capture at a time with `session()`.
+    """
+
+    def __init__(self, *, resolver: Resolver | None = None) -> None:
+        self._resolver: Resolver = resolver or system_resolver
+        self._server: asyncio.Server | None = None
+        self._port = 0
+        self._session: EgressSession | None = None
+        self._clients: set[asyncio.Transport] = set()
+
+    async def __aenter__(self) -> EgressGuard:
+        self._server = await asyncio.start_server(
+            self._handle_client, "127.0.0.1", 0, limit=HEAD_LIMIT
+        )
+        self._port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            self._session.close()
+        if self._server is not None:
+            self._server.close()
+            for transport in list(self._clients):
+                transport.abort()
+            await self._server.wait_closed()
+            self._server = None
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def browser_proxy(self) -> dict[str, str]:
+        """The `proxy` argument of Playwright's `chromium.launch()`: everything, loopback
+        included, goes through the guard."""
+        if not self._port:
+            raise RuntimeError("EgressGuard is not started (use `async with`)")
+        return {"server": f"http://127.0.0.1:{self._port}", "bypass": "<-loopback>"}
+
+    def launch_args(self) -> list[str]:
+        """Extra Chromium flags: WebRTC may not send UDP around the proxy."""
+        return ["--force-webrtc-ip-handling-policy=disable_non_proxied_udp"]
+
+    def session(
+        self,
+        rules: NetworkRules,
+        *,
+        max_download_bytes: int,
+        upstream: ProxyCredentials | None = None,
+    ) -> EgressSession:
+        """Activate `rules` for the next capture. One session at a time per guard."""
+        if self._session is not None and not self._session.closed:
+            raise RuntimeError("an egress session is already active on this guard")
+        session = EgressSession(
+            rules,
+            max_download_bytes=max_download_bytes,
+            upstream=upstream,
+            resolver=self._resolver,
+            on_close=self._session_closed,
+        )
+        self._session = session
+        return session
+
+    @property
+    def active_session(self) -> EgressSession | None:
+        session = self._session
+        return session if session is not None and not session.closed else None
+
+    def _session_closed(self, session: EgressSession) -> None:
+        if self._session is session:
+            self._session = None
+
+    # -- one browser connection ------------------------------------------------------------
+
+    async def _handle_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        transport = writer.transport
+        assert isinstance(transport, asyncio.Transport)
+        self._clients.add(transport)
+        idle: dict[tuple[str, int], _Upstream] = {}
+        try:
+            await self._serve(reader, writer, idle)
+        except (_Cut, _BadMessage, ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except asyncio.LimitOverrunError:
+            with contextlib.suppress(ConnectionError):
+                writer.write(_simple_response(431, "Request Header Fields Too Large", "head"))
+        except OSError as exc:  # pragma: no cover - unexpected socket errors end the connection
+            log.debug("egress guard connection error: %s", exc)
+        finally:
+            for upstream in idle.values():
+                upstream.close()
+            self._clients.discard(transport)
+            transport.abort() if transport.is_closing() else transport.close()
+
+    async def _serve(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        idle: dict[tuple[str, int], _Upstream],
+    ) -> None:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                return
+            try:
+                start, headers = _parse_head(head)
+                if len(start) != 3 or not start[2].startswith(b"HTTP/1."):
+                    raise _BadMessage("bad request line")
+            except _BadMessage as exc:
+                writer.write(_simple_response(400, "Bad Request", str(exc)))
+                return
+            method, target_text, version = start
+            session = self._session
+            if session is None or session.closed:
+                writer.write(_simple_response(403, "Forbidden", "no capture is in progress"))
+                return
+            session.track(writer.transport)
+            if method == b"CONNECT":
+                await self._tunnel(session, target_text.decode("latin-1"), reader, writer)
+                return
+            keep_alive = await self._forward(
+                session,
+                method,
+                target_text.decode("latin-1"),
+                version,
+                headers,
+                reader,
+                writer,
+                idle,
+            )
+            if not keep_alive:
+                return
+
+    async def _tunnel(
+        self,
+        session: EgressSession,
+        authority: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        try:
+            if ":" not in authority.rpartition("]")[2]:
+                raise InvalidTarget(f"CONNECT target without a port: {authority!r}")
+            target = parse_authority(authority, "https")
+        except InvalidTarget as exc:
+            session.blocked_requests += 1
+            log.warning("egress guard refused CONNECT: %s", exc)
+            writer.write(_simple_response(403, "Forbidden", str(exc)))
+            return
+        upstream = await self._open(session, target, writer)
+        if upstream is None:
+            return
+        writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+        await self._relay(session, reader, writer, upstream)
+
+    async def _open(
+        self, session: EgressSession, target: Target, writer: asyncio.StreamWriter
+    ) -> _Upstream | None:
+        """Admit and connect, or answer the browser with the refusal and return None."""
+        try:
+            addresses = await session.admit(target)
+        except Refused as exc:
+            writer.write(_simple_response(403, "Forbidden", str(exc)))
+            return None
+        except OSError as exc:
+            log.info("egress guard: cannot resolve %s: %s", target.host, exc)
+            writer.write(_simple_response(502, "Bad Gateway", f"cannot resolve {target.host}"))
+            return None
+        try:
+            return await self._connect(session, target, addresses)
+        except (OSError, TimeoutError) as exc:
+            log.info("egress guard: cannot connect to %s: %s", target.authority, exc)
+            writer.write(_simple_response(502, "Bad Gateway", f"cannot connect to {target.host}"))
+            return None
+
+    async def _connect(
+        self, session: EgressSession, target: Target, addresses: list[IPAddress]
+    ) -> _Upstream:
+        error: BaseException | None = None
+        for address in addresses:
+            try:
+                if session.upstream is not None:
+                    reader, writer = await _connect_via_upstream(
+                        session.upstream, address, target.port
+                    )
+                else:
+                    reader, writer = await asyncio.wait_for(
+                        asyncio.open_connection(str(address), target.port, limit=HEAD_LIMIT),
+                        CONNECT_TIMEOUT,
+                    )
+            except (OSError, TimeoutError) as exc:
+                error = exc
+                continue
+            session.track(writer.transport)
+            return _Upstream((target.host, target.port), reader, writer)
+        raise OSError(str(error) if error else "no address to connect to")
+
+    async def _relay(
+        self,
+        session: EgressSession,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        upstream: _Upstream,
+    ) -> None:
+        """Relay both ways until both sides are done; bytes from the destination are counted."""
+
+        async def pipe(
+            source: asyncio.StreamReader, sink: asyncio.StreamWriter, counted: bool
+        ) -> None:
+            try:
+                while True:
+                    data = await source.read(READ_SIZE)
+                    if not data:
+                        break
+                    if counted and not session.count(len(data)):
+                        raise _Cut
+                    sink.write(data)
+                    await sink.drain()
+                if sink.can_write_eof() and not sink.is_closing():
+                    sink.write_eof()
+            except (ConnectionError, OSError, _Cut):
+                writer.transport.abort()
+                upstream.close()
+
+        try:
+            await asyncio.gather(
+                pipe(reader, upstream.writer, False), pipe(upstream.reader, writer, True)
+            )
+        finally:
+            session.untrack(upstream.writer.transport)
+            upstream.close()
+
+    async def _forward(
+        self,
+        session: EgressSession,
+        method: bytes,
+        url: str,
+        version: bytes,
+        headers: Headers,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        idle: dict[tuple[str, int], _Upstream],
+    ) -> bool:
+        """Relay one absolute-form request and its response; True to keep the connection."""
+        try:
+            if not url[:7].lower() == "http://":
+                raise InvalidTarget(f"only http:// requests are proxied, not {url[:16]!r}")
+            target = parse_url(url)
+            request_length = _body_length(headers)
+        except (InvalidTarget, _BadMessage) as exc:
+            session.blocked_requests += 1
+            log.warning("egress guard refused a request: %s", exc)
+            writer.write(
+                _simple_response(
+                    403 if isinstance(exc, InvalidTarget) else 400, "Forbidden", str(exc)
+                )
+            )
+            return False
+        key = (target.host, target.port)
+        upstream = idle.pop(key, None)
+        if upstream is None or upstream.writer.is_closing():
+            upstream = await self._open(session, target, writer)
+            if upstream is None:
+                return False
+        else:
+            # Re-judge a reused connection: the rules or budget may have changed meanwhile.
+            try:
+                await session.admit(target)
+            except (Refused, OSError) as exc:
+                upstream.close()
+                writer.write(_simple_response(403, "Forbidden", str(exc)))
+                return False
+
+        request_tokens = _tokens(headers, b"connection")
+        upgrade = _header(headers, b"upgrade") if b"upgrade" in request_tokens else None
+        path = _origin_form(url)
+        out = [method, b" ", path.encode("latin-1"), b" ", version, b"\r\n"]
+        for name, value in headers:
+            if name in _HOP_BY_HOP or name in request_tokens:
+                continue
+            out += (name, b": ", value, b"\r\n")
+        if request_length == -1:
+            out.append(b"transfer-encoding: chunked\r\n")
+        if upgrade is not None:
+            out += (b"connection: Upgrade\r\nupgrade: ", upgrade, b"\r\n")
+        out.append(b"\r\n")
+        upstream_writer = upstream.writer
+        try:
+            upstream_writer.write(b"".join(out))
+            if request_length == -1:
+                await _copy_chunked(reader, upstream_writer, None)
+            elif request_length:
+                await _copy_exact(reader, upstream_writer, request_length, None)
+            await upstream_writer.drain()
+            reusable, framed = await self._respond(session, method, url, upstream, reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, _BadMessage, OSError) as exc:
+            upstream.close()
+            if isinstance(exc, _BadMessage):
+                writer.write(_simple_response(502, "Bad Gateway", "malformed response"))
+            raise _Cut from None
+        client_keeps = framed and version == b"HTTP/1.1" and b"close" not in request_tokens
+        if reusable and client_keeps:
+            if len(idle) >= MAX_IDLE_UPSTREAMS:
+                idle.pop(next(iter(idle))).close()
+            idle[key] = upstream
+        else:
+            upstream.close()
+        return client_keeps
+
+    async def _respond(
+        self,
+        session: EgressSession,
+        method: bytes,
+        url: str,
+        upstream: _Upstream,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> tuple[bool, bool]:
+        """Relay the response: (destination connection reusable, response ended by framing)."""
+        source = upstream.reader
+        while True:
+            head = await source.readuntil(b"\r\n\r\n")
+            if not session.count(len(head)):
+                raise _Cut
+            start, headers = _parse_head(head)
+            if len(start) < 2 or not start[1].isdigit():
+                raise _BadMessage("bad status line")
+            status = int(start[1])
+            writer.write(head)
+            if status == 101:
+                await writer.drain()
+                await self._relay(session, reader, writer, upstream)
+                raise _Cut
+            if 100 <= status < 200:
+                continue
+            break
+        if 300 <= status < 400:
+            location = _header(headers, b"location")
+            if location:
+                session.record_redirect(url, urljoin(url, location.decode("latin-1")))
+        length = _body_length(headers)
+        if method == b"HEAD" or status in (204, 304):
+            length = 0
+        if length == -1:
+            await _copy_chunked(source, writer, session)
+        elif length is None:
+            await _copy_until_eof(source, writer, session)
+            return False, False
+        elif length:
+            await _copy_exact(source, writer, length, session)
+        await writer.drain()
+        closing = b"close" in _tokens(headers, b"connection") or start[0] == b"HTTP/1.0"
+        return not closing, True
+
+
+def _origin_form(url: str) -> str:
+    after_scheme = url[7:]
+    for index, char in enumerate(after_scheme):
+        if char in "/?":
+            path = after_scheme[index:]
+            break
+    else:
+        path = "/"
+    path = path.split("#", 1)[0]
+    return path if path.startswith("/") else "/" + path
+
+
+async def _copy_exact(
+    source: asyncio.StreamReader,
+    sink: asyncio.StreamWriter,
+    length: int,
+    session: EgressSession | None,
+) -> None:
+    remaining = length
+    while remaining:
+        data = await source.read(min(remaining, READ_SIZE))
+        if not data:
+            raise asyncio.IncompleteReadError(b"", remaining)
+        if session is not None and not session.count(len(data)):
+            raise _Cut
+        remaining -= len(data)
+        sink.write(data)
+        await sink.drain()
+
+
+async def _copy_until_eof(
+    source: asyncio.StreamReader, sink: asyncio.StreamWriter, session: EgressSession
+) -> None:
+    while True:
+        data = await source.read(READ_SIZE)
+        if not data:
+            break
+        if not session.count(len(data)):
+            raise _Cut
+        sink.write(data)
+        await sink.drain()
+
+
+async def _copy_chunked(
+    source: asyncio.StreamReader, sink: asyncio.StreamWriter, session: EgressSession | None
+) -> None:
+    while True:
+        line = await source.readuntil(b"\r\n")
+        size_text = line.split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise _BadMessage("bad chunk size") from None
+        if session is not None and not session.count(len(line)):
+            raise _Cut
+        sink.write(line)
+        if size == 0:
+            while True:
+                trailer = await source.readuntil(b"\r\n")
+                sink.write(trailer)
+                if trailer == b"\r\n":
+                    return
+        await _copy_exact(source, sink, size + 2, session)
+
+
+async def _connect_via_upstream(
+    proxy: ProxyCredentials, address: IPAddress, port: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A tunnel to the checked address through the upstream proxy (CONNECT, Basic auth)."""
+    parts = urlsplit(proxy.server)
+    secure = parts.scheme == "https"
+    host = parts.hostname or ""
+    proxy_port = parts.port or (443 if secure else 80)
+    context = ssl.create_default_context() if secure else None
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(host, proxy_port, ssl=context, limit=HEAD_LIMIT),
+        CONNECT_TIMEOUT,
+    )
+    authority = f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+    request = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n"
+    if proxy.username is not None:
+        secret = proxy.password.get_secret_value() if proxy.password is not None else ""
+        token = base64.b64encode(f"{proxy.username}:{secret}".encode()).decode("ascii")
+        request += f"Proxy-Authorization: Basic {token}\r\n"
+    writer.write(request.encode("latin-1") + b"\r\n")
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), CONNECT_TIMEOUT)
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+        writer.transport.abort()
+        raise OSError("upstream proxy closed the connection during CONNECT") from exc
+    status_line = head.split(b"\r\n", 1)[0].split(b" ", 2)
+    if len(status_line) < 2 or status_line[1] != b"200":
+        writer.transport.abort()
+        status = status_line[1].decode("latin-1") if len(status_line) > 1 else "?"
+        raise OSError(f"upstream proxy {host}:{proxy_port} refused CONNECT with status {status}")
+    return reader, writer

@@ -1,0 +1,121 @@
+"""A capture's NetworkRules compiled into the decisions the guard makes: pure, no I/O."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from ipaddress import IPv4Address, ip_address
+
+from kubeshot.api import NetworkRules
+
+from kubeshot_capture.guard.addresses import IPAddress, refusal_reason
+from kubeshot_capture.guard.targets import WEB_SCHEMES, InvalidTarget, Target, parse_url
+
+Resolver = Callable[[str, int], Awaitable[Sequence[IPAddress]]]
+"""Resolves (host name, port) to addresses; raises OSError when the name does not resolve."""
+
+_LOOPBACK_NAMES = (IPv4Address("127.0.0.1"),)
+
+
+def is_localhost_name(host: str) -> bool:
+    """`localhost` and `*.localhost` always mean this machine (RFC 6761), whatever DNS says."""
+    return host == "localhost" or host.endswith(".localhost")
+
+
+async def system_resolver(host: str, port: int) -> list[IPAddress]:
+    """The system resolver (getaddrinfo), TCP addresses in its order, duplicates removed."""
+    infos = await asyncio.get_running_loop().getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+    )
+    addresses: list[IPAddress] = []
+    for _family, _type, _proto, _canonical, sockaddr in infos:
+        address = ip_address(str(sockaddr[0]))
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+def _suffix_match(host: str, domains: Sequence[str]) -> str | None:
+    for domain in domains:
+        if host == domain or host.endswith("." + domain):
+            return domain
+    return None
+
+
+class CompiledRules:
+    """NetworkRules ready for the per-request decisions."""
+
+    def __init__(self, rules: NetworkRules) -> None:
+        self.rules = rules
+        self.allowed_domains = tuple(rules.allowed_domains)
+        self.blocked_domains = tuple(rules.blocked_domains)
+        self.allowed_networks = tuple(rules.allowed_networks())
+        self.allowed_ports = frozenset(rules.allowed_ports)
+        self.block_private_networks = rules.block_private_networks
+
+    def address_refusal(self, address: IPAddress) -> str | None:
+        """Why the guard may not connect to this address, or None."""
+        return refusal_reason(
+            address,
+            block_private_networks=self.block_private_networks,
+            allowed_networks=self.allowed_networks,
+        )
+
+    def target_refusal(self, target: Target) -> str | None:
+        """Why this target is refused before any DNS lookup (port, domain rules, literal
+        address), or None when it may be resolved and its addresses checked."""
+        if target.port not in self.allowed_ports:
+            allowed = ", ".join(str(p) for p in sorted(self.allowed_ports))
+            return f"port {target.port} is not allowed (allowed ports: {allowed})"
+        if target.address is not None:
+            reason = self.address_refusal(target.address)
+            if reason is not None:
+                return f"{target.host}: {reason}"
+            if self.allowed_domains and not any(target.address in n for n in self.allowed_networks):
+                return f"{target.host}: literal addresses are not in the allowed domains"
+            return None
+        blocked = _suffix_match(target.host, self.blocked_domains)
+        if blocked is not None:
+            return f"{target.host} is in blocked domain {blocked}"
+        if self.allowed_domains and _suffix_match(target.host, self.allowed_domains) is None:
+            return f"{target.host} is not in the allowed domains"
+        return None
+
+    def url_refusal(self, url: str) -> str | None:
+        """Why a URL is refused on its face (scheme, host spelling, port, domain, literal
+        address), or None when its host may be resolved."""
+        try:
+            target = parse_url(url)
+        except InvalidTarget as exc:
+            return str(exc)
+        if target.scheme not in WEB_SCHEMES:
+            return f"scheme {target.scheme!r} is not allowed (only http and https)"
+        return self.target_refusal(target)
+
+    async def resolve(
+        self, target: Target, resolver: Resolver
+    ) -> tuple[list[IPAddress], str | None]:
+        """(addresses the guard may connect to, reason when there are none).
+
+        Every resolved address is classified; only the allowed ones are returned, and the
+        connection is made to them (never to the name again: no DNS-rebinding window).
+        Raises OSError when the name does not resolve.
+        """
+        if target.address is not None:
+            return [target.address], None
+        if is_localhost_name(target.host):
+            addresses: Sequence[IPAddress] = _LOOPBACK_NAMES
+        else:
+            addresses = await resolver(target.host, target.port)
+        if not addresses:
+            raise OSError(f"{target.host} has no addresses")
+        allowed: list[IPAddress] = []
+        first_reason: str | None = None
+        for address in addresses:
+            reason = self.address_refusal(address)
+            if reason is None:
+                allowed.append(address)
+            elif first_reason is None:
+                first_reason = f"{target.host} resolves to {address.compressed}: {reason}"
+        return allowed, (None if allowed else first_reason)
