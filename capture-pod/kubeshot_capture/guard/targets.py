@@ -105,7 +105,10 @@ def normalise_host(raw: str) -> tuple[str, IPAddress | None]:
         except ValueError as exc:
             raise InvalidTarget(f"invalid IPv6 host {raw!r}") from exc
         return v6.compressed, v6
-    text = unquote(raw, errors="strict") if "%" in raw else raw
+    try:
+        text = unquote(raw, errors="strict") if "%" in raw else raw
+    except UnicodeDecodeError as exc:
+        raise InvalidTarget(f"invalid percent-encoding in host {raw!r}") from exc
     if not text.isascii():
         try:
             text = _DOTS.sub(".", text).encode("idna").decode("ascii")
