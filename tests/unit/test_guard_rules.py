@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from ipaddress import ip_address
 
 import pytest
-
 from kubeshot.api import CaptureError, FailureReason, NetworkRules
 from kubeshot_capture.guard import CompiledRules, EgressSession, IPAddress, parse_url
 
@@ -35,7 +34,7 @@ class FakeResolver:
         return [ip_address(a) for a in ZONE[host]]
 
 
-def session(resolver: FakeResolver | None = None, **rules: object) -> EgressSession:
+def session(resolver: FakeResolver | None = None, /, **rules: object) -> EgressSession:
     return EgressSession(
         NetworkRules.model_validate(rules),
         max_download_bytes=1000,
@@ -155,7 +154,8 @@ def test_blocked_reason_follows_recorded_redirects() -> None:
     guard_session.record_redirect("http://public.test/a", "http://public.test/b")
     guard_session.record_redirect("http://public.test/b", "http://127.0.0.1/secret")
     reason = guard_session.blocked_reason("http://public.test/a")
-    assert reason is not None and "loopback" in reason
+    assert reason is not None
+    assert "loopback" in reason
     guard_session.record_redirect("http://public.test/c", "file:///etc/passwd")
     assert "scheme" in (guard_session.blocked_reason("http://public.test/c") or "")
     guard_session.record_redirect("http://public.test/loop", "http://public.test/loop")

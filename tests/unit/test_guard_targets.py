@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from kubeshot_capture.guard import (
     InvalidTarget,
     normalise_host,
@@ -76,9 +75,9 @@ HOSTS = [
     ("LOCALHOST.", "localhost"),
     ("bücher.example", "xn--bcher-kva.example"),
     ("xn--bcher-kva.example", "xn--bcher-kva.example"),
-    ("ⓛocalhost", "localhost"),
-    ("１２７．０．０．１", "127.0.0.1"),
-    ("127。0。0。1", "127.0.0.1"),
+    ("\u24dbocalhost", "localhost"),
+    ("\uff11\uff12\uff17\uff0e\uff10\uff0e\uff10\uff0e\uff11", "127.0.0.1"),
+    ("127\u30020\u30020\u30021", "127.0.0.1"),
     ("%31%32%37.0.0.1", "127.0.0.1"),
     ("%6c%6f%63%61%6c%68%6f%73%74", "localhost"),
     ("[::1]", "::1"),
