@@ -33,6 +33,7 @@ from kubeshot.api import (
     CaptureReport,
     FailureReason,
     Format,
+    PdfOptions,
     ProxyCredentials,
     ScreenshotPolicySpec,
     Timings,
@@ -337,19 +338,15 @@ class CaptureEngine:
     ) -> bytes:
         fmt = options.format
         if fmt is Format.PDF:
-            pdf = options.pdf
-            kwargs: dict[str, Any] = {}
-            if pdf is not None:
-                kwargs = {
-                    "format": pdf.format.value,
-                    "landscape": pdf.landscape,
-                    "print_background": pdf.print_background,
-                    "scale": pdf.scale,
-                }
-                if pdf.page_ranges:
-                    kwargs["page_ranges"] = pdf.page_ranges
-            else:
-                kwargs = {"print_background": True}
+            pdf = options.pdf or PdfOptions()
+            kwargs: dict[str, Any] = {
+                "format": pdf.format.value,
+                "landscape": pdf.landscape,
+                "print_background": pdf.print_background,
+                "scale": pdf.scale,
+            }
+            if pdf.page_ranges:
+                kwargs["page_ranges"] = pdf.page_ranges
             return await page.pdf(**kwargs)
         if fmt is Format.HTML:
             if options.selector is not None:
@@ -430,7 +427,11 @@ def _selector_error(field: str, exc: PlaywrightError) -> CaptureError:
 
 
 async def _abort_ad(route: Route) -> None:
-    await route.abort("blockedbyclient")
+    request = route.request
+    if request.is_navigation_request() and request.frame.parent_frame is None:
+        await route.fallback()  # the page the caller asked for is never an ad
+    else:
+        await route.abort("blockedbyclient")
 
 
 async def _dismiss_dialog(dialog: Any) -> None:

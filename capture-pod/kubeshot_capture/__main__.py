@@ -1,0 +1,5 @@
+import sys
+
+from kubeshot_capture.pod import main
+
+sys.exit(main())

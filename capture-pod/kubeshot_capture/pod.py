@@ -1,0 +1,111 @@
+"""The capture pod's entrypoint: read the request, capture, upload, report, exit.
+
+Inputs come from the environment the operator sets:
+  KUBESHOT_REQUEST           JSON CaptureRequest (mounted from the job's Secret)
+  KUBESHOT_TERMINATION_LOG   where the result summary goes (default /dev/termination-log)
+  KUBESHOT_OUTPUT            artifact path when the request has no upload target
+The summary written to the termination log is at most 4 KiB of JSON:
+  {"result": {...ResultSummary...}} or {"failure": {"reason": ..., "message": ...}}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from kubeshot.api import (
+    CaptureError,
+    CaptureReport,
+    CaptureRequest,
+    ExitCode,
+    FailureReason,
+    UploadTarget,
+)
+
+log = logging.getLogger("kubeshot_capture.pod")
+MAX_TERMINATION_MESSAGE = 4096
+UPLOAD_ATTEMPTS = 3
+
+
+def write_summary(path: Path, summary: dict[str, object]) -> None:
+    text = json.dumps(summary, separators=(",", ":"))
+    if len(text.encode()) > MAX_TERMINATION_MESSAGE:  # only a long failure message can do this
+        failure = dict(summary.get("failure", {}))  # type: ignore[call-overload]
+        failure["message"] = str(failure.get("message", ""))[:1000]
+        text = json.dumps({"failure": failure}, separators=(",", ":"))
+    path.write_text(text, encoding="utf-8")
+
+
+def upload(target: UploadTarget, data: bytes, report: CaptureReport) -> str:
+    """PUT the artifact to the gateway; returns the download URL it answers with."""
+    request = urllib.request.Request(  # noqa: S310 - the scheme is checked by UploadTarget
+        target.url,
+        data=data,
+        method="PUT",
+        headers={
+            "Authorization": f"Bearer {target.token}",
+            "Content-Type": report.content_type,
+            "X-Kubeshot-Sha256": report.sha256,
+        },
+    )
+    delay = 0.5
+    for attempt in range(1, UPLOAD_ATTEMPTS + 1):
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+                body = json.loads(response.read() or b"{}")
+                return str(body.get("url", target.url))
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500 or attempt == UPLOAD_ATTEMPTS:
+                raise CaptureError(FailureReason.INTERNAL, f"upload refused: HTTP {exc.code}") from exc
+        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            if attempt == UPLOAD_ATTEMPTS:
+                raise CaptureError(FailureReason.INTERNAL, f"upload failed: {exc}") from exc
+        time.sleep(delay)
+        delay *= 2
+    raise AssertionError("unreachable")
+
+
+async def run(request: CaptureRequest) -> tuple[bytes, CaptureReport]:
+    from kubeshot_capture.engine import CaptureEngine
+
+    async with CaptureEngine(spare_contexts=0) as engine:
+        artifact = await engine.capture(request.options, request.policy, request.proxy)
+    return artifact.data, artifact.report
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    termination = Path(os.environ.get("KUBESHOT_TERMINATION_LOG", "/dev/termination-log"))
+    try:
+        raw = Path(os.environ.get("KUBESHOT_REQUEST", "/var/run/kubeshot/request.json")).read_text()
+        request = CaptureRequest.model_validate_json(raw)
+    except (OSError, ValidationError) as exc:
+        message = f"request unreadable: {exc}".splitlines()[0]
+        write_summary(termination, {"failure": {"reason": "InvalidSpec", "message": message}})
+        print(message, file=sys.stderr)
+        return ExitCode.INVALID_INPUT
+    try:
+        data, report = asyncio.run(run(request))
+        summary = report.summary()
+        if request.upload is not None:
+            summary = summary.model_copy(update={"url": upload(request.upload, data, report)})
+        else:
+            Path(os.environ.get("KUBESHOT_OUTPUT", "artifact")).write_bytes(data)
+    except CaptureError as exc:
+        write_summary(
+            termination, {"failure": {"reason": exc.reason.value, "message": exc.message[:1000]}}
+        )
+        print(f"{exc.reason.value}: {exc.message}", file=sys.stderr)
+        return exc.reason.exit_code
+    write_summary(termination, {"result": summary.to_wire()})
+    log.info("captured %s: %d bytes sha256=%s", report.format, report.bytes, report.sha256)
+    return ExitCode.OK

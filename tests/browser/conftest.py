@@ -1,0 +1,163 @@
+"""Browser tier: real Chromium through the capture engine, test pages on 127.0.0.2."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import pytest_asyncio
+
+from kubeshot.api import ScreenshotPolicySpec
+from kubeshot_capture.browser import chromium_executable
+from tests.conftest import need
+
+PAGES: dict[str, str] = {
+    "/page": """<!doctype html><html><head><title>kubeshot test</title><style>
+        html, body { margin: 0; background: #ffffff; }
+        #red { position: absolute; left: 0; top: 0; width: 100px; height: 100px; background: #ff0000; }
+        #box { position: absolute; left: 200px; top: 50px; width: 120px; height: 80px;
+               background: #0000ff; }
+        </style></head><body><div id="red"></div><div id="box">box</div>
+        <p style="position:absolute;top:300px">Hello kubeshot</p></body></html>""",
+    "/tall": """<!doctype html><html><head><style>html,body{margin:0}
+        .s{height:1000px}</style></head><body><div class="s" style="background:#f00"></div>
+        <div class="s" style="background:#0f0"></div><div class="s" style="background:#00f"></div>
+        </body></html>""",
+    "/transparent": """<!doctype html><html><head><style>html,body{margin:0;background:transparent}
+        #dot{width:10px;height:10px;background:#00ff00}</style></head>
+        <body><div id="dot"></div></body></html>""",
+    "/dark": """<!doctype html><html><head><style>html,body{margin:0;background:#fff}
+        @media (prefers-color-scheme: dark) { html, body { background: #000 } }</style></head>
+        <body></body></html>""",
+    "/env": """<!doctype html><html><body><pre id="out"></pre><script>
+        const out = {ua: navigator.userAgent, lang: navigator.language,
+          tz: Intl.DateTimeFormat().resolvedOptions().timeZone, cookie: document.cookie,
+          dpr: window.devicePixelRatio, w: innerWidth, h: innerHeight};
+        document.getElementById('out').textContent = JSON.stringify(out);
+        </script></body></html>""",
+    "/geo": """<!doctype html><html><body><pre id="out">waiting</pre><script>
+        navigator.geolocation.getCurrentPosition(
+          p => { const e = document.getElementById('out');
+                 e.textContent = p.coords.latitude + ',' + p.coords.longitude;
+                 e.className = 'done'; },
+          err => { document.getElementById('out').textContent = 'error ' + err.code; });
+        </script></body></html>""",
+    "/late": """<!doctype html><html><body><script>
+        setTimeout(() => { const d = document.createElement('div'); d.id = 'late';
+          d.textContent = 'arrived'; document.body.appendChild(d); }, 400);
+        </script></body></html>""",
+    "/ads": """<!doctype html><html><body><p>content</p>
+        <img src="/ads/banner.png"><img src="/pagead/track.gif"><img src="/content/photo.png">
+        </body></html>""",
+    "/banner": """<!doctype html><html><head><style>html,body{margin:0;background:#fff}
+        #onetrust-banner-sdk{position:fixed;left:0;top:0;width:100%;height:100%;background:#f00}
+        </style></head><body><div id="onetrust-banner-sdk">We use cookies</div></body></html>""",
+    "/alert": """<!doctype html><html><body><script>alert('hi'); window.open('/page');</script>
+        <p id="after">after</p></body></html>""",
+}
+PIXEL_PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360f8cfc0f01f0005000201e2b0d5"
+    "3d0000000049454e44ae426082"
+)
+
+
+class TestSite:
+    __test__ = False
+    """A threaded HTTP server on 127.0.0.2 that records every request path it receives."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+        self.headers: list[dict[str, str]] = []
+        site = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                site.requests.append(self.path)
+                site.headers.append({k.lower(): v for k, v in self.headers.items()})
+                path = urlsplit(self.path).path
+                query = parse_qs(urlsplit(self.path).query)
+                if path == "/slow":
+                    time.sleep(float(query.get("s", ["20"])[0]))
+                    self._send(200, "text/html", b"<p>late</p>")
+                elif path == "/headers":
+                    body = json.dumps({k.lower(): v for k, v in self.headers.items()})
+                    self._send(200, "text/html", f"<pre id='out'>{body}</pre>".encode())
+                elif path in PAGES:
+                    self._send(200, "text/html; charset=utf-8", PAGES[path].encode())
+                elif path.endswith((".png", ".gif")):
+                    self._send(200, "image/png", PIXEL_PNG)
+                else:
+                    self._send(404, "text/plain", b"not found")
+
+            def _send(self, status: int, content_type: str, body: bytes) -> None:
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", content_type)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.2", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.2:{self.port}{path}"
+
+
+@pytest.fixture(scope="session")
+def site() -> Iterator[TestSite]:
+    server = TestSite()
+    server.thread.start()
+    yield server
+    server.server.shutdown()
+    server.server.server_close()
+
+
+@pytest.fixture(scope="session")
+def local_policy(site: TestSite) -> ScreenshotPolicySpec:
+    """The default policy with only the test site's loopback address and port opened."""
+    return ScreenshotPolicySpec.model_validate(
+        {
+            "network": {"allowedCIDRs": ["127.0.0.2/32"], "allowedPorts": [80, 443, site.port]},
+            "features": {"allowCustomJavaScript": True},
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str | None:
+    path = chromium_executable()
+    need(path, "Chromium not found: install Debian's chromium (make setup) or set KUBESHOT_CHROMIUM")
+    return path
+
+
+@pytest_asyncio.fixture(scope="session")
+async def engine(chromium: str | None) -> AsyncIterator[object]:
+    from kubeshot_capture.engine import CaptureEngine
+
+    async with CaptureEngine(spare_contexts=1) as running:
+        yield running
+
+
+@pytest.fixture
+def policy_file(tmp_path: Path) -> Path:
+    path = tmp_path / "policy.yaml"
+    path.write_text(
+        "apiVersion: kubeshot.dev/v1alpha1\nkind: ScreenshotPolicy\nmetadata: {name: test}\n"
+        "spec:\n  network:\n    allowedCIDRs: ['127.0.0.2/32']\n"
+    )
+    return path
