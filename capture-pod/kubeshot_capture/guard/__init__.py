@@ -18,7 +18,7 @@ from kubeshot_capture.guard.addresses import (
     embedded_ipv4,
     refusal_reason,
 )
-from kubeshot_capture.guard.proxy import EgressGuard
+from kubeshot_capture.guard.proxy import Connector, EgressGuard, open_connection
 from kubeshot_capture.guard.rules import CompiledRules, Resolver, system_resolver
 from kubeshot_capture.guard.session import EgressSession, RequestLike
 from kubeshot_capture.guard.targets import (
@@ -32,6 +32,7 @@ from kubeshot_capture.guard.targets import (
 
 __all__ = [
     "CompiledRules",
+    "Connector",
     "EgressGuard",
     "EgressSession",
     "IPAddress",
@@ -43,6 +44,7 @@ __all__ = [
     "classify_address",
     "embedded_ipv4",
     "normalise_host",
+    "open_connection",
     "parse_authority",
     "parse_ipv4",
     "parse_url",

@@ -13,6 +13,7 @@ import base64
 import contextlib
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from urllib.parse import urljoin, urlsplit
 
@@ -59,6 +60,14 @@ class _Cut(Exception):
 
 
 Headers = list[tuple[bytes, bytes]]
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+Connector = Callable[[str, int], Awaitable[Streams]]
+"""Opens a TCP connection to (host or address text, port)."""
+
+
+async def open_connection(host: str, port: int) -> Streams:
+    """The default connector: a plain TCP connection with large buffers."""
+    return await asyncio.open_connection(host, port, limit=HEAD_LIMIT)
 
 
 def _parse_head(head: bytes) -> tuple[list[bytes], Headers]:
@@ -139,8 +148,19 @@ class EgressGuard:
     Use as an async context manager; start one capture at a time with `session()`.
     """
 
-    def __init__(self, *, resolver: Resolver | None = None) -> None:
+    def __init__(
+        self, *, resolver: Resolver | None = None, connector: Connector | None = None
+    ) -> None:
+        """
+        Args:
+            resolver: turns host names into addresses (default: the system's getaddrinfo).
+                Tests inject one to point names at 127.0.0.x without touching /etc/hosts.
+            connector: opens a TCP connection to (checked address or upstream proxy host, port)
+                (default: asyncio.open_connection). Tests inject one to observe, and divert,
+                every connection the guard makes.
+        """
         self._resolver: Resolver = resolver or system_resolver
+        self._connector: Connector = connector or open_connection
         self._server: asyncio.Server | None = None
         self._port = 0
         self._session: EgressSession | None = None
@@ -327,12 +347,11 @@ class EgressGuard:
             try:
                 if session.upstream is not None:
                     reader, writer = await _connect_via_upstream(
-                        session.upstream, address, target.port
+                        self._connector, session.upstream, address, target.port
                     )
                 else:
                     reader, writer = await asyncio.wait_for(
-                        asyncio.open_connection(str(address), target.port, limit=HEAD_LIMIT),
-                        CONNECT_TIMEOUT,
+                        self._connector(str(address), target.port), CONNECT_TIMEOUT
                     )
             except (OSError, TimeoutError) as exc:
                 error = exc
@@ -565,18 +584,15 @@ async def _copy_chunked(
 
 
 async def _connect_via_upstream(
-    proxy: ProxyCredentials, address: IPAddress, port: int
+    connector: Connector, proxy: ProxyCredentials, address: IPAddress, port: int
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A tunnel to the checked address through the upstream proxy (CONNECT, Basic auth)."""
     parts = urlsplit(proxy.server)
-    secure = parts.scheme == "https"
     host = parts.hostname or ""
-    proxy_port = parts.port or (443 if secure else 80)
-    context = ssl.create_default_context() if secure else None
-    reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(host, proxy_port, ssl=context, limit=HEAD_LIMIT),
-        CONNECT_TIMEOUT,
-    )
+    proxy_port = parts.port or (443 if parts.scheme == "https" else 80)
+    reader, writer = await asyncio.wait_for(connector(host, proxy_port), CONNECT_TIMEOUT)
+    if parts.scheme == "https":
+        await writer.start_tls(ssl.create_default_context(), server_hostname=host)
     authority = f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
     request = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n"
     if proxy.username is not None:
