@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from kubeshot.gateway.auth import Authenticator
+from kubeshot.gateway.auth import Authenticator, Identity
 from kubeshot.gateway.backend import Backend
 from kubeshot.gateway.jobs import JobRegistry
 from kubeshot.gateway.metrics import Metrics
 from kubeshot.gateway.policies import PolicySet
-from kubeshot.gateway.ratelimit import RateLimiter
+from kubeshot.gateway.ratelimit import Decision, RateLimiter
 from kubeshot.gateway.settings import Settings
 from kubeshot.gateway.signing import UrlSigner
 from kubeshot.gateway.store import ResultStore
@@ -23,3 +23,7 @@ BACKEND = web.AppKey("backend", Backend)
 STORE = web.AppKey("store", ResultStore)
 JOBS = web.AppKey("jobs", JobRegistry)
 METRICS = web.AppKey("metrics", Metrics)
+
+IDENTITY = web.RequestKey("identity", Identity)
+CLIENT = web.RequestKey("client", str)
+RATE_DECISION = web.RequestKey("rate_decision", Decision)

@@ -15,6 +15,14 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# Never passed on to capture workers (and so never visible to a page's browser).
+SECRET_ENVIRONMENT = (
+    "AUTH_TOKEN",
+    "URL_SIGNING_SECRET",
+    "PROXY_USERNAME",
+    "PROXY_PASSWORD",
+    "TOKENS_FILE",
+)
 
 
 def _alias(name: str) -> AliasChoices:
@@ -67,7 +75,7 @@ class Settings(BaseSettings):
 
     # --- authentication --------------------------------------------------------------------
     auth_token: SecretStr | None = Field(default=None, validation_alias=_alias("AUTH_TOKEN"))
-    """A bearer token (identity `default`, every policy). Generated at start when no token is set."""
+    """A bearer token (identity `default`, any policy); `kubeshot serve` generates one if none."""
     tokens_file: Path | None = Field(default=None, validation_alias=_alias("TOKENS_FILE"))
     """YAML/JSON file of hashed tokens with name, namespace, allowed policies and rate limit."""
     no_auth: bool = Field(default=False, validation_alias=_alias("KUBESHOT_NO_AUTH"))
@@ -159,7 +167,9 @@ class Settings(BaseSettings):
     @field_validator("host", mode="before")
     @classmethod
     def _split_hosts(cls, value: object) -> object:
-        return [h.strip() for h in value.split(",") if h.strip()] if isinstance(value, str) else value
+        return (
+            [h.strip() for h in value.split(",") if h.strip()] if isinstance(value, str) else value
+        )
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -199,7 +209,10 @@ class Settings(BaseSettings):
 
     @property
     def plain_http_allowed(self) -> bool:
-        return not self.https_only or (self.allow_http_on_loopback and self.loopback_only)
+        # Configuring TLS means HTTPS is wanted, loopback or not.
+        return not self.https_only or (
+            self.allow_http_on_loopback and self.loopback_only and not self.tls
+        )
 
 
 def _is_loopback(host: str) -> bool:

@@ -1,0 +1,169 @@
+"""`kubeshot serve`: the HTTP gateway with the local (or, later, kubernetes) backend."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "serve",
+        help="run the HTTP gateway",
+        description="Run the kubeshot gateway. Every flag overrides its environment variable "
+        "(see docs/gateway.md). Without a token configured, one is generated and printed once.",
+    )
+    parser.add_argument(
+        "--host", action="append", help="address to listen on (repeatable; default 127.0.0.1)"
+    )
+    parser.add_argument("--port", type=int, help="TCP port (default 8080)")
+    parser.add_argument("--backend", choices=["local", "kubernetes"], help="where captures run")
+    parser.add_argument(
+        "--policy", action="append", metavar="FILE", help="ScreenshotPolicy YAML (repeatable)"
+    )
+    parser.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain (HTTPS)")
+    parser.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    parser.add_argument(
+        "--http-redirect-port",
+        type=int,
+        metavar="PORT",
+        help="with TLS: also listen for plain HTTP here, redirecting to HTTPS",
+    )
+    parser.add_argument("--tokens-file", metavar="FILE", help="hashed tokens (YAML)")
+    parser.add_argument(
+        "--no-auth", action="store_true", help="run WITHOUT authentication (logged as a warning)"
+    )
+    parser.add_argument("--workers", type=int, help="capture worker processes (default 2)")
+    parser.add_argument("--queue-size", type=int, help="captures that may wait (default 16)")
+    parser.add_argument(
+        "--captures-per-worker", type=int, help="recycle a worker after N captures (default 50)"
+    )
+    parser.add_argument("--result-dir", metavar="DIR", help="where async artifacts are kept")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.set_defaults(run=run)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    pairs = {
+        "host": args.host,
+        "port": args.port,
+        "backend": args.backend,
+        "policy_files": args.policy,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "http_redirect_port": args.http_redirect_port,
+        "tokens_file": args.tokens_file,
+        "workers": args.workers,
+        "queue_size": args.queue_size,
+        "captures_per_worker": args.captures_per_worker,
+        "result_dir": args.result_dir,
+    }
+    overrides = {k: v for k, v in pairs.items() if v is not None}
+    if args.no_auth:
+        overrides["no_auth"] = True
+    return overrides
+
+
+def run(args: argparse.Namespace) -> int:
+    import secrets
+    import ssl
+
+    from pydantic import SecretStr, ValidationError
+
+    from kubeshot.gateway import Settings, create_app
+    from kubeshot.gateway.auth import hash_token
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = Settings(**_overrides(args))
+    except ValidationError as exc:
+        print(f"kubeshot serve: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    if settings.backend == "kubernetes":
+        print(
+            "kubeshot serve: the kubernetes backend is not available yet (it comes with the "
+            "operator); use --backend local",
+            file=sys.stderr,
+        )
+        return 2
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        print("kubeshot serve: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    if not settings.no_auth and settings.auth_token is None and settings.tokens_file is None:
+        token = secrets.token_urlsafe(32)
+        settings = settings.model_copy(update={"auth_token": SecretStr(token)})
+        print(
+            "\nNo AUTH_TOKEN or TOKENS_FILE configured: generated a token for this run "
+            "(shown once, not stored):\n\n"
+            f"    {token}\n\n"
+            f"    (sha256 for a tokens file: {hash_token(token)})\n",
+            file=sys.stderr,
+            flush=True,
+        )
+    try:
+        app = create_app(settings)
+    except ValueError as exc:
+        print(f"kubeshot serve: {exc}", file=sys.stderr)
+        return 2
+
+    ssl_context = None
+    if settings.tls:
+        assert settings.tls_cert is not None
+        assert settings.tls_key is not None
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
+        ssl_context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    elif settings.https_only and not settings.plain_http_allowed:
+        logging.getLogger("kubeshot.gateway").warning(
+            "HTTPS_ONLY is on, no certificate is configured and the gateway listens beyond "
+            "loopback: plain-HTTP requests are redirected to HTTPS (expecting a TLS proxy in "
+            "front, listed in TRUSTED_PROXIES)"
+        )
+    try:
+        asyncio.run(_serve(app, settings, ssl_context))
+    except OSError as exc:
+        print(f"kubeshot serve: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _serve(app: Any, settings: Any, ssl_context: Any) -> None:
+    """Listen until SIGINT/SIGTERM, then shut down gracefully (in-flight captures finish)."""
+    from aiohttp import web
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    runner = web.AppRunner(
+        app,
+        access_log=logging.getLogger("kubeshot.gateway.access"),
+        shutdown_timeout=settings.shutdown_grace,
+    )
+    await runner.setup()
+    try:
+        scheme = "https" if ssl_context else "http"
+        for host in settings.host:
+            site = web.TCPSite(runner, host, settings.port, ssl_context=ssl_context)
+            await site.start()
+            print(
+                f"kubeshot gateway listening on {scheme}://{_authority(host)}:{settings.port}",
+                file=sys.stderr,
+                flush=True,
+            )
+            if ssl_context is not None and settings.http_redirect_port is not None:
+                await web.TCPSite(runner, host, settings.http_redirect_port).start()
+        await stop.wait()
+        print("kubeshot gateway shutting down", file=sys.stderr, flush=True)
+    finally:
+        await runner.cleanup()
+
+
+def _authority(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

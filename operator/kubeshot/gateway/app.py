@@ -1,0 +1,580 @@
+"""The gateway application: `create_app(settings)` and its security pipeline.
+
+Every request passes, in this order: HTTPS-only → authentication → rate limiting (middlewares),
+then in the handler validation → admission → backend → response validation; secure headers are
+added to every response as it is prepared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from kubeshot.api import (
+    CaptureError,
+    CaptureOptions,
+    Format,
+    ProxyCredentials,
+    ScreenshotPolicy,
+    ScreenshotPolicySpec,
+)
+from kubeshot.api.admission import admit
+from kubeshot.gateway import keys
+from kubeshot.gateway.auth import (
+    Authenticator,
+    Identity,
+    TokenEntry,
+    hash_token,
+    load_tokens_file,
+    parse_authorization,
+)
+from kubeshot.gateway.backend import Backend, CaptureResult
+from kubeshot.gateway.errors import ApiError, forbidden, invalid, unauthorized
+from kubeshot.gateway.jobs import JobRegistry
+from kubeshot.gateway.metrics import CONTENT_TYPE_LATEST, Metrics
+from kubeshot.gateway.models import Health
+from kubeshot.gateway.openapi import openapi_document
+from kubeshot.gateway.policies import PolicySet
+from kubeshot.gateway.ratelimit import RateLimiter
+from kubeshot.gateway.security import SECURE_HEADERS, client_address, is_https
+from kubeshot.gateway.settings import Settings
+from kubeshot.gateway.signing import SignatureError, UrlSigner
+from kubeshot.gateway.store import ResultStore
+from kubeshot.gateway.validation import (
+    POLICY_PARAM,
+    options_from_json,
+    options_from_query,
+    policy_name,
+)
+
+log = logging.getLogger("kubeshot.gateway")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+PUBLIC_ROUTES = frozenset({"healthz", "readyz", "metrics", "openapi"})
+SIGNED_ROUTES = frozenset({"screenshot_signed"})
+CAPTURE_ROUTES = frozenset({"screenshot", "captures_create"})
+# Places a token does not belong: it would end up in logs, browser history and Referer headers.
+TOKEN_QUERY_PARAMS = ("token", "access_token", "auth", "api_key", "apikey", "key")
+TOKEN_HEADERS = ("X-Api-Key", "X-Auth-Token", "Api-Key")
+_MAGIC: dict[Format, tuple[bytes, ...]] = {
+    Format.PNG: (b"\x89PNG\r\n\x1a\n",),
+    Format.JPEG: (b"\xff\xd8\xff",),
+    Format.WEBP: (b"RIFF",),
+    Format.PDF: (b"%PDF-",),
+}
+
+
+def _route_name(request: web.Request) -> str:
+    route = request.match_info.route
+    return route.name or "unmatched"
+
+
+# --- middlewares, outermost first -------------------------------------------------------------
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes `{"error": {code, message, details}}`; no stack trace leaves."""
+    metrics = request.app[keys.METRICS]
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = _error_response(exc)
+    except CaptureError as exc:
+        response = _error_response(ApiError.from_capture_error(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = _error_response(_from_http_exception(exc))
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        response = _error_response(ApiError(500, "internal", "internal error"))
+    metrics.requests.labels(route=_route_name(request), status=str(response.status)).inc()
+    return response
+
+
+def _from_http_exception(exc: web.HTTPException) -> ApiError:
+    codes = {
+        404: ("not_found", "no such resource"),
+        405: ("method_not_allowed", "method not allowed on this resource"),
+        413: ("payload_too_large", "the request body is too large"),
+    }
+    code, message = codes.get(exc.status, ("http_error", exc.reason))
+    headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+    return ApiError(exc.status, code, message, headers=headers)
+
+
+def _error_response(error: ApiError) -> web.Response:
+    response = web.json_response(error.body(), status=error.status)
+    response.headers.update(error.headers)
+    return response
+
+
+@web.middleware
+async def https_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """HTTPS-only: plain HTTP gets 308 to the same URL over HTTPS (probes excepted)."""
+    settings = request.app[keys.SETTINGS]
+    if (
+        settings.plain_http_allowed
+        or _route_name(request) in {"healthz", "readyz"}
+        or is_https(request, settings.trusted_proxies)
+    ):
+        return await handler(request)
+    host = request.url.host
+    if not host:
+        raise invalid("the request has no Host")
+    port = settings.port if settings.tls and settings.port != 443 else None
+    authority = f"[{host}]" if ":" in host else host
+    location = f"https://{authority}{f':{port}' if port else ''}{request.rel_url}"
+    raise ApiError(308, "https_required", "use HTTPS", headers={"Location": location})
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bearer token, or a signed URL on GET /v1/screenshot, or nothing on public routes."""
+    app = request.app
+    settings = app[keys.SETTINGS]
+    route = _route_name(request)
+    request[keys.CLIENT] = client_address(request, settings.trusted_proxies)
+    if route in PUBLIC_ROUTES:
+        return await handler(request)
+    authenticator = app[keys.AUTHENTICATOR]
+    if authenticator.open_access:
+        request[keys.IDENTITY] = Identity(
+            name="anonymous", kind="anonymous", rate_key=f"client:{request[keys.CLIENT]}"
+        )
+        return await handler(request)
+    metrics = app[keys.METRICS]
+    if route in SIGNED_ROUTES:
+        try:
+            app[keys.SIGNER].verify(list(request.query.items()))
+        except SignatureError as exc:
+            metrics.auth_failures.labels(reason="bad_signature").inc()
+            raise forbidden(str(exc)) from None
+        request[keys.IDENTITY] = Identity(
+            name="signed", kind="signed", rate_key=f"signed:{request[keys.CLIENT]}"
+        )
+        return await handler(request)
+    header = request.headers.get("Authorization")
+    if header is None:
+        if any(p in request.query for p in TOKEN_QUERY_PARAMS) or any(
+            h in request.headers for h in TOKEN_HEADERS
+        ):
+            metrics.auth_failures.labels(reason="token_misplaced").inc()
+            raise unauthorized(
+                "send the token in the Authorization header (Authorization: Bearer TOKEN), "
+                "never in the URL or another header",
+                error="invalid_request",
+            )
+        metrics.auth_failures.labels(reason="missing").inc()
+        raise unauthorized(
+            "authentication required: Authorization: Bearer TOKEN", "invalid_request"
+        )
+    try:
+        token = parse_authorization(header)
+    except ValueError as exc:
+        metrics.auth_failures.labels(reason="malformed").inc()
+        raise unauthorized(str(exc), error="invalid_request") from None
+    identity = authenticator.authenticate(token)
+    if identity is None:
+        metrics.auth_failures.labels(reason="invalid").inc()
+        raise unauthorized("the token is not valid")
+    request[keys.IDENTITY] = identity
+    return await handler(request)
+
+
+@web.middleware
+async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Per identity: captures by RATE_LIMIT_CAPTURE (or the token's own limit), signed URLs by
+    RATE_LIMIT_SIGNED per client address, everything else by RATE_LIMIT_READ."""
+    identity = request.get(keys.IDENTITY)
+    if identity is None:
+        return await handler(request)
+    settings = request.app[keys.SETTINGS]
+    route = _route_name(request)
+    if route in SIGNED_ROUTES:
+        category, limit = "signed", settings.rate_limit_signed
+    elif route in CAPTURE_ROUTES:
+        category, limit = "capture", identity.rate_limit or settings.rate_limit_capture
+    else:
+        category, limit = "read", settings.rate_limit_read
+    decision = await request.app[keys.RATE_LIMITER].hit(limit, category, identity.rate_key)
+    if decision is not None:
+        request[keys.RATE_DECISION] = decision
+        if not decision.allowed:
+            request.app[keys.METRICS].rate_limited.labels(category=category).inc()
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"rate limit of {limit} exceeded; retry in {decision.headers()['Retry-After']}s",
+                {"limit": limit},
+                headers=decision.headers(),
+            )
+    return await handler(request)
+
+
+async def _on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """Secure headers on every response; HSTS over HTTPS; no caching of authenticated data."""
+    settings = request.app[keys.SETTINGS]
+    response.headers.update(SECURE_HEADERS)
+    response.headers["Server"] = "kubeshot"
+    response.headers.setdefault("X-Request-Id", uuid.uuid4().hex)
+    if request.path.startswith("/v1/") or keys.IDENTITY in request:
+        response.headers["Cache-Control"] = "no-store"
+    if settings.https_only and is_https(request, settings.trusted_proxies):
+        response.headers["Strict-Transport-Security"] = (
+            f"max-age={settings.hsts_max_age}; includeSubDomains"
+        )
+    decision = request.get(keys.RATE_DECISION)
+    if decision is not None:
+        for name, value in decision.headers().items():
+            response.headers.setdefault(name, value)
+
+
+# --- the capture path: admission, backend, response validation --------------------------------
+
+
+def _proxy_for(settings: Settings, policy: ScreenshotPolicySpec) -> ProxyCredentials | None:
+    if settings.proxy_server:
+        return ProxyCredentials(
+            server=settings.proxy_server,
+            username=settings.proxy_username,
+            password=settings.proxy_password,
+        )
+    if policy.network.proxy is not None:
+        return ProxyCredentials(server=policy.network.proxy.server)
+    return None
+
+
+def _admitted_policy(
+    request: web.Request, identity: Identity, options: CaptureOptions, name: str | None
+) -> ScreenshotPolicy:
+    """The policy the capture runs under, once the identity may use it and the options fit it."""
+    metrics = request.app[keys.METRICS]
+    try:
+        policy = request.app[keys.POLICIES].get(name)
+        if not identity.may_use(policy.name):
+            raise ApiError(
+                403,
+                "blocked_by_policy",
+                f"this token may not use the policy {policy.name!r}",
+                {"reason": "PolicyViolation"},
+            )
+        admit(options, policy.spec)
+    except CaptureError as exc:
+        metrics.admission_rejections.labels(reason=exc.reason.value).inc()
+        raise
+    except ApiError:
+        metrics.admission_rejections.labels(reason="PolicyNotAllowed").inc()
+        raise
+    return policy
+
+
+def _verify_artifact(
+    options: CaptureOptions, policy: ScreenshotPolicySpec, result: CaptureResult
+) -> None:
+    """Never answer with an artifact that is not what was asked for."""
+    data, report = result.data, result.report
+    problems = []
+    if len(data) != report.bytes or hashlib.sha256(data).hexdigest() != report.sha256:
+        problems.append("size or sha256 differs from the engine's report")
+    if len(data) > policy.limits.max_result_bytes:
+        problems.append("larger than the policy's maxResultBytes")
+    if report.content_type.split(";")[0] != options.format.content_type.split(";")[0]:
+        problems.append(f"content type {report.content_type} is not {options.format.value}")
+    magic = _MAGIC.get(options.format)
+    if magic and not data.startswith(magic):
+        problems.append(f"not a {options.format.value} file")
+    if options.format is Format.WEBP and data[8:12] != b"WEBP":
+        problems.append("not a webp file")
+    if problems:
+        log.error("artifact refused: %s", "; ".join(problems))
+        raise ApiError(
+            502, "capture_failed", "the capture produced an artifact that failed verification"
+        )
+
+
+async def _run_capture(
+    request: web.Request, options: CaptureOptions, name: str | None
+) -> tuple[CaptureResult, ScreenshotPolicy]:
+    app = request.app
+    identity = request[keys.IDENTITY]
+    policy = _admitted_policy(request, identity, options, name)
+    metrics = app[keys.METRICS]
+    started = time.monotonic()
+    try:
+        result = await app[keys.BACKEND].capture(
+            options, policy.spec, _proxy_for(app[keys.SETTINGS], policy.spec)
+        )
+    except CaptureError as exc:
+        metrics.captures.labels(outcome=exc.reason.value).inc()
+        raise
+    finally:
+        metrics.capture_duration.observe(time.monotonic() - started)
+    _verify_artifact(options, policy.spec, result)
+    metrics.captures.labels(outcome="Succeeded").inc()
+    return result, policy
+
+
+def _artifact_response(options_format: Format, result: CaptureResult) -> web.Response:
+    report = result.report
+    response = web.Response(
+        body=result.data, content_type=options_format.content_type.split(";")[0]
+    )
+    if options_format is Format.HTML:
+        response.charset = "utf-8"
+        response.headers["Content-Disposition"] = 'attachment; filename="capture.html"'
+    response.headers["X-Kubeshot-Sha256"] = report.sha256
+    if report.width is not None and report.height is not None:
+        response.headers["X-Kubeshot-Size"] = f"{report.width}x{report.height}"
+    return response
+
+
+async def _json_body(request: web.Request) -> bytes:
+    settings = request.app[keys.SETTINGS]
+    if request.content_length is not None and request.content_length > settings.max_body_bytes:
+        raise ApiError(
+            413,
+            "payload_too_large",
+            f"the request body is larger than {settings.max_body_bytes} bytes",
+        )
+    if request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send capture options as application/json")
+    return await request.read()
+
+
+def _policy_param(request: web.Request) -> str | None:
+    values = request.query.getall(POLICY_PARAM, [])
+    if len(values) > 1:
+        raise invalid("parameter 'policy' is given more than once", [{"field": "policy"}])
+    return policy_name(values[0] if values else None)
+
+
+# --- handlers ---------------------------------------------------------------------------------
+
+
+async def screenshot(request: web.Request) -> web.StreamResponse:
+    """POST /v1/screenshot: capture options as JSON, the artifact as the answer."""
+    options = options_from_json(await _json_body(request))
+    result, _ = await _run_capture(request, options, _policy_param(request))
+    return _artifact_response(options.format, result)
+
+
+async def screenshot_signed(request: web.Request) -> web.StreamResponse:
+    """GET /v1/screenshot?...&expires=&keyId=&signature=: a signed URL, no token."""
+    options = options_from_query(request.query.items())
+    result, _ = await _run_capture(request, options, _policy_param(request))
+    return _artifact_response(options.format, result)
+
+
+async def captures_create(request: web.Request) -> web.StreamResponse:
+    """POST /v1/captures: accept a capture to run in the background (202)."""
+    options = options_from_json(await _json_body(request))
+    identity = request[keys.IDENTITY]
+    policy = _admitted_policy(request, identity, options, _policy_param(request))
+    app = request.app
+    if not app[keys.BACKEND].can_accept():
+        app[keys.METRICS].overloaded.inc()
+        raise ApiError(503, "overloaded", "the capture queue is full", headers={"Retry-After": "1"})
+    job = app[keys.JOBS].submit(
+        identity.rate_key,
+        policy.name,
+        options,
+        policy.spec,
+        _proxy_for(app[keys.SETTINGS], policy.spec),
+    )
+    response = web.json_response(job.view().to_wire(), status=202)
+    response.headers["Location"] = f"/v1/captures/{job.id}"
+    return response
+
+
+def _job_of(request: web.Request) -> tuple[Identity, str]:
+    return request[keys.IDENTITY], request.match_info["job_id"]
+
+
+async def captures_get(request: web.Request) -> web.StreamResponse:
+    identity, job_id = _job_of(request)
+    job = request.app[keys.JOBS].get(identity.rate_key, job_id)
+    if job is None:
+        raise ApiError(404, "not_found", "no such capture")
+    return web.json_response(job.view().to_wire())
+
+
+async def captures_artifact(request: web.Request) -> web.StreamResponse:
+    identity, job_id = _job_of(request)
+    job = request.app[keys.JOBS].get(identity.rate_key, job_id)
+    if job is None:
+        raise ApiError(404, "not_found", "no such capture")
+    if job.result is None:
+        detail = job.failure.to_wire() if job.failure else None
+        raise ApiError(409, "not_ready", f"the capture is {job.phase.value}", detail)
+    data = await asyncio.to_thread(request.app[keys.STORE].get, job.id, job.result.sha256)
+    if data is None:
+        raise ApiError(404, "not_found", "the artifact has expired")
+    response = web.Response(body=data, content_type=job.result.content_type.split(";")[0])
+    response.headers["X-Kubeshot-Sha256"] = job.result.sha256
+    if job.result.content_type.startswith("text/html"):
+        response.headers["Content-Disposition"] = 'attachment; filename="capture.html"'
+    return response
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    return web.json_response(Health(status="ok").to_wire())
+
+
+async def readyz(request: web.Request) -> web.StreamResponse:
+    backend = request.app[keys.BACKEND]
+    ready = backend.ready
+    body = Health(status="ok" if ready else "not_ready", queue_depth=backend.queue_depth)
+    return web.json_response(body.to_wire(), status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    body = request.app[keys.METRICS].exposition()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
+async def openapi(request: web.Request) -> web.StreamResponse:
+    return web.json_response(openapi_document())
+
+
+# --- the application --------------------------------------------------------------------------
+
+
+def build_authenticator(settings: Settings) -> Authenticator:
+    """Tokens from AUTH_TOKEN and the tokens file; refuses to run open unless told to."""
+    entries: list[TokenEntry] = []
+    if settings.auth_token is not None:
+        entries.append(
+            TokenEntry(name="default", sha256=hash_token(settings.auth_token.get_secret_value()))
+        )
+    if settings.tokens_file is not None:
+        entries.extend(load_tokens_file(settings.tokens_file))
+    if settings.no_auth:
+        log.warning("authentication is OFF (--no-auth): anyone who can reach this port may capture")
+        return Authenticator([], open_access=True)
+    if not entries:
+        raise ValueError("no token configured: set AUTH_TOKEN or TOKENS_FILE, or pass --no-auth")
+    return Authenticator(entries)
+
+
+def default_backend(settings: Settings, metrics: Metrics) -> Backend:
+    if settings.backend == "kubernetes":
+        raise ValueError("the kubernetes backend is not available yet; use --backend local")
+    from kubeshot.gateway.pool import LocalBackend
+
+    return LocalBackend(
+        workers=settings.workers,
+        captures_per_worker=settings.captures_per_worker,
+        queue_size=settings.queue_size,
+        queue_timeout=settings.queue_timeout,
+        start_timeout=settings.worker_start_timeout,
+        poll_interval=settings.memory_poll_interval,
+        shutdown_grace=settings.shutdown_grace,
+        metrics=metrics,
+    )
+
+
+def create_app(settings: Settings, backend: Backend | None = None) -> web.Application:
+    """The gateway. `backend` defaults to the one `settings.backend` names."""
+    app = web.Application(
+        middlewares=[error_middleware, https_middleware, auth_middleware, rate_limit_middleware],
+        client_max_size=settings.max_body_bytes,
+    )
+    metrics_ = Metrics()
+    app[keys.SETTINGS] = settings
+    app[keys.METRICS] = metrics_
+    app[keys.AUTHENTICATOR] = build_authenticator(settings)
+    secret = settings.url_signing_secret
+    app[keys.SIGNER] = UrlSigner.from_secret(
+        secret.get_secret_value() if secret else None, settings.signed_url_max_ttl
+    )
+    app[keys.RATE_LIMITER] = RateLimiter(settings.rate_limit_enabled)
+    app[keys.POLICIES] = PolicySet.from_files(
+        settings.policy_files, ignore_https_errors=settings.ignore_https_errors
+    )
+    app[keys.BACKEND] = backend or default_backend(settings, metrics_)
+
+    app.router.add_get("/healthz", healthz, name="healthz")
+    app.router.add_get("/readyz", readyz, name="readyz")
+    app.router.add_get("/metrics", metrics, name="metrics")
+    app.router.add_get("/v1/openapi.json", openapi, name="openapi")
+    app.router.add_post("/v1/screenshot", screenshot, name="screenshot")
+    app.router.add_get(
+        "/v1/screenshot", screenshot_signed, name="screenshot_signed", allow_head=False
+    )
+    app.router.add_post("/v1/captures", captures_create, name="captures_create")
+    app.router.add_get(
+        r"/v1/captures/{job_id}", captures_get, name="captures_get", allow_head=False
+    )
+    app.router.add_get(
+        r"/v1/captures/{job_id}/artifact",
+        captures_artifact,
+        name="captures_artifact",
+        allow_head=False,
+    )
+
+    app.on_response_prepare.append(_on_response_prepare)
+    app.on_shutdown.append(_begin_shutdown)
+    app.cleanup_ctx.append(_backend_ctx)
+    app.cleanup_ctx.append(_jobs_ctx)
+    return app
+
+
+async def _begin_shutdown(app: web.Application) -> None:
+    app[keys.BACKEND].begin_shutdown()
+
+
+async def _backend_ctx(app: web.Application) -> AsyncIterator[None]:
+    backend = app[keys.BACKEND]
+    await backend.start()
+    try:
+        yield
+    finally:
+        await backend.close()
+
+
+async def _jobs_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    with contextlib.ExitStack() as stack:
+        if settings.result_dir is None:
+            root = Path(
+                stack.enter_context(tempfile.TemporaryDirectory(prefix="kubeshot-results-"))
+            )
+        else:
+            root = settings.result_dir
+        store = ResultStore(root, settings.result_ttl_seconds)
+        jobs = JobRegistry(app[keys.BACKEND], store, settings.result_ttl_seconds)
+        app[keys.STORE] = store
+        app[keys.JOBS] = jobs
+        expiry = asyncio.create_task(_expire_periodically(jobs, settings.result_ttl_seconds))
+        try:
+            yield
+        finally:
+            expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await expiry
+            await jobs.close(settings.shutdown_grace)
+
+
+async def _expire_periodically(jobs: JobRegistry, ttl: int) -> None:
+    interval = max(1.0, min(60.0, ttl / 4))
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            jobs.expire()
+        except OSError:
+            log.exception("result store expiry failed")

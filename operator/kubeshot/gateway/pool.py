@@ -1,0 +1,337 @@
+"""The local backend: a supervised pool of capture worker processes on this machine.
+
+Each worker is a separate process (its own session) running one CaptureEngine, so a capture
+that misbehaves can be killed with everything it started. While a worker captures, the pool
+measures the memory of its whole process tree; over the policy's `limits.memory` the tree is
+killed, the capture fails with MemoryLimitExceeded and a fresh worker takes its place. Workers
+are recycled after `captures_per_worker` captures. Captures wait for a worker in a bounded
+queue; beyond it, or after `queue_timeout`, the caller gets 503. The gateway process is the
+child subreaper of its workers, so no Chromium process can outlive it as an orphan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+
+from kubeshot.api import (
+    CaptureError,
+    CaptureOptions,
+    CaptureReport,
+    FailureReason,
+    ProxyCredentials,
+    ScreenshotPolicySpec,
+)
+from kubeshot.api.admission import effective_timeout
+from kubeshot.gateway import procs
+from kubeshot.gateway.backend import Backend, CaptureResult
+from kubeshot.gateway.errors import overloaded
+from kubeshot.gateway.metrics import Metrics
+from kubeshot.gateway.settings import SECRET_ENVIRONMENT
+from kubeshot.gateway.worker import capture_request, encode_frame, read_frame_async
+
+log = logging.getLogger("kubeshot.gateway.pool")
+# Time a capture gets beyond its own timeout before its worker is killed: the engine reports
+# its own timeouts; this is the backstop for a worker that stopped answering.
+DEADLINE_GRACE = 10.0
+STREAM_LIMIT = 2**16
+
+
+WORKER_TAG = "KUBESHOT_WORKER_TAG"
+
+
+def worker_environment(tag: str) -> dict[str, str]:
+    """The gateway's environment without its secrets (a page must never find a token in
+    /proc/self/environ), plus the tag that finds every process of this worker."""
+    secret = set(SECRET_ENVIRONMENT)
+    env = {k: v for k, v in os.environ.items() if k not in secret}
+    name, _, value = tag.partition("=")
+    env[name] = value
+    return env
+
+
+class WorkerLost(Exception):
+    """The worker process ended or stopped answering."""
+
+
+class Worker:
+    """One worker process and its pipe."""
+
+    def __init__(self, process: asyncio.subprocess.Process, tag: str) -> None:
+        self.process = process
+        self.tag = tag
+        self.pid = process.pid
+        self.captures = 0
+        self.alive = True
+        self.peak_memory = 0
+
+    @classmethod
+    async def start(cls, command: Sequence[str], start_timeout: float) -> Worker:
+        tag = f"{WORKER_TAG}={uuid.uuid4().hex}"
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            limit=STREAM_LIMIT,
+            env=worker_environment(tag),
+        )
+        worker = cls(process, tag)
+        try:
+            assert process.stdout is not None
+            frame = await asyncio.wait_for(read_frame_async(process.stdout), start_timeout)
+            if frame is None or frame[0].get("op") != "ready":
+                raise WorkerLost("the worker exited before it was ready")
+        except BaseException:
+            await worker.kill()
+            raise
+        return worker
+
+    async def capture(
+        self, request: dict[str, object], memory_limit: int, deadline: float, poll: float
+    ) -> tuple[dict[str, object], bytes]:
+        """Send one request, watch memory and deadline until the answer comes."""
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        self.captures += 1
+        self.process.stdin.write(encode_frame(request))
+        await self.process.stdin.drain()
+        answer = asyncio.ensure_future(read_frame_async(self.process.stdout))
+        try:
+            while True:
+                done, _ = await asyncio.wait({answer}, timeout=poll)
+                if done:
+                    frame = answer.result()
+                    if frame is None:
+                        raise WorkerLost("the capture worker ended unexpectedly")
+                    return frame
+                memory = await asyncio.to_thread(procs.tree_memory, self.pid, self.tag)
+                self.peak_memory = max(self.peak_memory, memory)
+                if memory > memory_limit:
+                    raise CaptureError(
+                        FailureReason.MEMORY_LIMIT_EXCEEDED,
+                        f"the capture used {memory // 2**20} MiB, over its limit of "
+                        f"{memory_limit // 2**20} MiB; it was stopped",
+                    )
+                if time.monotonic() > deadline:
+                    raise CaptureError(
+                        FailureReason.TIMEOUT, "the capture did not finish within its time limit"
+                    )
+        finally:
+            answer.cancel()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Ask the worker to exit (its engine closes Chromium), then make sure it did."""
+        if self.alive and self.process.stdin is not None:
+            with contextlib.suppress(Exception):
+                self.process.stdin.close()
+            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+                await asyncio.wait_for(self.process.wait(), grace)
+        await self.kill()
+
+    async def kill(self) -> None:
+        """SIGKILL the worker's whole process tree and reap what we adopted of it."""
+        self.alive = False
+        for _ in range(100):
+            tree = await asyncio.to_thread(procs.process_tree, self.pid, self.tag)
+            if not {pid for pid in tree if not procs.is_zombie(pid)}:
+                break
+            procs.kill_tree(self.pid, self.tag)
+            procs.reap(tree - {self.pid})
+            await asyncio.sleep(0.02)
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.process.wait(), 5)
+        procs.reap(procs.process_tree(self.pid, self.tag) - {self.pid})
+
+
+class LocalBackend(Backend):
+    """Runs captures in a pool of worker processes on this machine."""
+
+    def __init__(
+        self,
+        *,
+        workers: int = 2,
+        captures_per_worker: int = 50,
+        queue_size: int = 16,
+        queue_timeout: float = 30.0,
+        start_timeout: float = 60.0,
+        poll_interval: float = 0.1,
+        shutdown_grace: float = 30.0,
+        metrics: Metrics | None = None,
+        worker_command: Sequence[str] | None = None,
+    ) -> None:
+        self.size = workers
+        self.captures_per_worker = captures_per_worker
+        self.queue_size = queue_size
+        self.queue_timeout = queue_timeout
+        self.start_timeout = start_timeout
+        self.poll_interval = poll_interval
+        self.shutdown_grace = shutdown_grace
+        self.metrics = metrics or Metrics()
+        self.command = list(worker_command or [sys.executable, "-m", "kubeshot.gateway.worker"])
+        self._idle: asyncio.Queue[Worker] = asyncio.Queue()
+        self._workers: set[Worker] = set()
+        self._spawning: set[asyncio.Task[None]] = set()
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._waiting = 0
+        self._busy = 0
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._closing = False
+
+    async def start(self) -> None:
+        procs.become_subreaper()
+        for _ in range(self.size):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        task = asyncio.create_task(self._start_worker())
+        self._spawning.add(task)
+        task.add_done_callback(self._spawning.discard)
+
+    async def _start_worker(self) -> None:
+        delay = 0.5
+        while not self._closing:
+            try:
+                worker = await Worker.start(self.command, self.start_timeout)
+            except (OSError, WorkerLost, TimeoutError) as exc:
+                log.error("a capture worker failed to start (%s); retrying in %.1fs", exc, delay)
+                self.metrics.worker_restarts.labels(reason="start_failed").inc()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            if self._closing:
+                await worker.stop()
+                return
+            self._workers.add(worker)
+            self._idle.put_nowait(worker)
+            self._update_gauges()
+            log.info("capture worker %d ready", worker.pid)
+            return
+
+    @property
+    def ready(self) -> bool:
+        return not self._closing and bool(self._workers) and self.can_accept()
+
+    def can_accept(self) -> bool:
+        return not self._closing and (self._idle.qsize() > 0 or self._waiting < self.queue_size)
+
+    @property
+    def queue_depth(self) -> int:
+        return self._waiting
+
+    def _update_gauges(self) -> None:
+        self.metrics.queue_depth.set(self._waiting)
+        self.metrics.workers.labels(state="idle").set(self._idle.qsize())
+        self.metrics.workers.labels(state="busy").set(self._busy)
+
+    async def capture(
+        self,
+        options: CaptureOptions,
+        policy: ScreenshotPolicySpec,
+        proxy: ProxyCredentials | None = None,
+    ) -> CaptureResult:
+        if self._closing:
+            raise overloaded("the gateway is shutting down", retry_after=5)
+        if self._idle.qsize() == 0 and self._waiting >= self.queue_size:
+            self.metrics.overloaded.inc()
+            raise overloaded("every capture worker is busy and the queue is full")
+        self._waiting += 1
+        self._update_gauges()
+        try:
+            worker = await asyncio.wait_for(self._idle.get(), self.queue_timeout)
+        except TimeoutError:
+            self.metrics.overloaded.inc()
+            raise overloaded("no capture worker became free in time") from None
+        finally:
+            self._waiting -= 1
+            self._update_gauges()
+        self._busy += 1
+        self._drained.clear()
+        self._update_gauges()
+        try:
+            return await self._run(worker, options, policy, proxy)
+        finally:
+            self._busy -= 1
+            if self._busy == 0:
+                self._drained.set()
+            self._update_gauges()
+
+    async def _run(
+        self,
+        worker: Worker,
+        options: CaptureOptions,
+        policy: ScreenshotPolicySpec,
+        proxy: ProxyCredentials | None,
+    ) -> CaptureResult:
+        deadline = time.monotonic() + effective_timeout(options, policy) + DEADLINE_GRACE
+        request = capture_request(options, policy, proxy)
+        healthy = False
+        try:
+            header, payload = await worker.capture(
+                request, policy.limits.memory_bytes, deadline, self.poll_interval
+            )
+            healthy = True
+        except CaptureError as exc:
+            reason = {
+                FailureReason.MEMORY_LIMIT_EXCEEDED: "memory_limit",
+                FailureReason.TIMEOUT: "timeout",
+            }.get(exc.reason, "error")
+            log.warning("capture worker %d killed: %s", worker.pid, exc)
+            await self._replace(worker, reason)
+            raise
+        except WorkerLost as exc:
+            await self._replace(worker, "crashed")
+            raise CaptureError(FailureReason.POD_LOST, str(exc)) from None
+        except BaseException:
+            await self._replace(worker, "cancelled")
+            raise
+        finally:
+            if healthy:
+                if worker.captures >= self.captures_per_worker:
+                    retiring = asyncio.create_task(self._retire(worker))
+                    self._retiring.add(retiring)
+                    retiring.add_done_callback(self._retiring.discard)
+                else:
+                    self._idle.put_nowait(worker)
+        if not header.get("ok"):
+            reason = FailureReason(str(header.get("reason", FailureReason.INTERNAL.value)))
+            raise CaptureError(reason, str(header.get("message", "capture failed")))
+        report = CaptureReport.model_validate(header["report"])
+        return CaptureResult(payload, report)
+
+    async def _replace(self, worker: Worker, reason: str) -> None:
+        self._workers.discard(worker)
+        self.metrics.worker_restarts.labels(reason=reason).inc()
+        await worker.kill()
+        if not self._closing:
+            self._spawn()
+
+    async def _retire(self, worker: Worker) -> None:
+        self._workers.discard(worker)
+        self.metrics.worker_restarts.labels(reason="recycled").inc()
+        if not self._closing:
+            self._spawn()
+        await worker.stop()
+
+    def begin_shutdown(self) -> None:
+        self._closing = True
+
+    async def close(self) -> None:
+        self._closing = True
+        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+            await asyncio.wait_for(self._drained.wait(), self.shutdown_grace)
+        for task in list(self._spawning):
+            task.cancel()
+        await asyncio.gather(*self._spawning, return_exceptions=True)
+        workers = list(self._workers)
+        self._workers.clear()
+        await asyncio.gather(*(w.stop() for w in workers), *self._retiring, return_exceptions=True)

@@ -1,0 +1,123 @@
+"""Process trees on Linux, read from /proc: memory of a tree, killing a tree, reaping orphans.
+
+A capture worker runs in its own session; Chromium and Playwright's driver are its descendants.
+Memory is the sum of proportional set sizes (PSS) over the tree, which counts shared pages once,
+like the memory cgroup of a capture pod does.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+from contextlib import suppress
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after the last ")".
+    return text[text.rfind(")") + 2 :].split()
+
+
+def _all_pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _has_tag(pid: int, tag: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return tag in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def process_tree(root: int, tag: str | None = None) -> set[int]:
+    """root, its descendants, every process in root's session, and every process whose
+    environment carries `tag` (Chromium starts new sessions and double-forks its crash handler,
+    so only the inherited environment finds all of them)."""
+    parents: dict[int, int] = {}
+    sessions: dict[int, int] = {}
+    for pid in _all_pids():
+        fields = _stat_fields(pid)
+        if fields is None:
+            continue
+        # fields[0] is the state, [1] ppid, [2] pgrp, [3] session.
+        parents[pid] = int(fields[1])
+        sessions[pid] = int(fields[3])
+    tree = {root} if root in parents else set()
+    tree |= {pid for pid, sid in sessions.items() if sid == root}
+    if tag is not None:
+        marker = tag.encode()
+        tree |= {pid for pid in parents if pid != os.getpid() and _has_tag(pid, marker)}
+    changed = True
+    while changed:
+        children = {pid for pid, ppid in parents.items() if ppid in tree} - tree
+        tree |= children
+        changed = bool(children)
+    return tree
+
+
+def pss_bytes(pid: int) -> int:
+    """Proportional set size of one process, 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def tree_memory(root: int, tag: str | None = None) -> int:
+    """PSS of root's whole tree (see process_tree), in bytes."""
+    return sum(pss_bytes(pid) for pid in process_tree(root, tag))
+
+
+def is_zombie(pid: int) -> bool:
+    fields = _stat_fields(pid)
+    return fields is None or fields[0] in {"Z", "X"}
+
+
+def kill_tree(root: int, tag: str | None = None) -> set[int]:
+    """SIGKILL root's whole tree (stopped first so nothing forks away meanwhile); the pids hit."""
+    tree = process_tree(root, tag)
+    for pid in tree:
+        with suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGSTOP)
+    tree |= process_tree(root, tag)
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(root, signal.SIGKILL)
+    for pid in tree:
+        with suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return tree
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of orphaned descendants (so none escapes to init)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def reap(pids: set[int]) -> None:
+    """Collect the exit status of those of pids that are our (adopted) children."""
+    for pid in pids:
+        with suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+def set_parent_death_signal() -> None:
+    """In a child: be SIGKILLed when the parent dies (no worker outlives a crashed gateway)."""
+    with suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
