@@ -154,10 +154,11 @@ async def engine(chromium: str | None) -> AsyncIterator[object]:
 
 
 @pytest.fixture
-def policy_file(tmp_path: Path) -> Path:
-    path = tmp_path / "policy.yaml"
+def policy_file(tmp_path_factory: pytest.TempPathFactory, site: TestSite) -> Path:
+    """A ScreenshotPolicy YAML opening the test site (and nothing else), for --policy."""
+    path = tmp_path_factory.mktemp("policy") / "policy.yaml"
     path.write_text(
         "apiVersion: kubeshot.dev/v1alpha1\nkind: ScreenshotPolicy\nmetadata: {name: test}\n"
-        "spec:\n  network:\n    allowedCIDRs: ['127.0.0.2/32']\n"
+        f"spec:\n  network:\n    allowedCIDRs: ['127.0.0.2/32']\n    allowedPorts: [{site.port}]\n"
     )
     return path

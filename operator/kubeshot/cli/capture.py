@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -69,10 +71,15 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--policy", metavar="FILE", help="ScreenshotPolicy YAML to capture under")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    p.add_argument("-v", "--verbose", action="store_true", help="log the egress guard's decisions")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.ERROR,
+        format="kubeshot: %(name)s: %(message)s",
+    )
     try:
         options = build_options(args)
         policy = build_policy(args)
@@ -82,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         return fail(ExitCode.INVALID_INPUT, f"invalid input: {exc}")
     try:
         return asyncio.run(_capture(args, options, policy))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         return fail(130, "interrupted")
 
 
@@ -91,6 +98,10 @@ async def _capture(
 ) -> int:
     from kubeshot_capture.engine import CaptureEngine
 
+    # SIGTERM cancels the capture like Ctrl-C does, so the browser is closed, never orphaned.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     try:
         async with CaptureEngine(spare_contexts=0) as engine:
             artifact = await engine.capture(options, policy)
@@ -172,7 +183,10 @@ def build_options(args: argparse.Namespace) -> CaptureOptions:
         if getattr(args, flag):
             raw[field] = True
     if args.width is not None or args.height is not None:
-        raw["viewport"] = {"width": args.width or 1280, "height": args.height or 720}
+        raw["viewport"] = {
+            "width": 1280 if args.width is None else args.width,
+            "height": 720 if args.height is None else args.height,
+        }
     if args.header:
         raw["headers"] = dict(_split(h, ":", "--header") for h in args.header)
     if args.cookie:
