@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import socket
 import socketserver
 import subprocess
@@ -32,11 +33,11 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright
-
 from kubeshot.api import NetworkRules
 from kubeshot_capture.browser import chromium_args, chromium_executable
 from kubeshot_capture.guard import EgressGuard, EgressSession, IPAddress, open_connection
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+
 from tests.conftest import need
 
 SITE_HOST = "127.0.0.3"
@@ -72,10 +73,8 @@ class _CanaryHandler(socketserver.BaseRequestHandler):
             "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nAccess-Control-Allow-Origin: *\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
         )
-        try:
+        with contextlib.suppress(OSError):
             sock.sendall(head.encode() + body)
-        except OSError:
-            pass
 
 
 class _CanaryServer(socketserver.ThreadingTCPServer):
@@ -139,7 +138,8 @@ class Canary:
         return bool(self.hits or self.diverted_log)
 
     def summary(self) -> str:
-        return f"hits={[(h.local, h.first_bytes[:60]) for h in self.hits]} diverted={self.diverted_log}"
+        hits = [(h.local, h.first_bytes[:60]) for h in self.hits]
+        return f"hits={hits} diverted={self.diverted_log}"
 
     def url(self, path: str = "/", host: str = CANARY_HOST, scheme: str = "http") -> str:
         return f"{scheme}://{host}:{self.port}{path}"
@@ -186,7 +186,8 @@ MAIN_FRAME_KINDS = frozenset({"meta-refresh", "script-navigation"})
 
 def kind_page(kind: str, to: str) -> str:
     body = KIND_PAGES[kind].format(to=to, to_q=quote(to, safe=""))
-    return f"<!doctype html><html><head><title>{kind}</title></head><body><h1>{kind}</h1>{body}</body></html>"
+    head = f"<!doctype html><html><head><title>{kind}</title></head>"
+    return f"{head}<body><h1>{kind}</h1>{body}</body></html>"
 
 
 class _SiteHandler(BaseHTTPRequestHandler):
@@ -316,7 +317,7 @@ class UpstreamProxy:
     """A CONNECT-only proxy on 127.0.0.5 requiring Basic user:secret; records what it was asked."""
 
     USER = "proxyuser"
-    PASSWORD = "s3cret-Pa55"  # noqa: S105 - a test credential
+    PASSWORD = "s3cret-Pa55"
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, bool]] = []
@@ -335,9 +336,9 @@ class UpstreamProxy:
                 method, target, _ = lines[0].split(" ", 2)
                 auth = next(
                     (
-                        l.split(":", 1)[1].strip()
-                        for l in lines[1:]
-                        if l.lower().startswith("proxy-authorization:")
+                        line.split(":", 1)[1].strip()
+                        for line in lines[1:]
+                        if line.lower().startswith("proxy-authorization:")
                     ),
                     None,
                 )
@@ -393,10 +394,8 @@ def _splice(client: socket.socket, remote: socket.socket, buffered: Any) -> None
             pass
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     thread = threading.Thread(target=pump, args=(remote, client), daemon=True)
     thread.start()
@@ -586,9 +585,9 @@ async def visit_factory(browser: Browser, guard: EgressGuard) -> AsyncIterator[A
         visit.session.close()
 
 
-async def eventually(check: Any, timeout: float = 5.0, interval: float = 0.05) -> bool:
-    """Poll `check()` until true or the timeout; returns the last result."""
-    deadline = time.monotonic() + timeout
+async def eventually(check: Any, seconds: float = 5.0, interval: float = 0.05) -> bool:
+    """Poll `check()` until true or `seconds` pass; returns whether it became true."""
+    deadline = time.monotonic() + seconds
     while True:
         if check():
             return True
