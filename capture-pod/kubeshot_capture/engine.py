@@ -50,6 +50,7 @@ DEFAULT_POLICY = ScreenshotPolicySpec()
 # Context options that can only be chosen when a context is created; a capture that sets any of
 # them gets a context of its own instead of a spare one.
 _CREATION_ONLY = ("user_agent", "locale", "timezone")
+_SPARE_VIEWPORT: Any = {"width": 1280, "height": 720}
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,9 @@ class CaptureEngine:
 
     async def _open_spare(self) -> None:
         try:
-            context = await self.browser.new_context(**_base_context_options())
+            context = await self.browser.new_context(
+                **_base_context_options(), viewport=_SPARE_VIEWPORT, color_scheme="light"
+            )
             page = await context.new_page()
         except PlaywrightError as exc:  # browser closing: nothing to keep
             log.debug("spare context not opened: %s", exc)
@@ -223,9 +226,12 @@ class CaptureEngine:
         ignore_https = policy.network.ignore_https_errors
         fresh = ignore_https or any(getattr(options, f) is not None for f in _CREATION_ONLY)
         fresh = fresh or options.device_scale_factor != 1.0
+        viewport = {"width": options.viewport.width, "height": options.viewport.height}
         if fresh or self._spare_target == 0:
             context = await self.browser.new_context(
                 **_base_context_options(),
+                viewport=viewport,  # type: ignore[arg-type]
+                color_scheme="dark" if options.dark_mode else "light",
                 user_agent=options.user_agent,
                 locale=options.locale,
                 timezone_id=options.timezone,
@@ -237,16 +243,17 @@ class CaptureEngine:
             spare = await self._spares.get()
             context, page = spare.context, spare.page
             self._refill()
+            # A spare was opened with the default viewport and a light colour scheme.
+            if viewport != _SPARE_VIEWPORT:
+                await page.set_viewport_size(viewport)  # type: ignore[arg-type]
+            if options.dark_mode:
+                await page.emulate_media(color_scheme="dark")
         await self._configure(context, page, options)
         return context, page
 
     async def _configure(self, context: BrowserContext, page: Page, options: CaptureOptions) -> None:
         page.on("dialog", _dismiss_dialog)
         context.on("page", _close_popup)
-        await page.set_viewport_size(
-            {"width": options.viewport.width, "height": options.viewport.height}
-        )
-        await page.emulate_media(color_scheme="dark" if options.dark_mode else "light")
         if options.headers:
             await context.set_extra_http_headers(options.headers)
         if options.geolocation is not None:

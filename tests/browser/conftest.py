@@ -50,7 +50,7 @@ PAGES: dict[str, str] = {
         </script></body></html>""",
     "/late": """<!doctype html><html><body><script>
         setTimeout(() => { const d = document.createElement('div'); d.id = 'late';
-          d.textContent = 'arrived'; document.body.appendChild(d); }, 400);
+          d.textContent = 'arrived'; document.body.appendChild(d); }, 1500);
         </script></body></html>""",
     "/ads": """<!doctype html><html><body><p>content</p>
         <img src="/ads/banner.png"><img src="/pagead/track.gif"><img src="/content/photo.png">

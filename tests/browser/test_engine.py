@@ -244,8 +244,8 @@ async def test_wait_for_selector_and_delay(engine: Any, local_policy: Any, site:
         engine, local_policy, url=site.url("/late"), format="html", waitForSelector="#late"
     )
     assert b'<div id="late">arrived</div>' in data
-    data, report = await shot(engine, local_policy, url=site.url("/late"), format="html", delayMs=900)
-    assert b'<div id="late">arrived</div>' in data and report.timings.navigation_ms >= 900
+    data, report = await shot(engine, local_policy, url=site.url("/late"), format="html", delayMs=1800)
+    assert b'<div id="late">arrived</div>' in data and report.timings.navigation_ms >= 1800
     data, _ = await shot(engine, local_policy, url=site.url("/late"), format="html")
     assert b'<div id="late">' not in data
 
