@@ -23,16 +23,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from playwright.async_api import async_playwright  # noqa: E402
+from playwright.async_api import async_playwright
 
-from kubeshot.api import CaptureOptions, ScreenshotPolicySpec  # noqa: E402
-from kubeshot_capture.browser import chromium_args, chromium_executable  # noqa: E402
-from kubeshot_capture.engine import CaptureEngine  # noqa: E402
+from kubeshot.api import CaptureOptions, ScreenshotPolicySpec
+from kubeshot_capture.browser import chromium_args, chromium_executable
+from kubeshot_capture.engine import CaptureEngine
 
-PAGE = b"""<!doctype html><html><head><title>bench</title><style>body{font:16px sans-serif}
+PAGE = (
+    b"""<!doctype html><html><head><title>bench</title><style>body{font:16px sans-serif}
 .b{display:inline-block;width:120px;height:80px;margin:4px;background:#36c}</style></head>
 <body><h1>kubeshot bench</h1><p>A small page with some text and boxes.</p>
-""" + b'<div class="b"></div>' * 40 + b"</body></html>"
+"""
+    + b'<div class="b"></div>' * 40
+    + b"</body></html>"
+)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -100,8 +104,10 @@ async def main(rounds: int) -> None:
         print(f"  {name:16} {median:7.1f} ms  (p90 {p90:7.1f} ms)  ratio {median / base:5.2f}x")
     plain_ratio = statistics.median(times["kubeshot"]) / base
     spare_ratio = statistics.median(times["kubeshot+spare"]) / base
-    print(f"targets: plain <= 1.15x: {'met' if plain_ratio <= 1.15 else 'MISSED'}; "
-          f"spare <= 0.70x: {'met' if spare_ratio <= 0.70 else 'MISSED'}")
+    print(
+        f"targets: plain <= 1.15x: {'met' if plain_ratio <= 1.15 else 'MISSED'}; "
+        f"spare <= 0.70x: {'met' if spare_ratio <= 0.70 else 'MISSED'}"
+    )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from PIL import Image
 from pypdf import PdfReader
 from pypdf.errors import PyPdfError
 
-from kubeshot.api import CaptureError, Format, FailureReason
+from kubeshot.api import CaptureError, FailureReason, Format
 
 _PIL_FORMATS = {Format.PNG: "PNG", Format.JPEG: "JPEG", Format.WEBP: "WEBP"}
 DEFAULT_WEBP_QUALITY = 80

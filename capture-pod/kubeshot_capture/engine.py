@@ -18,8 +18,10 @@ from typing import Any, Self
 from playwright.async_api import (
     Browser,
     BrowserContext,
+    Locator,
     Page,
     Playwright,
+    Request,
     Response,
     Route,
     async_playwright,
@@ -251,14 +253,19 @@ class CaptureEngine:
         await self._configure(context, page, options)
         return context, page
 
-    async def _configure(self, context: BrowserContext, page: Page, options: CaptureOptions) -> None:
+    async def _configure(
+        self, context: BrowserContext, page: Page, options: CaptureOptions
+    ) -> None:
         page.on("dialog", _dismiss_dialog)
         context.on("page", _close_popup)
         if options.headers:
             await context.set_extra_http_headers(options.headers)
         if options.geolocation is not None:
             await context.grant_permissions(["geolocation"])
-            await context.set_geolocation(options.geolocation.model_dump())
+            geo = options.geolocation
+            await context.set_geolocation(
+                {"latitude": geo.latitude, "longitude": geo.longitude, "accuracy": geo.accuracy}
+            )
         if options.cookies:
             await context.add_cookies([_cookie(c, options) for c in options.cookies])
         if options.block_ads:
@@ -266,7 +273,9 @@ class CaptureEngine:
 
     # -- loading ----------------------------------------------------------------------------
 
-    async def _load(self, page: Page, options: CaptureOptions, session: EgressSession) -> str | None:
+    async def _load(
+        self, page: Page, options: CaptureOptions, session: EgressSession
+    ) -> str | None:
         wait_until = options.wait_until.value
         try:
             if options.url is not None:
@@ -278,7 +287,9 @@ class CaptureEngine:
                 response = None
         except PlaywrightTimeout as exc:
             self._raise_if_guard_stopped(session)
-            raise CaptureError(FailureReason.TIMEOUT, f"navigation timed out: {exc.message}") from exc
+            raise CaptureError(
+                FailureReason.TIMEOUT, f"navigation timed out: {exc.message}"
+            ) from exc
         except PlaywrightError as exc:
             if options.url is not None:
                 self._raise_if_blocked(session, options.url, None)
@@ -304,12 +315,10 @@ class CaptureEngine:
     ) -> None:
         hops = [url]
         if response is not None:
-            request = response.request
-            chain = []
+            request: Request | None = response.request
             while request is not None:
-                chain.append(request.url)
+                hops.append(request.url)
                 request = request.redirected_from
-            hops.extend(chain)
         for hop in hops:
             reason = session.blocked_reason(hop)
             if reason is not None:
@@ -371,7 +380,8 @@ class CaptureEngine:
         if fmt is Format.JPEG:
             shot["quality"] = options.quality if options.quality is not None else 80
         if options.selector is not None:
-            data = await (await self._element(page, options.selector)).screenshot(**shot)
+            element = await self._element(page, options.selector)
+            data = await element.screenshot(**shot)
         else:
             if options.full_page:
                 shot["full_page"] = True
@@ -387,7 +397,7 @@ class CaptureEngine:
             data = await asyncio.to_thread(artifacts.png_to_webp, data, options.quality)
         return data
 
-    async def _element(self, page: Page, selector: str) -> Any:
+    async def _element(self, page: Page, selector: str) -> Locator:
         locator = page.locator(selector).first
         try:
             count = await page.locator(selector).count()

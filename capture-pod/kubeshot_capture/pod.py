@@ -65,7 +65,9 @@ def upload(target: UploadTarget, data: bytes, report: CaptureReport) -> str:
                 return str(body.get("url", target.url))
         except urllib.error.HTTPError as exc:
             if exc.code < 500 or attempt == UPLOAD_ATTEMPTS:
-                raise CaptureError(FailureReason.INTERNAL, f"upload refused: HTTP {exc.code}") from exc
+                raise CaptureError(
+                    FailureReason.INTERNAL, f"upload refused: HTTP {exc.code}"
+                ) from exc
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
             if attempt == UPLOAD_ATTEMPTS:
                 raise CaptureError(FailureReason.INTERNAL, f"upload failed: {exc}") from exc

@@ -20,7 +20,8 @@ from tests.conftest import need
 PAGES: dict[str, str] = {
     "/page": """<!doctype html><html><head><title>kubeshot test</title><style>
         html, body { margin: 0; background: #ffffff; }
-        #red { position: absolute; left: 0; top: 0; width: 100px; height: 100px; background: #ff0000; }
+        #red { position: absolute; left: 0; top: 0; width: 100px; height: 100px;
+               background: #ff0000; }
         #box { position: absolute; left: 200px; top: 50px; width: 120px; height: 80px;
                background: #0000ff; }
         </style></head><body><div id="red"></div><div id="box">box</div>
@@ -141,7 +142,9 @@ def local_policy(site: TestSite) -> ScreenshotPolicySpec:
 @pytest.fixture(scope="session")
 def chromium() -> str | None:
     path = chromium_executable()
-    need(path, "Chromium not found: install Debian's chromium (make setup) or set KUBESHOT_CHROMIUM")
+    need(
+        path, "Chromium not found: install Debian's chromium (make setup) or set KUBESHOT_CHROMIUM"
+    )
     return path
 
 

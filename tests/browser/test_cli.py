@@ -33,8 +33,18 @@ def test_capture_writes_a_verified_file_and_json(
     tmp_path: Path, site: TestSite, policy_file: Path
 ) -> None:
     out = tmp_path / "page.webp"
-    done = capture(site.url("/page"), "-o", str(out), "--policy", str(policy_file),
-                   "--width", "800", "--height", "600", "--json")
+    done = capture(
+        site.url("/page"),
+        "-o",
+        str(out),
+        "--policy",
+        str(policy_file),
+        "--width",
+        "800",
+        "--height",
+        "600",
+        "--json",
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["format"] == "webp" and report["contentType"] == "image/webp"
@@ -61,9 +71,7 @@ def test_capture_writes_a_verified_file_and_json(
         ([], "exactly one of URL and --html"),
     ],
 )
-def test_invalid_input_exits_2_with_one_line(
-    tmp_path: Path, args: list[str], message: str
-) -> None:
+def test_invalid_input_exits_2_with_one_line(tmp_path: Path, args: list[str], message: str) -> None:
     out = tmp_path / "out.png"
     done = capture(*args, "-o", str(out), timeout=30)
     assert done.returncode == 2, done.stderr
@@ -93,8 +101,9 @@ def test_timeout_exits_4_and_leaves_no_file(
     tmp_path: Path, site: TestSite, policy_file: Path
 ) -> None:
     out = tmp_path / "out.png"
-    done = capture(site.url("/slow?s=15"), "-o", str(out), "--policy", str(policy_file),
-                   "--timeout", "2")
+    done = capture(
+        site.url("/slow?s=15"), "-o", str(out), "--policy", str(policy_file), "--timeout", "2"
+    )
     assert done.returncode == 4, done.stderr
     assert "Timeout" in done.stderr and list(tmp_path.iterdir()) == []
 
@@ -139,9 +148,18 @@ def test_no_chromium_outlives_an_interrupted_capture(
 ) -> None:
     before = chromium_pids()
     proc = subprocess.Popen(
-        [*KUBESHOT, "capture", site.url("/slow?s=30"), "-o", str(tmp_path / "o.png"),
-         "--policy", str(policy_file)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        [
+            *KUBESHOT,
+            "capture",
+            site.url("/slow?s=30"),
+            "-o",
+            str(tmp_path / "o.png"),
+            "--policy",
+            str(policy_file),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 20
     while not (chromium_pids() - before) and time.monotonic() < deadline:

@@ -20,9 +20,7 @@ from tests.browser.conftest import TestSite
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-async def shot(
-    engine: Any, policy: ScreenshotPolicySpec, **raw: Any
-) -> tuple[bytes, Any]:
+async def shot(engine: Any, policy: ScreenshotPolicySpec, **raw: Any) -> tuple[bytes, Any]:
     artifact = await engine.capture(CaptureOptions.model_validate(raw), policy)
     return artifact.data, artifact.report
 
@@ -70,7 +68,9 @@ async def test_jpeg_quality_changes_the_encoding(
 
 
 async def test_webp_is_really_webp(engine: Any, local_policy: Any, site: TestSite) -> None:
-    data, report = await shot(engine, local_policy, url=site.url("/page"), format="webp", quality=90)
+    data, report = await shot(
+        engine, local_policy, url=site.url("/page"), format="webp", quality=90
+    )
     assert data[:4] == b"RIFF" and data[8:12] == b"WEBP"
     img = image(data)
     assert img.format == "WEBP" and img.size == (1280, 720)
@@ -108,7 +108,9 @@ async def test_full_page_and_its_height_cap(engine: Any, local_policy: Any, site
     assert image(data).size == (1280, 1500)
 
 
-async def test_selector_captures_one_element(engine: Any, local_policy: Any, site: TestSite) -> None:
+async def test_selector_captures_one_element(
+    engine: Any, local_policy: Any, site: TestSite
+) -> None:
     data, report = await shot(engine, local_policy, url=site.url("/page"), selector="#box")
     img = image(data)
     assert img.size == (120, 80) and (report.width, report.height) == (120, 80)
@@ -125,7 +127,9 @@ async def test_selector_with_html_format_returns_the_element(
     assert report.content_type.startswith("text/html")
 
 
-async def test_selector_matching_nothing_fails(engine: Any, local_policy: Any, site: TestSite) -> None:
+async def test_selector_matching_nothing_fails(
+    engine: Any, local_policy: Any, site: TestSite
+) -> None:
     with pytest.raises(CaptureError) as info:
         await shot(engine, local_policy, url=site.url("/page"), selector="#missing")
     assert info.value.reason is FailureReason.NAVIGATION_FAILED
@@ -167,7 +171,10 @@ async def test_pdf_with_options(engine: Any, local_policy: Any, site: TestSite) 
     assert len(reader.pages) == 1 and report.pages == 1
     default, _ = await shot(engine, local_policy, url=site.url("/tall"), format="pdf")
     a4 = PdfReader(io.BytesIO(default))
-    assert (round(a4.pages[0].mediabox.width), round(a4.pages[0].mediabox.height)) in {(595, 842), (596, 843)}  # A4 in points, rounded either way
+    assert (round(a4.pages[0].mediabox.width), round(a4.pages[0].mediabox.height)) in {
+        (595, 842),
+        (596, 843),
+    }  # A4 in points, rounded either way
     assert len(a4.pages) > 1
 
 
@@ -244,7 +251,9 @@ async def test_wait_for_selector_and_delay(engine: Any, local_policy: Any, site:
         engine, local_policy, url=site.url("/late"), format="html", waitForSelector="#late"
     )
     assert b'<div id="late">arrived</div>' in data
-    data, report = await shot(engine, local_policy, url=site.url("/late"), format="html", delayMs=1800)
+    data, report = await shot(
+        engine, local_policy, url=site.url("/late"), format="html", delayMs=1800
+    )
     assert b'<div id="late">arrived</div>' in data and report.timings.navigation_ms >= 1800
     data, _ = await shot(engine, local_policy, url=site.url("/late"), format="html")
     assert b'<div id="late">' not in data
@@ -260,7 +269,10 @@ async def test_wait_until_networkidle(engine: Any, local_policy: Any, site: Test
 
 async def test_custom_css_and_javascript(engine: Any, local_policy: Any, site: TestSite) -> None:
     data, _ = await shot(
-        engine, local_policy, url=site.url("/page"), customCSS="#red { background: #00ff00 !important }"
+        engine,
+        local_policy,
+        url=site.url("/page"),
+        customCSS="#red { background: #00ff00 !important }",
     )
     assert close(rgb(image(data), 50, 50), (0, 255, 0))
     data, _ = await shot(
@@ -285,7 +297,9 @@ async def test_custom_javascript_needs_the_policy(
     engine: Any, local_policy: Any, site: TestSite
 ) -> None:
     policy = local_policy.model_copy(
-        update={"features": local_policy.features.model_copy(update={"allow_custom_java_script": False})}
+        update={
+            "features": local_policy.features.model_copy(update={"allow_custom_java_script": False})
+        }
     )
     with pytest.raises(CaptureError) as info:
         await shot(engine, policy, url=site.url("/page"), customJavaScript="1")
@@ -321,7 +335,9 @@ async def test_html_input(engine: Any, local_policy: Any) -> None:
     assert image(data).size == (200, 100) and close(rgb(image(data), 5, 5), (0, 0, 255))
 
 
-async def test_dialogs_and_popups_do_not_hang(engine: Any, local_policy: Any, site: TestSite) -> None:
+async def test_dialogs_and_popups_do_not_hang(
+    engine: Any, local_policy: Any, site: TestSite
+) -> None:
     data, _ = await shot(engine, local_policy, url=site.url("/alert"), format="html")
     assert b"after" in data
     assert len(engine.browser.contexts) <= 2  # the spare and nothing left over

@@ -68,7 +68,10 @@ def run_pod(tmp_path: Path, request: str) -> tuple[int, dict[str, Any]]:
         "KUBESHOT_TERMINATION_LOG": str(tmp_path / "termination-log"),
     }
     done = subprocess.run(
-        [sys.executable, "-m", "kubeshot_capture"], env=env, capture_output=True, timeout=90,
+        [sys.executable, "-m", "kubeshot_capture"],
+        env=env,
+        capture_output=True,
+        timeout=90,
         check=False,
     )
     message = (tmp_path / "termination-log").read_text()
@@ -97,7 +100,9 @@ def test_success_uploads_and_reports(
     assert result["url"] == "http://gateway.test/v1/internal/jobs/ns/job-1"
 
 
-def test_blocked_target_reports_the_reason(tmp_path: Path, site: TestSite, receiver: Receiver) -> None:
+def test_blocked_target_reports_the_reason(
+    tmp_path: Path, site: TestSite, receiver: Receiver
+) -> None:
     code, summary = run_pod(
         tmp_path, request_for(site.url("/page"), ScreenshotPolicySpec(), receiver.url)
     )
@@ -114,7 +119,9 @@ def test_unreadable_request_is_invalid_spec(tmp_path: Path) -> None:
 def test_refused_upload_is_an_internal_failure(
     tmp_path: Path, site: TestSite, local_policy: ScreenshotPolicySpec, receiver: Receiver
 ) -> None:
-    request = request_for(site.url("/page"), local_policy, receiver.url, token="wrong-token-0123456789")
+    request = request_for(
+        site.url("/page"), local_policy, receiver.url, token="wrong-token-0123456789"
+    )
     code, summary = run_pod(tmp_path, request)
     assert code == 1 and summary["failure"]["reason"] == "Internal"
     assert "HTTP 403" in summary["failure"]["message"]

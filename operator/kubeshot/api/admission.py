@@ -6,6 +6,7 @@ PolicyViolation, and the engine re-checks before it captures (defence in depth).
 
 from __future__ import annotations
 
+import contextlib
 from urllib.parse import urlsplit
 
 from kubeshot.api.capture import CaptureOptions, normalise_domain
@@ -42,10 +43,8 @@ def violations(options: CaptureOptions, policy: ScreenshotPolicySpec) -> list[st
     if options.url is not None:
         parts = urlsplit(options.url)
         host = parts.hostname or ""
-        try:
+        with contextlib.suppress(ValueError):  # an address literal: the guard classifies it
             host = normalise_domain(host)
-        except ValueError:
-            pass  # an address literal: the egress guard classifies it
         if network.blocked_domains and domain_matches(host, network.blocked_domains):
             found.append(f"domain {host} is blocked by the policy")
         elif network.allowed_domains and not domain_matches(host, network.allowed_domains):

@@ -243,9 +243,7 @@ class CaptureOptions(Model):
     """IANA time zone, e.g. Europe/Berlin."""
     geolocation: Geolocation | None = None
     """Emulated geolocation."""
-    custom_css: str | None = Field(
-        default=None, max_length=MAX_SCRIPT_BYTES, alias="customCSS"
-    )
+    custom_css: str | None = Field(default=None, max_length=MAX_SCRIPT_BYTES, alias="customCSS")
     """CSS injected into the page before capture."""
     custom_java_script: str | None = Field(
         default=None, max_length=MAX_SCRIPT_BYTES, alias="customJavaScript"

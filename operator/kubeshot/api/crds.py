@@ -103,7 +103,10 @@ def _crd(
         "kind": "CustomResourceDefinition",
         "metadata": {
             "name": f"{plural}.{GROUP}",
-            "labels": {"app.kubernetes.io/name": "kubeshot", "app.kubernetes.io/part-of": "kubeshot"},
+            "labels": {
+                "app.kubernetes.io/name": "kubeshot",
+                "app.kubernetes.io/part-of": "kubeshot",
+            },
         },
         "spec": {
             "group": GROUP,

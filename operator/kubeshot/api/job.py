@@ -98,7 +98,9 @@ class CaptureReport(ResultSummary):
     """Timings."""
 
     def summary(self) -> ResultSummary:
-        return ResultSummary.model_validate(self.model_dump(include=set(ResultSummary.model_fields)))
+        return ResultSummary.model_validate(
+            self.model_dump(include=set(ResultSummary.model_fields))
+        )
 
 
 class CaptureJobStatus(Model):

@@ -23,7 +23,7 @@ class SecretKeyRef(Model):
     """Name of the Secret."""
     username_key: str = "username"
     """Key of the user name in the Secret."""
-    password_key: str = "password"
+    password_key: str = "password"  # noqa: S105 - the name of a key, not a password
     """Key of the password in the Secret."""
 
 
@@ -209,6 +209,10 @@ class ScreenshotPolicyStatus(Model):
     """The NetworkPolicy that confines this policy's capture pods."""
 
 
+def _default_metadata() -> dict[str, object]:
+    return {"name": "default"}
+
+
 class ScreenshotPolicy(Model):
     """A ScreenshotPolicy document (apiVersion/kind/metadata/spec), as in a policy YAML file."""
 
@@ -216,7 +220,7 @@ class ScreenshotPolicy(Model):
     """kubeshot.dev/v1alpha1."""
     kind: str = Field(default="ScreenshotPolicy", pattern="^ScreenshotPolicy$")
     """ScreenshotPolicy."""
-    metadata: dict[str, object] = Field(default_factory=lambda: {"name": "default"})
+    metadata: dict[str, object] = Field(default_factory=_default_metadata)
     """Object metadata; `name` names the policy."""
     spec: ScreenshotPolicySpec = Field(default_factory=ScreenshotPolicySpec)
     """The policy."""

@@ -52,12 +52,13 @@ class FailureReason(StrEnum):
     @classmethod
     def from_exit_code(cls, code: int) -> FailureReason:
         """The reason an engine exit code stands for when no termination message says more."""
-        return {
+        by_code: dict[int, FailureReason] = {
             ExitCode.INVALID_INPUT: cls.INVALID_SPEC,
             ExitCode.BLOCKED: cls.BLOCKED_BY_POLICY,
             ExitCode.CAPTURE_FAILED: cls.NAVIGATION_FAILED,
             ExitCode.RESOURCE_LIMIT: cls.DOWNLOAD_LIMIT_EXCEEDED,
-        }.get(code, cls.INTERNAL)  # type: ignore[call-overload]
+        }
+        return by_code.get(code, cls.INTERNAL)
 
 
 _EXIT_CODES: dict[FailureReason, ExitCode] = {

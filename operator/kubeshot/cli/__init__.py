@@ -15,7 +15,8 @@ SUBCOMMANDS = ("capture", "serve", "sign", "operator", "crds", "openapi")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kubeshot",
-        description="Capture web pages (PNG, JPEG, WebP, PDF, HTML) safely, standalone or on Kubernetes.",
+        description="Capture web pages (PNG, JPEG, WebP, PDF, HTML) safely, standalone or on "
+        "Kubernetes.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:

@@ -36,8 +36,12 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("url", nargs="?", help="http(s) URL to capture")
     p.add_argument("--html", metavar="FILE", help="render this HTML file instead of a URL")
-    p.add_argument("-o", "--output", required=True, metavar="FILE", help="artifact path (- for stdout)")
-    p.add_argument("--format", choices=[f.value for f in Format], help="default: from -o's suffix, else png")
+    p.add_argument(
+        "-o", "--output", required=True, metavar="FILE", help="artifact path (- for stdout)"
+    )
+    p.add_argument(
+        "--format", choices=[f.value for f in Format], help="default: from -o's suffix, else png"
+    )
     p.add_argument("--quality", type=int, help="1-100, jpeg and webp")
     p.add_argument("--full-page", action="store_true", help="the whole scrollable page")
     p.add_argument("--width", type=int, help="viewport width (default 1280)")
@@ -222,7 +226,9 @@ def build_policy(args: argparse.Namespace) -> ScreenshotPolicySpec:
         spec = policies[0].spec
     else:
         base = ScreenshotPolicySpec()
-        features = base.features.model_copy(update={"allow_custom_java_script": args.js is not None})
+        features = base.features.model_copy(
+            update={"allow_custom_java_script": args.js is not None}
+        )
         limits = base.limits
         if args.timeout is not None and args.timeout > limits.timeout_seconds:
             limits = limits.model_copy(update={"timeout_seconds": args.timeout})
