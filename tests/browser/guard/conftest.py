@@ -33,11 +33,11 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 import pytest_asyncio
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+
 from kubeshot.api import NetworkRules
 from kubeshot_capture.browser import chromium_args, chromium_executable
 from kubeshot_capture.guard import EgressGuard, EgressSession, IPAddress, open_connection
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright
-
 from tests.conftest import need
 
 SITE_HOST = "127.0.0.3"
