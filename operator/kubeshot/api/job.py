@@ -124,6 +124,9 @@ class CaptureJobStatus(Model):
     """The artifact, when Succeeded."""
     failure: Failure | None = None
     """Why it failed, when Failed."""
+    upload_token_sha256: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")
+    """SHA-256 of this job's upload token: the gateway accepts the artifact of this job only
+    from a bearer of that token. Status is written by the operator alone."""
 
 
 class UploadTarget(Model):
