@@ -1,0 +1,332 @@
+"""Pure builders: the Secret, Pod and NetworkPolicy manifests of kubeshot, as plain dicts.
+
+No I/O here; the handlers decide when to create what. Every security-relevant default is set
+explicitly, with the reason next to it, so that a reviewer reads the whole attack surface here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from kubeshot.api import CaptureOptions, CaptureRequest, ProxyCredentials, ScreenshotPolicySpec
+from kubeshot.api.admission import effective_timeout
+from kubeshot.api.crds import API_VERSION
+from kubeshot.operator import labels
+from kubeshot.operator.settings import OperatorSettings
+
+Manifest = dict[str, Any]
+
+REQUEST_KEY = "request.json"
+REQUEST_DIR = "/var/run/kubeshot"
+CONTAINER = "capture"
+
+# Never reachable from a capture pod, whatever the page asks for: RFC 1918 private ranges,
+# loopback, link-local (with the cloud metadata address 169.254.169.254), CGNAT, "this network",
+# and their IPv6 counterparts (ULA, link-local). `allowedCIDRs` re-opens ranges explicitly.
+PRIVATE_IPV4 = (
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+)
+PRIVATE_IPV6 = ("::1/128", "fc00::/7", "fe80::/10")
+# With blockPrivateNetworks off, the cloud metadata endpoints still stay out of reach.
+METADATA_IPV4 = ("169.254.169.254/32",)
+METADATA_IPV6 = ("fd00:ec2::254/128",)
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """The CaptureJob a manifest belongs to."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class PolicyRef:
+    """The ScreenshotPolicy a manifest belongs to."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+def owner_reference(kind: str, name: str, uid: str) -> Manifest:
+    """Owner reference to a kubeshot resource: the garbage collector deletes with the owner."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": kind,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def secret_name(job: JobRef) -> str:
+    return labels.dns_name(job.name, "request")
+
+
+def pod_name(job: JobRef, attempt: int) -> str:
+    return labels.dns_name(job.name, str(attempt))
+
+
+def network_policy_name(policy: str) -> str:
+    return labels.dns_name("kubeshot-capture", policy)
+
+
+def build_request(
+    options: CaptureOptions,
+    policy: ScreenshotPolicySpec,
+    *,
+    upload_url: str,
+    upload_token: str,
+    proxy: ProxyCredentials | None = None,
+) -> CaptureRequest:
+    """What the capture pod reads: the options, the effective policy, proxy and upload target."""
+    return CaptureRequest.model_validate(
+        {
+            "options": options,
+            "policy": policy,
+            "proxy": proxy,
+            "upload": {"url": upload_url, "token": upload_token},
+        }
+    )
+
+
+def request_json(request: CaptureRequest) -> str:
+    """The request as the pod reads it (secrets revealed: it goes into a Secret only)."""
+    document = request.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if request.proxy is not None and request.proxy.password is not None:
+        document["proxy"]["password"] = request.proxy.password.get_secret_value()
+    return json.dumps(document, separators=(",", ":"), sort_keys=True)
+
+
+def build_secret(job: JobRef, policy_name: str, request: CaptureRequest) -> Manifest:
+    """The per-job Secret: the capture request, with the job's upload token inside."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": secret_name(job),
+            "namespace": job.namespace,
+            "labels": {**labels.capture_labels(policy_name), labels.JOB_UID: job.uid},
+            "annotations": {labels.JOB_NAME_ANNOTATION: job.name},
+            "ownerReferences": [owner_reference("CaptureJob", job.name, job.uid)],
+        },
+        "type": "Opaque",
+        # The token lets this pod upload this job's artifact and nothing else; a Secret (not the
+        # Pod's env) keeps it out of `kubectl get pod -o yaml`.
+        "immutable": True,
+        "stringData": {REQUEST_KEY: request_json(request)},
+    }
+
+
+def _resources(policy: ScreenshotPolicySpec, settings: OperatorSettings) -> Manifest:
+    limits = {"memory": policy.limits.memory}
+    # Memory request == limit: a capture pod is never placed on a node that cannot hold it.
+    requests = {"memory": policy.limits.memory, "cpu": settings.cpu_request}
+    if policy.limits.cpu is not None:
+        limits["cpu"] = policy.limits.cpu
+        requests["cpu"] = policy.limits.cpu
+    return {"requests": requests, "limits": limits}
+
+
+def build_pod(
+    job: JobRef,
+    attempt: int,
+    policy_name: str,
+    policy: ScreenshotPolicySpec,
+    options: CaptureOptions,
+    settings: OperatorSettings,
+) -> Manifest:
+    """The capture pod of one attempt: restricted Pod Security Standard, and then some."""
+    runtime = policy.runtime
+    spec: Manifest = {
+        "restartPolicy": "Never",
+        # Capture pods never talk to the Kubernetes API: no token mounted, so that a compromised
+        # browser cannot use one against the whole cluster.
+        "automountServiceAccountToken": False,
+        # No Service environment variables: they map the cluster for whoever reads them.
+        "enableServiceLinks": False,
+        # The kubelet kills the pod (reason DeadlineExceeded → Timeout) if the engine overruns.
+        "activeDeadlineSeconds": effective_timeout(options, policy)
+        + settings.pod_deadline_grace_seconds,
+        "terminationGracePeriodSeconds": settings.termination_grace_seconds,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": settings.run_as_user,
+            "runAsGroup": settings.run_as_user,
+            # The request Secret is mounted readable by this group only.
+            "fsGroup": settings.run_as_user,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": CONTAINER,
+                "image": settings.capture_image,
+                "imagePullPolicy": settings.image_pull_policy,
+                "command": ["python", "-m", "kubeshot_capture"],
+                "env": [
+                    {"name": "KUBESHOT_REQUEST", "value": f"{REQUEST_DIR}/{REQUEST_KEY}"},
+                    {"name": "KUBESHOT_TERMINATION_LOG", "value": "/dev/termination-log"},
+                    {"name": "KUBESHOT_OUTPUT", "value": "/tmp/artifact"},  # noqa: S108
+                    # Chromium writes its profile and caches under HOME: the emptyDir.
+                    {"name": "HOME", "value": "/tmp"},  # noqa: S108
+                ],
+                "resources": _resources(policy, settings),
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "capabilities": {"drop": ["ALL"]},
+                    "privileged": False,
+                    "readOnlyRootFilesystem": True,
+                    "runAsNonRoot": True,
+                    "runAsUser": settings.run_as_user,
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                # The engine writes its result summary here; the operator reads it from the
+                # container's terminated state.
+                "terminationMessagePath": "/dev/termination-log",
+                "terminationMessagePolicy": "File",
+                "volumeMounts": [
+                    {"name": "request", "mountPath": REQUEST_DIR, "readOnly": True},
+                    {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108
+                    {"name": "dshm", "mountPath": "/dev/shm"},  # noqa: S108
+                ],
+            }
+        ],
+        "volumes": [
+            {
+                "name": "request",
+                "secret": {"secretName": secret_name(job), "defaultMode": 0o440},
+            },
+            {"name": "tmp", "emptyDir": {"sizeLimit": policy.limits.memory}},
+            # Chromium's shared memory. Memory-backed emptyDir pages are charged to the pod's
+            # memory limit, so a page cannot grow past the policy's limit through /dev/shm.
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": policy.limits.memory}},
+        ],
+    }
+    if runtime.runtime_class_name is not None:
+        spec["runtimeClassName"] = runtime.runtime_class_name
+    if runtime.node_selector:
+        spec["nodeSelector"] = dict(runtime.node_selector)
+    if runtime.tolerations:
+        spec["tolerations"] = [t.to_wire() for t in runtime.tolerations]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name(job, attempt),
+            "namespace": job.namespace,
+            "labels": {
+                **labels.capture_labels(policy_name),
+                labels.JOB_UID: job.uid,
+                labels.ATTEMPT: str(attempt),
+            },
+            "annotations": {labels.JOB_NAME_ANNOTATION: job.name},
+            "ownerReferences": [owner_reference("CaptureJob", job.name, job.uid)],
+        },
+        "spec": spec,
+    }
+
+
+def _egress_ports(ports: list[int]) -> list[Manifest]:
+    return [{"protocol": "TCP", "port": port} for port in sorted(set(ports))]
+
+
+def _internet(policy: ScreenshotPolicySpec) -> list[Manifest]:
+    private = policy.network.block_private_networks
+    v4 = PRIVATE_IPV4 if private else METADATA_IPV4
+    v6 = PRIVATE_IPV6 if private else METADATA_IPV6
+    return [
+        {"ipBlock": {"cidr": "0.0.0.0/0", "except": list(v4)}},
+        {"ipBlock": {"cidr": "::/0", "except": list(v6)}},
+    ]
+
+
+def _proxy_peer(server: str) -> tuple[list[Manifest], int]:
+    """Where the upstream proxy is: its address when the URL names one, else any address."""
+    parts = urlsplit(server)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        address = ipaddress.ip_address(parts.hostname or "")
+    except ValueError:
+        # A proxy named by DNS cannot be pinned by a NetworkPolicy; the egress guard inside the
+        # pod connects to nothing but the proxy, and this rule still limits the port.
+        return [{"ipBlock": {"cidr": "0.0.0.0/0"}}, {"ipBlock": {"cidr": "::/0"}}], port
+    return [{"ipBlock": {"cidr": f"{address}/{address.max_prefixlen}"}}], port
+
+
+def build_network_policy(
+    policy: PolicyRef, spec: ScreenshotPolicySpec, settings: OperatorSettings
+) -> Manifest:
+    """The one NetworkPolicy of a ScreenshotPolicy: confines all of its capture pods.
+
+    No ingress at all. Egress: cluster DNS, the gateway's upload port, and then either the
+    upstream proxy only, or the internet on the allowed ports with the private ranges excepted;
+    plus the policy's `allowedCIDRs` on any port.
+    """
+    egress: list[Manifest] = [
+        {
+            "to": [
+                {
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": settings.dns_namespace}
+                    },
+                    "podSelector": {"matchLabels": dict(settings.dns_pod_labels)},
+                }
+            ],
+            "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+        },
+        {
+            "to": [
+                {
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": settings.gateway_namespace}
+                    },
+                    "podSelector": {"matchLabels": dict(settings.gateway_pod_labels)},
+                }
+            ],
+            "ports": [{"protocol": "TCP", "port": settings.upload_port}],
+        },
+    ]
+    if spec.network.proxy is not None:
+        peers, port = _proxy_peer(spec.network.proxy.server)
+        egress.append({"to": peers, "ports": _egress_ports([port])})
+    else:
+        egress.append({"to": _internet(spec), "ports": _egress_ports(spec.network.allowed_ports)})
+    if spec.network.allowed_cidrs:
+        egress.append({"to": [{"ipBlock": {"cidr": c}} for c in spec.network.allowed_cidrs]})
+    selector = {
+        labels.COMPONENT: labels.CAPTURE_COMPONENT,
+        labels.POLICY: labels.label_value(policy.name),
+    }
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": network_policy_name(policy.name),
+            "namespace": policy.namespace,
+            "labels": {
+                labels.NAME: labels.APP,
+                labels.MANAGED_BY: labels.MANAGER,
+                labels.POLICY: labels.label_value(policy.name),
+            },
+            "ownerReferences": [owner_reference("ScreenshotPolicy", policy.name, policy.uid)],
+        },
+        "spec": {
+            "podSelector": {"matchLabels": selector},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [],
+            "egress": egress,
+        },
+    }

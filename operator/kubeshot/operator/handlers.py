@@ -1,0 +1,85 @@
+"""Kopf handlers: thin. Each hands the event to the process's Reconciler (Kopf's memo).
+
+Only watching handlers and indexes are used: no finalizers and no Kopf progress annotations on
+user objects, so deleting a CaptureJob never waits for the operator.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from kubeshot.api.crds import GROUP, VERSION
+from kubeshot.operator import labels, metrics
+from kubeshot.operator.queueing import JobView
+from kubeshot.operator.reconciling import Reconciler
+from kubeshot.operator.settings import OperatorSettings
+
+CAPTURE_POD_LABELS = {labels.COMPONENT: labels.CAPTURE_COMPONENT, labels.MANAGED_BY: labels.MANAGER}
+
+
+def _reconciler(memo: Any, kwargs: dict[str, Any]) -> Reconciler:
+    """The process's Reconciler, bound to Kopf's indexes (passed by the index functions' names)."""
+    reconciler: Reconciler = memo["reconciler"]
+    reconciler.bind(kwargs["capturejob_index"], kwargs["screenshotpolicy_index"])
+    return reconciler
+
+
+@kopf.on.startup()
+def operator_startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    ours: OperatorSettings = memo["settings"]
+    settings.posting.enabled = False  # Events are posted by the Reconciler, one per transition
+    settings.batching.batch_window = ours.batch_window_seconds
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+
+
+@kopf.index(GROUP, VERSION, "capturejobs")
+def capturejob_index(body: kopf.Body, **_: Any) -> dict[Any, JobView]:
+    view = JobView.from_body(body)
+    return {view.key: view}
+
+
+@kopf.index(GROUP, VERSION, "screenshotpolicies")
+def screenshotpolicy_index(body: kopf.Body, **_: Any) -> dict[Any, dict[str, Any]]:
+    key = (body.metadata.namespace, body.metadata.name)
+    return {key: {"metadata": dict(body.metadata), "spec": dict(body.spec)}}
+
+
+@kopf.on.event(GROUP, VERSION, "capturejobs")
+async def capturejob_event(
+    event: kopf.RawEvent,
+    body: kopf.Body,
+    memo: Any,
+    **kwargs: Any,
+) -> None:
+    reconciler = _reconciler(memo, kwargs)
+    with metrics.RECONCILE_SECONDS.labels("CaptureJob").time():
+        await reconciler.job_event(event["type"], body)
+
+
+@kopf.on.event(GROUP, VERSION, "screenshotpolicies")
+async def screenshotpolicy_event(
+    event: kopf.RawEvent,
+    body: kopf.Body,
+    memo: Any,
+    **kwargs: Any,
+) -> None:
+    reconciler = _reconciler(memo, kwargs)
+    with metrics.RECONCILE_SECONDS.labels("ScreenshotPolicy").time():
+        await reconciler.policy_event(event["type"], body)
+
+
+@kopf.on.event("", "v1", "pods", labels=CAPTURE_POD_LABELS)
+async def pod_event(
+    event: kopf.RawEvent,
+    body: kopf.Body,
+    memo: Any,
+    **kwargs: Any,
+) -> None:
+    reconciler = _reconciler(memo, kwargs)
+    with metrics.RECONCILE_SECONDS.labels("Pod").time():
+        await reconciler.pod_event(event["type"], body)

@@ -1,0 +1,139 @@
+"""FIFO queueing of CaptureJobs under their policy's `maxConcurrentJobs`. Pure, in memory.
+
+The authoritative state is the CaptureJob status (seen through Kopf's index); this queue only
+remembers what the operator has decided but not yet seen come back from the watch: jobs it just
+admitted or started, and when a retrying job may start again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubeshot.api import Phase
+
+PolicyKey = tuple[str, str]  # (namespace, policy name)
+
+
+@dataclass(frozen=True)
+class JobView:
+    """What the operator keeps of a CaptureJob between events."""
+
+    namespace: str
+    name: str
+    uid: str
+    policy: str
+    created: str
+    generation: int | None
+    phase: Phase
+    spec: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    status: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def key(self) -> PolicyKey:
+        return (self.namespace, self.policy)
+
+    @property
+    def order(self) -> tuple[str, str]:
+        """First come, first served: creation time, then name (for jobs of the same second)."""
+        return (self.created, self.name)
+
+    @property
+    def attempts(self) -> int:
+        return int(self.status.get("attempts") or 0)
+
+    @property
+    def pod_name(self) -> str | None:
+        value = self.status.get("podName")
+        return str(value) if value else None
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> JobView:
+        meta, spec = body.get("metadata", {}), body.get("spec") or {}
+        status = body.get("status") or {}
+        try:
+            phase = Phase(status.get("phase") or Phase.PENDING.value)
+        except ValueError:
+            phase = Phase.PENDING
+        return cls(
+            namespace=str(meta.get("namespace", "")),
+            name=str(meta.get("name", "")),
+            uid=str(meta.get("uid", "")),
+            policy=str(spec.get("policyRef") or "default"),
+            created=str(meta.get("creationTimestamp", "")),
+            generation=meta.get("generation"),
+            phase=phase,
+            spec=dict(spec),
+            status=dict(status),
+        )
+
+
+@dataclass
+class JobQueue:
+    """Decides which queued jobs start now, never exceeding a policy's concurrency limit."""
+
+    started: set[str] = field(default_factory=set)
+    """Jobs started here whose Running status has not been seen yet."""
+    admitted: dict[str, JobView] = field(default_factory=dict)
+    """Jobs admitted here whose Queued status has not been seen yet."""
+    not_before: dict[str, float] = field(default_factory=dict)
+    """Retrying jobs: when (monotonic seconds) their next attempt may start."""
+
+    def observe(self, job: JobView) -> None:
+        """A job as the watch shows it now: forget decisions the status already reflects."""
+        if job.phase is not Phase.PENDING:
+            self.admitted.pop(job.uid, None)
+        if job.phase in {Phase.RUNNING, Phase.SUCCEEDED, Phase.FAILED}:
+            self.started.discard(job.uid)
+        if job.phase.finished:
+            self.not_before.pop(job.uid, None)
+
+    def admit(self, job: JobView) -> None:
+        self.admitted[job.uid] = job
+
+    def release(self, uid: str, *, retry_at: float | None = None) -> None:
+        """The job's attempt is over; with retry_at it waits until then to start again."""
+        self.started.discard(uid)
+        if retry_at is None:
+            self.not_before.pop(uid, None)
+        else:
+            self.not_before[uid] = retry_at
+
+    def forget(self, uid: str) -> None:
+        self.started.discard(uid)
+        self.admitted.pop(uid, None)
+        self.not_before.pop(uid, None)
+
+    def waiting(self, jobs: Iterable[JobView]) -> list[JobView]:
+        """Jobs waiting for a slot, first come first served."""
+        seen: dict[str, JobView] = {}
+        for job in jobs:
+            if job.phase is Phase.QUEUED and job.uid not in self.started:
+                seen[job.uid] = job
+            elif job.uid in self.admitted and job.phase is Phase.PENDING:
+                seen[job.uid] = self.admitted[job.uid]
+        return sorted(seen.values(), key=lambda j: j.order)
+
+    def active(self, jobs: Iterable[JobView]) -> int:
+        """Jobs holding a slot: Running by their status, or started here."""
+        running = {j.uid for j in jobs if j.phase is Phase.RUNNING}
+        return len(running | self.started)
+
+    def plan(self, jobs: Iterable[JobView], limit: int, now: float) -> list[JobView]:
+        """The jobs to start now (they are marked started); retrying ones wait for their time."""
+        jobs = list(jobs)
+        free = limit - self.active(jobs)
+        chosen: list[JobView] = []
+        for job in self.waiting(jobs):
+            if free <= 0:
+                break
+            if self.not_before.get(job.uid, 0.0) > now:
+                continue
+            chosen.append(job)
+            self.started.add(job.uid)
+            free -= 1
+        return chosen
+
+    def next_retry(self) -> float | None:
+        return min(self.not_before.values(), default=None)

@@ -1,0 +1,560 @@
+"""What the handlers do: the CaptureJob lifecycle and ScreenshotPolicy → NetworkPolicy.
+
+One `Reconciler` per operator process (it is Kopf's memo). Decisions come from the pure modules
+(`building`, `lifecycle`, `queueing`); this module reads and writes the API server.
+Order matters for restarts: a job's status says Running before its pod is created, so an
+operator that dies in between never creates a second pod for the same attempt; the pod's
+result is recorded before the pod is deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from kubeshot.api import (
+    CaptureError,
+    CaptureJobSpec,
+    Failure,
+    FailureReason,
+    Phase,
+    ProxyCredentials,
+    ScreenshotPolicySpec,
+)
+from kubeshot.api.admission import admit
+from kubeshot.api.crds import API_VERSION
+from kubeshot.operator import building, labels, lifecycle, metrics
+from kubeshot.operator.events import EventPoster
+from kubeshot.operator.kube import ApiError, KubeClient, NotFound, resource_path
+from kubeshot.operator.lifecycle import Outcome
+from kubeshot.operator.queueing import JobQueue, JobView, PolicyKey
+from kubeshot.operator.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+Manifest = dict[str, Any]
+JOB = "CaptureJob"
+POLICY = "ScreenshotPolicy"
+
+
+class Index(Protocol):
+    """The part of a Kopf index used here: key → the values of the objects under that key."""
+
+    def __getitem__(self, key: Any) -> Iterable[Any]: ...
+    def __contains__(self, key: object) -> bool: ...
+    def __iter__(self) -> Any: ...
+
+
+def jobs_path(namespace: str, name: str | None = None) -> str:
+    return resource_path(API_VERSION, "capturejobs", namespace, name)
+
+
+def policies_path(namespace: str, name: str | None = None) -> str:
+    return resource_path(API_VERSION, "screenshotpolicies", namespace, name)
+
+
+def describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "spec"
+        parts.append(f"{where}: {str(error['msg']).removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+class Reconciler:
+    """The operator's state and actions (one per process)."""
+
+    def __init__(self, client: KubeClient, settings: OperatorSettings) -> None:
+        self.client = client
+        self.settings = settings
+        self.queue = JobQueue()
+        self.events = EventPoster(client)
+        self.jobs: Index | None = None
+        self.policies: Index | None = None
+        self._locks: defaultdict[PolicyKey, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._active_jobs: dict[PolicyKey, int] = {}
+
+    def bind(self, jobs: Index, policies: Index) -> None:
+        """Kopf's indexes of CaptureJobs (by policy) and ScreenshotPolicies (by name)."""
+        self.jobs, self.policies = jobs, policies
+
+    # ----------------------------------------------------------------------------- lookups
+
+    def jobs_of(self, key: PolicyKey) -> list[JobView]:
+        if self.jobs is None or key not in self.jobs:
+            return []
+        return list(self.jobs[key])
+
+    async def policy_body(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        """The ScreenshotPolicy: from the index, else (just created?) from the API server."""
+        if self.policies is not None and (namespace, name) in self.policies:
+            for body in self.policies[(namespace, name)]:
+                return dict(body)
+        try:
+            return await self.client.get(policies_path(namespace, name))
+        except NotFound:
+            return None
+
+    async def effective(
+        self, view: JobView
+    ) -> tuple[CaptureJobSpec, ScreenshotPolicySpec] | Failure:
+        """The job's spec and its policy, admitted; or why the job can never run."""
+        try:
+            spec = CaptureJobSpec.model_validate(dict(view.spec))
+        except ValidationError as exc:
+            return Failure(reason=FailureReason.INVALID_SPEC, message=describe(exc)[:1024])
+        body = await self.policy_body(view.namespace, view.policy)
+        if body is None:
+            message = f"ScreenshotPolicy {view.policy!r} not found in namespace {view.namespace}"
+            return Failure(reason=FailureReason.POLICY_NOT_FOUND, message=message)
+        try:
+            policy = ScreenshotPolicySpec.model_validate(dict(body.get("spec") or {}))
+        except ValidationError as exc:
+            message = f"ScreenshotPolicy {view.policy!r} is invalid: {describe(exc)}"
+            return Failure(reason=FailureReason.INVALID_SPEC, message=message[:1024])
+        try:
+            admit(spec.capture_options(), policy)
+        except CaptureError as exc:
+            return Failure(reason=exc.reason, message=exc.message[:1024])
+        return spec, policy
+
+    # ---------------------------------------------------------------------------- CaptureJob
+
+    async def job_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        view = JobView.from_body(body)
+        if event_type == "DELETED":
+            self.queue.forget(view.uid)
+            await self.dispatch(view.key)
+            return
+        self.queue.observe(view)
+        if view.phase is Phase.PENDING:
+            await self.admit(view, body)
+        elif view.phase is Phase.RUNNING and event_type is None:
+            # Listed at start-up: the pod may have gone while no operator was watching.
+            await self.check_pods([view])
+        if not view.phase.finished:
+            await self.dispatch(view.key)
+
+    async def admit(self, view: JobView, body: Mapping[str, Any]) -> None:
+        checked = await self.effective(view)
+        at = lifecycle.now()
+        if isinstance(checked, Failure):
+            patch = lifecycle.rejected_status(view.status, checked, view.generation, at)
+            await self.patch_status(view, patch)
+            metrics.JOBS_FINISHED.labels(Phase.FAILED.value, checked.reason.value).inc()
+            self.events.post(JOB, body, "Warning", checked.reason.value, checked.message)
+            return
+        status = lifecycle.queued_status(view.status, view.generation, at)
+        await self.patch_status(view, status)
+        self.queue.admit(JobView.from_body({**body, "status": {**view.status, **status}}))
+        self.events.post(JOB, body, "Normal", "Queued", f"admitted under policy {view.policy}")
+
+    async def patch_status(self, view: JobView, status: Manifest) -> Manifest:
+        return await self.client.merge_patch(
+            jobs_path(view.namespace, view.name) + "/status", {"status": status}
+        )
+
+    async def dispatch(self, key: PolicyKey) -> None:
+        """Start as many queued jobs of the policy as its concurrency limit allows, FIFO."""
+        async with self._locks[key]:
+            jobs = self.jobs_of(key)
+            body = await self.policy_body(*key)
+            limit = 1
+            if body is not None:
+                try:
+                    limits = ScreenshotPolicySpec.model_validate(dict(body.get("spec") or {}))
+                    limit = limits.limits.max_concurrent_jobs
+                except ValidationError:
+                    pass
+            chosen = self.queue.plan(jobs, limit, time.monotonic())
+            metrics.QUEUE_DEPTH.labels(*key).set(len(self.queue.waiting(jobs)))
+        if chosen:
+            await asyncio.gather(*(self.start(view) for view in chosen))
+
+    async def start(self, view: JobView) -> None:
+        """Secret (kept across attempts), status Running, then the attempt's pod."""
+        checked = await self.effective(view)
+        if isinstance(checked, Failure):
+            at = lifecycle.now()
+            await self.patch_status(
+                view, lifecycle.rejected_status(view.status, checked, view.generation, at)
+            )
+            self.queue.release(view.uid)
+            self.events.post(JOB, _body(view), "Warning", checked.reason.value, checked.message)
+            return
+        spec, policy = checked
+        job = building.JobRef(view.name, view.namespace, view.uid)
+        attempt = view.attempts + 1
+        try:
+            token = await self.ensure_secret(job, view.policy, spec, policy)
+        except CaptureError as exc:
+            failure = Failure(reason=exc.reason, message=exc.message)
+            await self.conclude(view, Outcome(failure=failure), None)
+            return
+        except ApiError as exc:
+            outcome = Outcome.failed(
+                FailureReason.INTERNAL, f"request Secret not created: {exc.message}"
+            )
+            await self.conclude(view, outcome, None, attempted=attempt)
+            return
+        pod = building.build_pod(
+            job, attempt, view.policy, policy, spec.capture_options(), self.settings
+        )
+        pod_name = pod["metadata"]["name"]
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        at = lifecycle.now()
+        status = lifecycle.running_status(
+            view.status, pod_name, attempt, digest, view.generation, at
+        )
+        try:
+            await self.patch_status(view, status)
+        except NotFound:
+            self.queue.forget(view.uid)
+            return
+        running = JobView.from_body({**_body(view), "status": {**view.status, **status}})
+        try:
+            await self.client.create_or_keep(resource_path("v1", "pods", view.namespace), pod)
+        except ApiError as exc:
+            outcome = Outcome.failed(
+                FailureReason.INTERNAL, f"capture pod not created: {exc.message}"
+            )
+            await self.conclude(running, outcome, None)
+            return
+        metrics.PODS_CREATED.inc()
+        self.events.post(
+            JOB, _body(view), "Normal", "Started", f"attempt {attempt}: pod {pod_name}"
+        )
+
+    async def ensure_secret(
+        self,
+        job: building.JobRef,
+        policy_name: str,
+        spec: CaptureJobSpec,
+        policy: ScreenshotPolicySpec,
+    ) -> str:
+        """The job's request Secret, created once; returns the job's upload token."""
+        path = resource_path("v1", "secrets", job.namespace)
+        try:
+            existing = await self.client.get(f"{path}/{building.secret_name(job)}")
+        except NotFound:
+            existing = None
+        if existing is not None:
+            raw = base64.b64decode(existing.get("data", {}).get(building.REQUEST_KEY, ""))
+            token = str(json.loads(raw).get("upload", {}).get("token", ""))
+            if token:
+                return token
+        token = secrets.token_urlsafe(32)
+        proxy = await self.proxy_credentials(job.namespace, policy)
+        request = building.build_request(
+            spec.capture_options(),
+            policy,
+            upload_url=self.settings.upload_url_for(job.namespace, job.name),
+            upload_token=token,
+            proxy=proxy,
+        )
+        created, fresh = await self.client.create_or_keep(
+            path, building.build_secret(job, policy_name, request)
+        )
+        if not fresh:
+            raw = base64.b64decode(created.get("data", {}).get(building.REQUEST_KEY, ""))
+            token = str(json.loads(raw).get("upload", {}).get("token", token))
+        return token
+
+    async def proxy_credentials(
+        self, namespace: str, policy: ScreenshotPolicySpec
+    ) -> ProxyCredentials | None:
+        proxy = policy.network.proxy
+        if proxy is None:
+            return None
+        if proxy.credentials_secret_ref is None:
+            return ProxyCredentials(server=proxy.server)
+        ref = proxy.credentials_secret_ref
+        try:
+            secret = await self.client.get(resource_path("v1", "secrets", namespace, ref.name))
+        except NotFound:
+            raise CaptureError(
+                FailureReason.INVALID_SPEC, f"proxy credentials Secret {ref.name!r} not found"
+            ) from None
+        data = secret.get("data") or {}
+
+        def value(key: str) -> str | None:
+            return base64.b64decode(data[key]).decode() if key in data else None
+
+        return ProxyCredentials.model_validate(
+            {
+                "server": proxy.server,
+                "username": value(ref.username_key),
+                "password": value(ref.password_key),
+            }
+        )
+
+    async def pod_event(self, event_type: str | None, pod: Mapping[str, Any]) -> None:
+        """A capture pod ended or vanished: record the attempt's outcome on its job."""
+        meta = pod.get("metadata", {})
+        namespace, pod_name = meta.get("namespace", ""), meta.get("name", "")
+        job_name = (meta.get("annotations") or {}).get(labels.JOB_NAME_ANNOTATION)
+        job_uid = (meta.get("labels") or {}).get(labels.JOB_UID)
+        if event_type == "DELETED":
+            outcome: Outcome | None = Outcome.failed(
+                FailureReason.POD_LOST, f"the capture pod {pod_name} was deleted before it finished"
+            )
+        else:
+            outcome = lifecycle.pod_outcome(dict(pod))
+        if outcome is None or not job_name:
+            return
+        try:
+            body = await self.client.get(jobs_path(namespace, job_name))
+        except NotFound:
+            body = None
+        view = JobView.from_body(body) if body is not None else None
+        if (
+            view is None
+            or view.uid != job_uid
+            or view.phase is not Phase.RUNNING
+            or view.pod_name != pod_name
+        ):
+            if event_type != "DELETED":  # a leftover of a recorded attempt
+                await self.client.delete(resource_path("v1", "pods", namespace, pod_name))
+            return
+        await self.conclude(view, outcome, None if event_type == "DELETED" else pod_name)
+
+    async def conclude(
+        self, view: JobView, outcome: Outcome, pod_name: str | None, attempted: int | None = None
+    ) -> None:
+        """Record an attempt's outcome: finished, or queued again for a retry; then clean up."""
+        at = lifecycle.now()
+        attempts = attempted if attempted is not None else max(view.attempts, 1)
+        retries = int(view.spec.get("retries", 2))
+        failure = outcome.failure
+        if failure is not None and lifecycle.may_retry(failure, attempts, retries):
+            delay = lifecycle.backoff_seconds(
+                attempts,
+                self.settings.retry_backoff_seconds,
+                self.settings.retry_backoff_max_seconds,
+            )
+            status = lifecycle.retry_status(view.status, failure, delay, view.generation, at)
+            if attempted is not None:
+                status["attempts"] = attempted
+            await self.patch_status(view, status)
+            self.queue.release(view.uid, retry_at=time.monotonic() + delay)
+            metrics.RETRIES.labels(failure.reason.value).inc()
+            self.events.post(
+                JOB, _body(view), "Warning", "Retrying", status["conditions"][-1]["message"]
+            )
+            self._later(delay, view.key)
+        else:
+            status = lifecycle.finished_status(view.status, outcome, view.generation, at)
+            if attempted is not None:
+                status["attempts"] = attempted
+            await self.patch_status(view, status)
+            self.queue.release(view.uid)
+            phase = status["phase"]
+            reason = failure.reason.value if failure is not None else ""
+            metrics.JOBS_FINISHED.labels(phase, reason).inc()
+            if failure is None:
+                self.events.post(JOB, _body(view), "Normal", "Succeeded", "the capture succeeded")
+            else:
+                self.events.post(JOB, _body(view), "Warning", failure.reason.value, failure.message)
+            job = building.JobRef(view.name, view.namespace, view.uid)
+            await self.client.delete(
+                resource_path("v1", "secrets", view.namespace, building.secret_name(job))
+            )
+        if pod_name is not None:  # only now that its outcome is recorded
+            await self.client.delete(resource_path("v1", "pods", view.namespace, pod_name))
+        await self.dispatch(view.key)
+
+    def _later(self, delay: float, key: PolicyKey) -> None:
+        async def wake() -> None:
+            await asyncio.sleep(delay + 0.01)
+            await self.dispatch(key)
+
+        task = asyncio.get_running_loop().create_task(wake())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def check_pods(self, views: list[JobView]) -> None:
+        """Running jobs whose pod is gone: the pod was lost."""
+        for view in views:
+            if view.pod_name is None:
+                continue
+            try:
+                await self.client.get(resource_path("v1", "pods", view.namespace, view.pod_name))
+                continue
+            except NotFound:
+                pass
+            try:  # the pod is gone; is the attempt still unrecorded?
+                fresh = JobView.from_body(
+                    await self.client.get(jobs_path(view.namespace, view.name))
+                )
+            except NotFound:
+                continue
+            if fresh.phase is Phase.RUNNING and fresh.pod_name == view.pod_name:
+                message = f"the capture pod {view.pod_name} disappeared"
+                await self.conclude(fresh, Outcome.failed(FailureReason.POD_LOST, message), None)
+
+    # ------------------------------------------------------------------------- housekeeping
+
+    def all_jobs(self) -> list[JobView]:
+        if self.jobs is None:
+            return []
+        return [view for key in list(self.jobs) for view in self.jobs[key]]
+
+    async def sweep(self) -> None:
+        """Lost pods, due retries, expired finished jobs, policy activeJobs, gauges."""
+        views = self.all_jobs()
+        running = [v for v in views if v.phase is Phase.RUNNING and v.uid not in self.queue.started]
+        listed: set[tuple[str, str]] = set()
+        selector = (
+            f"{labels.COMPONENT}={labels.CAPTURE_COMPONENT},{labels.MANAGED_BY}={labels.MANAGER}"
+        )
+        for namespace in sorted({v.namespace for v in running}):
+            pods = await self.client.get(
+                resource_path("v1", "pods", namespace), params={"labelSelector": selector}
+            )
+            for pod in pods.get("items", []):
+                listed.add((namespace, pod["metadata"]["name"]))
+                if lifecycle.pod_outcome(pod) is not None:  # an end the watch did not deliver
+                    await self.pod_event("MODIFIED", pod)
+        await self.check_pods([v for v in running if (v.namespace, v.pod_name) not in listed])
+        now = datetime.now(UTC)
+        for view in views:
+            if view.phase.finished and await self.expired(view, now):
+                await self.client.delete(jobs_path(view.namespace, view.name))
+                log.info(
+                    "deleted %s/%s: its TTL after finishing has passed", view.namespace, view.name
+                )
+        by_phase: dict[str, int] = {p.value: 0 for p in Phase}
+        active: dict[PolicyKey, int] = defaultdict(int)
+        for view in views:
+            by_phase[view.phase.value] += 1
+            if view.phase is Phase.RUNNING:
+                active[view.key] += 1
+        for phase, count in by_phase.items():
+            metrics.JOBS.labels(phase).set(count)
+        for key in {v.key for v in views if not v.phase.finished}:
+            await self.dispatch(key)
+        await self.update_active_jobs(active)
+
+    async def expired(self, view: JobView, now: datetime) -> bool:
+        completed = view.status.get("completionTime")
+        if not completed:
+            return False
+        ttl = view.spec.get("ttlSecondsAfterFinished")
+        if ttl is None:
+            body = await self.policy_body(view.namespace, view.policy)
+            runtime = ((body or {}).get("spec") or {}).get("runtime") or {}
+            ttl = runtime.get("ttlSecondsAfterFinished", 3600)
+        finished = lifecycle.parse_time(str(completed))
+        return now >= finished + timedelta(seconds=int(ttl))
+
+    async def update_active_jobs(self, active: Mapping[PolicyKey, int]) -> None:
+        if self.policies is None:
+            return
+        for key in list(self.policies):
+            count = active.get(key, 0)
+            if self._active_jobs.get(key) == count:
+                continue
+            try:
+                await self.client.merge_patch(
+                    policies_path(*key) + "/status", {"status": {"activeJobs": count}}
+                )
+                self._active_jobs[key] = count
+            except NotFound:
+                self._active_jobs.pop(key, None)
+
+    # ---------------------------------------------------------------------- ScreenshotPolicy
+
+    async def policy_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        meta = body.get("metadata", {})
+        namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+        if event_type == "DELETED":  # its NetworkPolicy goes with it (ownerReference)
+            self._active_jobs.pop((namespace, name), None)
+            await self.dispatch((namespace, name))
+            return
+        generation = meta.get("generation")
+        status = dict(body.get("status") or {})
+        if status.get("observedGeneration") == generation and event_type is not None:
+            return  # our own status write coming back, or nothing that changes the spec
+        at = lifecycle.now()
+        conditions = list(status.get("conditions") or [])
+        try:
+            spec = ScreenshotPolicySpec.model_validate(dict(body.get("spec") or {}))
+        except ValidationError as exc:
+            message = describe(exc)
+            conditions = lifecycle.set_condition(
+                conditions, lifecycle.READY, False, "InvalidSpec", message, generation, at
+            )
+            await self.client.merge_patch(
+                policies_path(namespace, name) + "/status",
+                {"status": {"observedGeneration": generation, "conditions": conditions}},
+            )
+            self.events.post(POLICY, body, "Warning", "InvalidSpec", message)
+            return
+        ref = building.PolicyRef(name, namespace, str(meta.get("uid")))
+        manifest = building.build_network_policy(ref, spec, self.settings)
+        np_name = manifest["metadata"]["name"]
+        path = resource_path("networking.k8s.io/v1", "networkpolicies", namespace, np_name)
+        try:
+            await self.client.apply(path, manifest, labels.MANAGER)
+        except ApiError as exc:
+            conditions = lifecycle.set_condition(
+                conditions,
+                lifecycle.READY,
+                False,
+                "NetworkPolicyFailed",
+                exc.message,
+                generation,
+                at,
+            )
+            await self.client.merge_patch(
+                policies_path(namespace, name) + "/status", {"status": {"conditions": conditions}}
+            )
+            self.events.post(POLICY, body, "Warning", "NetworkPolicyFailed", exc.message)
+            raise
+        conditions = lifecycle.set_condition(
+            conditions, lifecycle.READY, True, "NetworkPolicyApplied",
+            f"NetworkPolicy {np_name} confines the capture pods", generation, at,
+        )  # fmt: skip
+        active = sum(1 for v in self.jobs_of((namespace, name)) if v.phase is Phase.RUNNING)
+        await self.client.merge_patch(
+            policies_path(namespace, name) + "/status",
+            {
+                "status": {
+                    "observedGeneration": generation,
+                    "conditions": conditions,
+                    "networkPolicyName": np_name,
+                    "activeJobs": active,
+                }
+            },
+        )
+        self._active_jobs[(namespace, name)] = active
+        self.events.post(POLICY, body, "Normal", "NetworkPolicyApplied", f"NetworkPolicy {np_name}")
+        await self.dispatch((namespace, name))
+
+
+def _body(view: JobView) -> Manifest:
+    """Enough of a job's body to name it (in Events) and to rebuild a view from it."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": JOB,
+        "metadata": {
+            "name": view.name,
+            "namespace": view.namespace,
+            "uid": view.uid,
+            "creationTimestamp": view.created,
+            "generation": view.generation,
+        },
+        "spec": dict(view.spec),
+        "status": dict(view.status),
+    }

@@ -1,0 +1,117 @@
+"""`kubeshot operator`: leader election, then Kopf with the handlers, a sweeper, /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+import socket
+
+import kopf
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from kubeshot.operator import metrics
+from kubeshot.operator.kube import ApiError, KubeClient
+from kubeshot.operator.leading import LeaderLease
+from kubeshot.operator.reconciling import Reconciler
+from kubeshot.operator.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+LEADER_KEY = web.AppKey("leader", asyncio.Event)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    leading = request.app[LEADER_KEY].is_set()
+    return web.json_response({"status": "ok", "leader": leading})
+
+
+def create_app(leader: asyncio.Event) -> web.Application:
+    app = web.Application()
+    app[LEADER_KEY] = leader
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/healthz", _healthz)
+    return app
+
+
+async def _sweep_forever(reconciler: Reconciler, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await reconciler.sweep()
+        except (TimeoutError, ApiError, OSError) as exc:
+            log.warning("sweep failed, next in %gs: %s", every, exc)
+
+
+async def run(settings: OperatorSettings) -> int:
+    """Run until SIGTERM/SIGINT (0) or until leadership is lost (1)."""
+    client = KubeClient()
+    leader = asyncio.Event()
+    runner = web.AppRunner(create_app(leader), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.http_host, settings.http_port)
+    await site.start()
+    for sock in getattr(site._server, "sockets", None) or []:
+        log.info("serving /metrics and /healthz on %s:%s", *sock.getsockname()[:2])
+    identity = settings.identity or f"{socket.gethostname()}-{secrets.token_hex(4)}"
+    lease = LeaderLease(
+        client,
+        settings.lease_namespace,
+        settings.lease_name,
+        identity,
+        settings.lease_duration_seconds,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    lost = asyncio.Event()
+    tasks: list[asyncio.Task[object]] = []
+    try:
+        acquiring = asyncio.create_task(lease.acquire())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({acquiring, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not acquiring.done():
+            acquiring.cancel()
+            return 0
+        stopping.cancel()
+        leader.set()
+        metrics.LEADER.set(1)
+        reconciler = Reconciler(client, settings)
+        tasks.append(asyncio.create_task(lease.hold(lost)))
+        tasks.append(asyncio.create_task(_sweep_forever(reconciler, settings.resync_seconds)))
+        kopf_stop = asyncio.Event()
+
+        async def stop_kopf_when_lost() -> None:
+            await lost.wait()
+            kopf_stop.set()
+
+        tasks.append(asyncio.create_task(stop_kopf_when_lost()))
+        import kubeshot.operator.handlers  # noqa: F401 - registers the handlers with Kopf
+
+        await kopf.operator(
+            clusterwide=not settings.namespaces,
+            namespaces=settings.namespaces,
+            standalone=True,  # one active replica by the Lease, not by Kopf's peering
+            stop_flag=kopf_stop,
+            memo=kopf.Memo(reconciler=reconciler, settings=settings),
+        )
+        await reconciler.events.drain()
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        metrics.LEADER.set(0)
+        if leader.is_set() and not lost.is_set():
+            await lease.release()
+        await runner.cleanup()
+        await client.close()
+    return 1 if lost.is_set() else 0

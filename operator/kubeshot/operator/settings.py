@@ -1,0 +1,96 @@
+"""The operator's configuration: one pydantic-settings object, read from `KUBESHOT_OPERATOR_*`.
+
+`kubeshot operator` flags override the environment; everything else has a production default.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class OperatorSettings(BaseSettings):
+    """Everything `kubeshot operator` can be told."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KUBESHOT_OPERATOR_", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    # --- what to watch ---------------------------------------------------------------------
+    namespaces: list[str] = Field(default_factory=list)
+    """Namespaces (or globs, `!` excludes) to reconcile; all namespaces when empty."""
+
+    # --- capture pods ----------------------------------------------------------------------
+    capture_image: str = "ghcr.io/kubeshot/capture:0.1.0"
+    """Image of the capture pods (`python -m kubeshot_capture`)."""
+    image_pull_policy: str = Field(default="IfNotPresent", pattern="^(Always|IfNotPresent|Never)$")
+    """Pull policy of the capture image."""
+    run_as_user: int = Field(default=10001, ge=1)
+    """Non-root user id of the capture container (the image's `capture` user)."""
+    cpu_request: str = "250m"
+    """CPU request of a capture pod when its policy sets no CPU limit."""
+    pod_deadline_grace_seconds: int = Field(default=30, ge=0, le=600)
+    """Seconds a pod may run beyond the capture timeout (browser start, upload)."""
+    termination_grace_seconds: int = Field(default=5, ge=0, le=60)
+    """Grace period of a capture pod: the engine closes its browser on SIGTERM."""
+
+    # --- the gateway the pods upload to ----------------------------------------------------
+    upload_url: str = Field(
+        default="http://kubeshot-gateway.kubeshot.svc:8081/v1/internal/uploads",
+        pattern=r"^https?://",
+    )
+    """Base of the gateway's upload endpoint; a pod PUTs to `<base>/<namespace>/<job>`."""
+    gateway_namespace: str = "kubeshot"
+    """Namespace of the gateway pods (capture pods may reach them on the upload port only)."""
+    gateway_pod_labels: dict[str, str] = Field(
+        default_factory=lambda: {
+            "app.kubernetes.io/name": "kubeshot",
+            "app.kubernetes.io/component": "gateway",
+        }
+    )
+    """Labels selecting the gateway pods."""
+    dns_namespace: str = "kube-system"
+    """Namespace of the cluster DNS pods."""
+    dns_pod_labels: dict[str, str] = Field(default_factory=lambda: {"k8s-app": "kube-dns"})
+    """Labels selecting the cluster DNS pods."""
+
+    # --- lifecycle -------------------------------------------------------------------------
+    retry_backoff_seconds: float = Field(default=5.0, ge=0)
+    """Wait before the first retry of a retriable failure; doubles with every attempt."""
+    retry_backoff_max_seconds: float = Field(default=300.0, ge=0)
+    """Longest wait between attempts."""
+    resync_seconds: float = Field(default=10.0, gt=0)
+    """How often lost pods, due retries and expired jobs are looked for."""
+    batch_window_seconds: float = Field(default=0.02, ge=0)
+    """Kopf's batching window: how long bursts of events on one object are merged."""
+
+    # --- leadership ------------------------------------------------------------------------
+    lease_name: str = "kubeshot-operator"
+    """Lease that elects the one active replica."""
+    lease_namespace: str = "kube-system"
+    """Namespace of the Lease."""
+    lease_duration_seconds: float = Field(default=15.0, gt=0)
+    """A leader that has not renewed for this long is replaced."""
+    identity: str | None = None
+    """This replica's name in the Lease (default: host name and a random suffix)."""
+
+    # --- observability ---------------------------------------------------------------------
+    http_host: str = "0.0.0.0"  # noqa: S104 - probes and scrapes come from the kubelet/Prometheus
+    """Address of the /metrics and /healthz server."""
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    """Port of the /metrics and /healthz server (0: a free port, printed at start)."""
+
+    @field_validator("upload_url")
+    @classmethod
+    def _strip_slash(cls, url: str) -> str:
+        return url.rstrip("/")
+
+    @property
+    def upload_port(self) -> int:
+        parts = urlsplit(self.upload_url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
+    def upload_url_for(self, namespace: str, name: str) -> str:
+        return f"{self.upload_url}/{namespace}/{name}"
