@@ -1,0 +1,349 @@
+"""The operator's manifests, compared with exact expected dicts (like kubespawner's make_pod tests).
+
+Every field of a capture pod is a security decision; a change to any of them must show up here.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from kubeshot.api import CaptureOptions, CaptureRequest, ScreenshotPolicySpec
+from kubeshot.operator import (
+    JobRef,
+    OperatorSettings,
+    PolicyRef,
+    build_network_policy,
+    build_pod,
+    build_request,
+    build_secret,
+)
+from kubeshot.operator.building import pod_name, request_json
+from kubeshot.operator.labels import dns_name, label_value
+
+JOB = JobRef(name="shot", namespace="team-a", uid="1111-2222")
+POLICY = PolicyRef(name="default", namespace="team-a", uid="3333-4444")
+SETTINGS = OperatorSettings(
+    capture_image="registry.example/kubeshot-capture:1.0",
+    upload_url="http://kubeshot-gateway.kubeshot.svc:8081/v1/internal/uploads",
+)
+OWNER = {
+    "apiVersion": "kubeshot.dev/v1alpha1",
+    "kind": "CaptureJob",
+    "name": "shot",
+    "uid": "1111-2222",
+    "controller": True,
+    "blockOwnerDeletion": True,
+}
+LABELS = {
+    "app.kubernetes.io/name": "kubeshot",
+    "app.kubernetes.io/component": "capture",
+    "app.kubernetes.io/managed-by": "kubeshot-operator",
+    "kubeshot.dev/policy": "default",
+    "kubeshot.dev/job-uid": "1111-2222",
+}
+
+
+def policy(**spec: Any) -> ScreenshotPolicySpec:
+    return ScreenshotPolicySpec.model_validate(spec)
+
+
+def expected_pod(**spec_changes: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "activeDeadlineSeconds": 90,
+        "terminationGracePeriodSeconds": 5,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "runAsGroup": 10001,
+            "fsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": "capture",
+                "image": "registry.example/kubeshot-capture:1.0",
+                "imagePullPolicy": "IfNotPresent",
+                "command": ["python", "-m", "kubeshot_capture"],
+                "env": [
+                    {"name": "KUBESHOT_REQUEST", "value": "/var/run/kubeshot/request.json"},
+                    {"name": "KUBESHOT_TERMINATION_LOG", "value": "/dev/termination-log"},
+                    {"name": "KUBESHOT_OUTPUT", "value": "/tmp/artifact"},
+                    {"name": "HOME", "value": "/tmp"},
+                ],
+                "resources": {
+                    "requests": {"memory": "1Gi", "cpu": "250m"},
+                    "limits": {"memory": "1Gi"},
+                },
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "capabilities": {"drop": ["ALL"]},
+                    "privileged": False,
+                    "readOnlyRootFilesystem": True,
+                    "runAsNonRoot": True,
+                    "runAsUser": 10001,
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "terminationMessagePath": "/dev/termination-log",
+                "terminationMessagePolicy": "File",
+                "volumeMounts": [
+                    {"name": "request", "mountPath": "/var/run/kubeshot", "readOnly": True},
+                    {"name": "tmp", "mountPath": "/tmp"},
+                    {"name": "dshm", "mountPath": "/dev/shm"},
+                ],
+            }
+        ],
+        "volumes": [
+            {"name": "request", "secret": {"secretName": "shot-request", "defaultMode": 0o440}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}},
+        ],
+    }
+    spec.update(spec_changes)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "shot-1",
+            "namespace": "team-a",
+            "labels": {**LABELS, "kubeshot.dev/attempt": "1"},
+            "annotations": {"kubeshot.dev/job": "shot"},
+            "ownerReferences": [OWNER],
+        },
+        "spec": spec,
+    }
+
+
+def test_pod_with_the_default_policy() -> None:
+    options = CaptureOptions(url="https://example.com")
+    assert build_pod(JOB, 1, "default", policy(), options, SETTINGS) == expected_pod()
+
+
+def test_pod_takes_limits_deadline_and_placement_from_the_policy() -> None:
+    spec = policy(
+        limits={"memory": "512Mi", "cpu": "500m", "timeoutSeconds": 20},
+        runtime={
+            "runtimeClassName": "gvisor",
+            "nodeSelector": {"kubeshot.dev/capture": "true"},
+            "tolerations": [{"key": "capture", "operator": "Exists", "effect": "NoSchedule"}],
+        },
+    )
+    options = CaptureOptions(url="https://example.com", timeoutSeconds=10)
+    pod = build_pod(JOB, 1, "default", spec, options, SETTINGS)
+    expected = expected_pod(
+        activeDeadlineSeconds=40,  # the caller's 10 s + 30 s grace for browser start and upload
+        runtimeClassName="gvisor",
+        nodeSelector={"kubeshot.dev/capture": "true"},
+        tolerations=[{"key": "capture", "operator": "Exists", "effect": "NoSchedule"}],
+    )
+    container = expected["spec"]["containers"][0]
+    container["resources"] = {
+        "requests": {"memory": "512Mi", "cpu": "500m"},
+        "limits": {"memory": "512Mi", "cpu": "500m"},
+    }
+    expected["spec"]["volumes"][1] = {"name": "tmp", "emptyDir": {"sizeLimit": "512Mi"}}
+    expected["spec"]["volumes"][2] = {
+        "name": "dshm",
+        "emptyDir": {"medium": "Memory", "sizeLimit": "512Mi"},
+    }
+    assert pod == expected
+
+
+def test_each_attempt_has_its_own_pod_name() -> None:
+    options = CaptureOptions(url="https://example.com")
+    pod = build_pod(JOB, 3, "default", policy(), options, SETTINGS)
+    assert pod["metadata"]["name"] == "shot-3"
+    assert pod["metadata"]["labels"]["kubeshot.dev/attempt"] == "3"
+
+
+def test_long_names_stay_valid() -> None:
+    job = JobRef(name="x" * 253, namespace="ns", uid="u")
+    assert len(pod_name(job, 10)) <= 253
+    assert pod_name(job, 10) != pod_name(job, 11)
+    long_policy = "p" * 100
+    value = label_value(long_policy)
+    assert len(value) <= 63
+    assert value == label_value(long_policy)
+    assert label_value("default") == "default"
+    assert dns_name("a", "b") == "a-b"
+
+
+def test_secret_holds_the_request_with_the_upload_token() -> None:
+    options = CaptureOptions(url="https://example.com")
+    request = build_request(
+        options,
+        policy(),
+        upload_url="http://gw/v1/internal/uploads/team-a/shot",
+        upload_token="t" * 43,
+    )
+    secret = build_secret(JOB, "default", request)
+    assert secret == {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": "shot-request",
+            "namespace": "team-a",
+            "labels": LABELS,
+            "annotations": {"kubeshot.dev/job": "shot"},
+            "ownerReferences": [OWNER],
+        },
+        "type": "Opaque",
+        "immutable": True,
+        "stringData": {"request.json": request_json(request)},
+    }
+    read_back = CaptureRequest.model_validate_json(secret["stringData"]["request.json"])
+    assert read_back == request
+    assert read_back.upload is not None
+    assert read_back.upload.token == "t" * 43
+
+
+def test_request_json_reveals_the_proxy_password_to_the_pod_only() -> None:
+    from kubeshot.api import ProxyCredentials
+
+    proxy = ProxyCredentials.model_validate(
+        {"server": "http://proxy:3128", "username": "u", "password": "hunter2"}
+    )
+    request = build_request(
+        CaptureOptions(url="https://example.com"),
+        policy(),
+        upload_url="http://gw/x",
+        upload_token="t" * 20,
+        proxy=proxy,
+    )
+    assert "hunter2" not in repr(request)
+    assert json.loads(request_json(request))["proxy"]["password"] == "hunter2"
+
+
+DNS_RULE = {
+    "to": [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+        }
+    ],
+    "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+}
+GATEWAY_RULE = {
+    "to": [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kubeshot"}},
+            "podSelector": {
+                "matchLabels": {
+                    "app.kubernetes.io/name": "kubeshot",
+                    "app.kubernetes.io/component": "gateway",
+                }
+            },
+        }
+    ],
+    "ports": [{"protocol": "TCP", "port": 8081}],
+}
+PRIVATE_V4 = [
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+]
+
+
+def expected_network_policy(egress: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": "kubeshot-capture-default",
+            "namespace": "team-a",
+            "labels": {
+                "app.kubernetes.io/name": "kubeshot",
+                "app.kubernetes.io/managed-by": "kubeshot-operator",
+                "kubeshot.dev/policy": "default",
+            },
+            "ownerReferences": [
+                {
+                    "apiVersion": "kubeshot.dev/v1alpha1",
+                    "kind": "ScreenshotPolicy",
+                    "name": "default",
+                    "uid": "3333-4444",
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": {
+            "podSelector": {
+                "matchLabels": {
+                    "app.kubernetes.io/component": "capture",
+                    "kubeshot.dev/policy": "default",
+                }
+            },
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [],
+            "egress": egress,
+        },
+    }
+
+
+def test_network_policy_of_the_default_policy() -> None:
+    internet = {
+        "to": [
+            {"ipBlock": {"cidr": "0.0.0.0/0", "except": PRIVATE_V4}},
+            {"ipBlock": {"cidr": "::/0", "except": ["::1/128", "fc00::/7", "fe80::/10"]}},
+        ],
+        "ports": [{"protocol": "TCP", "port": 80}, {"protocol": "TCP", "port": 443}],
+    }
+    assert build_network_policy(POLICY, policy(), SETTINGS) == expected_network_policy(
+        [DNS_RULE, GATEWAY_RULE, internet]
+    )
+
+
+def test_network_policy_with_allowed_cidrs_and_ports() -> None:
+    spec = policy(network={"allowedCIDRs": ["10.20.0.0/16"], "allowedPorts": [8443, 443]})
+    internet = {
+        "to": [
+            {"ipBlock": {"cidr": "0.0.0.0/0", "except": PRIVATE_V4}},
+            {"ipBlock": {"cidr": "::/0", "except": ["::1/128", "fc00::/7", "fe80::/10"]}},
+        ],
+        "ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 8443}],
+    }
+    intranet = {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}]}
+    assert build_network_policy(POLICY, spec, SETTINGS) == expected_network_policy(
+        [DNS_RULE, GATEWAY_RULE, internet, intranet]
+    )
+
+
+def test_network_policy_without_private_blocking_still_excepts_metadata() -> None:
+    spec = policy(network={"blockPrivateNetworks": False})
+    egress = build_network_policy(POLICY, spec, SETTINGS)["spec"]["egress"]
+    assert egress[2]["to"] == [
+        {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]}},
+        {"ipBlock": {"cidr": "::/0", "except": ["fd00:ec2::254/128"]}},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("server", "peers", "port"),
+    [
+        ("http://10.1.2.3:3128", [{"ipBlock": {"cidr": "10.1.2.3/32"}}], 3128),
+        (
+            "http://proxy.corp:8080",
+            [{"ipBlock": {"cidr": "0.0.0.0/0"}}, {"ipBlock": {"cidr": "::/0"}}],
+            8080,
+        ),
+        ("https://[fd00::1]", [{"ipBlock": {"cidr": "fd00::1/128"}}], 443),
+    ],
+)
+def test_network_policy_with_a_proxy_allows_only_the_proxy(
+    server: str, peers: list[dict[str, Any]], port: int
+) -> None:
+    spec = policy(network={"proxy": {"server": server}})
+    proxy_rule = {"to": peers, "ports": [{"protocol": "TCP", "port": port}]}
+    assert build_network_policy(POLICY, spec, SETTINGS) == expected_network_policy(
+        [DNS_RULE, GATEWAY_RULE, proxy_rule]
+    )

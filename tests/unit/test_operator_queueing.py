@@ -1,0 +1,77 @@
+"""FIFO queueing under maxConcurrentJobs, with the operator's own not-yet-seen decisions."""
+
+from __future__ import annotations
+
+from kubeshot.api import Phase
+from kubeshot.operator.queueing import JobQueue, JobView
+
+
+def job(name: str, phase: Phase, created: str = "2026-01-01T00:00:00Z") -> JobView:
+    return JobView(
+        namespace="ns",
+        name=name,
+        uid=f"uid-{name}",
+        policy="default",
+        created=created,
+        generation=1,
+        phase=phase,
+    )
+
+
+def test_first_come_first_served_up_to_the_limit() -> None:
+    queue = JobQueue()
+    jobs = [
+        job("c", Phase.QUEUED, "2026-01-01T00:00:03Z"),
+        job("a", Phase.QUEUED, "2026-01-01T00:00:01Z"),
+        job("b", Phase.QUEUED, "2026-01-01T00:00:02Z"),
+        job("r", Phase.RUNNING),
+    ]
+    assert [j.name for j in queue.plan(jobs, limit=3, now=0)] == ["a", "b"]
+    assert queue.plan(jobs, limit=3, now=0) == []  # started ones hold their slots
+
+
+def test_same_second_is_ordered_by_name() -> None:
+    queue = JobQueue()
+    jobs = [job("job-2", Phase.QUEUED), job("job-1", Phase.QUEUED)]
+    assert [j.name for j in queue.plan(jobs, limit=1, now=0)] == ["job-1"]
+
+
+def test_started_job_holds_its_slot_until_it_finishes() -> None:
+    queue = JobQueue()
+    a, b = job("a", Phase.QUEUED), job("b", Phase.QUEUED)
+    assert queue.plan([a, b], limit=1, now=0) == [a]
+    running_a = job("a", Phase.RUNNING)
+    queue.observe(running_a)
+    assert queue.plan([running_a, b], limit=1, now=0) == []
+    done_a = job("a", Phase.SUCCEEDED)
+    queue.observe(done_a)
+    assert queue.plan([done_a, b], limit=1, now=0) == [b]
+
+
+def test_admitted_jobs_are_queued_before_their_status_is_seen() -> None:
+    queue = JobQueue()
+    pending = job("a", Phase.PENDING)
+    assert queue.plan([pending], limit=1, now=0) == []
+    queue.admit(job("a", Phase.QUEUED))
+    assert [j.name for j in queue.plan([pending], limit=1, now=0)] == ["a"]
+
+
+def test_retrying_job_waits_for_its_backoff_without_blocking_others() -> None:
+    queue = JobQueue()
+    a, b = (
+        job("a", Phase.QUEUED, "2026-01-01T00:00:01Z"),
+        job("b", Phase.QUEUED, "2026-01-01T00:00:02Z"),
+    )
+    queue.release(a.uid, retry_at=10.0)
+    assert queue.plan([a, b], limit=1, now=5.0) == [b]
+    queue.release(b.uid)
+    assert queue.plan([a], limit=1, now=10.0) == [a]
+    assert queue.next_retry() == 10.0
+
+
+def test_forgotten_job_frees_its_slot() -> None:
+    queue = JobQueue()
+    a, b = job("a", Phase.QUEUED), job("b", Phase.QUEUED)
+    assert queue.plan([a, b], limit=1, now=0) == [a]
+    queue.forget(a.uid)
+    assert queue.plan([b], limit=1, now=0) == [b]
