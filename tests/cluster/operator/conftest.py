@@ -1,0 +1,354 @@
+"""Operator tests: `kubeshot operator` as a real subprocess against the session's control plane.
+
+There is no kubelet: capture pods stay Pending. `FakeKubelet` stands in for it: it runs the
+capture engine as a local process with the Pod's environment and the Secret's request, then
+writes the pod's terminated state from the engine's own termination-message file, exactly where
+the kubelet would. For failure reasons it writes the terminated states the kubelet writes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT
+
+API = "/apis/kubeshot.dev/v1alpha1"
+KUBESHOT = Path(sys.executable).parent / "kubeshot"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll until predicate returns something truthy; return it, or fail the test."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}", pytrace=False)
+        time.sleep(0.1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Operator:
+    """One `kubeshot operator` process."""
+
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    http_port: int
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def healthz(self) -> dict[str, Any] | None:
+        try:
+            url = f"http://127.0.0.1:{self.http_port}/healthz"
+            with urllib.request.urlopen(url, timeout=1) as response:
+                return dict(json.loads(response.read()))
+        except OSError:
+            return None
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.http_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
+
+    def wait_leader(self, timeout: float = 30) -> None:
+        wait_for(
+            lambda: (self.healthz() or {}).get("leader") or self.proc.poll() is not None,
+            timeout,
+            "the operator to lead",
+        )
+        assert self.proc.poll() is None, self.log()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@dataclass
+class Uploads:
+    """A stand-in for the gateway's upload endpoint: PUT with the job's bearer token."""
+
+    url: str
+    received: dict[str, bytes] = field(default_factory=dict)
+    tokens: dict[str, str] = field(default_factory=dict)  # path → sha256 of the token
+
+
+@pytest.fixture
+def uploads() -> Iterator[Uploads]:
+    store = Uploads(url="")
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_PUT(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+            store.tokens[self.path] = hashlib.sha256(token.encode()).hexdigest()
+            if hashlib.sha256(body).hexdigest() != self.headers.get("X-Kubeshot-Sha256"):
+                self.send_response(422)
+                self.end_headers()
+                return
+            store.received[self.path] = body
+            answer = json.dumps({"url": f"https://gateway.test{self.path}"}).encode()
+            self.send_response(201)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    store.url = f"http://127.0.0.1:{server.server_address[1]}/v1/internal/uploads"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield store
+    server.shutdown()
+    server.server_close()
+
+
+def operator_env(
+    control_plane: Any, namespace: str, upload_url: str, **overrides: object
+) -> dict[str, str]:
+    settings: dict[str, object] = {
+        "NAMESPACES": json.dumps([namespace]),
+        "LEASE_NAMESPACE": namespace,
+        "LEASE_DURATION_SECONDS": 3,
+        "RESYNC_SECONDS": 0.5,
+        "RETRY_BACKOFF_SECONDS": 0.2,
+        "RETRY_BACKOFF_MAX_SECONDS": 1,
+        "UPLOAD_URL": upload_url,
+        "HTTP_HOST": "127.0.0.1",
+        "CAPTURE_IMAGE": "kubeshot/capture:test",
+    }
+    settings.update({k.upper(): v for k, v in overrides.items()})
+    env = {**control_plane.env(), "PYTHONUNBUFFERED": "1"}
+    env.update({f"KUBESHOT_OPERATOR_{k}": str(v) for k, v in settings.items()})
+    return env
+
+
+@pytest.fixture
+def start_operator(
+    control_plane: Any,
+    namespace: str,
+    kubeshot_crds: list[str],
+    uploads: Uploads,
+    tmp_path: Path,
+) -> Iterator[Callable[..., Operator]]:
+    """Start `kubeshot operator` for the test's namespace (its Lease lives there too)."""
+    started: list[Operator] = []
+
+    def start(wait: bool = True, **overrides: object) -> Operator:
+        port = free_port()
+        env = operator_env(control_plane, namespace, uploads.url, http_port=port, **overrides)
+        log_path = tmp_path / f"operator-{len(started)}.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                [str(KUBESHOT), "operator"], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        operator = Operator(proc, log_path, port)
+        started.append(operator)
+        if wait:
+            operator.wait_leader()
+        return operator
+
+    yield start
+    for operator in started:
+        operator.stop()
+    for operator in started:
+        text = operator.log()
+        assert "Traceback" not in text, text[-5000:]
+
+
+@pytest.fixture
+def operator(start_operator: Callable[..., Operator]) -> Operator:
+    return start_operator()
+
+
+class Cluster:
+    """The test's namespace through the admin REST API (fast) and kubectl (as users do)."""
+
+    def __init__(self, control_plane: Any, kubectl: Any, namespace: str) -> None:
+        self.cp = control_plane
+        self.kubectl = kubectl
+        self.namespace = namespace
+
+    def path(self, plural: str, name: str | None = None, group: str = "/api/v1") -> str:
+        base = f"{group}/namespaces/{self.namespace}/{plural}"
+        return f"{base}/{name}" if name else base
+
+    def get(self, plural: str, name: str, group: str = "/api/v1") -> dict[str, Any] | None:
+        found: dict[str, Any] | None = self.cp.get(self.path(plural, name, group))
+        return found
+
+    def list(self, plural: str, group: str = "/api/v1", selector: str = "") -> list[dict[str, Any]]:
+        query = f"?labelSelector={selector}" if selector else ""
+        body = self.cp.get(self.path(plural, None, group) + query) or {}
+        return list(body.get("items", []))
+
+    def job(self, name: str) -> dict[str, Any] | None:
+        return self.get("capturejobs", name, API)
+
+    def policy(self, name: str = "default") -> dict[str, Any] | None:
+        return self.get("screenshotpolicies", name, API)
+
+    def apply(self, manifest: dict[str, Any]) -> None:
+        manifest = {**manifest, "metadata": {**manifest["metadata"], "namespace": self.namespace}}
+        self.kubectl.apply(manifest)
+
+    def create_job(self, name: str, **spec: Any) -> dict[str, Any]:
+        body = {
+            "apiVersion": "kubeshot.dev/v1alpha1",
+            "kind": "CaptureJob",
+            "metadata": {"name": name, "namespace": self.namespace},
+            "spec": spec or {"html": "<h1>hello</h1>"},
+        }
+        status, created = self.cp.request("POST", self.path("capturejobs", group=API), body)
+        assert status == 201, created
+        return dict(created)
+
+    def create_policy(self, name: str = "default", **spec: Any) -> dict[str, Any]:
+        body = {
+            "apiVersion": "kubeshot.dev/v1alpha1",
+            "kind": "ScreenshotPolicy",
+            "metadata": {"name": name, "namespace": self.namespace},
+            "spec": spec,
+        }
+        status, created = self.cp.request("POST", self.path("screenshotpolicies", group=API), body)
+        assert status == 201, created
+        return dict(created)
+
+    def wait_phase(self, name: str, *phases: str, timeout: float = 30) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            job = self.job(name)
+            if job and (job.get("status") or {}).get("phase") in phases:
+                return job
+            return None
+
+        found: dict[str, Any] = wait_for(check, timeout, f"job {name} to be {'/'.join(phases)}")
+        return found
+
+    def wait_pod(self, name: str, timeout: float = 30) -> dict[str, Any]:
+        found: dict[str, Any] = wait_for(lambda: self.get("pods", name), timeout, f"pod {name}")
+        return found
+
+    def capture_pods(self) -> list[dict[str, Any]]:
+        return self.list("pods", selector="app.kubernetes.io/component%3Dcapture")
+
+    def write_pod_status(self, name: str, status: dict[str, Any]) -> None:
+        """What the kubelet would write: the pod's status subresource."""
+        pod = self.get("pods", name)
+        assert pod is not None, f"pod {name} is gone"
+        pod["status"] = {**pod.get("status", {}), **status}
+        code, body = self.cp.request("PUT", self.path("pods", name) + "/status", pod)
+        assert code == 200, body
+
+    def terminate(self, name: str, exit_code: int, reason: str = "Error", message: str = "") -> None:
+        """The capture container exited."""
+        self.write_pod_status(
+            name,
+            {
+                "phase": "Succeeded" if exit_code == 0 else "Failed",
+                "containerStatuses": [
+                    {
+                        "name": "capture",
+                        "ready": False,
+                        "restartCount": 0,
+                        "image": "kubeshot/capture:test",
+                        "imageID": "",
+                        "state": {
+                            "terminated": {
+                                "exitCode": exit_code,
+                                "reason": reason,
+                                "message": message,
+                                "startedAt": "2026-01-01T00:00:00Z",
+                                "finishedAt": "2026-01-01T00:00:01Z",
+                            }
+                        },
+                    }
+                ],
+            },
+        )
+
+
+@pytest.fixture
+def cluster(control_plane: Any, kubectl: Any, namespace: str) -> Cluster:
+    return Cluster(control_plane, kubectl, namespace)
+
+
+class FakeKubelet:
+    """Runs a capture pod's container as a local process, the way the kubelet would."""
+
+    def __init__(self, cluster: Cluster, tmp_path: Path) -> None:
+        self.cluster = cluster
+        self.tmp_path = tmp_path
+
+    def run(self, pod_name: str, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+        pod = self.cluster.wait_pod(pod_name)
+        container = pod["spec"]["containers"][0]
+        volume = next(v for v in pod["spec"]["volumes"] if v.get("secret"))
+        secret = self.cluster.get("secrets", volume["secret"]["secretName"])
+        assert secret is not None
+        workdir = self.tmp_path / pod_name
+        mount = next(m for m in container["volumeMounts"] if m["name"] == volume["name"])
+        files = {}
+        for key, value in secret["data"].items():
+            files[f"{mount['mountPath']}/{key}"] = base64.b64decode(value)
+        env = {e["name"]: e["value"] for e in container["env"]}
+        # The container's paths, mapped into a private folder on this machine.
+        workdir.mkdir()
+        local = {path: workdir / Path(path).name for path in files}
+        for path, data in files.items():
+            local[path].write_bytes(data)
+        termination = workdir / "termination-log"
+        env["KUBESHOT_REQUEST"] = str(local[env["KUBESHOT_REQUEST"]])
+        env["KUBESHOT_TERMINATION_LOG"] = str(termination)
+        env["KUBESHOT_OUTPUT"] = str(workdir / "artifact")
+        env["HOME"] = str(workdir)
+        assert container["command"][:3] == ["python", "-m", "kubeshot_capture"]
+        done = subprocess.run(
+            [sys.executable, "-m", "kubeshot_capture"],
+            env={**os.environ, **env},
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+            cwd=ROOT,
+        )
+        message = termination.read_text() if termination.exists() else ""
+        self.cluster.terminate(
+            pod_name, done.returncode, "Completed" if done.returncode == 0 else "Error", message
+        )
+        return done
+
+
+@pytest.fixture
+def kubelet(cluster: Cluster, tmp_path: Path) -> FakeKubelet:
+    return FakeKubelet(cluster, tmp_path)
