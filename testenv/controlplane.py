@@ -139,6 +139,10 @@ class Pki:
     def service_account_key(self) -> Path:
         return self.dir / "sa.key"
 
+    @property
+    def service_account_public_key(self) -> Path:
+        return self.dir / "sa.pub"
+
     def cert(self, name: str) -> Path:
         return self.dir / f"{name}.crt"
 
@@ -193,6 +197,10 @@ class Pki:
         openssl(
             "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
             "-out", str(pki.service_account_key),
+        )  # fmt: skip
+        openssl(
+            "pkey", "-in", str(pki.service_account_key), "-pubout",
+            "-out", str(pki.service_account_public_key),
         )  # fmt: skip
         for path in directory.glob("*.key"):
             path.chmod(0o600)
@@ -354,6 +362,8 @@ class ControlPlane:
                 f"--etcd-servers={etcd_url}",
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
+                # The endpoints of the `kubernetes` Service may not be loopback; no pod runs here.
+                "--endpoint-reconciler-type=none",
                 f"--secure-port={apiserver}",
                 f"--cert-dir={self.work_dir / 'apiserver-certs'}",
                 f"--tls-cert-file={pki.cert('apiserver')}",
@@ -362,7 +372,7 @@ class ControlPlane:
                 "--authorization-mode=Node,RBAC",
                 "--enable-admission-plugins=PodSecurity,NamespaceLifecycle,ServiceAccount",
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
-                f"--service-account-key-file={pki.service_account_key}",
+                f"--service-account-key-file={pki.service_account_public_key}",
                 f"--service-account-signing-key-file={pki.service_account_key}",
                 f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
                 "--allow-privileged=true",

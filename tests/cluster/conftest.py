@@ -63,6 +63,24 @@ class Kubectl:
             )
         return proc
 
+    def as_token(self, token: str, kubeconfig: Path) -> Kubectl:
+        """A kubectl that authenticates with `token` only (e.g. a ServiceAccount's), no cert.
+
+        Writes a kubeconfig with this cluster's server and CA to `kubeconfig`.
+        """
+        admin = json.loads(self.kubeconfig.read_text())
+        config = {
+            **admin,
+            "users": [{"name": "token", "user": {"token": token}}],
+            "contexts": [
+                {"name": "token", "context": {"cluster": "kubeshot-testenv", "user": "token"}}
+            ],
+            "current-context": "token",
+        }
+        kubeconfig.write_text(json.dumps(config))
+        kubeconfig.chmod(0o600)
+        return Kubectl(self.binary, kubeconfig)
+
     def json(self, *args: str) -> Any:
         """`kubectl ARGS -o json`, decoded."""
         return json.loads(self(*args, "-o", "json").stdout)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -26,20 +27,22 @@ def test_version_is_the_pinned_release(kubectl: Kubectl) -> None:
     assert server["major"] == "1"
 
 
-def test_service_account_token_is_authorized_by_rbac(kubectl: Kubectl, namespace: str) -> None:
+def test_service_account_token_is_authorized_by_rbac(
+    kubectl: Kubectl, namespace: str, tmp_path: Path
+) -> None:
     kubectl("create", "serviceaccount", "robot", "-n", namespace)
     token = kubectl("create", "token", "robot", "-n", namespace, "--duration=10m").stdout.strip()
-    as_robot = ("--token", token, "--user", "", "-n", namespace)
-    # `--user ""` keeps kubectl from also sending the admin client certificate.
+    robot = kubectl.as_token(token, tmp_path / "robot.kubeconfig")
 
     def can_list_configmaps() -> str:
-        return kubectl("auth", "can-i", "list", "configmaps", *as_robot, check=False).stdout.strip()
+        return robot(
+            "auth", "can-i", "list", "configmaps", "-n", namespace, check=False
+        ).stdout.strip()
 
-    assert kubectl("auth", "whoami", "-o", "json", *as_robot).stdout.count(
-        f"system:serviceaccount:{namespace}:robot"
-    )
+    whoami = robot.json("auth", "whoami")["status"]["userInfo"]
+    assert whoami["username"] == f"system:serviceaccount:{namespace}:robot"
     assert can_list_configmaps() == "no"
-    denied = kubectl("get", "configmaps", *as_robot, check=False)
+    denied = robot("get", "configmaps", "-n", namespace, check=False)
     assert denied.returncode != 0
     assert "forbidden" in denied.stderr
 
@@ -49,7 +52,7 @@ def test_service_account_token_is_authorized_by_rbac(kubectl: Kubectl, namespace
         f"--serviceaccount={namespace}:robot", "-n", namespace,
     )  # fmt: skip
     assert _wait_until(lambda: can_list_configmaps() == "yes")
-    kubectl("get", "configmaps", *as_robot)
+    robot("get", "configmaps", "-n", namespace)
 
 
 def test_pod_security_admission_enforces_restricted(kubectl: Kubectl, namespace: str) -> None:

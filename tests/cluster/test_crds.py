@@ -87,6 +87,11 @@ def test_explain_shows_field_descriptions(kubectl: Kubectl) -> None:
             id="format-not-in-enum",
         ),
         pytest.param(
+            {"url": "https://example.com/", "format": "png", "quality": 80},
+            ["quality applies to jpeg and webp only"],
+            id="quality-with-png",
+        ),
+        pytest.param(
             {"url": "https://example.com/", "format": "png", "viewport": {"width": "wide"}},
             ["spec.viewport.width", "must be of type integer"],
             id="viewport-width-not-integer",
@@ -106,7 +111,8 @@ def test_invalid_capture_jobs_are_rejected_with_clear_messages(
 
 def test_printer_columns_show_in_get(kubectl: Kubectl, namespace: str) -> None:
     kubectl.apply(capture_job(namespace, "shot", url="https://example.com/a", format="webp"))
-    status = {"phase": "Succeeded", "result": {"contentType": "image/webp", "bytes": 12345}}
+    result = {"contentType": "image/webp", "bytes": 12345, "sha256": "ab" * 32}
+    status = {"phase": "Succeeded", "result": result}
     kubectl(
         "patch", "capturejob", "shot", "-n", namespace, "--subresource=status", "--type=merge",
         "-p", json.dumps({"status": status}),
@@ -180,5 +186,8 @@ def test_screenshot_policy_and_capture_job_round_trip_unchanged(
 
     stored_policy = kubectl.json("get", "screenshotpolicy", "strict", "-n", namespace)
     stored_job = kubectl.json("get", "capturejob", "roundtrip", "-n", namespace)
-    assert_subset(policy_spec, stored_policy["spec"], "spec")
+    assert_subset(policy_spec, stored_policy["spec"], "spec")  # names what was dropped or changed
     assert_subset(job_spec, stored_job["spec"], "spec")
+    # The schemas declare no server-side defaults: what is stored is exactly what was sent.
+    assert stored_policy["spec"] == policy_spec
+    assert stored_job["spec"] == job_spec
