@@ -271,7 +271,9 @@ class Cluster:
         code, body = self.cp.request("PUT", self.path("pods", name) + "/status", pod)
         assert code == 200, body
 
-    def terminate(self, name: str, exit_code: int, reason: str = "Error", message: str = "") -> None:
+    def terminate(
+        self, name: str, exit_code: int, reason: str = "Error", message: str = ""
+    ) -> None:
         """The capture container exited."""
         self.write_pod_status(
             name,

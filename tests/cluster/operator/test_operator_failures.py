@@ -1,0 +1,163 @@
+"""Every failure reason, from validation to the pod's end; retries; lost pods."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.cluster.operator.conftest import Cluster, Operator, wait_for
+
+SHA = "0" * 64
+RESULT = json.dumps({"result": {"contentType": "image/png", "bytes": 10, "sha256": SHA}})
+
+
+def failure(reason: str, message: str) -> str:
+    return json.dumps({"failure": {"reason": reason, "message": message}})
+
+
+def failed_with(cluster: Cluster, name: str) -> dict[str, Any]:
+    job = cluster.wait_phase(name, "Failed", "Succeeded")
+    assert job["status"]["phase"] == "Failed", job["status"]
+    found: dict[str, Any] = job["status"]["failure"]
+    return found
+
+
+def test_jobs_that_can_never_run_fail_once_with_a_reason(
+    operator: Operator, cluster: Cluster
+) -> None:
+    cluster.create_policy(features={"allowedFormats": ["png"]})
+    cluster.create_job("no-policy", html="<p>x</p>", policyRef="missing")
+    cluster.create_job("violation", html="<p>x</p>", format="pdf")
+    cluster.create_job("bad-zone", html="<p>x</p>", timezone="Mars/Olympus_Mons")
+
+    assert failed_with(cluster, "no-policy") == {
+        "reason": "PolicyNotFound",
+        "message": f"ScreenshotPolicy 'missing' not found in namespace {cluster.namespace}",
+    }
+    violation = failed_with(cluster, "violation")
+    assert violation["reason"] == "PolicyViolation"
+    assert "format pdf is not allowed" in violation["message"]
+    bad_zone = failed_with(cluster, "bad-zone")
+    assert bad_zone["reason"] == "InvalidSpec"
+    assert "timezone" in bad_zone["message"]
+
+    for name in ("no-policy", "violation", "bad-zone"):
+        job = cluster.job(name)
+        assert job is not None
+        status = job["status"]
+        assert status["observedGeneration"] == job["metadata"]["generation"]
+        admitted = next(c for c in status["conditions"] if c["type"] == "Admitted")
+        assert admitted["status"] == "False"
+        assert admitted["observedGeneration"] == job["metadata"]["generation"]
+        assert "attempts" not in status or status["attempts"] == 0
+    assert cluster.capture_pods() == []
+    warnings = [e for e in cluster.list("events") if e["type"] == "Warning"]
+    assert {e["reason"] for e in warnings} >= {"PolicyNotFound", "PolicyViolation", "InvalidSpec"}
+
+
+ENDINGS = [
+    # (job, exit code, container reason, termination message, expected reason)
+    ("blocked", 3, "Error", failure("BlockedByPolicy", "10.0.0.1 is private"), "BlockedByPolicy"),
+    (
+        "nav",
+        4,
+        "Error",
+        failure("NavigationFailed", "net::ERR_NAME_NOT_RESOLVED"),
+        "NavigationFailed",
+    ),
+    (
+        "download",
+        5,
+        "Error",
+        failure("DownloadLimitExceeded", "over 50 MiB"),
+        "DownloadLimitExceeded",
+    ),
+    ("too-large", 5, "Error", failure("ResultTooLarge", "over 25 MiB"), "ResultTooLarge"),
+    ("engine-timeout", 4, "Error", failure("Timeout", "no load in 30s"), "Timeout"),
+    ("exit-2", 2, "Error", "", "InvalidSpec"),
+    ("exit-5", 5, "Error", "", "DownloadLimitExceeded"),
+    ("oom", 137, "OOMKilled", "", "MemoryLimitExceeded"),
+    ("internal", 1, "Error", "", "Internal"),
+]
+
+
+def test_every_way_a_capture_pod_ends_becomes_its_reason(
+    operator: Operator, cluster: Cluster
+) -> None:
+    cluster.create_policy(limits={"maxConcurrentJobs": 50})
+    for name, *_ in ENDINGS:
+        cluster.create_job(name, html="<p>x</p>", retries=0)
+    cluster.create_job("deadline", html="<p>x</p>", retries=0)
+    for name, code, reason, message, _ in ENDINGS:
+        cluster.wait_pod(f"{name}-1")
+        cluster.terminate(f"{name}-1", code, reason, message)
+    cluster.wait_pod("deadline-1")
+    cluster.write_pod_status(
+        "deadline-1",
+        {"phase": "Failed", "reason": "DeadlineExceeded", "message": "Pod was active too long"},
+    )
+    for name, *_, expected in ENDINGS:
+        assert failed_with(cluster, name)["reason"] == expected, name
+    assert failed_with(cluster, "deadline")["reason"] == "Timeout"
+    assert (
+        failed_with(cluster, "oom")["message"] == "the page used more memory than the policy allows"
+    )
+    wait_for(lambda: cluster.capture_pods() == [], what="every finished pod to be removed")
+    metrics = operator.metrics()
+    assert (
+        'kubeshot_operator_jobs_finished_total{phase="Failed",reason="MemoryLimitExceeded"} 1.0'
+        in metrics
+    )
+
+
+def test_lost_pods_are_retried_with_backoff_then_pod_lost(
+    operator: Operator, cluster: Cluster
+) -> None:
+    cluster.create_policy()
+    cluster.create_job("lost", html="<p>x</p>", retries=1)
+    cluster.wait_pod("lost-1")
+    cluster.kubectl("delete", "pod", "lost-1", "-n", cluster.namespace, "--wait=false")
+    cluster.wait_pod("lost-2")  # the retry, after a backoff
+    job = cluster.job("lost")
+    assert job is not None
+    assert job["status"]["attempts"] == 2
+    cluster.kubectl("delete", "pod", "lost-2", "-n", cluster.namespace, "--wait=false")
+    lost = failed_with(cluster, "lost")
+    assert lost["reason"] == "PodLost"
+    assert "lost-2" in lost["message"]
+    reasons = [e["reason"] for e in cluster.list("events") if e["involvedObject"]["name"] == "lost"]
+    assert reasons.count("Retrying") == 1
+    assert reasons.count("Started") == 2
+    assert cluster.get("pods", "lost-3") is None
+
+
+def test_internal_failure_is_retried_and_the_retry_can_succeed(
+    operator: Operator, cluster: Cluster
+) -> None:
+    cluster.create_policy()
+    cluster.create_job("flaky", html="<p>x</p>", retries=2)
+    cluster.wait_pod("flaky-1")
+    cluster.terminate("flaky-1", 1, "Error", failure("Internal", "upload failed: 503"))
+    cluster.wait_pod("flaky-2")
+    cluster.terminate("flaky-2", 0, "Completed", RESULT)
+    job = cluster.wait_phase("flaky", "Succeeded", "Failed")
+    assert job["status"]["phase"] == "Succeeded"
+    assert job["status"]["attempts"] == 2
+    assert job["status"]["result"]["sha256"] == SHA
+    assert "failure" not in job["status"]
+
+
+@pytest.mark.parametrize("retries", [0])
+def test_a_rejected_pod_fails_the_attempt_not_the_operator(
+    operator: Operator, cluster: Cluster, retries: int
+) -> None:
+    # A privileged runtime class cannot be created here: pods naming an unknown RuntimeClass are
+    # refused at admission; the job fails with Internal instead of retrying forever.
+    cluster.create_policy(runtime={"runtimeClassName": "does-not-exist"})
+    cluster.create_job("refused", html="<p>x</p>", retries=retries)
+    job = cluster.wait_phase("refused", "Failed", "Succeeded", "Running")
+    if job["status"]["phase"] == "Running":  # this API server admits it: nothing to check
+        pytest.skip("RuntimeClass admission is not enabled in this control plane")
+    assert job["status"]["failure"]["reason"] == "Internal"
