@@ -146,8 +146,8 @@ elif have_all "$dest"; then
 else
   check_gomod
   build "$dest"
+  for b in "${BINARIES[@]}"; do
+    printf '  %-24s %s\n' "$b" "$(du -h "$dest/$b" | cut -f1)" >&2
+  done
 fi
-for b in "${BINARIES[@]}"; do
-  printf '  %-24s %s\n' "$b" "$(du -h "$dest/$b" | cut -f1)" >&2
-done
 echo "$dest"

@@ -42,16 +42,24 @@ KUBESHOT_CRDS = ("kubeshot.dev_screenshotpolicies.yaml", "kubeshot.dev_capturejo
 class Kubectl:
     """The built kubectl, bound to the test cluster's admin kubeconfig."""
 
-    def __init__(self, binary: Path, kubeconfig: Path) -> None:
+    def __init__(self, binary: Path, kubeconfig: Path, cache_dir: Path) -> None:
         self.binary = binary
         self.kubeconfig = kubeconfig
+        # A discovery/OpenAPI cache of this session's own, never ~/.kube/cache: a cluster of an
+        # earlier session may have had the same port.
+        self.cache_dir = cache_dir
 
     def __call__(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
         """Run `kubectl ARGS`; with check=True a non-zero exit fails the test, showing stderr."""
         proc = subprocess.run(
-            [str(self.binary), f"--kubeconfig={self.kubeconfig}", *args],
+            [
+                str(self.binary),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--cache-dir={self.cache_dir}",
+                *args,
+            ],
             input=input,
             capture_output=True,
             text=True,
@@ -79,7 +87,7 @@ class Kubectl:
         }
         kubeconfig.write_text(json.dumps(config))
         kubeconfig.chmod(0o600)
-        return Kubectl(self.binary, kubeconfig)
+        return Kubectl(self.binary, kubeconfig, self.cache_dir)
 
     def json(self, *args: str) -> Any:
         """`kubectl ARGS -o json`, decoded."""
@@ -120,7 +128,7 @@ def kubeconfig(control_plane: Any) -> Path:
 
 @pytest.fixture(scope="session")
 def kubectl(testenv_bin_dir: Path, kubeconfig: Path) -> Kubectl:
-    return Kubectl(testenv_bin_dir / "kubectl", kubeconfig)
+    return Kubectl(testenv_bin_dir / "kubectl", kubeconfig, kubeconfig.parent / "kubectl-cache")
 
 
 @pytest.fixture
@@ -154,12 +162,31 @@ def namespace(control_plane: Any, request: pytest.FixtureRequest) -> Iterator[st
 
 
 @pytest.fixture(scope="session")
-def kubeshot_crds(kubectl: Kubectl) -> list[str]:
-    """The kubeshot CRDs from crds/, applied and Established; returns their names."""
+def kubeshot_crds(control_plane: Any, kubectl: Kubectl) -> list[str]:
+    """The kubeshot CRDs from crds/, applied, Established and published in the OpenAPI v3
+    document (which `kubectl explain` and client-side validation read); returns their names."""
     files = [CRD_DIR / name for name in KUBESHOT_CRDS]
     need(all(f.exists() for f in files), f"CRDs not generated yet in {CRD_DIR} (make crds)")
     args = [arg for f in files for arg in ("-f", str(f))]
     kubectl("apply", "--server-side", *args)
-    names = [d["metadata"]["name"] for d in kubectl.json("get", *args)["items"]]
+    crds = kubectl.json("get", *args)["items"]
+    names = [crd["metadata"]["name"] for crd in crds]
     kubectl("wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names])
+    # The OpenAPI v3 document of a new group is published a moment after Established.
+    wanted = [
+        (f"apis/{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])
+        for crd in crds
+        for version in crd["spec"]["versions"]
+        if version["served"]
+    ]
+    deadline = time.monotonic() + 60
+    while not all(_openapi_has(control_plane, path, kind) for path, kind in wanted):
+        assert time.monotonic() < deadline, f"OpenAPI v3 never published {wanted}"
+        time.sleep(0.2)
     return names
+
+
+def _openapi_has(control_plane: Any, group_version_path: str, kind: str) -> bool:
+    document = control_plane.get(f"/openapi/v3/{group_version_path}")
+    schemas = (document or {}).get("components", {}).get("schemas", {})
+    return any(name.endswith(f".{kind}") for name in schemas)
