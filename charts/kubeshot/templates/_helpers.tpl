@@ -1,0 +1,200 @@
+{{/*
+Names, labels, images and checks shared by every template. Bad combinations of values fail here,
+with a message that says what to change, rather than producing manifests that fail later.
+*/}}
+
+{{- define "kubeshot.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* <release>-<chart>, or the release name when it contains the chart name; at most 40 characters. */}}
+{{- define "kubeshot.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- if gt (len .Values.fullnameOverride) 40 -}}
+{{- fail (printf "fullnameOverride %q is longer than 40 characters" .Values.fullnameOverride) -}}
+{{- end -}}
+{{- .Values.fullnameOverride | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubeshot.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels of everything the chart creates. */}}
+{{- define "kubeshot.labels" -}}
+helm.sh/chart: {{ include "kubeshot.chart" . }}
+{{ include "kubeshot.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: kubeshot
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "kubeshot.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kubeshot.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* Component labels: (dict "root" $ "component" "gateway") */}}
+{{- define "kubeshot.componentLabels" -}}
+{{ include "kubeshot.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "kubeshot.componentSelectorLabels" -}}
+{{ include "kubeshot.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* The gateway pods' selector labels as JSON: the operator lets capture pods upload to them. */}}
+{{- define "kubeshot.gatewayPodLabelsJson" -}}
+{{- include "kubeshot.componentSelectorLabels" (dict "root" . "component" "gateway") | fromYaml | toJson -}}
+{{- end -}}
+
+{{/* An image reference: (dict "image" .Values.image "root" $) */}}
+{{- define "kubeshot.image" -}}
+{{- $image := .image -}}
+{{- $repository := required "an image repository is required (image.repository, operator.captureImage.repository)" $image.repository -}}
+{{- $ref := $repository -}}
+{{- if $image.registry -}}
+{{- $ref = printf "%s/%s" $image.registry $repository -}}
+{{- end -}}
+{{- $tag := default .root.Chart.AppVersion $image.tag -}}
+{{- if $image.digest -}}
+{{- if not (regexMatch "^sha256:[0-9a-f]{64}$" $image.digest) -}}
+{{- fail (printf "image digest %q is not sha256:<64 hex digits>" $image.digest) -}}
+{{- end -}}
+{{- printf "%s:%s@%s" $ref $tag $image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $ref $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubeshot.operator.serviceAccountName" -}}
+{{- if .Values.operator.serviceAccount.create -}}
+{{- default (printf "%s-operator" (include "kubeshot.fullname" .)) .Values.operator.serviceAccount.name -}}
+{{- else -}}
+{{- required "operator.serviceAccount.name is required when operator.serviceAccount.create is false" .Values.operator.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubeshot.gateway.serviceAccountName" -}}
+{{- if .Values.gateway.serviceAccount.create -}}
+{{- default (printf "%s-gateway" (include "kubeshot.fullname" .)) .Values.gateway.serviceAccount.name -}}
+{{- else -}}
+{{- required "gateway.serviceAccount.name is required when gateway.serviceAccount.create is false" .Values.gateway.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubeshot.gateway.name" -}}
+{{- printf "%s-gateway" (include "kubeshot.fullname" .) -}}
+{{- end -}}
+
+{{- define "kubeshot.operator.name" -}}
+{{- printf "%s-operator" (include "kubeshot.fullname" .) -}}
+{{- end -}}
+
+{{- define "kubeshot.authSecretName" -}}
+{{- default (printf "%s-auth" (include "kubeshot.fullname" .)) .Values.auth.existingSecret -}}
+{{- end -}}
+
+{{- define "kubeshot.gateway.tlsSecretName" -}}
+{{- default (printf "%s-gateway-tls" (include "kubeshot.fullname" .)) .Values.gateway.tls.secretName -}}
+{{- end -}}
+
+{{- define "kubeshot.gateway.servicePort" -}}
+{{- if .Values.gateway.service.port -}}
+{{- .Values.gateway.service.port -}}
+{{- else if .Values.gateway.tls.enabled -}}
+443
+{{- else -}}
+80
+{{- end -}}
+{{- end -}}
+
+{{- define "kubeshot.gateway.claimName" -}}
+{{- default (printf "%s-results" (include "kubeshot.fullname" .)) .Values.gateway.persistence.existingClaim -}}
+{{- end -}}
+
+{{/* The upload endpoint capture pods PUT artifacts to (the operator's KUBESHOT_OPERATOR_UPLOAD_URL). */}}
+{{- define "kubeshot.uploadUrl" -}}
+{{- printf "http://%s.%s.svc:%d/v1/internal/uploads" (include "kubeshot.gateway.name" .) .Release.Namespace (int .Values.gateway.uploadPort) -}}
+{{- end -}}
+
+{{/* The Lease that elects the active operator replica (in the release namespace). */}}
+{{- define "kubeshot.operator.lease" -}}
+{{- printf "%s-operator" (include "kubeshot.fullname" .) -}}
+{{- end -}}
+
+{{/* Namespaces that get the default ScreenshotPolicy. */}}
+{{- define "kubeshot.defaultPolicyNamespaces" -}}
+{{- $namespaces := .Values.defaultPolicy.namespaces | default (list .Release.Namespace) -}}
+{{- toJson $namespaces -}}
+{{- end -}}
+
+{{/* The restricted Pod Security Standard, for every container the chart runs. */}}
+{{- define "kubeshot.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "kubeshot.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Spread replicas across nodes unless the user says otherwise: (dict "root" $ "component" "x" "values" .Values.x) */}}
+{{- define "kubeshot.topologySpread" -}}
+{{- if .values.topologySpreadConstraints -}}
+{{- toYaml .values.topologySpreadConstraints -}}
+{{- else -}}
+- maxSkew: 1
+  topologyKey: kubernetes.io/hostname
+  whenUnsatisfiable: ScheduleAnyway
+  labelSelector:
+    matchLabels:
+      {{- include "kubeshot.componentSelectorLabels" (dict "root" .root "component" .component) | nindent 6 }}
+{{- end -}}
+{{- end -}}
+
+{{/* Checks of combinations the schema cannot express. Included once, by NOTES.txt and the Deployments. */}}
+{{- define "kubeshot.validate" -}}
+{{- $gw := .Values.gateway -}}
+{{- if and $gw.enabled $gw.persistence.enabled (gt (int $gw.replicaCount) 1) (not (has "ReadWriteMany" $gw.persistence.accessModes)) -}}
+{{- fail "gateway.replicaCount > 1 shares one result store: set gateway.persistence.accessModes to [ReadWriteMany] (or disable persistence)" -}}
+{{- end -}}
+{{- if and $gw.tls.certManager.enabled (not $gw.tls.enabled) -}}
+{{- fail "gateway.tls.certManager.enabled needs gateway.tls.enabled: the gateway must serve the certificate cert-manager issues" -}}
+{{- end -}}
+{{- if and $gw.tls.certManager.enabled (not $gw.tls.certManager.issuerRef.name) -}}
+{{- fail "gateway.tls.certManager.issuerRef.name is required with gateway.tls.certManager.enabled" -}}
+{{- end -}}
+{{- if and $gw.ingress.enabled (not $gw.ingress.host) -}}
+{{- fail "gateway.ingress.host is required with gateway.ingress.enabled" -}}
+{{- end -}}
+{{- if eq (int $gw.port) (int $gw.uploadPort) -}}
+{{- fail "gateway.port and gateway.uploadPort must differ: the upload port is reachable by capture pods only" -}}
+{{- end -}}
+{{- if and (not $gw.httpsOnly) (or $gw.ingress.enabled (eq $gw.service.type "LoadBalancer")) -}}
+{{- fail "gateway.httpsOnly=false with an Ingress or LoadBalancer would accept tokens over plain HTTP; keep httpsOnly and terminate TLS (gateway.tls or the Ingress with trustedProxies)" -}}
+{{- end -}}
+{{- end -}}
