@@ -1,0 +1,340 @@
+"""Gateway tier: real gateways on loopback, a real HTTP client, real Chromium workers.
+
+Gateways start once per session (each launches its own worker processes and Chromium):
+`gateway` (plain HTTP on loopback, the main one), `tls_gateway` (HTTPS with a generated
+certificate plus a plain-HTTP port, trusting 127.0.0.1 as a proxy) and `small_gateway` (one
+worker, a queue of one: overload and recycling). Test pages are served on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import yaml
+from aiohttp import ClientSession, TCPConnector, web
+
+from kubeshot.gateway import Settings, create_app, keys
+from kubeshot.gateway.auth import hash_token
+from kubeshot.gateway.pool import WORKER_TAG, LocalBackend
+from kubeshot_capture.browser import chromium_executable
+from tests.conftest import need
+
+TOKEN = "gateway-test-token-0123456789abcdef"
+CI_TOKEN = "ci-token-0123456789abcdef0123456789"
+LIMITED_TOKEN = "limited-token-0123456789abcdef012345"
+SIGNING_SECRET = "k2:" + "s" * 32 + ",k1:" + "t" * 32
+OLD_KEY_SECRET = "k1:" + "t" * 32
+HOG_MIB = 2500
+
+PAGE = """<!doctype html><html><head><style>html,body{margin:0;background:#fff}
+#red{position:absolute;left:0;top:0;width:100px;height:100px;background:#f00}</style></head>
+<body><div id="red"></div><p style="position:absolute;top:300px">kubeshot gateway</p></body></html>"""
+# Commits memory synchronously (typed arrays live outside the JS heap), then holds it while a
+# slow image keeps the page from finishing.
+HOG = f"""<!doctype html><html><body><script>
+window.keep = [];
+for (let i = 0; i < {HOG_MIB // 64}; i++) {{ const a = new Float64Array(8 << 20); a.fill(i);
+  window.keep.push(a); }}
+</script><img src="/slow?s=20"><p>hog</p></body></html>"""
+
+
+async def _page(request: web.Request) -> web.StreamResponse:
+    return web.Response(text=PAGE, content_type="text/html")
+
+
+async def _hog(request: web.Request) -> web.StreamResponse:
+    return web.Response(text=HOG, content_type="text/html")
+
+
+async def _slow(request: web.Request) -> web.StreamResponse:
+    await asyncio.sleep(float(request.query.get("s", "2")))
+    return web.Response(text=PAGE, content_type="text/html")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Pages:
+    base: str
+    port: int
+
+
+@pytest_asyncio.fixture(scope="session")
+async def pages() -> AsyncIterator[Pages]:
+    app = web.Application()
+    app.router.add_get("/", _page)
+    app.router.add_get("/hog", _hog)
+    app.router.add_get("/slow", _slow)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield Pages(f"http://127.0.0.1:{port}", port)
+    await runner.cleanup()
+
+
+@pytest.fixture(scope="session")
+def policy_file(pages: Pages, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    network = {"allowedCIDRs": ["127.0.0.0/8"], "allowedPorts": [80, 443, pages.port]}
+    documents = [
+        {"metadata": {"name": "default"}, "spec": {"network": network}},
+        {
+            "metadata": {"name": "strict"},
+            "spec": {
+                "network": {**network, "blockedDomains": ["blocked.example"]},
+                "features": {"allowedFormats": ["png"]},
+                "limits": {"maxViewport": {"width": 800, "height": 600}, "timeoutSeconds": 10},
+            },
+        },
+        {"metadata": {"name": "lowmem"}, "spec": {"network": network, "limits": {"memory": "1Gi"}}},
+    ]
+    path = tmp_path_factory.mktemp("policies") / "policies.yaml"
+    path.write_text(yaml.safe_dump_all(documents))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokens_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tokens") / "tokens.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "tokens": [
+                    {
+                        "name": "ci",
+                        "sha256": hash_token(CI_TOKEN),
+                        "policies": ["default", "strict"],
+                    },
+                    {
+                        "name": "limited",
+                        "sha256": hash_token(LIMITED_TOKEN),
+                        "policies": ["strict"],
+                        "rateLimit": "3 per second",
+                    },
+                ]
+            }
+        )
+    )
+    return path
+
+
+@dataclass
+class Gateway:
+    """A running gateway and how to reach it."""
+
+    url: str
+    app: web.Application
+    runner: web.AppRunner
+    settings: Settings
+    plain_url: str | None = None
+
+    @property
+    def backend(self) -> LocalBackend:
+        backend = self.app[keys.BACKEND]
+        assert isinstance(backend, LocalBackend)
+        return backend
+
+    def auth(self, token: str = TOKEN) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    async def wait_ready(self, session: ClientSession, timeout: float = 90) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            async with session.get(f"{self.url}/readyz") as response:
+                if response.status == 200:
+                    return
+            await asyncio.sleep(0.2)
+        pytest.fail("gateway never became ready", pytrace=False)
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+async def start_gateway(
+    settings: Settings,
+    ssl_context: ssl.SSLContext | None = None,
+) -> Gateway:
+    """Serve create_app(settings) on 127.0.0.1:settings.port (and the plain redirect port)."""
+    app = create_app(settings)
+    runner = web.AppRunner(app, shutdown_timeout=settings.shutdown_grace)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", settings.port, ssl_context=ssl_context).start()
+    scheme = "https" if ssl_context else "http"
+    gateway = Gateway(f"{scheme}://127.0.0.1:{settings.port}", app, runner, settings)
+    if settings.http_redirect_port is not None:
+        await web.TCPSite(runner, "127.0.0.1", settings.http_redirect_port).start()
+        gateway.plain_url = f"http://127.0.0.1:{settings.http_redirect_port}"
+    return gateway
+
+
+def base_settings(policy_file: Path, tokens_file: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "auth_token": TOKEN,
+        "tokens_file": tokens_file,
+        "url_signing_secret": SIGNING_SECRET,
+        "policy_files": [policy_file],
+        "rate_limit_capture": "1000 per second",
+        "rate_limit_signed": "1000 per second",
+        "workers": 2,
+        "shutdown_grace": 5,
+        "port": free_port(),
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    path = chromium_executable()
+    need(Path(path).exists(), f"Chromium not found at {path} (make chromium)")
+    return str(path)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def session() -> AsyncIterator[ClientSession]:
+    async with ClientSession() as client:
+        yield client
+
+
+@pytest_asyncio.fixture(scope="session")
+async def gateway(
+    chromium: str, pages: Pages, policy_file: Path, tokens_file: Path, session: ClientSession
+) -> AsyncIterator[Gateway]:
+    gw = await start_gateway(base_settings(policy_file, tokens_file))
+    await gw.wait_ready(session)
+    yield gw
+    await gw.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and localhost, made with the openssl CLI."""
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=kubeshot-test",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.fixture(scope="session")
+def client_tls(tls_files: tuple[Path, Path]) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(tls_files[0]))
+
+
+@pytest_asyncio.fixture(scope="session")
+async def tls_gateway(
+    chromium: str,
+    policy_file: Path,
+    tokens_file: Path,
+    tls_files: tuple[Path, Path],
+    client_tls: ssl.SSLContext,
+) -> AsyncIterator[Gateway]:
+    cert, key = tls_files
+    settings = base_settings(
+        policy_file,
+        tokens_file,
+        tls_cert=cert,
+        tls_key=key,
+        trusted_proxies="127.0.0.1/32",
+        rate_limit_signed="2 per 10 seconds",
+        workers=1,
+        http_redirect_port=free_port(),
+    )
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    gw = await start_gateway(settings, ssl_context=server_tls)
+    async with ClientSession(connector=TCPConnector(ssl=client_tls)) as client:
+        await gw.wait_ready(client)
+    yield gw
+    await gw.stop()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def small_gateway(
+    chromium: str, policy_file: Path, tokens_file: Path, session: ClientSession
+) -> AsyncIterator[Gateway]:
+    settings = base_settings(
+        policy_file, tokens_file, workers=1, queue_size=1, captures_per_worker=2, queue_timeout=20
+    )
+    gw = await start_gateway(settings)
+    await gw.wait_ready(session)
+    yield gw
+    await gw.stop()
+
+
+def tagged_processes() -> dict[str, set[int]]:
+    """Every process carrying a worker tag in its environment, by tag."""
+    found: dict[str, set[int]] = {}
+    prefix = (WORKER_TAG + "=").encode()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                entries = f.read().split(b"\0")
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.startswith(prefix):
+                found.setdefault(entry.decode(), set()).add(int(name))
+    return found
+
+
+async def wait_until(predicate: Any, timeout: float = 30.0, interval: float = 0.1) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(interval)
+    return bool(predicate())
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of a Prometheus exposition (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        sample, _, value = line.rpartition(" ")
+        if sample.split("{")[0] != name:
+            continue
+        if all(f'{k}="{v}"' in sample for k, v in labels.items()):
+            return float(value)
+    return 0.0

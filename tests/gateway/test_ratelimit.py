@@ -1,0 +1,76 @@
+"""Rate limits per identity with the `limits` library: reached (429 + headers) and recovered."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+from aiohttp import ClientSession, TCPConnector
+
+from kubeshot.gateway.signing import UrlSigner, rfc3986
+from tests.gateway.conftest import CI_TOKEN, LIMITED_TOKEN, SIGNING_SECRET, Gateway
+
+
+async def _hit(gateway: Gateway, session: ClientSession, token: str) -> tuple[int, dict[str, str]]:
+    # Invalid options: rate limiting comes before validation, so these are fast 400s.
+    async with session.post(
+        f"{gateway.url}/v1/screenshot", json={"bogus": 1}, headers=gateway.auth(token)
+    ) as r:
+        return r.status, dict(r.headers)
+
+
+async def test_token_rate_limit_reached_and_recovered(gateway: Gateway, session: ClientSession):
+    statuses = []
+    headers: dict[str, str] = {}
+    for _ in range(4):
+        status, headers = await _hit(gateway, session, LIMITED_TOKEN)
+        statuses.append(status)
+    assert statuses == [400, 400, 400, 429]
+    assert int(headers["Retry-After"]) >= 1
+    assert headers["RateLimit-Limit"] == "3"
+    assert headers["RateLimit-Remaining"] == "0"
+    assert "RateLimit-Reset" in headers
+    # Other identities are not affected.
+    assert (await _hit(gateway, session, CI_TOKEN))[0] == 400
+    await asyncio.sleep(1.2)
+    status, headers = await _hit(gateway, session, LIMITED_TOKEN)
+    assert status == 400
+    assert int(headers["RateLimit-Remaining"]) >= 1
+
+
+def _signed_url(base: str) -> str:
+    # Refused by admission (jpeg under `strict`): quick, and only after rate limiting.
+    params = [("url", "http://127.0.0.1:9/"), ("format", "jpeg"), ("policy", "strict")]
+    signed = UrlSigner.from_secret(SIGNING_SECRET).sign(params, 60)
+    return f"{base}/v1/screenshot?" + "&".join(f"{rfc3986(k)}={rfc3986(v)}" for k, v in signed)
+
+
+async def test_signed_urls_are_limited_per_client_through_trusted_proxies(
+    tls_gateway: Gateway, session: ClientSession
+):
+    # From the trusted proxy 127.0.0.1, X-Forwarded-For names the client.
+    url = _signed_url(str(tls_gateway.plain_url))
+
+    async def call(client: str) -> int:
+        headers = {"X-Forwarded-Proto": "https", "X-Forwarded-For": f"{client}, 127.0.0.1"}
+        async with session.get(url, headers=headers, allow_redirects=False) as r:
+            return r.status
+
+    assert [await call("198.51.100.7") for _ in range(3)] == [403, 403, 429]
+    assert await call("198.51.100.8") == 403  # another client, its own budget
+
+
+async def test_forwarded_for_from_an_untrusted_peer_does_not_escape_the_limit(
+    tls_gateway: Gateway, client_tls: ssl.SSLContext
+):
+    url = _signed_url(tls_gateway.url)
+    connector = TCPConnector(ssl=client_tls, local_addr=("127.0.0.4", 0))
+    async with ClientSession(connector=connector) as untrusted:
+        statuses = []
+        for i in range(3):
+            headers = {"X-Forwarded-For": f"203.0.113.{i}"}
+            async with untrusted.get(url, headers=headers) as r:
+                statuses.append(r.status)
+                if r.status == 429:
+                    assert "Retry-After" in r.headers
+    assert statuses == [403, 403, 429]
