@@ -38,7 +38,8 @@ HOG_MIB = 2500
 
 PAGE = """<!doctype html><html><head><style>html,body{margin:0;background:#fff}
 #red{position:absolute;left:0;top:0;width:100px;height:100px;background:#f00}</style></head>
-<body><div id="red"></div><p style="position:absolute;top:300px">kubeshot gateway</p></body></html>"""
+<body><div id="red"></div><p style="position:absolute;top:300px">kubeshot gateway</p>
+</body></html>"""
 # Commits memory synchronously (typed arrays live outside the JS heap), then holds it while a
 # slow image keeps the page from finishing.
 HOG = f"""<!doctype html><html><body><script>
@@ -151,9 +152,9 @@ class Gateway:
     def auth(self, token: str = TOKEN) -> dict[str, str]:
         return {"Authorization": f"Bearer {token}"}
 
-    async def wait_ready(self, session: ClientSession, timeout: float = 90) -> None:
+    async def wait_ready(self, session: ClientSession, within: float = 90) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + within
         while loop.time() < deadline:
             async with session.get(f"{self.url}/readyz") as response:
                 if response.status == 200:
@@ -317,9 +318,9 @@ def tagged_processes() -> dict[str, set[int]]:
     return found
 
 
-async def wait_until(predicate: Any, timeout: float = 30.0, interval: float = 0.1) -> bool:
+async def wait_until(predicate: Any, within: float = 30.0, interval: float = 0.1) -> bool:
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while loop.time() < deadline:
         if predicate():
             return True
