@@ -75,3 +75,28 @@ def test_forgotten_job_frees_its_slot() -> None:
     assert queue.plan([a, b], limit=1, now=0) == [a]
     queue.forget(a.uid)
     assert queue.plan([b], limit=1, now=0) == [b]
+
+
+def test_no_job_overtakes_an_older_one_still_being_admitted() -> None:
+    queue = JobQueue()
+    older = job("a", Phase.PENDING, "2026-01-01T00:00:01Z")
+    younger = job("b", Phase.QUEUED, "2026-01-01T00:00:02Z")
+    assert queue.plan([older, younger], limit=2, now=0) == []
+    queue.admit(job("a", Phase.QUEUED, "2026-01-01T00:00:01Z"))
+    assert [j.name for j in queue.plan([older, younger], limit=1, now=0)] == ["a"]
+
+
+def test_a_rejected_job_holds_nobody_back() -> None:
+    queue = JobQueue()
+    older = job("a", Phase.PENDING, "2026-01-01T00:00:01Z")
+    younger = job("b", Phase.QUEUED, "2026-01-01T00:00:02Z")
+    queue.reject(older.uid)
+    assert queue.plan([older, younger], limit=1, now=0) == [younger]
+
+
+def test_an_admitted_job_starts_once_before_its_status_is_seen() -> None:
+    queue = JobQueue()
+    pending = job("a", Phase.PENDING)
+    queue.admit(job("a", Phase.QUEUED))
+    assert [j.name for j in queue.plan([pending], limit=5, now=0)] == ["a"]
+    assert queue.plan([pending], limit=5, now=0) == []

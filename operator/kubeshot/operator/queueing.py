@@ -79,6 +79,8 @@ class JobQueue:
     """Jobs admitted here whose Queued status has not been seen yet."""
     not_before: dict[str, float] = field(default_factory=dict)
     """Retrying jobs: when (monotonic seconds) their next attempt may start."""
+    rejected: set[str] = field(default_factory=set)
+    """Jobs failed at validation here whose Failed status has not been seen yet."""
 
     def observe(self, job: JobView) -> None:
         """A job as the watch shows it now: forget decisions the status already reflects."""
@@ -88,9 +90,13 @@ class JobQueue:
             self.started.discard(job.uid)
         if job.phase.finished:
             self.not_before.pop(job.uid, None)
+            self.rejected.discard(job.uid)
 
     def admit(self, job: JobView) -> None:
         self.admitted[job.uid] = job
+
+    def reject(self, uid: str) -> None:
+        self.rejected.add(uid)
 
     def release(self, uid: str, *, retry_at: float | None = None) -> None:
         """The job's attempt is over; with retry_at it waits until then to start again."""
@@ -104,12 +110,15 @@ class JobQueue:
         self.started.discard(uid)
         self.admitted.pop(uid, None)
         self.not_before.pop(uid, None)
+        self.rejected.discard(uid)
 
     def waiting(self, jobs: Iterable[JobView]) -> list[JobView]:
         """Jobs waiting for a slot, first come first served."""
         seen: dict[str, JobView] = {}
         for job in jobs:
-            if job.phase is Phase.QUEUED and job.uid not in self.started:
+            if job.uid in self.started:
+                continue
+            if job.phase is Phase.QUEUED:
                 seen[job.uid] = job
             elif job.uid in self.admitted and job.phase is Phase.PENDING:
                 seen[job.uid] = self.admitted[job.uid]
@@ -120,13 +129,29 @@ class JobQueue:
         running = {j.uid for j in jobs if j.phase is Phase.RUNNING}
         return len(running | self.started)
 
+    def undecided(self, jobs: Iterable[JobView]) -> list[JobView]:
+        """Jobs not yet admitted or rejected: they may still join the queue ahead of others."""
+        return [
+            j
+            for j in jobs
+            if j.phase is Phase.PENDING
+            and j.uid not in self.admitted
+            and j.uid not in self.rejected
+        ]
+
     def plan(self, jobs: Iterable[JobView], limit: int, now: float) -> list[JobView]:
-        """The jobs to start now (they are marked started); retrying ones wait for their time."""
+        """The jobs to start now (they are marked started); retrying ones wait for their time.
+
+        A job never overtakes an older one that is still being admitted: first come, first served
+        holds even when admissions finish out of order.
+        """
         jobs = list(jobs)
         free = limit - self.active(jobs)
+        undecided = [j.order for j in self.undecided(jobs)]
+        oldest_undecided = min(undecided) if undecided else None
         chosen: list[JobView] = []
         for job in self.waiting(jobs):
-            if free <= 0:
+            if free <= 0 or (oldest_undecided is not None and oldest_undecided < job.order):
                 break
             if self.not_before.get(job.uid, 0.0) > now:
                 continue

@@ -44,6 +44,8 @@ from kubeshot.operator.settings import OperatorSettings
 log = logging.getLogger(__name__)
 Manifest = dict[str, Any]
 JOB = "CaptureJob"
+# A job still Pending this long after its creation had its admission interrupted: redo it.
+STUCK_ADMISSION = timedelta(seconds=10)
 POLICY = "ScreenshotPolicy"
 
 
@@ -152,8 +154,10 @@ class Reconciler:
         if isinstance(checked, Failure):
             patch = lifecycle.rejected_status(view.status, checked, view.generation, at)
             await self.patch_status(view, patch)
+            self.queue.reject(view.uid)
             metrics.JOBS_FINISHED.labels(Phase.FAILED.value, checked.reason.value).inc()
             self.events.post(JOB, body, "Warning", checked.reason.value, checked.message)
+            await self.dispatch(view.key)  # it no longer holds back younger jobs
             return
         status = lifecycle.queued_status(view.status, view.generation, at)
         await self.patch_status(view, status)
@@ -232,6 +236,7 @@ class Reconciler:
             await self.conclude(running, outcome, None)
             return
         metrics.PODS_CREATED.inc()
+        log.info("%s/%s: attempt %d in pod %s", view.namespace, view.name, attempt, pod_name)
         self.events.post(
             JOB, _body(view), "Normal", "Started", f"attempt {attempt}: pod {pod_name}"
         )
@@ -442,6 +447,9 @@ class Reconciler:
                 active[view.key] += 1
         for phase, count in by_phase.items():
             metrics.JOBS.labels(phase).set(count)
+        for view in self.queue.undecided(views):  # an admission that failed half-way
+            if view.created and now - lifecycle.parse_time(view.created) > STUCK_ADMISSION:
+                await self.admit(view, _body(view))
         for key in {v.key for v in views if not v.phase.finished}:
             await self.dispatch(key)
         await self.update_active_jobs(active)
