@@ -138,18 +138,21 @@ class Worker:
     async def kill(self) -> None:
         """SIGKILL the worker's whole process tree and reap what we adopted of it."""
         self.alive = False
-        for _ in range(100):
-            tree = await asyncio.to_thread(procs.process_tree, self.pid, self.tag)
-            if not {pid for pid in tree if not procs.is_zombie(pid)}:
+        pids: set[int] = set()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            pids |= await asyncio.to_thread(procs.kill_tree, self.pid, self.tag)
+            others = pids - {self.pid}
+            procs.reap(others)
+            if not any(procs.exists(pid) for pid in others):
                 break
-            procs.kill_tree(self.pid, self.tag)
-            procs.reap(tree - {self.pid})
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.05)
+        else:
+            log.error("processes of worker %d survived SIGKILL: %s", self.pid, sorted(pids))
         with contextlib.suppress(ProcessLookupError):
             self.process.kill()
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
             await asyncio.wait_for(self.process.wait(), 5)
-        procs.reap(procs.process_tree(self.pid, self.tag) - {self.pid})
 
 
 class LocalBackend(Backend):

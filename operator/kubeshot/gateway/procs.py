@@ -1,8 +1,8 @@
 """Process trees on Linux, read from /proc: memory of a tree, killing a tree, reaping orphans.
 
-A capture worker runs in its own session; Chromium and Playwright's driver are its descendants.
-Memory is the sum of proportional set sizes (PSS) over the tree, which counts shared pages once,
-like the memory cgroup of a capture pod does.
+A capture worker runs in its own session; Playwright's driver and Chromium are its descendants
+(Chromium starts sessions of its own and double-forks its crash handler, so the worker's tree is
+also found by a tag in the environment every descendant inherits).
 """
 
 from __future__ import annotations
@@ -63,26 +63,36 @@ def process_tree(root: int, tag: str | None = None) -> set[int]:
     return tree
 
 
-def pss_bytes(pid: int) -> int:
-    """Proportional set size of one process, 0 when it is gone."""
+def _status_kib(pid: int) -> dict[str, int]:
+    values: dict[str, int] = {}
     try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+        with open(f"/proc/{pid}/status", "rb") as f:
             for line in f:
-                if line.startswith(b"Pss:"):
-                    return int(line.split()[1]) * 1024
+                if line.startswith((b"RssAnon:", b"RssFile:", b"RssShmem:")):
+                    name, value = line.split()[:2]
+                    values[name.decode().rstrip(":")] = int(value)
     except (OSError, ValueError):
         pass
-    return 0
+    return values
 
 
 def tree_memory(root: int, tag: str | None = None) -> int:
-    """PSS of root's whole tree (see process_tree), in bytes."""
-    return sum(pss_bytes(pid) for pid in process_tree(root, tag))
+    """Memory of root's whole tree (see process_tree), in bytes, as a memory cgroup would
+    roughly charge it: every process's anonymous and shared-memory pages, plus file pages once
+    (the Chromium binary is mapped by every process of the tree). Reading /proc/PID/status
+    costs microseconds where the exact PSS (smaps_rollup) costs ~15 ms per Chromium process."""
+    private = 0
+    files = 0
+    for pid in process_tree(root, tag):
+        status = _status_kib(pid)
+        private += status.get("RssAnon", 0) + status.get("RssShmem", 0)
+        files = max(files, status.get("RssFile", 0))
+    return (private + files) * 1024
 
 
-def is_zombie(pid: int) -> bool:
-    fields = _stat_fields(pid)
-    return fields is None or fields[0] in {"Z", "X"}
+def exists(pid: int) -> bool:
+    """Whether the process exists at all (a zombie does, until reaped)."""
+    return os.path.exists(f"/proc/{pid}")
 
 
 def kill_tree(root: int, tag: str | None = None) -> set[int]:
