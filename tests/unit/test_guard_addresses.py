@@ -5,6 +5,7 @@ from __future__ import annotations
 from ipaddress import ip_address, ip_network
 
 import pytest
+
 from kubeshot_capture.guard import classify_address, embedded_ipv4, refusal_reason
 
 BLOCKED: list[tuple[str, str]] = [

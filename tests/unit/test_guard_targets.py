@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from kubeshot_capture.guard import (
     InvalidTarget,
     normalise_host,

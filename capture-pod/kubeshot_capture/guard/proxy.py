@@ -18,7 +18,6 @@ from types import TracebackType
 from urllib.parse import urljoin, urlsplit
 
 from kubeshot.api import NetworkRules, ProxyCredentials
-
 from kubeshot_capture.guard.addresses import IPAddress
 from kubeshot_capture.guard.rules import Resolver, system_resolver
 from kubeshot_capture.guard.session import EgressSession, Refused
@@ -165,6 +164,7 @@ class EgressGuard:
         self._port = 0
         self._session: EgressSession | None = None
         self._clients: set[asyncio.Transport] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> EgressGuard:
         self._server = await asyncio.start_server(
@@ -185,6 +185,12 @@ class EgressGuard:
             self._server.close()
             for transport in list(self._clients):
                 transport.abort()
+            handlers = list(self._handlers)
+            if handlers:
+                _done, pending = await asyncio.wait(handlers, timeout=5)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
             await self._server.wait_closed()
             self._server = None
 
@@ -241,6 +247,9 @@ class EgressGuard:
         transport = writer.transport
         assert isinstance(transport, asyncio.Transport)
         self._clients.add(transport)
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._handlers.add(handler)
         idle: dict[tuple[str, int], _Upstream] = {}
         try:
             await self._serve(reader, writer, idle)
@@ -255,7 +264,12 @@ class EgressGuard:
             for upstream in idle.values():
                 upstream.close()
             self._clients.discard(transport)
-            transport.abort() if transport.is_closing() else transport.close()
+            if handler is not None:
+                self._handlers.discard(handler)
+            if transport.is_closing():
+                transport.abort()
+            else:
+                transport.close()
 
     async def _serve(
         self,
@@ -443,6 +457,8 @@ class EgressGuard:
         for name, value in headers:
             if name in _HOP_BY_HOP or name in request_tokens:
                 continue
+            if request_length == -1 and name == b"content-length":
+                continue  # chunked framing wins (RFC 9112 6.3); never forward both
             out += (name, b": ", value, b"\r\n")
         if request_length == -1:
             out.append(b"transfer-encoding: chunked\r\n")
@@ -459,6 +475,9 @@ class EgressGuard:
             await upstream_writer.drain()
             reusable, framed = await self._respond(session, method, url, upstream, reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, _BadMessage, OSError) as exc:
+            log.debug(
+                "egress guard: relaying to %s failed: %r", target.authority, exc, exc_info=True
+            )
             upstream.close()
             if isinstance(exc, _BadMessage):
                 writer.write(_simple_response(502, "Bad Gateway", "malformed response"))

@@ -8,7 +8,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from ipaddress import IPv4Address, ip_address
 
 from kubeshot.api import NetworkRules
-
 from kubeshot_capture.guard.addresses import IPAddress, refusal_reason
 from kubeshot_capture.guard.targets import WEB_SCHEMES, InvalidTarget, Target, parse_url
 

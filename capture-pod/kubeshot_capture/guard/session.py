@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from kubeshot.api import CaptureError, FailureReason, NetworkRules, ProxyCredentials
-
 from kubeshot_capture.guard.addresses import IPAddress
 from kubeshot_capture.guard.rules import CompiledRules, Resolver
 from kubeshot_capture.guard.targets import InvalidTarget, Target, parse_url
@@ -167,19 +166,26 @@ class EgressSession:
             self._redirects[url] = location
 
     def count(self, received: int) -> bool:
-        """Count bytes received from the network; False (and traffic cut) once over budget."""
-        self.bytes_transferred += received
-        if self.bytes_transferred > self.max_download_bytes and not self._exceeded:
-            self._exceeded = True
-            log.warning(
-                "egress guard: download budget of %d bytes exceeded; cutting the page's traffic",
-                self.max_download_bytes,
-            )
-            self._cut()
-        return not self._exceeded
+        """Count bytes received from the network before they are passed on to the browser.
+
+        False once they would take the page over its budget: then they are not passed on, and
+        all of the page's traffic is cut. `bytes_transferred` counts only bytes passed on.
+        """
+        if self._exceeded:
+            return False
+        if self.bytes_transferred + received <= self.max_download_bytes:
+            self.bytes_transferred += received
+            return True
+        self._exceeded = True
+        log.warning(
+            "egress guard: download budget of %d bytes exceeded; cutting the page's traffic",
+            self.max_download_bytes,
+        )
+        self._cut()
+        return False
 
     def track(self, transport: asyncio.BaseTransport) -> None:
-        if self.closed or self._exceeded:
+        if self.closed:
             _abort(transport)
             return
         self._transports.add(transport)

@@ -198,8 +198,18 @@ class _SiteHandler(BaseHTTPRequestHandler):
         pass
 
     def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length", "0"))
-        self.rfile.read(length)
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            body = b""
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                body += self.rfile.read(size + 2)[:-2]
+            while self.rfile.readline() not in (b"\r\n", b""):
+                pass
+        else:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if self.path.startswith("/echo"):
+            self.server.requests.append(self.path)
+            self._send(200, "text/plain", f"POST {self.path} {body.decode()}".encode())
+            return
         self.do_GET()
 
     def do_GET(self) -> None:
@@ -236,6 +246,15 @@ class _SiteHandler(BaseHTTPRequestHandler):
             size = int(query.get("bytes", "1000000"))
             imgs = "".join(f'<img src="/big?bytes={size}&i={i}">' for i in range(count))
             self._send(200, "text/html", f"<html><body>heavy{imgs}</body></html>".encode())
+        elif path == "/fetch-all":
+            count = int(query.get("n", "4"))
+            size = int(query.get("bytes", "1000000"))
+            script = (
+                f"Promise.all([...Array({count}).keys()].map(i => fetch('/big?bytes={size}&i=' + i)"
+                ".then(r => r.arrayBuffer()))).then(b => { document.title = 'done ' + "
+                "b.reduce((n, x) => n + x.byteLength, 0); }, e => { document.title = 'failed'; });"
+            )
+            self._send(200, "text/html", f"<html><body><script>{script}</script>".encode())
         elif path == "/chunked":
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")

@@ -6,6 +6,7 @@ the rules open it, so a test cannot pass just because the browser never asked.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import quote
 
@@ -24,6 +25,15 @@ async def navigate(visit: Visit, url: str) -> tuple[int | None, str | None]:
     except PlaywrightError as exc:
         return None, exc.message.splitlines()[0]
     return (response.status if response is not None else None), None
+
+
+async def settled_content(visit: Visit) -> str:
+    for _ in range(20):
+        try:
+            return await visit.page.content()
+        except PlaywrightError:  # still navigating (to an error page)
+            await asyncio.sleep(0.1)
+    return await visit.page.content()
 
 
 def chain_reason(visit: Visit, url: str, response_urls: list[str]) -> str | None:
@@ -245,7 +255,7 @@ async def test_redirect_to_other_schemes_goes_nowhere(
     visit: Visit = await visit_factory(rules_for(site, canary))
     got, error = await navigate(visit, start)
     assert error is not None or got == 302 or got is None
-    assert "root:" not in await visit.page.content()
+    assert "root:" not in await settled_content(visit)
     assert visit.session.blocked_reason(start) is not None
     assert not canary.reached(), canary.summary()
 

@@ -1,0 +1,444 @@
+"""The proxy's HTTP handling, spoken to directly: keep-alive, bodies, upgrades, tunnels,
+upstream chaining with credentials, the download budget, and refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from playwright.async_api import Error as PlaywrightError
+
+from kubeshot.api import NetworkRules, ProxyCredentials
+from kubeshot_capture.guard import EgressGuard
+from tests.browser.guard.conftest import (
+    CANARY_HOST,
+    PROXY_HOST,
+    Canary,
+    Network,
+    Site,
+    UpstreamProxy,
+    Visit,
+    rules_for,
+)
+
+ECHO_HOST = "127.0.0.7"
+pytestmark = pytest.mark.timeout(60)
+
+
+class Client:
+    """A browser-like proxy client on one keep-alive connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, guard: EgressGuard) -> Client:
+        reader, writer = await asyncio.open_connection("127.0.0.1", guard.port)
+        return cls(reader, writer)
+
+    async def request(self, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+        self.writer.write(raw)
+        await self.writer.drain()
+        return await self.response(head_only=raw.startswith((b"HEAD ", b"CONNECT ")))
+
+    async def response(self, head_only: bool = False) -> tuple[int, dict[str, str], bytes]:
+        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 10)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ")[1])
+        headers = {}
+        for line in lines[1:]:
+            if line:
+                key, _, value = line.partition(":")
+                headers[key.strip().lower()] = value.strip()
+        if head_only or status in (101, 204, 304):
+            return status, headers, b""
+        if headers.get("transfer-encoding") == "chunked":
+            body = b""
+            while True:
+                size = int((await self.reader.readuntil(b"\r\n")).strip(), 16)
+                if size == 0:
+                    await self.reader.readuntil(b"\r\n")
+                    break
+                body += (await self.reader.readexactly(size + 2))[:-2]
+            return status, headers, body
+        if "content-length" in headers:
+            return status, headers, await self.reader.readexactly(int(headers["content-length"]))
+        return status, headers, await self.reader.read()
+
+    async def closed(self) -> bool:
+        try:
+            return await asyncio.wait_for(self.reader.read(1), 5) == b""
+        except (ConnectionError, TimeoutError):
+            return True
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def echo_server() -> AsyncIterator[int]:
+    """Answers one HTTP request with 101 Switching Protocols, then echoes raw bytes; or, for
+    CONNECT-tunnel tests, echoes from the first byte."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            first = await reader.read(4)
+            if first == b"GET ":
+                head = first + await reader.readuntil(b"\r\n\r\n")
+                if b"upgrade: websocket" in head.lower():
+                    writer.write(
+                        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                        b"Connection: Upgrade\r\n\r\n"
+                    )
+                else:
+                    body = b"plain: " + head.split(b"\r\n", 1)[0]
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+                    )
+                    await writer.drain()
+                    writer.close()
+                    return
+            else:
+                writer.write(first)
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, ECHO_HOST, 0)
+    yield server.sockets[0].getsockname()[1]
+    server.close()
+
+
+@pytest.fixture
+def rules(site: Site, canary: Canary, echo_server: int) -> NetworkRules:
+    return rules_for(
+        site,
+        canary,
+        allowedCIDRs=["127.0.0.3/32", f"{ECHO_HOST}/32"],
+        allowedPorts=[site.port, canary.port, echo_server],
+    )
+
+
+@pytest_asyncio.fixture
+async def client(guard: EgressGuard) -> AsyncIterator[Client]:
+    opened = await Client.open(guard)
+    yield opened
+    opened.close()
+
+
+def get(url: str, extra: str = "") -> bytes:
+    host = url.split("/")[2]
+    return f"GET {url} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode()
+
+
+async def test_keep_alive_many_requests_and_hosts(
+    guard: EgressGuard, client: Client, site: Site, rules: NetworkRules
+) -> None:
+    with guard.session(rules, max_download_bytes=10**7) as session:
+        for index in range(5):
+            url = site.url(f"/echo?i={index}", host="site.test" if index % 2 else "127.0.0.3")
+            status, _headers, body = await client.request(get(url))
+            assert status == 200
+            assert body == f"GET /echo?i={index}".encode()
+        status, _headers, body = await client.request(get(site.url("/chunked")))
+        assert (status, body) == (200, b"hello chunked world")
+        host = f"127.0.0.3:{site.port}"
+        head = f"HEAD {site.url('/echo')} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+        status, headers, _ = await client.request(head)
+        assert (status, headers["content-length"]) == (200, "1234")
+        status, _headers, body = await client.request(get(site.url("/echo?after-head")))
+        assert body == b"GET /echo?after-head"
+        assert session.blocked_requests == 0
+        assert session.bytes_transferred > 100
+
+
+async def test_request_bodies_are_forwarded(
+    guard: EgressGuard, client: Client, site: Site, rules: NetworkRules
+) -> None:
+    host = f"127.0.0.3:{site.port}"
+    with guard.session(rules, max_download_bytes=10**7):
+        post = (
+            f"POST {site.url('/echo?len')} HTTP/1.1\r\nHost: {host}\r\n"
+            "Content-Length: 5\r\n\r\nhello"
+        ).encode()
+        status, _headers, body = await client.request(post)
+        assert (status, body) == (200, b"POST /echo?len hello")
+        chunked = (
+            f"POST {site.url('/echo?chunked')} HTTP/1.1\r\nHost: {host}\r\n"
+            "Transfer-Encoding: chunked\r\nContent-Length: 99\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        ).encode()
+        # Chunked wins over Content-Length, which is not forwarded (no request smuggling).
+        status, _headers, body = await client.request(chunked)
+        assert (status, body) == (200, b"POST /echo?chunked hello")
+
+
+async def test_websocket_upgrade_over_plain_http(
+    guard: EgressGuard, client: Client, echo_server: int, rules: NetworkRules
+) -> None:
+    url = f"http://{ECHO_HOST}:{echo_server}/socket"
+    with guard.session(rules, max_download_bytes=10**7) as session:
+        status, _headers, _ = await client.request(
+            get(url, "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n")
+        )
+        assert status == 101
+        client.writer.write(b"ping over the upgraded connection")
+        echoed = await asyncio.wait_for(client.reader.readexactly(33), 5)
+        assert echoed == b"ping over the upgraded connection"
+        assert session.bytes_transferred >= 33
+
+
+async def test_websocket_upgrade_to_blocked_target_is_refused(
+    guard: EgressGuard, client: Client, canary: Canary, rules: NetworkRules
+) -> None:
+    with guard.session(rules, max_download_bytes=10**7):
+        status, _headers, body = await client.request(
+            get(canary.url("/ws"), "Connection: Upgrade\r\nUpgrade: websocket\r\n")
+        )
+    assert status == 403
+    assert b"loopback" in body
+    assert not canary.reached()
+
+
+async def test_connect_tunnel(
+    guard: EgressGuard, client: Client, echo_server: int, rules: NetworkRules
+) -> None:
+    with guard.session(rules, max_download_bytes=10**7) as session:
+        authority = f"{ECHO_HOST}:{echo_server}"
+        status, _headers, _ = await client.request(
+            f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode()
+        )
+        assert status == 200
+        hello = b"\x16\x03\x01 not really TLS"
+        client.writer.write(hello)
+        assert await asyncio.wait_for(client.reader.readexactly(len(hello)), 5) == hello
+        assert session.bytes_transferred == len(hello)
+
+
+@pytest.mark.parametrize(
+    "authority",
+    [
+        "127.0.0.66:{p}",
+        "canary.test:{p}",
+        "[::1]:{p}",
+        "2130706498:{p}",
+        "0x7f.66:{p}",
+        "169.254.169.254:{p}",
+        "metadata.test:{p}",
+        "canary.test",
+        "user@canary.test:{p}",
+        "mapped.test:{p}",
+        "[::ffff:127.0.0.66]:{p}",
+        "127.0.0.3:1",
+    ],
+)
+async def test_connect_to_blocked_targets_is_refused(
+    guard: EgressGuard, client: Client, canary: Canary, rules: NetworkRules, authority: str
+) -> None:
+    target = authority.format(p=canary.port)
+    with guard.session(rules, max_download_bytes=10**7) as session:
+        status, _headers, _ = await client.request(
+            f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode()
+        )
+        assert status == 403
+        assert session.blocked_requests == 1
+    assert not canary.reached(), canary.summary()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET /relative HTTP/1.1\r\nHost: 127.0.0.66\r\n\r\n",
+        b"GET https://127.0.0.3/ HTTP/1.1\r\nHost: 127.0.0.3\r\n\r\n",
+        b"GET ftp://127.0.0.3/ HTTP/1.1\r\n\r\n",
+        b"GET http://127.0.0.3/ SPDY/3\r\n\r\n",
+        b"garbage\r\n\r\n",
+        b"GET http://127.0.0.3/ HTTP/1.1\r\n folded: header\r\n\r\n",
+        b"GET http://127.0.0.3/ HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"GET http://127.0.0.3/ HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    ],
+)
+async def test_malformed_or_unsupported_requests_are_refused(
+    guard: EgressGuard, client: Client, rules: NetworkRules, raw: bytes
+) -> None:
+    with guard.session(rules, max_download_bytes=10**7):
+        status, _headers, _ = await client.request(raw)
+    assert status in (400, 403)
+    assert await client.closed()
+
+
+async def test_without_a_session_everything_is_refused(
+    guard: EgressGuard, client: Client, site: Site
+) -> None:
+    assert guard.active_session is None
+    status, _headers, body = await client.request(get(site.url("/page")))
+    assert status == 403
+    assert b"no capture" in body
+
+
+async def test_closing_the_session_cuts_open_connections(
+    guard: EgressGuard, client: Client, echo_server: int, rules: NetworkRules
+) -> None:
+    session = guard.session(rules, max_download_bytes=10**7)
+    authority = f"{ECHO_HOST}:{echo_server}"
+    status, _headers, _ = await client.request(f"CONNECT {authority} HTTP/1.1\r\n\r\n".encode())
+    assert status == 200
+    session.close()
+    assert await client.closed()
+
+
+async def test_budget_exceeded_cuts_traffic(
+    guard: EgressGuard, client: Client, site: Site, rules: NetworkRules
+) -> None:
+    with guard.session(rules, max_download_bytes=100_000) as session:
+        client.writer.write(get(site.url("/big?bytes=5000000")))
+        received = 0
+        try:
+            head = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), 5)
+            received = len(head)
+            while chunk := await asyncio.wait_for(client.reader.read(65536), 5):
+                received += len(chunk)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        assert session.download_exceeded
+        assert received <= 100_000
+        assert session.bytes_transferred <= 100_000
+        status, _headers, _ = await (await Client.open(guard)).request(get(site.url("/page")))
+        assert status == 403
+
+
+async def test_budget_counts_tunnel_bytes(
+    guard: EgressGuard, client: Client, echo_server: int, rules: NetworkRules
+) -> None:
+    with guard.session(rules, max_download_bytes=1000) as session:
+        authority = f"{ECHO_HOST}:{echo_server}"
+        await client.request(f"CONNECT {authority} HTTP/1.1\r\n\r\n".encode())
+        client.writer.write(b"x" * 5000)
+        assert await client.closed()
+        assert session.download_exceeded
+
+
+# -- upstream proxy --------------------------------------------------------------------------
+
+
+def credentials(proxy: UpstreamProxy, password: str | None = None) -> ProxyCredentials:
+    return ProxyCredentials.model_validate(
+        {
+            "server": proxy.server_url(),
+            "username": proxy.USER,
+            "password": password if password is not None else proxy.PASSWORD,
+        }
+    )
+
+
+async def test_upstream_proxy_with_credentials(
+    guard: EgressGuard,
+    client: Client,
+    site: Site,
+    upstream_proxy: UpstreamProxy,
+    rules: NetworkRules,
+    network: Network,
+) -> None:
+    upstream_proxy.requests.clear()
+    upstream = credentials(upstream_proxy)
+    with guard.session(rules, max_download_bytes=10**7, upstream=upstream) as session:
+        status, _headers, body = await client.request(
+            get(site.url("/echo?via=upstream", "site.test"))
+        )
+        assert (status, body) == (200, b"GET /echo?via=upstream")
+        assert session.blocked_requests == 0
+    # The guard resolved site.test itself and asked the upstream for the checked address.
+    assert upstream_proxy.requests == [(f"CONNECT 127.0.0.3:{site.port}", True)]
+    assert (PROXY_HOST, upstream_proxy.port) in network.connections
+
+
+async def test_upstream_never_asked_for_blocked_targets(
+    guard: EgressGuard,
+    client: Client,
+    canary: Canary,
+    upstream_proxy: UpstreamProxy,
+    rules: NetworkRules,
+) -> None:
+    upstream_proxy.requests.clear()
+    with guard.session(rules, max_download_bytes=10**7, upstream=credentials(upstream_proxy)):
+        status, _headers, _ = await client.request(get(canary.url("/", host="canary.test")))
+        assert status == 403
+    assert upstream_proxy.requests == []
+    assert not canary.reached()
+
+
+async def test_wrong_upstream_credentials_fail_without_leaking_them(
+    guard: EgressGuard,
+    client: Client,
+    site: Site,
+    upstream_proxy: UpstreamProxy,
+    rules: NetworkRules,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    upstream_proxy.requests.clear()
+    wrong = "wrong-Secret-42"
+    caplog.set_level(logging.DEBUG, logger="kubeshot_capture")
+    with guard.session(
+        rules, max_download_bytes=10**7, upstream=credentials(upstream_proxy, wrong)
+    ):
+        status, _headers, body = await client.request(get(site.url("/page")))
+    assert status == 502
+    assert upstream_proxy.requests == [(f"CONNECT 127.0.0.3:{site.port}", False)]
+    token = base64.b64encode(f"{upstream_proxy.USER}:{wrong}".encode()).decode()
+    for secret in (wrong, token):
+        assert secret not in body.decode()
+        assert secret not in caplog.text
+    assert "407" in caplog.text
+
+
+async def test_browser_through_upstream_proxy(
+    visit_factory: Any, site: Site, canary: Canary, upstream_proxy: UpstreamProxy
+) -> None:
+    upstream_proxy.requests.clear()
+    visit: Visit = await visit_factory(
+        rules_for(site, canary), upstream=credentials(upstream_proxy)
+    )
+    response = await visit.page.goto(
+        site.url("/kind/img?to=" + canary.url("/x", host="canary.test"))
+    )
+    assert response is not None
+    assert response.status == 200
+    https = await visit.page.goto(site.tls_url("/page"))
+    assert https is not None
+    assert https.status == 200
+    asked = [request for request, ok in upstream_proxy.requests if ok]
+    assert f"CONNECT 127.0.0.3:{site.port}" in asked
+    assert f"CONNECT 127.0.0.4:{site.tls_port}" in asked
+    assert not any(CANARY_HOST in request for request, _ in upstream_proxy.requests)
+    assert visit.session.blocked_requests >= 1
+    assert not canary.reached()
+
+
+# -- the download budget in the browser --------------------------------------------------------
+
+
+async def test_browser_download_budget(visit_factory: Any, site: Site, canary: Canary) -> None:
+    visit: Visit = await visit_factory(rules_for(site, canary), max_download_bytes=2_000_000)
+    with contextlib.suppress(PlaywrightError):  # the cut may fail the navigation itself
+        await visit.page.goto(site.url("/heavy?n=10&bytes=1000000"), timeout=15000)
+    assert visit.session.download_exceeded
+    assert visit.session.bytes_transferred <= 2_000_000
+
+
+async def test_browser_within_budget(visit_factory: Any, site: Site, canary: Canary) -> None:
+    visit: Visit = await visit_factory(rules_for(site, canary), max_download_bytes=20_000_000)
+    await visit.page.goto(site.url("/fetch-all?n=4&bytes=1000000"), timeout=15000)
+    await visit.page.wait_for_function("document.title.startsWith('done')")
+    assert await visit.page.title() == "done 4000000"
+    assert not visit.session.download_exceeded
+    assert visit.session.bytes_transferred >= 4_000_000
