@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import json
 from pathlib import Path
 
 from aiohttp import ClientSession
@@ -75,10 +76,10 @@ async def test_private_targets_are_blocked_by_the_guard_by_default(
     gateway: Gateway, session: ClientSession
 ):
     # `strict` allows 127.0.0.0/8 but not 10/8: the engine's guard refuses it.
-    status, data, _ = await _capture(
-        gateway, session, {"url": "http://10.255.255.1/"}, "?policy=strict"
-    )
+    body = {"url": "http://10.255.255.1/", "viewport": {"width": 800, "height": 600}}
+    status, data, _ = await _capture(gateway, session, body, "?policy=strict")
     assert status == 403, data
+    assert json.loads(data)["error"]["details"] == {"reason": "BlockedByPolicy"}
 
 
 async def test_worker_over_its_memory_limit_is_killed_and_replaced(
@@ -90,7 +91,7 @@ async def test_worker_over_its_memory_limit_is_killed_and_replaced(
         gateway, session, {"url": pages.base + "/hog"}, "?policy=lowmem"
     )
     assert status == 422, data
-    error = (__import__("json").loads(data))["error"]
+    error = json.loads(data)["error"]
     assert error["code"] == "resource_limit"
     assert error["details"] == {"reason": "MemoryLimitExceeded"}
     # The killed worker's whole tree is gone: no orphaned Chromium.
