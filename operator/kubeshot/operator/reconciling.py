@@ -86,6 +86,7 @@ class Reconciler:
         self._locks: defaultdict[PolicyKey, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._tasks: set[asyncio.Task[None]] = set()
         self._active_jobs: dict[PolicyKey, int] = {}
+        self._job_locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
 
     def bind(self, jobs: Index, policies: Index) -> None:
         """Kopf's indexes of CaptureJobs (by policy) and ScreenshotPolicies (by name)."""
@@ -137,6 +138,7 @@ class Reconciler:
         view = JobView.from_body(body)
         if event_type == "DELETED":
             self.queue.forget(view.uid)
+            self._job_locks.pop((view.namespace, view.name), None)
             await self.dispatch(view.key)
             return
         self.queue.observe(view)
@@ -318,21 +320,41 @@ class Reconciler:
             outcome = lifecycle.pod_outcome(dict(pod))
         if outcome is None or not job_name:
             return
-        try:
-            body = await self.client.get(jobs_path(namespace, job_name))
-        except NotFound:
-            body = None
-        view = JobView.from_body(body) if body is not None else None
-        if (
-            view is None
-            or view.uid != job_uid
-            or view.phase is not Phase.RUNNING
-            or view.pod_name != pod_name
-        ):
-            if event_type != "DELETED":  # a leftover of a recorded attempt
-                await self.client.delete(resource_path("v1", "pods", namespace, pod_name))
-            return
-        await self.conclude(view, outcome, None if event_type == "DELETED" else pod_name)
+        await self.record(namespace, job_name, job_uid, pod_name, outcome, event_type != "DELETED")
+
+    async def record(
+        self,
+        namespace: str,
+        job_name: str,
+        job_uid: str | None,
+        pod_name: str,
+        outcome: Outcome,
+        pod_exists: bool,
+    ) -> None:
+        """Record the outcome of the attempt in pod_name, once, if it is the job's current one.
+
+        The pod watch and the sweeper can both notice an attempt's end: a per-job lock and a
+        fresh read of the job make the first one record it and the second one see that.
+        """
+        async with self._job_locks[(namespace, job_name)]:
+            try:
+                body = await self.client.get(jobs_path(namespace, job_name))
+            except NotFound:
+                body = None
+            view = JobView.from_body(body) if body is not None else None
+            current = (
+                view is not None
+                and (job_uid is None or view.uid == job_uid)
+                and view.phase is Phase.RUNNING
+                and view.pod_name == pod_name
+            )
+            if view is None or not current:
+                if pod_exists:  # a leftover of an attempt already recorded
+                    await self.client.delete(resource_path("v1", "pods", namespace, pod_name))
+                if view is None:
+                    self._job_locks.pop((namespace, job_name), None)
+                return
+            await self.conclude(view, outcome, pod_name if pod_exists else None)
 
     async def conclude(
         self, view: JobView, outcome: Outcome, pod_name: str | None, attempted: int | None = None
@@ -398,15 +420,9 @@ class Reconciler:
                 continue
             except NotFound:
                 pass
-            try:  # the pod is gone; is the attempt still unrecorded?
-                fresh = JobView.from_body(
-                    await self.client.get(jobs_path(view.namespace, view.name))
-                )
-            except NotFound:
-                continue
-            if fresh.phase is Phase.RUNNING and fresh.pod_name == view.pod_name:
-                message = f"the capture pod {view.pod_name} disappeared"
-                await self.conclude(fresh, Outcome.failed(FailureReason.POD_LOST, message), None)
+            message = f"the capture pod {view.pod_name} disappeared"
+            outcome = Outcome.failed(FailureReason.POD_LOST, message)
+            await self.record(view.namespace, view.name, view.uid, view.pod_name, outcome, False)
 
     # ------------------------------------------------------------------------- housekeeping
 

@@ -127,9 +127,15 @@ def test_lost_pods_are_retried_with_backoff_then_pod_lost(
     lost = failed_with(cluster, "lost")
     assert lost["reason"] == "PodLost"
     assert "lost-2" in lost["message"]
-    reasons = [e["reason"] for e in cluster.list("events") if e["involvedObject"]["name"] == "lost"]
-    assert reasons.count("Retrying") == 1
-    assert reasons.count("Started") == 2
+
+    def reasons() -> list[str]:
+        return [
+            e["reason"] for e in cluster.list("events") if e["involvedObject"]["name"] == "lost"
+        ]
+
+    wait_for(lambda: "PodLost" in reasons(), what="the PodLost event")
+    assert reasons().count("Retrying") == 1
+    assert reasons().count("Started") == 2
     assert cluster.get("pods", "lost-3") is None
 
 
