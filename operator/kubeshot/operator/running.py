@@ -86,22 +86,35 @@ async def run(settings: OperatorSettings) -> int:
         reconciler = Reconciler(client, settings)
         tasks.append(asyncio.create_task(lease.hold(lost)))
         tasks.append(asyncio.create_task(_sweep_forever(reconciler, settings.resync_seconds)))
-        kopf_stop = asyncio.Event()
-
-        async def stop_kopf_when_lost() -> None:
-            await lost.wait()
-            kopf_stop.set()
-
-        tasks.append(asyncio.create_task(stop_kopf_when_lost()))
         import kubeshot.operator.handlers  # noqa: F401 - registers the handlers with Kopf
 
-        await kopf.operator(
-            clusterwide=not settings.namespaces,
-            namespaces=settings.namespaces,
-            standalone=True,  # one active replica by the Lease, not by Kopf's peering
-            stop_flag=kopf_stop,
-            memo=kopf.Memo(reconciler=reconciler, settings=settings),
+        ready = asyncio.Event()
+        kopf_task = asyncio.create_task(
+            kopf.operator(
+                clusterwide=not settings.namespaces,
+                namespaces=settings.namespaces,
+                standalone=True,  # one active replica by the Lease, not by Kopf's peering
+                ready_flag=ready,
+                memo=kopf.Memo(reconciler=reconciler, settings=settings),
+            )
         )
+        readying = asyncio.create_task(ready.wait())
+        await asyncio.wait({kopf_task, readying}, return_when=asyncio.FIRST_COMPLETED)
+        readying.cancel()
+        # Kopf installed its own signal handlers (a graceful stop that waits for idle tasks).
+        # Every step here is safe to interrupt, so stopping is cancelling, at once.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, kopf_task.cancel)
+        if stop.is_set():
+            kopf_task.cancel()
+
+        async def cancel_when_lost() -> None:
+            await lost.wait()
+            kopf_task.cancel()
+
+        tasks.append(asyncio.create_task(cancel_when_lost()))
+        with contextlib.suppress(asyncio.CancelledError):
+            await kopf_task
         await reconciler.events.drain()
     finally:
         for task in tasks:
