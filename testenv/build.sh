@@ -44,6 +44,8 @@ have_all() {
   for b in "${BINARIES[@]}"; do [[ -x "$dir/$b" ]] || return 1; done
 }
 
+# The official Go install location, in case this shell's PATH lacks it.
+if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then PATH="$PATH:/usr/local/go/bin"; fi
 export GOTOOLCHAIN=local  # the installed Go; never fetch another toolchain behind our back
 export GOFLAGS="-mod=readonly -buildvcs=false"
 export CGO_ENABLED=0       # static binaries, as the upstream releases are built
@@ -93,8 +95,18 @@ check_gomod() { # the checked-in go.mod must be the one for versions.env
     grep -qF "	$m" "$GOMOD_DIR/go.mod" \
       || die "testenv/gomod/go.mod does not match versions.env ($m); run: testenv/build.sh --update-gomod"
   done
+}
+
+require_go() { # without Go the cluster tier is skipped (tests/conftest.py `need`); in CI it fails
+  local v
   v="$(sed -n 's/^go \([0-9.]*\)$/\1/p' "$GOMOD_DIR/go.mod")"
-  command -v go >/dev/null || die "Go is not installed (need go >= $v), or set KUBESHOT_TESTENV_BIN"
+  command -v go >/dev/null && return 0
+  case "${CI:-}" in
+    1|true|yes) die "Go >= $v is needed to build the cluster-tier binaries (or set KUBESHOT_TESTENV_BIN)" ;;
+  esac
+  say "Go >= $v is not installed: not building; the cluster tier will be skipped"
+  say "(install Go, or point KUBESHOT_TESTENV_BIN at a folder with: ${BINARIES[*]})"
+  exit 0
 }
 
 build() {
@@ -145,6 +157,7 @@ elif have_all "$dest"; then
   say "up to date: $dest"
 else
   check_gomod
+  require_go
   build "$dest"
   for b in "${BINARIES[@]}"; do
     printf '  %-24s %s\n' "$b" "$(du -h "$dest/$b" | cut -f1)" >&2

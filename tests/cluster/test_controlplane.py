@@ -119,6 +119,6 @@ def test_controller_manager_collects_garbage_and_publishes_root_ca(
         got = kubectl("get", "configmap", "dependent", "-n", namespace, check=False)
         return got.returncode != 0 and "NotFound" in got.stderr
 
-    assert _wait_until(dependent_gone), "garbage collector did not delete the dependent"
+    assert _wait_until(dependent_gone, timeout=60), "the garbage collector kept the dependent"
     root_ca = ("get", "configmap", "kube-root-ca.crt", "-n", namespace)
     assert _wait_until(lambda: kubectl(*root_ca, check=False).returncode == 0)
