@@ -37,7 +37,13 @@ class Served:
 async def _serve(*args: str, env: dict[str, str] | None = None) -> Served:
     port = free_port()
     process = await asyncio.create_subprocess_exec(
-        *KUBESHOT, "serve", "--port", str(port), "--workers", "1", *args,
+        *KUBESHOT,
+        "serve",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        *args,
         stderr=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.DEVNULL,
         env=env or _clean_env(),
@@ -58,7 +64,7 @@ async def _serve(*args: str, env: dict[str, str] | None = None) -> Served:
         while line := await process.stderr.readline():
             output.append(line.decode())
 
-    asyncio.get_running_loop().create_task(drain())  # noqa: RUF006 - ends with the process
+    asyncio.get_running_loop().create_task(drain())
     return Served(process, f"http://127.0.0.1:{port}", output)
 
 
@@ -124,7 +130,10 @@ async def test_no_auth_runs_open_with_a_warning(
 def test_kubernetes_backend_is_not_pretended():
     result = subprocess.run(
         [*KUBESHOT, "serve", "--backend", "kubernetes", "--port", str(free_port())],
-        capture_output=True, text=True, timeout=60, env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_clean_env(),
     )
     assert result.returncode == 2
     assert "not available yet" in result.stderr
@@ -133,7 +142,9 @@ def test_kubernetes_backend_is_not_pretended():
 def test_invalid_configuration_exits_2():
     result = subprocess.run(
         [*KUBESHOT, "serve", "--port", str(free_port())],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env=_clean_env(RATE_LIMIT_CAPTURE="lots please", AUTH_TOKEN="x" * 20),
     )
     assert result.returncode == 2
@@ -143,10 +154,19 @@ def test_invalid_configuration_exits_2():
 async def test_sign_prints_a_url_the_gateway_accepts(
     gateway: Gateway, pages: Pages, session: ClientSession
 ):
-    result = subprocess.run(
-        [*KUBESHOT, "sign", "--base-url", gateway.url, "--expires-in", "120",
-         f"url={pages.base}/&format=png&viewport.width=320&viewport.height=200"],
-        capture_output=True, text=True, timeout=60,
+    result = subprocess.run(  # noqa: ASYNC221 - a short CLI call, the gateway runs meanwhile
+        [
+            *KUBESHOT,
+            "sign",
+            "--base-url",
+            gateway.url,
+            "--expires-in",
+            "120",
+            f"url={pages.base}/&format=png&viewport.width=320&viewport.height=200",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
         env=_clean_env(URL_SIGNING_SECRET=SIGNING_SECRET),
     )
     assert result.returncode == 0, result.stderr
@@ -164,15 +184,21 @@ async def test_sign_prints_a_url_the_gateway_accepts(
     [
         ({}, ["url=http://example.com/"], "URL_SIGNING_SECRET"),
         ({"URL_SIGNING_SECRET": SIGNING_SECRET}, ["url=ftp://example.com/"], "url"),
-        ({"URL_SIGNING_SECRET": SIGNING_SECRET}, ["--expires-in", "99999999", "url=http://a.b/"],
-         "expires"),
+        (
+            {"URL_SIGNING_SECRET": SIGNING_SECRET},
+            ["--expires-in", "99999999", "url=http://a.b/"],
+            "expires",
+        ),
         ({"URL_SIGNING_SECRET": "short"}, ["url=http://a.b/"], "shorter"),
     ],
 )
 def test_sign_refuses_what_the_gateway_would(env: dict[str, str], args: list[str], words: str):
     result = subprocess.run(
         [*KUBESHOT, "sign", "--base-url", "http://127.0.0.1:1", *args],
-        capture_output=True, text=True, timeout=60, env=_clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_clean_env(**env),
     )
     assert result.returncode == 2
     assert words in result.stderr

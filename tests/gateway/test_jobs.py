@@ -68,11 +68,10 @@ async def test_async_capture_round_trip(gateway: Gateway, session: ClientSession
         assert r.status == 404
 
 
-async def test_failed_async_capture_reports_its_reason(
-    gateway: Gateway, session: ClientSession
-):
+async def test_failed_async_capture_reports_its_reason(gateway: Gateway, session: ClientSession):
     async with session.post(
-        f"{gateway.url}/v1/captures?policy=strict", json={"url": "http://10.255.255.1/", "viewport": {"width": 800, "height": 600}},
+        f"{gateway.url}/v1/captures?policy=strict",
+        json={"url": "http://10.255.255.1/", "viewport": {"width": 800, "height": 600}},
         headers=gateway.auth(),
     ) as r:
         assert r.status == 202, await r.text()

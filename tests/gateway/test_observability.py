@@ -36,9 +36,7 @@ async def test_metrics_count_what_the_issue_asks_for(gateway: Gateway, session: 
         text = await r.text()
     assert metric_value(text, "kubeshot_http_requests_total", route="screenshot", status="403") >= 1
     assert metric_value(text, "kubeshot_auth_failures_total", reason="missing") >= 1
-    assert (
-        metric_value(text, "kubeshot_admission_rejections_total", reason="PolicyViolation") >= 1
-    )
+    assert metric_value(text, "kubeshot_admission_rejections_total", reason="PolicyViolation") >= 1
     for name in (
         "kubeshot_rate_limited_total",
         "kubeshot_capture_duration_seconds_bucket",
