@@ -265,13 +265,45 @@ def chart_operator(
         assert "Traceback" not in text, text[-5000:]
 
 
-def can_i(kubectl: Any, account: str, *args: str) -> bool:
-    """`kubectl auth can-i ARGS --as=system:serviceaccount:...` (account = "ns:name")."""
-    ns, name = account.split(":")
-    proc = kubectl("auth", "can-i", *args, f"--as=system:serviceaccount:{ns}:{name}", check=False)
-    answer = proc.stdout.strip()
-    assert answer in {"yes", "no"}, proc.stderr
-    return answer == "yes"
+def can_i(control_plane: Any, account: str, *args: str) -> bool:
+    """What `kubectl auth can-i ARGS --as=system:serviceaccount:NS:NAME` answers, asked of the
+    API server directly (a SubjectAccessReview; much faster than a kubectl per question).
+
+    ARGS: VERB RESOURCE[.GROUP][/NAME] [--subresource=S] [-n NS | -A]; account: "ns:name".
+    """
+    sa_namespace, sa_name = account.split(":")
+    verb, target, *rest = args
+    resource, _, name = target.partition("/")
+    plural, _, group = resource.partition(".")
+    attributes: dict[str, str] = {"verb": verb, "resource": plural, "group": group}
+    if name:
+        attributes["name"] = name
+    flags = iter(rest)
+    for flag in flags:
+        if flag == "-n":
+            attributes["namespace"] = next(flags)
+        elif flag.startswith("--subresource="):
+            attributes["subresource"] = flag.split("=", 1)[1]
+        elif flag != "-A":
+            raise ValueError(f"unknown flag {flag}")
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "spec": {
+            "user": f"system:serviceaccount:{sa_namespace}:{sa_name}",
+            "groups": [
+                "system:serviceaccounts",
+                f"system:serviceaccounts:{sa_namespace}",
+                "system:authenticated",
+            ],
+            "resourceAttributes": attributes,
+        },
+    }
+    status, body = control_plane.request(
+        "POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", review
+    )
+    assert status == 201, body
+    return bool(body["status"].get("allowed"))
 
 
 def dump(obj: Any) -> str:

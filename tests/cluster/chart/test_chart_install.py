@@ -34,7 +34,7 @@ def test_install_creates_the_release(
     ]
     assert objects(kubectl, namespace, "persistentvolumeclaims") == [f"{full}-results"]
     assert objects(kubectl, namespace, "screenshotpolicies") == ["default"]
-    for name in (f"{full}-operator", f"{full}-operator-crds", f"{full}-gateway"):
+    for name in (f"{full}-operator", f"{full}-operator-discovery", f"{full}-gateway"):
         kubectl("get", "clusterrole", name)
     token = secret_value(kubectl, namespace, f"{full}-auth", "token")
     signing = secret_value(kubectl, namespace, f"{full}-auth", "signingSecret")

@@ -70,7 +70,7 @@ def test_defaults_render_the_whole_install(helm: Helm) -> None:
     assert sorted(kinds["ClusterRole"]) == [
         "ks-kubeshot-gateway",
         "ks-kubeshot-operator",
-        "ks-kubeshot-operator-crds",
+        "ks-kubeshot-operator-discovery",
     ]
     assert kinds["Role"] == ["ks-kubeshot-operator-lease"]
     for absent in ("Ingress", "Certificate", "ServiceMonitor", "CustomResourceDefinition"):
@@ -132,9 +132,10 @@ def test_rbac_is_least_privilege(helm: Helm, values: Path | None) -> None:
     roles = {r["metadata"]["name"]: r for r in rendered.all("ClusterRole")}
     if "ks-kubeshot-operator" in roles:
         assert rules_of(roles["ks-kubeshot-operator"]) == OPERATOR_RULES
-        assert rules_of(roles["ks-kubeshot-operator-crds"]) == {
-            ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}
-        }
+        discovery = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
+        if values and "namespaced" in values.name:
+            discovery[("", "namespaces")] = {"list", "watch"}
+        assert rules_of(roles["ks-kubeshot-operator-discovery"]) == discovery
     if "ks-kubeshot-gateway" in roles:
         assert rules_of(roles["ks-kubeshot-gateway"]) == GATEWAY_RULES
 
@@ -142,7 +143,7 @@ def test_rbac_is_least_privilege(helm: Helm, values: Path | None) -> None:
 def test_namespaced_install_binds_roles_per_namespace_only(helm: Helm) -> None:
     rendered = helm.template(VALUES_DIR / "namespaced.yaml")
     kinds = rendered.kinds()
-    assert sorted(kinds["ClusterRoleBinding"]) == ["ks-kubeshot-operator-crds"]
+    assert sorted(kinds["ClusterRoleBinding"]) == ["ks-kubeshot-operator-discovery"]
     bindings = rendered.all("RoleBinding")
     by_namespace = sorted((b["metadata"]["namespace"], b["metadata"]["name"]) for b in bindings)
     assert by_namespace == [
