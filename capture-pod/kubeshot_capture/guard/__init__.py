@@ -20,7 +20,7 @@ from kubeshot_capture.guard.addresses import (
 )
 from kubeshot_capture.guard.proxy import Connector, EgressGuard, open_connection
 from kubeshot_capture.guard.rules import CompiledRules, Resolver, system_resolver
-from kubeshot_capture.guard.session import EgressSession, RequestLike
+from kubeshot_capture.guard.session import EgressSession, NavigationWatch, RequestLike
 from kubeshot_capture.guard.targets import (
     InvalidTarget,
     Target,
@@ -38,6 +38,7 @@ __all__ = [
     "IPAddress",
     "IPNetwork",
     "InvalidTarget",
+    "NavigationWatch",
     "RequestLike",
     "Resolver",
     "Target",

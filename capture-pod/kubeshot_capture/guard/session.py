@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from kubeshot.api import CaptureError, FailureReason, NetworkRules, ProxyCredentials
 from kubeshot_capture.guard.addresses import IPAddress
 from kubeshot_capture.guard.rules import CompiledRules, Resolver
 from kubeshot_capture.guard.targets import InvalidTarget, Target, parse_url
+
+if TYPE_CHECKING:
+    from playwright.async_api import Page, Request
 
 log = logging.getLogger("kubeshot_capture.guard")
 
@@ -23,6 +26,34 @@ class RequestLike(Protocol):
 
     @property
     def redirected_from(self) -> RequestLike | None: ...
+
+
+class NavigationWatch:
+    """The URLs of a page's main-frame navigation requests, redirect hops included, while open.
+
+    Chromium follows redirects inside TLS tunnels where the guard cannot see them; when a hop is
+    refused, `page.goto` fails with the first URL only. The watch sees every hop's request.
+    """
+
+    def __init__(self, session: EgressSession, page: Page) -> None:
+        self.session = session
+        self.urls: list[str] = []
+        self._page = page
+
+    def _on_request(self, request: Request) -> None:
+        if request.is_navigation_request() and request.frame == self._page.main_frame:
+            self.urls.append(request.url)
+
+    def __enter__(self) -> NavigationWatch:
+        self._page.on("request", self._on_request)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._page.remove_listener("request", self._on_request)
+
+    def blocked_reason(self) -> str | None:
+        """Why the guard refused one of the navigation's hops, or None."""
+        return self.session.first_blocked_reason(self.urls)
 
 
 class Refused(Exception):
@@ -130,6 +161,11 @@ class EgressSession:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def watch_navigation(self, page: Page) -> NavigationWatch:
+        """`with session.watch_navigation(page) as watch: await page.goto(url)`; then
+        `watch.blocked_reason()` says whether any hop of that navigation was refused."""
+        return NavigationWatch(self, page)
 
     def close(self) -> None:
         """End the capture: cut every connection it opened; the guard then refuses all."""

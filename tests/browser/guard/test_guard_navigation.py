@@ -274,3 +274,25 @@ async def test_dns_rebinding_connects_only_to_checked_address(
     assert set(canary.diverted_log) == {PUBLIC_ADDRESS}
     assert all(hit.local == CANARY_HOST for hit in canary.hits)
     assert len(canary.hits) == len(canary.diverted_log)
+
+
+@pytest.mark.parametrize(
+    "target", ["https://127.0.0.66:{p}/", "https://canary.test:{p}/", "https://[::1]:{p}/"]
+)
+async def test_navigation_watch_sees_hops_inside_tls(
+    visit_factory: Any, site: Site, canary: Canary, target: str
+) -> None:
+    """An HTTPS page redirecting to a blocked HTTPS target: the guard never sees the redirect
+    (it is inside the tunnel); the watch sees the refused hop."""
+    final = target.format(p=canary.port)
+    start = site.tls_url(f"/redirect?status=302&to={quote(final, safe='')}")
+    visit: Visit = await visit_factory(rules_for(site, canary))
+    with visit.session.watch_navigation(visit.page) as watch:
+        _status, error = await navigate(visit, start)
+    assert error is not None
+    assert visit.session.blocked_reason(start) is None  # the first URL itself was fine
+    reason = watch.blocked_reason()
+    assert reason is not None
+    assert "loopback" in reason
+    assert watch.urls[0] == start
+    assert not canary.reached(), canary.summary()
