@@ -70,6 +70,7 @@ class Worker:
         self.captures = 0
         self.alive = True
         self.peak_memory = 0
+        self.meter = procs.TreeMeter(self.pid, tag)
 
     @classmethod
     async def start(cls, command: Sequence[str], start_timeout: float) -> Worker:
@@ -111,7 +112,7 @@ class Worker:
                     if frame is None:
                         raise WorkerLost("the capture worker ended unexpectedly")
                     return frame
-                memory = await asyncio.to_thread(procs.tree_memory, self.pid, self.tag)
+                memory = await asyncio.to_thread(self.meter.measure)
                 self.peak_memory = max(self.peak_memory, memory)
                 if memory > memory_limit:
                     raise CaptureError(

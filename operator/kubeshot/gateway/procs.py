@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import time
 from contextlib import suppress
 
 _PR_SET_CHILD_SUBREAPER = 36
@@ -76,18 +77,41 @@ def _status_kib(pid: int) -> dict[str, int]:
     return values
 
 
-def tree_memory(root: int, tag: str | None = None) -> int:
-    """Memory of root's whole tree (see process_tree), in bytes, as a memory cgroup would
-    roughly charge it: every process's anonymous and shared-memory pages, plus file pages once
-    (the Chromium binary is mapped by every process of the tree). Reading /proc/PID/status
-    costs microseconds where the exact PSS (smaps_rollup) costs ~15 ms per Chromium process."""
+def memory_of(pids: set[int]) -> int:
+    """Memory of these processes in bytes, as a memory cgroup would roughly charge it: every
+    process's anonymous and shared-memory pages, plus file pages once (the Chromium binary is
+    mapped by every process of the tree). Reading /proc/PID/status costs microseconds where the
+    exact PSS (smaps_rollup) costs ~15 ms per Chromium process."""
     private = 0
     files = 0
-    for pid in process_tree(root, tag):
+    for pid in pids:
         status = _status_kib(pid)
         private += status.get("RssAnon", 0) + status.get("RssShmem", 0)
         files = max(files, status.get("RssFile", 0))
     return (private + files) * 1024
+
+
+def tree_memory(root: int, tag: str | None = None) -> int:
+    """Memory of root's whole tree (see process_tree and memory_of), in bytes."""
+    return memory_of(process_tree(root, tag))
+
+
+class TreeMeter:
+    """Measures a tree often, but finds its members (a scan of all of /proc) less often."""
+
+    def __init__(self, root: int, tag: str | None, rescan_seconds: float = 1.0) -> None:
+        self.root = root
+        self.tag = tag
+        self.rescan_seconds = rescan_seconds
+        self._pids: set[int] = set()
+        self._scanned = float("-inf")
+
+    def measure(self) -> int:
+        now = time.monotonic()
+        if now - self._scanned >= self.rescan_seconds:
+            self._pids = process_tree(self.root, self.tag)
+            self._scanned = now
+        return memory_of(self._pids)
 
 
 def exists(pid: int) -> bool:
