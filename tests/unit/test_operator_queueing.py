@@ -90,7 +90,7 @@ def test_a_rejected_job_holds_nobody_back() -> None:
     queue = JobQueue()
     older = job("a", Phase.PENDING, "2026-01-01T00:00:01Z")
     younger = job("b", Phase.QUEUED, "2026-01-01T00:00:02Z")
-    queue.reject(older.uid)
+    queue.settle(older.uid)
     assert queue.plan([older, younger], limit=1, now=0) == [younger]
 
 
@@ -100,3 +100,13 @@ def test_an_admitted_job_starts_once_before_its_status_is_seen() -> None:
     queue.admit(job("a", Phase.QUEUED))
     assert [j.name for j in queue.plan([pending], limit=5, now=0)] == ["a"]
     assert queue.plan([pending], limit=5, now=0) == []
+
+
+def test_a_settled_job_never_starts_again_even_while_its_status_lags() -> None:
+    queue = JobQueue()
+    stale = job("a", Phase.QUEUED)
+    assert queue.plan([stale], limit=1, now=0) == [stale]
+    queue.settle(stale.uid)
+    assert queue.plan([stale], limit=1, now=0) == []
+    queue.observe(job("a", Phase.FAILED))
+    assert queue.settled == set()

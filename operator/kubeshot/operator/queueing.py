@@ -79,8 +79,8 @@ class JobQueue:
     """Jobs admitted here whose Queued status has not been seen yet."""
     not_before: dict[str, float] = field(default_factory=dict)
     """Retrying jobs: when (monotonic seconds) their next attempt may start."""
-    rejected: set[str] = field(default_factory=set)
-    """Jobs failed at validation here whose Failed status has not been seen yet."""
+    settled: set[str] = field(default_factory=set)
+    """Jobs finished here (rejected, failed, succeeded) whose final status is not seen yet."""
 
     def observe(self, job: JobView) -> None:
         """A job as the watch shows it now: forget decisions the status already reflects."""
@@ -90,13 +90,17 @@ class JobQueue:
             self.started.discard(job.uid)
         if job.phase.finished:
             self.not_before.pop(job.uid, None)
-            self.rejected.discard(job.uid)
+            self.settled.discard(job.uid)
 
     def admit(self, job: JobView) -> None:
         self.admitted[job.uid] = job
 
-    def reject(self, uid: str) -> None:
-        self.rejected.add(uid)
+    def settle(self, uid: str) -> None:
+        """The job finished for good: it never waits or starts again."""
+        self.started.discard(uid)
+        self.admitted.pop(uid, None)
+        self.not_before.pop(uid, None)
+        self.settled.add(uid)
 
     def release(self, uid: str, *, retry_at: float | None = None) -> None:
         """The job's attempt is over; with retry_at it waits until then to start again."""
@@ -110,13 +114,13 @@ class JobQueue:
         self.started.discard(uid)
         self.admitted.pop(uid, None)
         self.not_before.pop(uid, None)
-        self.rejected.discard(uid)
+        self.settled.discard(uid)
 
     def waiting(self, jobs: Iterable[JobView]) -> list[JobView]:
         """Jobs waiting for a slot, first come first served."""
         seen: dict[str, JobView] = {}
         for job in jobs:
-            if job.uid in self.started:
+            if job.uid in self.started or job.uid in self.settled:
                 continue
             if job.phase is Phase.QUEUED:
                 seen[job.uid] = job
@@ -134,9 +138,7 @@ class JobQueue:
         return [
             j
             for j in jobs
-            if j.phase is Phase.PENDING
-            and j.uid not in self.admitted
-            and j.uid not in self.rejected
+            if j.phase is Phase.PENDING and j.uid not in self.admitted and j.uid not in self.settled
         ]
 
     def plan(self, jobs: Iterable[JobView], limit: int, now: float) -> list[JobView]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -156,7 +157,7 @@ class Reconciler:
         if isinstance(checked, Failure):
             patch = lifecycle.rejected_status(view.status, checked, view.generation, at)
             await self.patch_status(view, patch)
-            self.queue.reject(view.uid)
+            self.queue.settle(view.uid)
             metrics.JOBS_FINISHED.labels(Phase.FAILED.value, checked.reason.value).inc()
             self.events.post(JOB, body, "Warning", checked.reason.value, checked.message)
             await self.dispatch(view.key)  # it no longer holds back younger jobs
@@ -196,14 +197,14 @@ class Reconciler:
             await self.patch_status(
                 view, lifecycle.rejected_status(view.status, checked, view.generation, at)
             )
-            self.queue.release(view.uid)
+            self.queue.settle(view.uid)
             self.events.post(JOB, _body(view), "Warning", checked.reason.value, checked.message)
             return
         spec, policy = checked
         job = building.JobRef(view.name, view.namespace, view.uid)
         attempt = view.attempts + 1
         try:
-            token = await self.ensure_secret(job, view.policy, spec, policy)
+            token = await self.ensure_secret(job, view.policy, spec, policy, attempt)
         except CaptureError as exc:
             failure = Failure(reason=exc.reason, message=exc.message)
             await self.conclude(view, Outcome(failure=failure), None)
@@ -249,13 +250,18 @@ class Reconciler:
         policy_name: str,
         spec: CaptureJobSpec,
         policy: ScreenshotPolicySpec,
+        attempt: int,
     ) -> str:
-        """The job's request Secret, created once; returns the job's upload token."""
+        """The job's request Secret, created once; returns the job's upload token.
+
+        A first attempt creates it (an existing one, left by an interrupted start, is kept);
+        later attempts reuse it, so the token and the proxy credentials stay the job's own.
+        """
         path = resource_path("v1", "secrets", job.namespace)
-        try:
-            existing = await self.client.get(f"{path}/{building.secret_name(job)}")
-        except NotFound:
-            existing = None
+        existing = None
+        if attempt > 1:
+            with contextlib.suppress(NotFound):
+                existing = await self.client.get(f"{path}/{building.secret_name(job)}")
         if existing is not None:
             raw = base64.b64decode(existing.get("data", {}).get(building.REQUEST_KEY, ""))
             token = str(json.loads(raw).get("upload", {}).get("token", ""))
@@ -385,7 +391,7 @@ class Reconciler:
             if attempted is not None:
                 status["attempts"] = attempted
             await self.patch_status(view, status)
-            self.queue.release(view.uid)
+            self.queue.settle(view.uid)
             phase = status["phase"]
             reason = failure.reason.value if failure is not None else ""
             metrics.JOBS_FINISHED.labels(phase, reason).inc()
