@@ -61,12 +61,17 @@ async def capture_latency(captures: int) -> None:
     policy = ScreenshotPolicySpec.model_validate({"network": network})
     with tempfile.TemporaryDirectory() as tmp:
         policy_file = Path(tmp) / "policy.yaml"
-        policy_file.write_text(yaml.safe_dump({"metadata": {"name": "default"},
-                                               "spec": {"network": network}}))
+        policy_file.write_text(
+            yaml.safe_dump({"metadata": {"name": "default"}, "spec": {"network": network}})
+        )
         port = free_port()
         settings = Settings(
-            auth_token=TOKEN, policy_files=[policy_file], workers=1, port=port,
-            rate_limit_capture="1000 per second", captures_per_worker=10_000,
+            auth_token=TOKEN,
+            policy_files=[policy_file],
+            workers=1,
+            port=port,
+            rate_limit_capture="1000 per second",
+            captures_per_worker=10_000,
         )
         gateway = await serve(create_app(settings), port)
         options = CaptureOptions(url=f"http://127.0.0.1:{page_port}/")
@@ -100,8 +105,10 @@ async def capture_latency(captures: int) -> None:
     print(f"capture, engine called directly : median {md * 1000:7.1f} ms  (n={len(direct)})")
     print(f"capture, through the gateway    : median {mg * 1000:7.1f} ms")
     paired = statistics.median(g - d for g, d in zip(through, direct, strict=True))
-    print(f"added latency (median of paired differences): {paired * 1000:+.1f} ms "
-          f"(target <= 15 ms); ratio {mg / md:.2f}x")
+    print(
+        f"added latency (median of paired differences): {paired * 1000:+.1f} ms "
+        f"(target <= 15 ms); ratio {mg / md:.2f}x"
+    )
 
 
 async def throughput(seconds: float, concurrency: int) -> None:

@@ -100,6 +100,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         response = _error_response(ApiError(500, "internal", "internal error"))
+    if response.status == 400:
+        metrics.validation_failures.inc()
     metrics.requests.labels(route=_route_name(request), status=str(response.status)).inc()
     return response
 
