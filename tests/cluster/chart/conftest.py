@@ -39,6 +39,7 @@ class Helm:
         self.binary = binary
         self.home = home
         self.kubeconfig = kubeconfig
+        self._rendered: dict[str, Rendered] = {}
         self.env = {
             "PATH": "/usr/bin:/bin",
             "HOME": str(home),
@@ -85,6 +86,10 @@ class Helm:
         release: str = "ks",
         check: bool = True,
     ) -> Rendered:
+        key = json.dumps([str(values) if isinstance(values, Path) else values, args, namespace,
+                          release], sort_keys=True, default=str)  # fmt: skip
+        if key in self._rendered:
+            return self._rendered[key]
         proc = self(
             "template",
             release,
@@ -96,7 +101,8 @@ class Helm:
             check=check,
         )
         docs = [d for d in yaml.safe_load_all(proc.stdout) if d] if proc.returncode == 0 else []
-        return Rendered(docs, proc)
+        self._rendered[key] = Rendered(docs, proc)  # the chart does not change during a session
+        return self._rendered[key]
 
 
 @dataclass
