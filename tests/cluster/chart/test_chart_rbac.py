@@ -1,10 +1,11 @@
 """RBAC proven sufficient and minimal against the real authorizer.
 
 Sufficient: `kubeshot operator` runs as a local process whose only credential is a TokenRequest
-token of the chart's operator ServiceAccount, and takes a CaptureJob through its whole life (policy
-→ NetworkPolicy, Secret + Pod, status, clean-up, TTL deletion, Events). Minimal: what neither
-component's code does is refused, both by SubjectAccessReviews (`kubectl auth can-i --as`)
-and by the real token.
+token of the chart's operator ServiceAccount, and takes a CaptureJob (created and followed with the
+gateway ServiceAccount's token, as the gateway's kubernetes backend does) through its whole life
+(policy → NetworkPolicy, Secret + Pod, status, clean-up, TTL deletion, Events). Minimal: what
+neither component's code does is refused, both by SubjectAccessReviews (`kubectl auth can-i
+--as`) and by the real tokens.
 """
 
 from __future__ import annotations
@@ -186,8 +187,21 @@ def test_operator_runs_a_capture_job_with_the_charts_identity_only(
     netpols = cluster.list("networkpolicies", "/apis/networking.k8s.io/v1")
     assert any(n["metadata"].get("ownerReferences") for n in netpols), netpols
 
-    cluster.create_job("hello", html="<h1>hello</h1>", ttlSecondsAfterFinished=1)
+    # Created and followed with the gateway's identity, as its kubernetes backend does.
+    gateway_token = service_account_token(kubectl, namespace, release.gateway_sa)
+    as_gateway = kubectl.as_token(gateway_token, tmp_path / "gateway.kubeconfig")
+    job = {
+        "apiVersion": "kubeshot.dev/v1alpha1",
+        "kind": "CaptureJob",
+        "metadata": {"name": "hello", "namespace": namespace},
+        "spec": {"html": "<h1>hello</h1>", "ttlSecondsAfterFinished": 1},
+    }
+    as_gateway("create", "-f", "-", input=json.dumps(job))
     running = cluster.wait_phase("hello", "Running")
+    seen = as_gateway("get", "capturejobs", "-n", namespace, "-o", "json").stdout
+    assert json.loads(seen)["items"][0]["status"]["phase"] == "Running"
+    refused = as_gateway("get", "secret", "hello-request", "-n", namespace, check=False)
+    assert "forbidden" in refused.stderr.lower(), refused.stderr
     pod = cluster.wait_pod(running["status"]["podName"])
     assert pod["spec"]["containers"][0]["image"] == "ghcr.io/kubeshot/capture:0.1.0"
     assert cluster.get("secrets", "hello-request") is not None
