@@ -110,3 +110,11 @@ def test_a_settled_job_never_starts_again_even_while_its_status_lags() -> None:
     assert queue.plan([stale], limit=1, now=0) == []
     queue.observe(job("a", Phase.FAILED))
     assert queue.settled == set()
+
+
+def test_a_settled_job_frees_its_slot_before_its_status_is_seen() -> None:
+    queue = JobQueue()
+    running, waiting = job("a", Phase.RUNNING), job("b", Phase.QUEUED)
+    assert queue.plan([running, waiting], limit=1, now=0) == []
+    queue.settle(running.uid)
+    assert queue.plan([running, waiting], limit=1, now=0) == [waiting]

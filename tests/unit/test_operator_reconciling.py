@@ -163,8 +163,7 @@ async def test_an_admitted_job_gets_secret_then_status_then_pod(
     reindex(reconciler, api)
     await reconciler.job_event("ADDED", body)
     writes = [w for w in api.writes if "/events" not in w[1]]
-    assert writes == [
-        ("patch", f"{JOBS}/shot/status"),  # Queued
+    assert writes == [  # a free slot: no Queued status in between
         ("create", f"{SECRETS}/shot-request"),
         ("patch", f"{JOBS}/shot/status"),  # Running, naming the pod before it exists
         ("create", f"{PODS}/shot-1"),
@@ -287,3 +286,31 @@ async def test_policy_event_applies_its_network_policy_and_status(
     api.writes.clear()
     await reconciler.policy_event("MODIFIED", api.objects[f"{POLICIES}/default"])
     assert api.writes == []
+
+
+async def test_a_job_without_a_free_slot_is_queued_and_started_when_one_frees(
+    api: FakeApi, reconciler: Reconciler
+) -> None:
+    add_policy(api, limits={"maxConcurrentJobs": 1})
+    first = add_job(api, "first")
+    reindex(reconciler, api)
+    await reconciler.job_event("ADDED", first)
+    second = add_job(api, "second")
+    second["metadata"]["creationTimestamp"] = "2026-01-01T00:00:01Z"
+    reindex(reconciler, api)
+    await reconciler.job_event("ADDED", second)
+    status = api.objects[f"{JOBS}/second"]["status"]
+    assert status["phase"] == "Queued"
+    assert [(c["type"], c["status"], c["reason"]) for c in status["conditions"]] == [
+        ("Admitted", "True", "Admitted"),
+        ("Started", "False", "Queued"),
+    ]
+    assert f"{PODS}/second-1" not in api.objects
+    pod = api.objects[f"{PODS}/first-1"]
+    pod["status"] = {"phase": "Failed", "reason": "DeadlineExceeded"}
+    reindex(reconciler, api)
+    await reconciler.pod_event("MODIFIED", pod)
+    assert api.objects[f"{JOBS}/first"]["status"]["failure"]["reason"] == "Timeout"
+    # The slot is free at once, before the watch shows the first job Failed.
+    assert api.objects[f"{JOBS}/second"]["status"]["phase"] == "Running"
+    assert f"{PODS}/second-1" in api.objects

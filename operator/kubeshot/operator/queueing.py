@@ -130,7 +130,7 @@ class JobQueue:
 
     def active(self, jobs: Iterable[JobView]) -> int:
         """Jobs holding a slot: Running by their status, or started here."""
-        running = {j.uid for j in jobs if j.phase is Phase.RUNNING}
+        running = {j.uid for j in jobs if j.phase is Phase.RUNNING} - self.settled
         return len(running | self.started)
 
     def undecided(self, jobs: Iterable[JobView]) -> list[JobView]:

@@ -87,6 +87,7 @@ class Reconciler:
         self._locks: defaultdict[PolicyKey, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._tasks: set[asyncio.Task[None]] = set()
         self._active_jobs: dict[PolicyKey, int] = {}
+        self._policies: dict[PolicyKey, tuple[object, ScreenshotPolicySpec | Failure]] = {}
         self._job_locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
 
     def bind(self, jobs: Index, policies: Index) -> None:
@@ -110,6 +111,27 @@ class Reconciler:
         except NotFound:
             return None
 
+    async def parsed_policy(
+        self, namespace: str, name: str
+    ) -> ScreenshotPolicySpec | Failure | None:
+        """The policy's spec, parsed once per version; a Failure when invalid; None if absent."""
+        body = await self.policy_body(namespace, name)
+        if body is None:
+            return None
+        meta = body.get("metadata") or {}
+        version = (meta.get("uid"), meta.get("generation"), meta.get("resourceVersion"))
+        cached = self._policies.get((namespace, name))
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        parsed: ScreenshotPolicySpec | Failure
+        try:
+            parsed = ScreenshotPolicySpec.model_validate(dict(body.get("spec") or {}))
+        except ValidationError as exc:
+            message = f"ScreenshotPolicy {name!r} is invalid: {describe(exc)}"
+            parsed = Failure(reason=FailureReason.INVALID_SPEC, message=message[:1024])
+        self._policies[(namespace, name)] = (version, parsed)
+        return parsed
+
     async def effective(
         self, view: JobView
     ) -> tuple[CaptureJobSpec, ScreenshotPolicySpec] | Failure:
@@ -118,15 +140,12 @@ class Reconciler:
             spec = CaptureJobSpec.model_validate(dict(view.spec))
         except ValidationError as exc:
             return Failure(reason=FailureReason.INVALID_SPEC, message=describe(exc)[:1024])
-        body = await self.policy_body(view.namespace, view.policy)
-        if body is None:
+        policy = await self.parsed_policy(view.namespace, view.policy)
+        if policy is None:
             message = f"ScreenshotPolicy {view.policy!r} not found in namespace {view.namespace}"
             return Failure(reason=FailureReason.POLICY_NOT_FOUND, message=message)
-        try:
-            policy = ScreenshotPolicySpec.model_validate(dict(body.get("spec") or {}))
-        except ValidationError as exc:
-            message = f"ScreenshotPolicy {view.policy!r} is invalid: {describe(exc)}"
-            return Failure(reason=FailureReason.INVALID_SPEC, message=message[:1024])
+        if isinstance(policy, Failure):
+            return policy
         try:
             admit(spec.capture_options(), policy)
         except CaptureError as exc:
@@ -145,11 +164,11 @@ class Reconciler:
         self.queue.observe(view)
         if view.phase is Phase.PENDING:
             await self.admit(view, body)
-        elif view.phase is Phase.RUNNING and event_type is None:
+            return
+        if view.phase is Phase.RUNNING and event_type is None:
             # Listed at start-up: the pod may have gone while no operator was watching.
             await self.check_pods([view])
-        if not view.phase.finished:
-            await self.dispatch(view.key)
+        await self.dispatch(view.key)
 
     async def admit(self, view: JobView, body: Mapping[str, Any]) -> None:
         checked = await self.effective(view)
@@ -163,9 +182,19 @@ class Reconciler:
             await self.dispatch(view.key)  # it no longer holds back younger jobs
             return
         status = lifecycle.queued_status(view.status, view.generation, at)
-        await self.patch_status(view, status)
-        self.queue.admit(JobView.from_body({**body, "status": {**view.status, **status}}))
-        self.events.post(JOB, body, "Normal", "Queued", f"admitted under policy {view.policy}")
+        admitted = JobView.from_body({**body, "status": {**view.status, **status}})
+        # Straight to Running when a slot is free (one status write less); Queued otherwise,
+        # written under the policy's lock so that no start can race it.
+        async with self._locks[view.key]:
+            self.queue.admit(admitted)
+            chosen = await self._plan(view.key)
+            if all(c.uid != view.uid for c in chosen):
+                await self.patch_status(view, status)
+                self.events.post(
+                    JOB, body, "Normal", "Queued", f"waiting under policy {view.policy}"
+                )
+        if chosen:
+            await asyncio.gather(*(self.start(c) for c in chosen))
 
     async def patch_status(self, view: JobView, status: Manifest) -> Manifest:
         return await self.client.merge_patch(
@@ -175,19 +204,19 @@ class Reconciler:
     async def dispatch(self, key: PolicyKey) -> None:
         """Start as many queued jobs of the policy as its concurrency limit allows, FIFO."""
         async with self._locks[key]:
-            jobs = self.jobs_of(key)
-            body = await self.policy_body(*key)
-            limit = 1
-            if body is not None:
-                try:
-                    limits = ScreenshotPolicySpec.model_validate(dict(body.get("spec") or {}))
-                    limit = limits.limits.max_concurrent_jobs
-                except ValidationError:
-                    pass
-            chosen = self.queue.plan(jobs, limit, time.monotonic())
-            metrics.QUEUE_DEPTH.labels(*key).set(len(self.queue.waiting(jobs)))
+            chosen = await self._plan(key)
         if chosen:
             await asyncio.gather(*(self.start(view) for view in chosen))
+
+    async def _plan(self, key: PolicyKey) -> list[JobView]:
+        """The jobs of the policy to start now (call with the policy's lock held)."""
+        jobs = self.jobs_of(key)
+        policy = await self.parsed_policy(*key)
+        # A missing or broken policy: start them anyway, one by one, to fail them with a reason.
+        limit = policy.limits.max_concurrent_jobs if isinstance(policy, ScreenshotPolicySpec) else 1
+        chosen = self.queue.plan(jobs, limit, time.monotonic())
+        metrics.QUEUE_DEPTH.labels(*key).set(len(self.queue.waiting(jobs)))
+        return chosen
 
     async def start(self, view: JobView) -> None:
         """Secret (kept across attempts), status Running, then the attempt's pod."""
