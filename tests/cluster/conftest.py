@@ -36,8 +36,8 @@ sys.modules[_spec.name] = controlplane
 _spec.loader.exec_module(controlplane)
 
 CRD_DIR = ROOT / "crds"
-_startup_seconds: list[float] = []
 KUBESHOT_CRDS = ("kubeshot.dev_screenshotpolicies.yaml", "kubeshot.dev_capturejobs.yaml")
+_startup_seconds: list[float] = []  # for the terminal summary
 
 
 class Kubectl:
@@ -94,7 +94,9 @@ class Kubectl:
         """`kubectl ARGS -o json`, decoded."""
         return json.loads(self(*args, "-o", "json").stdout)
 
-    def apply(self, manifest: dict[str, Any] | str, *args: str, check: bool = True):
+    def apply(
+        self, manifest: dict[str, Any] | str, *args: str, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         """`kubectl apply -f -` of one manifest (a dict is sent as JSON)."""
         text = manifest if isinstance(manifest, str) else json.dumps(manifest)
         return self("apply", "-f", "-", *args, input=text, check=check)
