@@ -63,4 +63,4 @@ def test_kubectl_apply_to_succeeded_with_the_artifact_uploaded(
     wait_for(lambda: cluster.get("secrets", "hello-request") is None, what="the secret removed")
     events = cluster.list("events")
     reasons = [e["reason"] for e in events if e["involvedObject"]["name"] == "hello"]
-    assert {"Queued", "Started", "Succeeded"} <= set(reasons)
+    assert {"Started", "Succeeded"} <= set(reasons)
