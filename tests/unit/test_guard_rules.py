@@ -186,3 +186,12 @@ async def test_budget_and_closing() -> None:
     assert guard_session.bytes_transferred == 600  # only bytes passed on are counted
     guard_session.close()
     assert guard_session.closed
+
+
+async def test_one_dns_answer_per_name_per_capture() -> None:
+    resolver = FakeResolver()
+    guard_session = session(resolver)
+    await guard_session.preflight("http://public.test/")
+    await guard_session.preflight("https://public.test/other")
+    assert resolver.asked == ["public.test"]
+    assert session(resolver) is not guard_session  # a new capture asks again

@@ -260,6 +260,8 @@ class EgressGuard:
                 writer.write(_simple_response(431, "Request Header Fields Too Large", "head"))
         except OSError as exc:  # pragma: no cover - unexpected socket errors end the connection
             log.debug("egress guard connection error: %s", exc)
+        except Exception:  # pragma: no cover - a bug here must end one connection, not the guard
+            log.exception("egress guard: unexpected error; connection closed")
         finally:
             for upstream in idle.values():
                 upstream.close()
@@ -442,10 +444,11 @@ class EgressGuard:
             if upstream is None:
                 return False
         else:
-            # Re-judge a reused connection: the rules or budget may have changed meanwhile.
+            # A reused connection goes to an address this session checked for this target;
+            # only whether the capture is still on (and within budget) can have changed.
             try:
-                await session.admit(target)
-            except (Refused, OSError) as exc:
+                session.check_open()
+            except Refused as exc:
                 upstream.close()
                 writer.write(_simple_response(403, "Forbidden", str(exc)))
                 return False

@@ -87,6 +87,7 @@ class EgressSession:
         self._exceeded = False
         self._refusals: dict[tuple[str, int], str] = {}
         self._redirects: dict[str, str] = {}
+        self._resolved: dict[str, tuple[list[IPAddress], str | None]] = {}
         self._transports: set[asyncio.BaseTransport] = set()
         self._on_close = on_close
 
@@ -108,7 +109,7 @@ class EgressSession:
         if reason is None:
             target = parse_url(url)
             try:
-                _addresses, reason = await self.rules.resolve(target, self._resolver)
+                _addresses, reason = await self._resolve(target)
             except OSError as exc:
                 raise CaptureError(
                     FailureReason.NAVIGATION_FAILED, f"cannot resolve {target.host}: {exc}"
@@ -186,11 +187,28 @@ class EgressSession:
             raise Refused("download budget exceeded")
         reason = self.rules.target_refusal(target)
         if reason is None:
-            addresses, reason = await self.rules.resolve(target, self._resolver)
+            addresses, reason = await self._resolve(target)
             if reason is None:
                 return addresses
         self.record_refusal(target, reason)
         raise Refused(reason)
+
+    def check_open(self) -> None:
+        """For a connection this session already admitted: raises Refused once it is over."""
+        if self.closed:
+            raise Refused("no capture is in progress")
+        if self._exceeded:
+            raise Refused("download budget exceeded")
+
+    async def _resolve(self, target: Target) -> tuple[list[IPAddress], str | None]:
+        # One answer per name for the whole capture: every connection of the page goes to the
+        # addresses checked first (DNS cannot rebind mid-capture), and DNS is asked once.
+        cached = self._resolved.get(target.host)
+        if cached is None:
+            cached = await self.rules.resolve(target, self._resolver)
+            if len(self._resolved) < 10000:
+                self._resolved[target.host] = cached
+        return cached
 
     def record_refusal(self, target: Target, reason: str) -> None:
         self.blocked_requests += 1
