@@ -138,7 +138,7 @@ async def test_allowed_twin_does_reach_the_canary(
 async def test_policy_port_domain_and_allow_list_rules(
     visit_factory: Any, site: Site, canary: Canary
 ) -> None:
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"allowedCIDRs": [f"{CANARY_HOST}/32"], "allowedPorts": [80, 443]}, "port"),
         ({"allowedCIDRs": [f"{CANARY_HOST}/32"], "blockedDomains": ["canary.test"]}, "blocked"),
         ({"allowedCIDRs": [f"{CANARY_HOST}/32"], "allowedDomains": ["site.test"]}, "allowed"),
