@@ -318,6 +318,24 @@ def tagged_processes() -> dict[str, set[int]]:
     return found
 
 
+def zombie_children() -> list[tuple[int, str]]:
+    """Zombie children of this process (the gateway under test is their subreaper)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                text = f.read().decode("ascii", "replace")
+        except OSError:
+            continue
+        comm = text[text.find("(") + 1 : text.rfind(")")]
+        state, ppid = text[text.rfind(")") + 2 :].split()[:2]
+        if state == "Z" and int(ppid) == os.getpid():
+            found.append((int(name), comm))
+    return found
+
+
 async def wait_until(predicate: Any, within: float = 30.0, interval: float = 0.1) -> bool:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within

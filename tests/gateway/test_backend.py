@@ -21,6 +21,7 @@ from tests.gateway.conftest import (
     start_gateway,
     tagged_processes,
     wait_until,
+    zombie_children,
 )
 
 
@@ -98,6 +99,7 @@ async def test_worker_over_its_memory_limit_is_killed_and_replaced(
     killed = tags_before - {w.tag for w in backend._workers}
     assert len(killed) == 1
     assert not set(tagged_processes()) & killed
+    assert await wait_until(lambda: not zombie_children(), within=10), zombie_children()
     # The server keeps serving; the next capture works, on a fresh worker when needed.
     assert await wait_until(lambda: len(backend._workers) == backend.size, within=60)
     status, data, _ = await _capture(gateway, session, {"url": pages.base + "/"})
@@ -153,6 +155,7 @@ async def test_workers_are_recycled_after_n_captures(
     assert after >= before + 1
     # The retired worker exits with its whole tree; a fresh one takes over.
     assert await wait_until(lambda: not set(tagged_processes()) & first, within=30)
+    assert await wait_until(lambda: not zombie_children(), within=10), zombie_children()
     await small_gateway.wait_ready(session, within=60)
     assert {w.tag for w in backend._workers}.isdisjoint(first)
 
@@ -181,3 +184,4 @@ async def test_graceful_shutdown_finishes_in_flight_and_leaves_no_process(
     await gateway.stop()
     assert await in_flight == 200
     assert not set(tagged_processes()) & tags
+    assert await wait_until(lambda: not zombie_children(), within=10), zombie_children()

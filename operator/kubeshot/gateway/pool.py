@@ -44,6 +44,8 @@ STREAM_LIMIT = 2**16
 
 
 WORKER_TAG = "KUBESHOT_WORKER_TAG"
+# Every worker process ever started here: asyncio collects their exit status, never the reaper.
+SPAWNED: set[int] = set()
 
 
 def worker_environment(tag: str) -> dict[str, str]:
@@ -83,6 +85,7 @@ class Worker:
             limit=STREAM_LIMIT,
             env=worker_environment(tag),
         )
+        SPAWNED.add(process.pid)
         worker = cls(process, tag)
         try:
             assert process.stdout is not None
@@ -129,27 +132,31 @@ class Worker:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Ask the worker to exit (its engine closes Chromium), then make sure it did."""
+        # Known now, while alive: processes adopted by us become zombies with no tag to find.
+        members = await asyncio.to_thread(procs.process_tree, self.pid, self.tag)
         if self.alive and self.process.stdin is not None:
             with contextlib.suppress(Exception):
                 self.process.stdin.close()
             with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
                 await asyncio.wait_for(self.process.wait(), grace)
-        await self.kill()
+        await self.kill(members)
 
-    async def kill(self) -> None:
+    async def kill(self, members: set[int] | None = None) -> None:
         """SIGKILL the worker's whole process tree and reap what we adopted of it."""
         self.alive = False
-        pids: set[int] = set()
+        pids: set[int] = set(members or ()) | self.meter.members
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            pids |= await asyncio.to_thread(procs.kill_tree, self.pid, self.tag)
+        while True:
+            tree = await asyncio.to_thread(procs.kill_tree, self.pid, self.tag)
+            pids |= tree
             others = pids - {self.pid}
             procs.reap(others)
-            if not any(procs.exists(pid) for pid in others):
+            if not any(procs.unfinished(pid, tree, pids) for pid in others):
+                break
+            if time.monotonic() > deadline:
+                log.error("processes of worker %d survived SIGKILL: %s", self.pid, sorted(tree))
                 break
             await asyncio.sleep(0.05)
-        else:
-            log.error("processes of worker %d survived SIGKILL: %s", self.pid, sorted(pids))
         with contextlib.suppress(ProcessLookupError):
             self.process.kill()
         with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
@@ -190,11 +197,19 @@ class LocalBackend(Backend):
         self._drained = asyncio.Event()
         self._drained.set()
         self._closing = False
+        self._reaper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         procs.become_subreaper()
         for _ in range(self.size):
             self._spawn()
+        self._reaper = asyncio.create_task(self._reap_periodically())
+
+    async def _reap_periodically(self) -> None:
+        """Chromium processes orphaned inside a live worker's tree end up as our zombies."""
+        while True:
+            await asyncio.sleep(1.0)
+            procs.reap_adopted(SPAWNED)
 
     def _spawn(self) -> None:
         task = asyncio.create_task(self._start_worker())

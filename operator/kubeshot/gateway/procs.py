@@ -106,6 +106,11 @@ class TreeMeter:
         self._pids: set[int] = set()
         self._scanned = float("-inf")
 
+    @property
+    def members(self) -> set[int]:
+        """The tree as last scanned."""
+        return set(self._pids)
+
     def measure(self) -> int:
         now = time.monotonic()
         if now - self._scanned >= self.rescan_seconds:
@@ -114,9 +119,16 @@ class TreeMeter:
         return memory_of(self._pids)
 
 
-def exists(pid: int) -> bool:
-    """Whether the process exists at all (a zombie does, until reaped)."""
-    return os.path.exists(f"/proc/{pid}")
+def unfinished(pid: int, tree: set[int], known: set[int]) -> bool:
+    """Still alive in the tree, or a zombie that is ours to reap, or will be once its parent
+    (one of `known`) has died and it has been handed to us."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return False
+    if fields[0] in {"Z", "X"}:
+        parent = int(fields[1])
+        return parent == os.getpid() or parent in known
+    return pid in tree
 
 
 def kill_tree(root: int, tag: str | None = None) -> set[int]:
@@ -148,6 +160,27 @@ def reap(pids: set[int]) -> None:
     for pid in pids:
         with suppress(ChildProcessError, OSError):
             os.waitpid(pid, os.WNOHANG)
+
+
+def reap_adopted(exclude: set[int]) -> int:
+    """Reap zombies handed to us as subreaper: children of ours in another session (Chromium
+    starts its own) that we did not start ourselves (`exclude`: the worker processes, whose
+    exit status asyncio collects). How many were reaped."""
+    me = os.getpid()
+    my_session = os.getsid(0)
+    reaped = 0
+    for pid in _all_pids():
+        if pid in exclude:
+            continue
+        fields = _stat_fields(pid)
+        if fields is None or fields[0] != "Z" or int(fields[1]) != me:
+            continue
+        if int(fields[3]) == my_session:
+            continue  # a direct child of someone else in this process; not ours to collect
+        with suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
+            reaped += 1
+    return reaped
 
 
 def set_parent_death_signal() -> None:
