@@ -172,7 +172,7 @@ async def start_gateway(
 ) -> Gateway:
     """Serve create_app(settings) on 127.0.0.1:settings.port (and the plain redirect port)."""
     app = create_app(settings)
-    runner = web.AppRunner(app, shutdown_timeout=settings.shutdown_grace)
+    runner = web.AppRunner(app, shutdown_timeout=settings.http_shutdown_timeout)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", settings.port, ssl_context=ssl_context).start()
     scheme = "https" if ssl_context else "http"

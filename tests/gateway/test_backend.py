@@ -185,3 +185,43 @@ async def test_graceful_shutdown_finishes_in_flight_and_leaves_no_process(
     assert await in_flight == 200
     assert not set(tagged_processes()) & tags
     assert await wait_until(lambda: not zombie_children(), within=10), zombie_children()
+
+
+async def test_a_capture_over_its_time_limit_is_504(
+    gateway: Gateway, session: ClientSession, pages: Pages
+):
+    body = {"url": pages.base + "/slow?s=30", "timeoutSeconds": 2}
+    status, data, _ = await _capture(gateway, session, body)
+    assert status == 504, data
+    assert json.loads(data)["error"]["code"] == "timeout"
+    status, _, _ = await _capture(gateway, session, {"url": pages.base + "/"})
+    assert status == 200
+
+
+async def test_shutdown_fails_captures_still_running_after_the_grace_with_503(
+    chromium: str, pages: Pages, policy_file: Path, tokens_file: Path, session: ClientSession
+):
+    gateway = await start_gateway(
+        base_settings(policy_file, tokens_file, workers=1, shutdown_grace=1)
+    )
+    await gateway.wait_ready(session)
+    tags = {w.tag for w in gateway.backend._workers}
+
+    async def slow() -> tuple[int, bytes]:
+        async with session.post(
+            f"{gateway.url}/v1/screenshot",
+            json={"url": pages.base + "/slow?s=30"},
+            headers=gateway.auth(),
+        ) as r:
+            return r.status, await r.read()
+
+    in_flight = asyncio.create_task(slow())
+    await asyncio.sleep(1.0)
+    started = asyncio.get_running_loop().time()
+    await gateway.stop()
+    status, data = await in_flight
+    assert status == 503, data
+    assert json.loads(data)["error"]["code"] == "unavailable"
+    assert asyncio.get_running_loop().time() - started < 10
+    assert not set(tagged_processes()) & tags
+    assert await wait_until(lambda: not zombie_children(), within=10), zombie_children()

@@ -144,7 +144,7 @@ async def _serve(app: Any, settings: Any, ssl_context: Any) -> None:
     runner = web.AppRunner(
         app,
         access_log=logging.getLogger("kubeshot.gateway.access"),
-        shutdown_timeout=settings.shutdown_grace,
+        shutdown_timeout=settings.http_shutdown_timeout,
     )
     await runner.setup()
     try:

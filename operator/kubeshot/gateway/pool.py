@@ -72,6 +72,7 @@ class Worker:
         self.captures = 0
         self.alive = True
         self.peak_memory = 0
+        self.busy = False
         self.meter = procs.TreeMeter(self.pid, tag)
 
     @classmethod
@@ -104,6 +105,7 @@ class Worker:
         assert self.process.stdin is not None
         assert self.process.stdout is not None
         self.captures += 1
+        self.busy = True
         self.process.stdin.write(encode_frame(request))
         await self.process.stdin.drain()
         answer = asyncio.ensure_future(read_frame_async(self.process.stdout))
@@ -128,6 +130,7 @@ class Worker:
                         FailureReason.TIMEOUT, "the capture did not finish within its time limit"
                     )
         finally:
+            self.busy = False
             answer.cancel()
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -198,6 +201,7 @@ class LocalBackend(Backend):
         self._drained.set()
         self._closing = False
         self._reaper: asyncio.Task[None] | None = None
+        self._abort: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         procs.become_subreaper()
@@ -308,8 +312,9 @@ class LocalBackend(Backend):
             await self._replace(worker, reason)
             raise
         except WorkerLost as exc:
-            await self._replace(worker, "crashed")
-            raise CaptureError(FailureReason.POD_LOST, str(exc)) from None
+            await self._replace(worker, "shutdown" if self._closing else "crashed")
+            message = "the gateway shut down during the capture" if self._closing else str(exc)
+            raise CaptureError(FailureReason.POD_LOST, message) from None
         except BaseException:
             await self._replace(worker, "cancelled")
             raise
@@ -342,12 +347,25 @@ class LocalBackend(Backend):
         await worker.stop()
 
     def begin_shutdown(self) -> None:
-        self._closing = True
+        """Refuse new captures; in-flight ones get `shutdown_grace` seconds, then fail (503)."""
+        if not self._closing:
+            self._closing = True
+            self._abort = asyncio.create_task(self._abort_after(self.shutdown_grace))
+
+    async def _abort_after(self, grace: float) -> None:
+        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+            await asyncio.wait_for(self._drained.wait(), grace)
+            return
+        busy = [w for w in self._workers if w.busy]
+        log.warning("shutting down: failing %d capture(s) still running", len(busy))
+        await asyncio.gather(*(w.kill() for w in busy), return_exceptions=True)
 
     async def close(self) -> None:
-        self._closing = True
+        self.begin_shutdown()
+        if self._abort is not None:
+            await asyncio.gather(self._abort, return_exceptions=True)
         with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
-            await asyncio.wait_for(self._drained.wait(), self.shutdown_grace)
+            await asyncio.wait_for(self._drained.wait(), 10)
         for task in list(self._spawning):
             task.cancel()
         await asyncio.gather(*self._spawning, return_exceptions=True)

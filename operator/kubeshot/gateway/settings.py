@@ -199,6 +199,12 @@ class Settings(BaseSettings):
         return value or None
 
     @property
+    def http_shutdown_timeout(self) -> float:
+        """How long the HTTP server waits for handlers on shutdown: longer than the backend's
+        grace, so captures still running then are failed with a 503 rather than cut off."""
+        return self.shutdown_grace + 10
+
+    @property
     def tls(self) -> bool:
         return self.tls_cert is not None and self.tls_key is not None
 
