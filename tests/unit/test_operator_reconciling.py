@@ -314,3 +314,22 @@ async def test_a_job_without_a_free_slot_is_queued_and_started_when_one_frees(
     # The slot is free at once, before the watch shows the first job Failed.
     assert api.objects[f"{JOBS}/second"]["status"]["phase"] == "Running"
     assert f"{PODS}/second-1" in api.objects
+
+
+async def test_a_job_is_admitted_once_however_often_it_is_seen_pending(
+    api: FakeApi, reconciler: Reconciler
+) -> None:
+    add_policy(api)
+    body = add_job(api, "twice")
+    reindex(reconciler, api)
+    stale = json.loads(json.dumps(body))
+    await reconciler.job_event("ADDED", body)
+    await reconciler.job_event(None, stale)  # a replayed listing, or the sweeper's retry
+    await reconciler.admit(JobView.from_body(stale), stale)
+    writes = [w for w in api.writes if "/events" not in w[1]]
+    assert writes == [
+        ("create", f"{SECRETS}/twice-request"),
+        ("patch", f"{JOBS}/twice/status"),
+        ("create", f"{PODS}/twice-1"),
+    ]
+    assert api.objects[f"{JOBS}/twice"]["status"]["phase"] == "Running"

@@ -162,5 +162,15 @@ class JobQueue:
             free -= 1
         return chosen
 
+    def known(self, uid: str) -> bool:
+        """Whether the operator has decided about this job already (admitted, started, done)."""
+        return uid in self.admitted or uid in self.started or uid in self.settled
+
+    def full(self, jobs: Iterable[JobView], job: JobView, limit: int) -> bool:
+        """Whether job waits for a slot (rather than only for older jobs' admission)."""
+        jobs = list(jobs)
+        ahead = sum(1 for j in self.waiting(jobs) if j.order < job.order)
+        return self.active(jobs) + ahead >= limit
+
     def next_retry(self) -> float | None:
         return min(self.not_before.values(), default=None)

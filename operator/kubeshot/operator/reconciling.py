@@ -88,6 +88,7 @@ class Reconciler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._active_jobs: dict[PolicyKey, int] = {}
         self._policies: dict[PolicyKey, tuple[object, ScreenshotPolicySpec | Failure]] = {}
+        self._admitting: set[str] = set()
         self._job_locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
 
     def bind(self, jobs: Index, policies: Index) -> None:
@@ -171,6 +172,16 @@ class Reconciler:
         await self.dispatch(view.key)
 
     async def admit(self, view: JobView, body: Mapping[str, Any]) -> None:
+        """Validate a new job; start it, or queue it, or fail it for good. Once per job."""
+        if self.queue.known(view.uid) or view.uid in self._admitting:
+            return
+        self._admitting.add(view.uid)
+        try:
+            await self._admit(view, body)
+        finally:
+            self._admitting.discard(view.uid)
+
+    async def _admit(self, view: JobView, body: Mapping[str, Any]) -> None:
         checked = await self.effective(view)
         at = lifecycle.now()
         if isinstance(checked, Failure):
@@ -183,12 +194,18 @@ class Reconciler:
             return
         status = lifecycle.queued_status(view.status, view.generation, at)
         admitted = JobView.from_body({**body, "status": {**view.status, **status}})
-        # Straight to Running when a slot is free (one status write less); Queued otherwise,
-        # written under the policy's lock so that no start can race it.
+        # Straight to Running when a slot is free (one status write less). Queued when the
+        # policy's slots are taken, written under the policy's lock so that no start can race
+        # it. A job waiting only for older jobs' admission stays as it is for that moment.
         async with self._locks[view.key]:
             self.queue.admit(admitted)
             chosen = await self._plan(view.key)
-            if all(c.uid != view.uid for c in chosen):
+            policy = await self.parsed_policy(*view.key)
+            limit = (
+                policy.limits.max_concurrent_jobs if isinstance(policy, ScreenshotPolicySpec) else 1
+            )
+            waits = all(c.uid != view.uid for c in chosen) and view.uid not in self.queue.started
+            if waits and self.queue.full(self.jobs_of(view.key), admitted, limit):
                 await self.patch_status(view, status)
                 self.events.post(
                     JOB, body, "Normal", "Queued", f"waiting under policy {view.policy}"
@@ -207,6 +224,21 @@ class Reconciler:
             chosen = await self._plan(key)
         if chosen:
             await asyncio.gather(*(self.start(view) for view in chosen))
+
+    async def mark_queued(self, key: PolicyKey) -> None:
+        """Admitted jobs that wait for a slot but still say Pending: say Queued."""
+        async with self._locks[key]:
+            jobs = self.jobs_of(key)
+            policy = await self.parsed_policy(*key)
+            limit = (
+                policy.limits.max_concurrent_jobs if isinstance(policy, ScreenshotPolicySpec) else 1
+            )
+            pending = {j.uid for j in jobs if j.phase is Phase.PENDING}
+            for uid, job in list(self.queue.admitted.items()):
+                if job.key != key or uid not in pending or uid in self.queue.started:
+                    continue
+                if self.queue.full(jobs, job, limit):
+                    await self.patch_status(job, dict(job.status))
 
     async def _plan(self, key: PolicyKey) -> list[JobView]:
         """The jobs of the policy to start now (call with the policy's lock held)."""
@@ -503,6 +535,7 @@ class Reconciler:
                 await self.admit(view, _body(view))
         for key in {v.key for v in views if not v.phase.finished}:
             await self.dispatch(key)
+            await self.mark_queued(key)
         await self.update_active_jobs(active)
 
     async def expired(self, view: JobView, now: datetime) -> bool:
