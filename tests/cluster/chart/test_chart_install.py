@@ -8,6 +8,7 @@ import re
 import shlex
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tests.cluster.chart.conftest import Release, secret_value
@@ -19,8 +20,25 @@ def objects(kubectl: Any, namespace: str, kind: str) -> list[str]:
     return sorted(i["metadata"]["name"] for i in items)
 
 
+def assert_serves_tls_for(kubectl: Any, namespace: str, fullname: str, tmp_path: Path) -> None:
+    """The generated certificate: signed by its CA, for the gateway Service and 127.0.0.1."""
+    secret = f"{fullname}-gateway-tls"
+    for key in ("tls.crt", "ca.crt"):
+        (tmp_path / key).write_text(secret_value(kubectl, namespace, secret, key))
+    verify = ["openssl", "verify", "-CAfile", str(tmp_path / "ca.crt"), str(tmp_path / "tls.crt")]
+    subprocess.run(verify, check=True, capture_output=True)
+    names = subprocess.run(
+        ["openssl", "x509", "-in", str(tmp_path / "tls.crt"), "-noout", "-ext", "subjectAltName"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert f"DNS:{fullname}-gateway.{namespace}.svc" in names
+    assert "IP Address:127.0.0.1" in names
+
+
 def test_install_creates_the_release(
-    install: Callable[..., Release], kubectl: Any, namespace: str
+    install: Callable[..., Release], kubectl: Any, namespace: str, tmp_path: Path
 ) -> None:
     release = install()
     full = release.fullname
@@ -40,6 +58,7 @@ def test_install_creates_the_release(
     signing = secret_value(kubectl, namespace, f"{full}-auth", "signingSecret")
     assert re.fullmatch(r"[A-Za-z0-9]{48}", token)
     assert re.fullmatch(r"[A-Za-z0-9]{64}", signing)
+    assert_serves_tls_for(kubectl, namespace, full, tmp_path)
 
     # No scheduler runs here, but the ReplicaSet controller creates the pods: they are admitted
     # by the namespace's `restricted` Pod Security level (a violation would leave none).
@@ -61,6 +80,8 @@ def test_upgrade_keeps_the_generated_token_and_applies_changes(
     secret = f"{release.fullname}-auth"
     token = secret_value(kubectl, namespace, secret, "token")
     signing = secret_value(kubectl, namespace, secret, "signingSecret")
+    tls = f"{release.fullname}-gateway-tls"
+    certificate = secret_value(kubectl, namespace, tls, "tls.crt")
 
     changed = {"operator": {"verbose": True}, "gateway": {"rateLimit": {"capture": "9/second"}}}
     release.upgrade(changed)
@@ -68,6 +89,7 @@ def test_upgrade_keeps_the_generated_token_and_applies_changes(
 
     assert secret_value(kubectl, namespace, secret, "token") == token
     assert secret_value(kubectl, namespace, secret, "signingSecret") == signing
+    assert secret_value(kubectl, namespace, tls, "tls.crt") == certificate
     operator = kubectl.json("get", "deployment", f"{release.fullname}-operator", "-n", namespace)
     assert operator["spec"]["template"]["spec"]["containers"][0]["args"] == [
         "operator",
@@ -99,7 +121,7 @@ def test_existing_secret_is_used_and_nothing_generated(
         }
     )
     secrets = [s for s in objects(kubectl, namespace, "secrets") if not s.startswith("sh.helm.")]
-    assert secrets == ["platform-auth"]
+    assert sorted(secrets) == sorted(["platform-auth", f"{release.fullname}-gateway-tls"])
     assert "platform-auth" in release.install.stdout  # NOTES show where the token is
 
 
@@ -118,6 +140,14 @@ def test_notes_tell_how_to_get_the_token_and_capture(
         ["base64", "-d"], input=encoded, capture_output=True, text=True, check=True
     ).stdout
     assert printed == secret_value(kubectl, namespace, f"{release.fullname}-auth", "token")
+    ca_command = next(line.strip() for line in notes.splitlines() if "ca\\.crt" in line)
+    ca_args = shlex.split(ca_command.split(" | ")[0])[1:]
+    printed_ca = subprocess.run(
+        ["base64", "-d"], input=kubectl(*ca_args).stdout, capture_output=True, text=True
+    ).stdout
+    tls = f"{release.fullname}-gateway-tls"
+    assert printed_ca == secret_value(kubectl, namespace, tls, "ca.crt")
+    assert "--cacert kubeshot-ca.crt" in notes
     assert "/v1/screenshot" in notes
     assert "kind: CaptureJob" in notes
     assert f"port-forward service/{release.fullname}-gateway" in notes

@@ -65,7 +65,8 @@ def test_defaults_render_the_whole_install(helm: Helm) -> None:
     assert sorted(kinds["NetworkPolicy"]) == ["ks-kubeshot-gateway", "ks-kubeshot-operator"]
     assert sorted(kinds["PodDisruptionBudget"]) == ["ks-kubeshot-gateway", "ks-kubeshot-operator"]
     assert kinds["PersistentVolumeClaim"] == ["ks-kubeshot-results"]
-    assert kinds["Secret"] == ["ks-kubeshot-auth"]
+    assert sorted(kinds["Secret"]) == ["ks-kubeshot-auth", "ks-kubeshot-gateway-tls"]
+    assert rendered.get("Secret", "ks-kubeshot-gateway-tls")["type"] == "kubernetes.io/tls"
     assert kinds["ScreenshotPolicy"] == ["default"]
     assert sorted(kinds["ClusterRole"]) == [
         "ks-kubeshot-gateway",
@@ -99,7 +100,12 @@ def test_operator_environment_points_at_the_gateway_and_its_pods(helm: Helm) -> 
     named = [r for r in role["rules"] if r.get("resourceNames")]
     assert named[0]["resourceNames"] == [env["KUBESHOT_OPERATOR_LEASE_NAME"]]
     service = rendered.get("Service", "prod-kubeshot-gateway")
-    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {"http": 80, "upload": 8081}
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {
+        "https": 443,
+        "upload": 8081,
+    }
+    gateway_env = rendered.env("prod-kubeshot-gateway")
+    assert gateway_env["KUBESHOT_TLS_CERT"] == "/etc/kubeshot/tls/tls.crt"
 
 
 @pytest.mark.parametrize("values", [None, *VALUES_FILES], ids=lambda v: v.stem if v else "default")
@@ -238,7 +244,7 @@ def test_local_backend_gateway_gets_no_api_access(helm: Helm) -> None:
 def test_ha_with_existing_secrets_and_pinned_images(helm: Helm) -> None:
     rendered = helm.template(VALUES_DIR / "ha-existing-secrets.yaml")
     kinds = rendered.kinds()
-    assert "Secret" not in kinds  # the platform team's Secrets are used, none generated
+    assert kinds["Secret"] == ["ks-kubeshot-gateway-tls"]  # no auth Secret generated
     env = rendered.env("ks-kubeshot-gateway")
     assert env["AUTH_TOKEN"] == {"secretKeyRef": {"name": "kubeshot-credentials", "key": "bearer"}}
     assert env["URL_SIGNING_SECRET"] == {
@@ -311,7 +317,7 @@ def test_schema_rejects_wrong_values(helm: Helm, values: dict[str, Any], message
             "gateway.tls.certManager.issuerRef.name is required",
         ),
         (
-            {"gateway": {"tls": {"certManager": {"enabled": True}}}},
+            {"gateway": {"tls": {"enabled": False, "certManager": {"enabled": True}}}},
             "needs gateway.tls.enabled",
         ),
         ({"gateway": {"ingress": {"enabled": True}}}, "gateway.ingress.host is required"),
@@ -353,3 +359,28 @@ def test_schema_and_values_reference_are_generated_from_values_yaml() -> None:
         text=True,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_tls_off_behind_an_ingress_that_terminates_it(helm: Helm) -> None:
+    rendered = helm.template(
+        {
+            "gateway": {
+                "tls": {"enabled": False},
+                "trustedProxies": ["10.244.0.0/16"],
+                "ingress": {"enabled": True, "host": "shots.example.com"},
+            }
+        }
+    )
+    assert rendered.kinds()["Secret"] == ["ks-kubeshot-auth"]
+    service = rendered.get("Service", "ks-kubeshot-gateway")
+    assert service["spec"]["ports"][0]["name"] == "http"
+    assert service["spec"]["ports"][0]["port"] == 80
+    ingress = rendered.get("Ingress")
+    assert "nginx.ingress.kubernetes.io/backend-protocol" not in ingress["metadata"].get(
+        "annotations", {}
+    )
+    env = rendered.env("ks-kubeshot-gateway")
+    assert "KUBESHOT_TLS_CERT" not in env
+    assert env["TRUSTED_PROXIES"] == "10.244.0.0/16"
+    probe = rendered.get("Deployment", "ks-kubeshot-gateway")["spec"]["template"]["spec"]
+    assert probe["containers"][0]["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
