@@ -89,6 +89,7 @@ class Reconciler:
         self._active_jobs: dict[PolicyKey, int] = {}
         self._policies: dict[PolicyKey, tuple[object, ScreenshotPolicySpec | Failure]] = {}
         self._admitting: set[str] = set()
+        self._starting: set[str] = set()  # status says Running, the pod may not exist yet
         self._job_locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
 
     def bind(self, jobs: Index, policies: Index) -> None:
@@ -252,6 +253,13 @@ class Reconciler:
 
     async def start(self, view: JobView) -> None:
         """Secret (kept across attempts), status Running, then the attempt's pod."""
+        self._starting.add(view.uid)
+        try:
+            await self._start(view)
+        finally:
+            self._starting.discard(view.uid)
+
+    async def _start(self, view: JobView) -> None:
         checked = await self.effective(view)
         if isinstance(checked, Failure):
             at = lifecycle.now()
@@ -480,7 +488,7 @@ class Reconciler:
     async def check_pods(self, views: list[JobView]) -> None:
         """Running jobs whose pod is gone: the pod was lost."""
         for view in views:
-            if view.pod_name is None:
+            if view.pod_name is None or view.uid in self._starting:
                 continue
             try:
                 await self.client.get(resource_path("v1", "pods", view.namespace, view.pod_name))
