@@ -162,10 +162,25 @@ def reap(pids: set[int]) -> None:
             os.waitpid(pid, os.WNOHANG)
 
 
+# Process names (comm, at most 15 characters) of what a capture worker's tree runs.
+BROWSER_COMMS = frozenset(
+    {"chromium", "chrome", "chrome_crashpad", "headless_shell", "node", "node-MainThread"}
+)
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def reap_adopted(exclude: set[int]) -> int:
-    """Reap zombies handed to us as subreaper: children of ours in another session (Chromium
-    starts its own) that we did not start ourselves (`exclude`: the worker processes, whose
-    exit status asyncio collects). How many were reaped."""
+    """Reap zombies handed to us as subreaper: browser processes (Chromium starts sessions of
+    its own and double-forks) that are our children without our having started them
+    (`exclude`: the worker processes, whose exit status asyncio collects). How many were
+    reaped."""
     me = os.getpid()
     my_session = os.getsid(0)
     reaped = 0
@@ -175,8 +190,8 @@ def reap_adopted(exclude: set[int]) -> int:
         fields = _stat_fields(pid)
         if fields is None or fields[0] != "Z" or int(fields[1]) != me:
             continue
-        if int(fields[3]) == my_session:
-            continue  # a direct child of someone else in this process; not ours to collect
+        if int(fields[3]) == my_session or _comm(pid) not in BROWSER_COMMS:
+            continue  # started by other code in this process: not ours to collect
         with suppress(ChildProcessError, OSError):
             os.waitpid(pid, os.WNOHANG)
             reaped += 1
