@@ -86,6 +86,9 @@ REFUSED = [
     ("http://93.184.215.14/", {"allowedDomains": ["public.test"]}, "literal addresses"),
     ("http://rebind.test/", {"allowedDomains": ["rebind.test"]}, "loopback"),
     ("http://169.254.169.254/", {"blockPrivateNetworks": False}, "metadata"),
+    ("http://metadata.google.internal/computeMetadata/v1/", {}, "metadata"),
+    ("http://METADATA.GOOGLE.INTERNAL./", {"blockPrivateNetworks": False}, "metadata"),
+    ("http://instance-data/latest/", {}, "metadata"),
     ("http://10.20.3.4/", {"allowedCIDRs": ["10.30.0.0/16"]}, "private"),
 ]
 

@@ -207,8 +207,15 @@ class EgressGuard:
         return {"server": f"http://127.0.0.1:{self._port}", "bypass": "<-loopback>"}
 
     def launch_args(self) -> list[str]:
-        """Extra Chromium flags: WebRTC may not send UDP around the proxy."""
-        return ["--force-webrtc-ip-handling-policy=disable_non_proxied_udp"]
+        """Extra Chromium flags: WebRTC may not send UDP around the proxy.
+
+        Chromium sends WebRTC's STUN/TURN datagrams directly even with a proxy configured;
+        `--webrtc-ip-handling-policy` is the switch that stops it (tests/browser/guard prove it).
+        """
+        return [
+            "--webrtc-ip-handling-policy=disable_non_proxied_udp",
+            "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
+        ]
 
     def session(
         self,

@@ -15,6 +15,19 @@ Resolver = Callable[[str, int], Awaitable[Sequence[IPAddress]]]
 """Resolves (host name, port) to addresses; raises OSError when the name does not resolve."""
 
 _LOOPBACK_NAMES = (IPv4Address("127.0.0.1"),)
+# Cloud metadata services by name: refused like their addresses, whatever DNS says, unless an
+# allowed domain names them exactly.
+METADATA_NAMES = frozenset(
+    {
+        "metadata",
+        "metadata.google.internal",
+        "metadata.goog",
+        "instance-data",
+        "instance-data.ec2.internal",
+        "metadata.tencentyun.com",
+        "metadata.platformequinix.com",
+    }
+)
 
 
 def is_localhost_name(host: str) -> bool:
@@ -74,6 +87,8 @@ class CompiledRules:
             if self.allowed_domains and not any(target.address in n for n in self.allowed_networks):
                 return f"{target.host}: literal addresses are not in the allowed domains"
             return None
+        if target.host in METADATA_NAMES and target.host not in self.allowed_domains:
+            return f"{target.host}: cloud metadata host name"
         blocked = _suffix_match(target.host, self.blocked_domains)
         if blocked is not None:
             return f"{target.host} is in blocked domain {blocked}"

@@ -106,6 +106,24 @@ class Canary:
             raise RuntimeError("no free port for the canary on all loopback addresses")
         for server in self._servers:
             threading.Thread(target=server.serve_forever, daemon=True).start()
+        self._udp: list[socket.socket] = []
+        for family, host in (
+            (socket.AF_INET, CANARY_HOST),
+            (socket.AF_INET, "127.0.0.1"),
+            (socket.AF_INET6, "::1"),
+        ):
+            udp = socket.socket(family, socket.SOCK_DGRAM)
+            udp.bind((host, self.port))
+            self._udp.append(udp)
+            threading.Thread(target=self._receive, args=(udp, host), daemon=True).start()
+
+    def _receive(self, udp: socket.socket, host: str) -> None:
+        while True:
+            try:
+                data, _peer = udp.recvfrom(65536)
+            except OSError:
+                return
+            self.record(f"udp:{host}", data)
 
     def _bind(self) -> None:
         first = _CanaryServer((CANARY_HOST, 0), _CanaryHandler)
@@ -148,6 +166,8 @@ class Canary:
         for server in self._servers:
             server.shutdown()
         self._close()
+        for udp in self._udp:
+            udp.close()
 
 
 # -- the test site -----------------------------------------------------------------------------
@@ -236,6 +256,17 @@ class _SiteHandler(BaseHTTPRequestHandler):
             to = query["to"]
             script = f"fetch('{to}', {{mode: 'no-cors'}}).catch(() => {{}});"
             self._send(200, "text/javascript", script.encode())
+        elif path == "/webrtc":
+            server = query["server"]
+            script = (
+                "const pc = new RTCPeerConnection({iceServers: ["
+                f"{{urls: 'stun:{server}'}}, "
+                f"{{urls: 'turn:{server}?transport=udp', username: 'u', credential: 'p'}}]}});"
+                "pc.createDataChannel('x');"
+                "pc.onicegatheringstatechange = () => { document.title = pc.iceGatheringState; };"
+                "pc.createOffer().then(o => pc.setLocalDescription(o));"
+            )
+            self._send(200, "text/html", f"<html><body><script>{script}</script>".encode())
         elif path == "/pixel.png":
             self._send(200, "image/png", PIXEL_PNG)
         elif path == "/big":

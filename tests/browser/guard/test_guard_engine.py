@@ -150,6 +150,26 @@ async def test_blocked_subresource_capture_succeeds(
         assert artifact.report.final_url.startswith(site.url("/kind/"))
 
 
+async def test_html_input_cannot_reach_blocked_targets(
+    engine: Any, site: Site, canary: Canary
+) -> None:
+    html = (
+        f"<h1>html input</h1><img src='http://127.0.0.66:{canary.port}/img'>"
+        f"<iframe src='http://canary.test:{canary.port}/frame'></iframe>"
+        "<iframe src='file:///etc/passwd'></iframe>"
+        "<iframe src='view-source:file:///etc/passwd'></iframe>"
+        f"<script>fetch('http://169.254.169.254:{canary.port}/latest/meta-data/')"
+        ".catch(() => {{}});</script>"
+    )
+    artifact = await engine.capture(
+        CaptureOptions.model_validate({"html": html, "format": "html", "delayMs": 300}),
+        policy(site, canary),
+    )
+    assert b"root:x:0:0" not in artifact.data
+    assert artifact.report.blocked_requests >= 3
+    assert not canary.reached(), canary.summary()
+
+
 async def test_download_budget_exceeded(engine: Any, site: Site, canary: Canary) -> None:
     error = await capture_error(
         engine,
@@ -220,6 +240,7 @@ CLI_BLOCKED = [
     "http://localhost:{p}/",
     "http://0.0.0.0:{p}/",
     "https://127.0.0.66:{p}/",
+    "http://metadata.google.internal/computeMetadata/v1/",
 ]
 
 
