@@ -116,7 +116,7 @@ class Authenticator:
     """Checks bearer tokens against the configured token hashes, in constant time."""
 
     def __init__(self, entries: list[TokenEntry], *, open_access: bool = False) -> None:
-        self._entries = [(bytes.fromhex(e.sha256), e) for e in entries]
+        self._entries = [(bytes.fromhex(e.sha256), _identity(e)) for e in entries]
         self.open_access = open_access
 
     @property
@@ -126,20 +126,22 @@ class Authenticator:
     def authenticate(self, token: str) -> Identity | None:
         """The identity holding this token, or None. Every entry is compared, match or not."""
         presented = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
-        found: TokenEntry | None = None
-        for digest, entry in self._entries:
+        found: Identity | None = None
+        for digest, identity in self._entries:
             if hmac.compare_digest(presented, digest):
-                found = entry
-        if found is None:
-            return None
-        return Identity(
-            name=found.name,
-            kind="token",
-            namespace=found.namespace,
-            policies=tuple(found.policies),
-            rate_limit=found.rate_limit,
-            rate_key=f"token:{found.name}",
-        )
+                found = identity
+        return found
+
+
+def _identity(entry: TokenEntry) -> Identity:
+    return Identity(
+        name=entry.name,
+        kind="token",
+        namespace=entry.namespace,
+        policies=tuple(entry.policies),
+        rate_limit=entry.rate_limit,
+        rate_key=f"token:{entry.name}",
+    )
 
 
 def parse_authorization(header: str) -> str:
