@@ -128,7 +128,7 @@ def _simple_response(status: int, text: str, reason: str) -> bytes:
 class _Upstream:
     """A connection to one destination (directly or tunnelled through the upstream proxy)."""
 
-    __slots__ = ("key", "reader", "writer")
+    __slots__ = ("answered", "key", "reader", "writer")
 
     def __init__(
         self, key: tuple[str, int], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -136,6 +136,14 @@ class _Upstream:
         self.key = key
         self.reader = reader
         self.writer = writer
+        self.answered = False
+        """Whether any of the current response was passed on (then it cannot be retried)."""
+
+    def stale(self) -> bool:
+        """Closed, or the destination hung up while idle."""
+        return (
+            self.writer.is_closing() or self.reader.at_eof() or self.reader.exception() is not None
+        )
 
     def close(self) -> None:
         self.writer.transport.abort()
@@ -446,7 +454,10 @@ class EgressGuard:
             return False
         key = (target.host, target.port)
         upstream = idle.pop(key, None)
-        if upstream is None or upstream.writer.is_closing():
+        reused = upstream is not None and not upstream.stale()
+        if upstream is None or not reused:
+            if upstream is not None:
+                upstream.close()
             upstream = await self._open(session, target, writer)
             if upstream is None:
                 return False
@@ -475,23 +486,34 @@ class EgressGuard:
         if upgrade is not None:
             out += (b"connection: Upgrade\r\nupgrade: ", upgrade, b"\r\n")
         out.append(b"\r\n")
-        upstream_writer = upstream.writer
-        try:
-            upstream_writer.write(b"".join(out))
-            if request_length == -1:
-                await _copy_chunked(reader, upstream_writer, None)
-            elif request_length:
-                await _copy_exact(reader, upstream_writer, request_length, None)
-            await upstream_writer.drain()
-            reusable, framed = await self._respond(session, method, url, upstream, reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, _BadMessage, OSError) as exc:
-            log.debug(
-                "egress guard: relaying to %s failed: %r", target.authority, exc, exc_info=True
-            )
-            upstream.close()
-            if isinstance(exc, _BadMessage):
-                writer.write(_simple_response(502, "Bad Gateway", "malformed response"))
-            raise _Cut from None
+        request_head = b"".join(out)
+        while True:
+            upstream.answered = False
+            try:
+                upstream.writer.write(request_head)
+                if request_length == -1:
+                    await _copy_chunked(reader, upstream.writer, None)
+                elif request_length:
+                    await _copy_exact(reader, upstream.writer, request_length, None)
+                await upstream.writer.drain()
+                reusable, framed = await self._respond(
+                    session, method, url, upstream, reader, writer
+                )
+                break
+            except (ConnectionError, asyncio.IncompleteReadError, _BadMessage, OSError) as exc:
+                upstream.close()
+                if reused and not request_length and not upstream.answered:
+                    # The destination closed an idle keep-alive connection as we reused it:
+                    # send a request without a body again on a fresh connection, like browsers do.
+                    reused = False
+                    upstream = await self._open(session, target, writer)
+                    if upstream is None:
+                        return False
+                    continue
+                log.debug("egress guard: relaying to %s failed: %r", target.authority, exc)
+                if isinstance(exc, _BadMessage):
+                    writer.write(_simple_response(502, "Bad Gateway", "malformed response"))
+                raise _Cut from None
         client_keeps = framed and version == b"HTTP/1.1" and b"close" not in request_tokens
         if reusable and client_keeps:
             if len(idle) >= MAX_IDLE_UPSTREAMS:
@@ -520,6 +542,7 @@ class EgressGuard:
             if len(start) < 2 or not start[1].isdigit():
                 raise _BadMessage("bad status line")
             status = int(start[1])
+            upstream.answered = True
             writer.write(head)
             if status == 101:
                 await writer.drain()

@@ -294,6 +294,9 @@ class _SiteHandler(BaseHTTPRequestHandler):
             for piece in (b"hello ", b"chunked ", b"world"):
                 self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
             self.wfile.write(b"0\r\n\r\n")
+        elif path == "/hang-up":  # keep-alive promised, then the connection is closed anyway
+            self._send(200, "text/plain", b"bye")
+            self.close_connection = True
         elif path == "/echo":
             body = f"{self.command} {self.path}".encode()
             self._send(200, "text/plain", body)

@@ -163,6 +163,17 @@ async def test_keep_alive_many_requests_and_hosts(
         assert session.bytes_transferred > 100
 
 
+async def test_destination_hanging_up_on_an_idle_connection(
+    guard: EgressGuard, client: Client, site: Site, rules: NetworkRules
+) -> None:
+    with guard.session(rules, max_download_bytes=10**7):
+        for index in range(3):
+            status, _headers, body = await client.request(get(site.url(f"/hang-up?{index}")))
+            assert (status, body) == (200, b"bye")
+            status, _headers, body = await client.request(get(site.url(f"/echo?{index}")))
+            assert (status, body) == (200, f"GET /echo?{index}".encode())
+
+
 async def test_request_bodies_are_forwarded(
     guard: EgressGuard, client: Client, site: Site, rules: NetworkRules
 ) -> None:
