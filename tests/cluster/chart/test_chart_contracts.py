@@ -125,3 +125,28 @@ def test_e2e_script_is_shellcheck_clean() -> None:
         ["shellcheck", str(ROOT / "hack" / "e2e-kind.sh")], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stdout
+
+
+def test_e2e_script_values_render(helm: Helm, tmp_path: Path) -> None:
+    """The values hack/e2e-kind.sh installs with pass the schema and the chart's checks."""
+    script = (ROOT / "hack" / "e2e-kind.sh").read_text()
+    block = script.split('cat >"$WORK/values.yaml" <<EOF\n', 1)[1].split("\nEOF\n", 1)[0]
+    values = block.replace("$IMAGE_TAG", "e2e").replace("$CAPTURE_NS", "kubeshot-e2e")
+    assert "$" not in values, values
+    path = tmp_path / "e2e-values.yaml"
+    path.write_text(values)
+    rendered = helm.template(path, release="kubeshot", namespace="kubeshot")
+    gateway = rendered.get("Deployment", "kubeshot-gateway")["spec"]["template"]["spec"]
+    assert gateway["containers"][0]["image"] == "kubeshot/kubeshot:e2e"
+    assert gateway["containers"][0]["imagePullPolicy"] == "Never"
+    volumes = {v["name"]: v for v in gateway["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "kubeshot-e2e-tls"
+    env = rendered.env("kubeshot-operator")
+    assert env["KUBESHOT_OPERATOR_CAPTURE_IMAGE"] == "kubeshot/capture:e2e"
+    assert env["KUBESHOT_OPERATOR_IMAGE_PULL_POLICY"] == "Never"
+    assert rendered.get("ScreenshotPolicy")["metadata"]["namespace"] == "kubeshot-e2e"
+    assert "Secret" not in rendered.kinds() or rendered.kinds()["Secret"] == ["kubeshot-auth"]
+    # The names the script looks up are the ones release `kubeshot` gets.
+    assert "\nRELEASE=kubeshot\n" in script
+    assert '"$RELEASE"-auth' in script
+    assert rendered.get("Service", "kubeshot-gateway")["spec"]["ports"][0]["port"] == 443
