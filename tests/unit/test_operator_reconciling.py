@@ -155,7 +155,7 @@ async def test_a_job_without_its_policy_fails_and_creates_nothing(
     assert [(e["type"], e["reason"]) for e in events] == [("Warning", "PolicyNotFound")]
 
 
-async def test_an_admitted_job_gets_secret_then_status_then_pod(
+async def test_an_admitted_job_gets_its_secret_and_a_status_naming_the_pod_before_the_pod(
     api: FakeApi, reconciler: Reconciler
 ) -> None:
     add_policy(api)
@@ -333,3 +333,21 @@ async def test_a_job_is_admitted_once_however_often_it_is_seen_pending(
         ("create", f"{PODS}/twice-1"),
     ]
     assert api.objects[f"{JOBS}/twice"]["status"]["phase"] == "Running"
+
+
+async def test_a_start_interrupted_after_its_secret_keeps_that_secrets_token(
+    api: FakeApi, reconciler: Reconciler
+) -> None:
+    add_policy(api)
+    body = add_job(api, "again")
+    request = {"options": {"html": "<p>x</p>"}, "upload": {"url": "http://gw/x", "token": "t" * 43}}
+    api.objects[f"{SECRETS}/again-request"] = {
+        "metadata": {"name": "again-request"},
+        "data": {"request.json": base64.b64encode(json.dumps(request).encode()).decode()},
+    }
+    reindex(reconciler, api)
+    await reconciler.job_event("ADDED", body)
+    status = api.objects[f"{JOBS}/again"]["status"]
+    assert status["uploadTokenSha256"] == hashlib.sha256(b"t" * 43).hexdigest()
+    assert status["podName"] == "again-1"
+    assert f"{PODS}/again-1" in api.objects

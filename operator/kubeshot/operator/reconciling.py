@@ -272,33 +272,57 @@ class Reconciler:
         spec, policy = checked
         job = building.JobRef(view.name, view.namespace, view.uid)
         attempt = view.attempts + 1
-        try:
-            token = await self.ensure_secret(job, view.policy, spec, policy, attempt)
-        except CaptureError as exc:
-            failure = Failure(reason=exc.reason, message=exc.message)
-            await self.conclude(view, Outcome(failure=failure), None)
-            return
-        except ApiError as exc:
-            outcome = Outcome.failed(
-                FailureReason.INTERNAL, f"request Secret not created: {exc.message}"
-            )
-            await self.conclude(view, outcome, None, attempted=attempt)
-            return
         pod = building.build_pod(
             job, attempt, view.policy, policy, spec.capture_options(), self.settings
         )
         pod_name = pod["metadata"]["name"]
-        digest = hashlib.sha256(token.encode()).hexdigest()
-        at = lifecycle.now()
-        status = lifecycle.running_status(
-            view.status, pod_name, attempt, digest, view.generation, at
-        )
-        try:
-            await self.patch_status(view, status)
-        except NotFound:
+        proposed = secrets.token_urlsafe(32)
+
+        def running_status(token: str) -> Manifest:
+            digest = hashlib.sha256(token.encode()).hexdigest()
+            at = lifecycle.now()
+            return lifecycle.running_status(
+                view.status, pod_name, attempt, digest, view.generation, at
+            )
+
+        # The status must say Running before the pod exists (a restarted operator then never
+        # makes a second pod); the Secret may come in parallel on a first attempt, when it
+        # almost never exists yet. Later attempts reuse the Secret, so it is read first.
+        secret = self.ensure_secret(job, view.policy, spec, policy, attempt, proposed)
+        if attempt == 1:
+            status = running_status(proposed)
+            token, patched = await asyncio.gather(
+                secret, self.patch_status(view, status), return_exceptions=True
+            )
+        else:
+            try:
+                token = await secret
+            except (CaptureError, ApiError) as exc:
+                token = exc
+            status = running_status(token if isinstance(token, str) else proposed)
+            try:
+                patched = await self.patch_status(view, status)
+            except ApiError as exc:
+                patched = exc
+        if isinstance(patched, NotFound):  # deleted meanwhile; the GC takes the Secret
             self.queue.forget(view.uid)
             return
+        if isinstance(patched, BaseException):
+            raise patched
         running = JobView.from_body({**_body(view), "status": {**view.status, **status}})
+        if isinstance(token, CaptureError):
+            failure = Failure(reason=token.reason, message=token.message)
+            await self.conclude(running, Outcome(failure=failure), None)
+            return
+        if isinstance(token, ApiError):
+            message = f"request Secret not created: {token.message}"
+            await self.conclude(running, Outcome.failed(FailureReason.INTERNAL, message), None)
+            return
+        if isinstance(token, BaseException):
+            raise token
+        if token != proposed and attempt == 1:  # an interrupted start had made the Secret
+            status = running_status(token)
+            await self.patch_status(view, status)
         try:
             await self.client.create_or_keep(resource_path("v1", "pods", view.namespace), pod)
         except ApiError as exc:
@@ -320,6 +344,7 @@ class Reconciler:
         spec: CaptureJobSpec,
         policy: ScreenshotPolicySpec,
         attempt: int,
+        token: str,
     ) -> str:
         """The job's request Secret, created once; returns the job's upload token.
 
@@ -333,10 +358,9 @@ class Reconciler:
                 existing = await self.client.get(f"{path}/{building.secret_name(job)}")
         if existing is not None:
             raw = base64.b64decode(existing.get("data", {}).get(building.REQUEST_KEY, ""))
-            token = str(json.loads(raw).get("upload", {}).get("token", ""))
-            if token:
-                return token
-        token = secrets.token_urlsafe(32)
+            kept = str(json.loads(raw).get("upload", {}).get("token", ""))
+            if kept:
+                return kept
         proxy = await self.proxy_credentials(job.namespace, policy)
         request = building.build_request(
             spec.capture_options(),
