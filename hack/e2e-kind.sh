@@ -186,9 +186,13 @@ k -n "$SYSTEM_NS" rollout status deployment/"$RELEASE"-operator --timeout="${TIM
 k -n "$SYSTEM_NS" rollout status deployment/"$RELEASE"-gateway --timeout="${TIMEOUT}s"
 
 # --- 4. the examples -----------------------------------------------------------------------------
-log "applying examples/ in $CAPTURE_NS"
-k -n "$CAPTURE_NS" apply -f "$ROOT/examples/"
+log "applying examples/ in $CAPTURE_NS (policies first: a job whose policy is missing fails)"
+mapfile -t policy_files < <(grep -l '^kind: ScreenshotPolicy' "$ROOT"/examples/*.yaml)
+for file in "${policy_files[@]}"; do
+  k -n "$CAPTURE_NS" apply -f "$file"
+done
 k -n "$CAPTURE_NS" wait --for=condition=Ready screenshotpolicy --all --timeout="${TIMEOUT}s"
+k -n "$CAPTURE_NS" apply -f "$ROOT/examples/"
 mapfile -t jobs < <(k -n "$CAPTURE_NS" get capturejobs -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}')
 [ "${#jobs[@]}" -gt 0 ] || die "examples/ created no CaptureJob"
 read -r -a expected <<<"${EXPECT_SUCCEEDED:-${jobs[*]}}"
