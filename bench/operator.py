@@ -20,6 +20,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -72,14 +73,26 @@ class Bench:
         return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
 
     async def watch_pods(self, session: aiohttp.ClientSession, ready: asyncio.Event) -> None:
-        url = f"{self.cp.server}/api/v1/namespaces/{self.namespace}/pods?watch=1"
-        async with session.get(url) as response:
-            ready.set()
-            async for line in response.content:
-                event = json.loads(line)
-                if event["type"] == "ADDED":
-                    self.pod_seen.setdefault(event["object"]["metadata"]["name"], time.monotonic())
-                    self.pod_event.set()
+        """Note when each pod appears; a watch the server ends is resumed from a fresh list."""
+        base = f"{self.cp.server}/api/v1/namespaces/{self.namespace}/pods"
+        while True:
+            async with session.get(base) as response:
+                listing = await response.json()
+            for pod in listing.get("items", []):
+                self.pod_seen.setdefault(pod["metadata"]["name"], time.monotonic())
+            self.pod_event.set()
+            version = listing["metadata"]["resourceVersion"]
+            url = f"{base}?watch=1&resourceVersion={version}&allowWatchBookmarks=false"
+            async with session.get(url) as response:
+                ready.set()
+                async for line in response.content:
+                    event = json.loads(line)
+                    if event["type"] == "ADDED":
+                        name = event["object"]["metadata"]["name"]
+                        self.pod_seen.setdefault(name, time.monotonic())
+                        self.pod_event.set()
+                    elif event["type"] == "ERROR":
+                        break
 
     async def create_job(self, session: aiohttp.ClientSession, name: str) -> float:
         body = {
@@ -131,6 +144,7 @@ class Bench:
             last = max(self.pod_seen[f"{n}-1"] for n in names)
             latencies = [self.pod_seen[f"{n}-1"] - s for n, s in zip(names, starts, strict=True)]
             watcher.cancel()
+            baseline = await self.baseline(session, jobs)
         return {
             "low_p50_ms": statistics.median(low) * 1000,
             "low_p95_ms": percentile(low, 0.95) * 1000,
@@ -139,13 +153,61 @@ class Bench:
             "jobs_per_second": jobs / (last - begin),
             "burst_p50_ms": statistics.median(latencies) * 1000,
             "burst_p95_ms": percentile(latencies, 0.95) * 1000,
+            "baseline_per_second": baseline,
         }
+
+    async def baseline(self, session: aiohttp.ClientSession, jobs: int) -> float:
+        """The API server alone: the same CaptureJob + Secret + Pod writes, no operator."""
+        from kubeshot.api import CaptureOptions, CaptureRequest, ScreenshotPolicySpec
+        from kubeshot.operator import JobRef, OperatorSettings, build_pod, build_secret
+
+        namespace = "baseline"
+        url = f"{self.cp.server}/api/v1/namespaces"
+        async with session.post(url, json={"metadata": {"name": namespace}}) as response:
+            assert response.status == 201, await response.text()
+        settings, policy = OperatorSettings(), ScreenshotPolicySpec()
+        options = CaptureOptions(html="<p>bench</p>")
+        request = CaptureRequest(options=options, policy=policy)
+        slots = asyncio.Semaphore(50)
+
+        async def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+            async with session.post(f"{self.cp.server}{path}", json=body) as response:
+                if response.status != 201:
+                    raise RuntimeError(f"{path}: {response.status} {await response.text()}")
+                created: dict[str, Any] = await response.json()
+                return created
+
+        async def one(i: int) -> None:
+            async with slots:
+                job = await post(
+                    f"{API}/namespaces/{namespace}/capturejobs",
+                    {
+                        "apiVersion": "kubeshot.dev/v1alpha1",
+                        "kind": "CaptureJob",
+                        "metadata": {"name": f"base-{i:04d}"},
+                        "spec": {"html": "<p>bench</p>"},
+                    },
+                )
+                ref = JobRef(job["metadata"]["name"], namespace, job["metadata"]["uid"])
+                await post(
+                    f"/api/v1/namespaces/{namespace}/secrets", build_secret(ref, "default", request)
+                )
+                await post(
+                    f"/api/v1/namespaces/{namespace}/pods",
+                    build_pod(ref, 1, "default", policy, options, settings),
+                )
+
+        begin = time.monotonic()
+        await asyncio.gather(*(one(i) for i in range(jobs)))
+        return jobs / (time.monotonic() - begin)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=500)
     args = parser.parse_args()
+    # SIGTERM stops the run like Ctrl-C: the control plane and the operator are stopped too.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     bin_dir = controlplane.find_bin_dir()
     work = Path(tempfile.mkdtemp(prefix="kubeshot-bench-"))
     cp = controlplane.ControlPlane(bin_dir, work / "cp")
@@ -201,6 +263,7 @@ def main() -> int:
             operator.send_signal(signal.SIGTERM)
             operator.wait(30)
         cp.stop()
+        shutil.rmtree(work, ignore_errors=True)
     print(f"operator bench ({os.cpu_count()} CPUs, {args.jobs} jobs at once)")
     print(
         f"  low load (20 sequential jobs): create→pod p50 {figures['low_p50_ms']:.0f} ms, "
@@ -214,6 +277,11 @@ def main() -> int:
     print(
         f"  burst create→pod p50 {figures['burst_p50_ms']:.0f} ms, "
         f"p95 {figures['burst_p95_ms']:.0f} ms"
+    )
+    print(
+        f"  API server alone, same CaptureJob+Secret+Pod writes from 50 clients: "
+        f"{figures['baseline_per_second']:.0f} jobs/s → operator at "
+        f"{figures['jobs_per_second'] / figures['baseline_per_second']:.0%} of it"
     )
     print(f"  operator RSS at the end: {rss:.0f} MiB")
     return 0
