@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CHROMIUM ?= /usr/bin/chromium
 PYTEST_ARGS ?=
 
-.PHONY: setup chromium run test test-unit test-browser test-gateway test-cluster lint crds openapi bench testenv testenv-up testenv-down clean
+.PHONY: setup chromium run test test-unit test-browser test-gateway test-cluster lint crds openapi chart bench testenv testenv-up testenv-down e2e-kind images clean
 
 setup: $(STAMP) chromium
 
@@ -33,9 +33,17 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/python hack/chartgen.py --check
+	if command -v shellcheck >/dev/null; then shellcheck hack/*.sh testenv/*.sh .ci/run; fi
 
+# CRDs, OpenAPI, the chart's schema and values reference are generated and checked in; tests
+# fail when they drift.
 crds: $(STAMP)
 	$(BIN)/kubeshot crds --write crds/
+	cp crds/*.yaml charts/kubeshot/crds/
+
+chart: $(STAMP)
+	$(BIN)/python hack/chartgen.py
 
 openapi: $(STAMP)
 	$(BIN)/kubeshot openapi --write operator/kubeshot/gateway/openapi.json
@@ -67,6 +75,14 @@ test-cluster: setup testenv
 
 bench: setup
 	$(BIN)/python bench/capture.py
+
+# For machines with Docker: a kind cluster with NetworkPolicy enforcement, the images, the chart.
+e2e-kind:
+	hack/e2e-kind.sh
+
+images:
+	docker build -f operator/Dockerfile -t kubeshot/kubeshot:dev .
+	docker build -f capture-pod/Dockerfile -t kubeshot/capture:dev .
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
