@@ -6,18 +6,33 @@ user objects, so deleting a CaptureJob never waits for the operator.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
 import kopf
 
 from kubeshot.api.crds import GROUP, VERSION
 from kubeshot.operator import labels, metrics
+from kubeshot.operator.kube import ApiError
 from kubeshot.operator.queueing import JobView
 from kubeshot.operator.reconciling import Reconciler
 from kubeshot.operator.settings import OperatorSettings
 
+log = logging.getLogger(__name__)
 CAPTURE_POD_LABELS = {labels.COMPONENT: labels.CAPTURE_COMPONENT, labels.MANAGED_BY: labels.MANAGER}
+
+
+@contextlib.contextmanager
+def _unfinished_is_swept(kind: str) -> Iterator[None]:
+    """An API error leaves an event half-handled; Kopf does not retry watch handlers, the
+    sweeper finds what is left (a Pending job, an unrecorded pod end) and finishes it."""
+    try:
+        yield
+    except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+        log.warning("%s event left for the sweeper: %s", kind, exc)
 
 
 def _reconciler(memo: Any, kwargs: dict[str, Any]) -> Reconciler:
@@ -46,7 +61,8 @@ def capturejob_index(body: kopf.Body, **_: Any) -> dict[Any, JobView]:
 @kopf.index(GROUP, VERSION, "screenshotpolicies")
 def screenshotpolicy_index(body: kopf.Body, **_: Any) -> dict[Any, dict[str, Any]]:
     key = (body.metadata.namespace, body.metadata.name)
-    return {key: {"metadata": dict(body.metadata), "spec": dict(body.spec)}}
+    document = {"metadata": dict(body.metadata), "spec": dict(body.spec)}
+    return {key: {**document, "status": dict(body.status)}}
 
 
 @kopf.on.event(GROUP, VERSION, "capturejobs")
@@ -57,7 +73,7 @@ async def capturejob_event(
     **kwargs: Any,
 ) -> None:
     reconciler = _reconciler(memo, kwargs)
-    with metrics.RECONCILE_SECONDS.labels("CaptureJob").time():
+    with metrics.RECONCILE_SECONDS.labels("CaptureJob").time(), _unfinished_is_swept("CaptureJob"):
         await reconciler.job_event(event["type"], body)
 
 
@@ -69,7 +85,10 @@ async def screenshotpolicy_event(
     **kwargs: Any,
 ) -> None:
     reconciler = _reconciler(memo, kwargs)
-    with metrics.RECONCILE_SECONDS.labels("ScreenshotPolicy").time():
+    with (
+        metrics.RECONCILE_SECONDS.labels("ScreenshotPolicy").time(),
+        _unfinished_is_swept("ScreenshotPolicy"),
+    ):
         await reconciler.policy_event(event["type"], body)
 
 
@@ -81,5 +100,5 @@ async def pod_event(
     **kwargs: Any,
 ) -> None:
     reconciler = _reconciler(memo, kwargs)
-    with metrics.RECONCILE_SECONDS.labels("Pod").time():
+    with metrics.RECONCILE_SECONDS.labels("Pod").time(), _unfinished_is_swept("Pod"):
         await reconciler.pod_event(event["type"], body)

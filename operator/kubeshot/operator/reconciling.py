@@ -240,6 +240,8 @@ class Reconciler:
                     continue
                 if self.queue.full(jobs, job, limit):
                     await self.patch_status(job, dict(job.status))
+                    message = f"waiting under policy {job.policy}"
+                    self.events.post(JOB, _body(job), "Normal", "Queued", message)
 
     async def _plan(self, key: PolicyKey) -> list[JobView]:
         """The jobs of the policy to start now (call with the policy's lock held)."""
@@ -569,6 +571,17 @@ class Reconciler:
             await self.dispatch(key)
             await self.mark_queued(key)
         await self.update_active_jobs(active)
+        await self.resync_policies()
+
+    async def resync_policies(self) -> None:
+        """Policies whose NetworkPolicy could not be applied at their last change: again."""
+        if self.policies is None:
+            return
+        for key in list(self.policies):
+            for body in self.policies[key]:
+                generation = (body.get("metadata") or {}).get("generation")
+                if (body.get("status") or {}).get("observedGeneration") != generation:
+                    await self.policy_event(None, body)
 
     async def expired(self, view: JobView, now: datetime) -> bool:
         completed = view.status.get("completionTime")

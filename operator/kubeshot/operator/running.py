@@ -9,6 +9,7 @@ import secrets
 import signal
 import socket
 
+import aiohttp
 import kopf
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -45,7 +46,7 @@ async def _sweep_forever(reconciler: Reconciler, every: float) -> None:
         await asyncio.sleep(every)
         try:
             await reconciler.sweep()
-        except (TimeoutError, ApiError, OSError) as exc:
+        except (TimeoutError, ApiError, aiohttp.ClientError, OSError) as exc:
             log.warning("sweep failed, next in %gs: %s", every, exc)
 
 
