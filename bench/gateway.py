@@ -3,7 +3,9 @@
 1. A sync capture through the gateway (HTTP, auth, rate limit, validation, admission, worker
    process, response verification) vs the capture engine called directly on the same page,
    interleaved, same machine; prints the added latency at the median (target <= 15 ms).
-2. Throughput of an authenticated non-capture endpoint (GET /v1/captures/{id}) vs a bare aiohttp
+2. The same with a stand-in engine that answers instantly (bench/standin_engine.py) in the
+   worker and called directly: the gateway's own overhead without Chromium's noise.
+3. Throughput of an authenticated non-capture endpoint (GET /v1/captures/{id}) vs a bare aiohttp
    handler answering a JSON document of the same size.
 
 Usage: python bench/gateway.py [--captures N] [--seconds S] [--concurrency C]
@@ -27,6 +29,7 @@ from kubeshot.gateway import Settings, create_app
 from kubeshot_capture.engine import CaptureEngine
 
 TOKEN = "bench-token-0123456789abcdef"
+BENCH_DIR = str(Path(__file__).resolve().parent)
 PAGE = """<!doctype html><html><body style="margin:0;background:#fff">
 <div style="width:200px;height:100px;background:#c00"></div><p>kubeshot bench</p></body></html>"""
 
@@ -99,6 +102,7 @@ async def capture_latency(captures: int) -> None:
                 if i >= 3:
                     direct.append(d)
                     through.append(g)
+                await asyncio.sleep(0.3)  # let both engines refill their spare contexts
         await gateway.cleanup()
     await pages.cleanup()
     md, mg = statistics.median(direct), statistics.median(through)
@@ -108,6 +112,59 @@ async def capture_latency(captures: int) -> None:
     print(
         f"added latency (median of paired differences): {paired * 1000:+.1f} ms "
         f"(target <= 15 ms); ratio {mg / md:.2f}x"
+    )
+
+
+async def standin_overhead(captures: int) -> None:
+    import sys
+
+    from standin_engine import StandInEngine  # bench/ is on sys.path: this script's directory
+
+    from kubeshot.gateway.pool import LocalBackend
+
+    port = free_port()
+    settings = Settings(auth_token=TOKEN, port=port, rate_limit_capture="1000000 per second")
+    backend = LocalBackend(
+        workers=1,
+        captures_per_worker=1_000_000,
+        # bench/ goes last on the worker's path: it must not shadow the standard library.
+        worker_command=[
+            sys.executable,
+            "-c",
+            f"import sys; sys.path.append({BENCH_DIR!r}); from kubeshot.gateway.worker import"
+            " main; sys.exit(main(['--engine', 'standin_engine:StandInEngine']))",
+        ],
+    )
+    gateway = await serve(create_app(settings, backend=backend), port)
+    options = CaptureOptions(url="http://bench.test/")
+    engine = StandInEngine()
+    direct: list[float] = []
+    through: list[float] = []
+    async with ClientSession() as client:
+        while not backend.ready:  # noqa: ASYNC110 - polling a property, no event to wait on
+            await asyncio.sleep(0.1)
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        for i in range(captures + 20):
+            started = time.perf_counter()
+            await engine.capture(options)
+            d = time.perf_counter() - started
+            started = time.perf_counter()
+            async with client.post(
+                f"http://127.0.0.1:{port}/v1/screenshot", json=options.to_wire(), headers=headers
+            ) as r:
+                assert r.status == 200, await r.text()
+                await r.read()
+            g = time.perf_counter() - started
+            if i >= 20:
+                direct.append(d)
+                through.append(g)
+    await gateway.cleanup()
+    added = statistics.median(g - d for g, d in zip(through, direct, strict=True))
+    p90 = sorted(g - d for g, d in zip(through, direct, strict=True))[int(len(direct) * 0.9)]
+    print(
+        f"gateway overhead with an instant engine: median {added * 1000:.1f} ms, "
+        f"p90 {p90 * 1000:.1f} ms (n={len(direct)}; HTTP, auth, rate limit, validation, "
+        "admission, worker IPC, memory watch, verification)"
     )
 
 
@@ -181,6 +238,7 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
     await capture_latency(args.captures)
+    await standin_overhead(args.captures * 10)
     await throughput(args.seconds, args.concurrency)
 
 
