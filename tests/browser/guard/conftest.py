@@ -62,12 +62,12 @@ class _CanaryHandler(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         sock: socket.socket = self.request
+        # Recorded on accept (not after the first read), so that a hit always lands in the
+        # test whose browser made the connection.
+        hit = self.server.canary.record(sock.getsockname()[0], b"")
         sock.settimeout(2.0)
-        try:
-            data = sock.recv(65536)
-        except OSError:
-            data = b""
-        self.server.canary.record(sock.getsockname()[0], data)
+        with contextlib.suppress(OSError):
+            hit.first_bytes = sock.recv(65536)
         body = b"<html><body>canary reached</body></html>"
         head = (
             "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nAccess-Control-Allow-Origin: *\r\n"
@@ -139,9 +139,11 @@ class Canary:
             server.server_close()
         self._servers = []
 
-    def record(self, local: str, data: bytes) -> None:
+    def record(self, local: str, data: bytes) -> Hit:
+        hit = Hit(local, data)
         with self._lock:
-            self.hits.append(Hit(local, data))
+            self.hits.append(hit)
+        return hit
 
     def note_divert(self, address: str) -> None:
         with self._lock:
