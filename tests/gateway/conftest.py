@@ -102,6 +102,7 @@ def policy_file(pages: Pages, tmp_path_factory: pytest.TempPathFactory) -> Path:
             },
         },
         {"metadata": {"name": "lowmem"}, "spec": {"network": network, "limits": {"memory": "1Gi"}}},
+        {"metadata": {"name": "public"}, "spec": {"network": {"allowedPorts": [pages.port]}}},
     ]
     path = tmp_path_factory.mktemp("policies") / "policies.yaml"
     path.write_text(yaml.safe_dump_all(documents))

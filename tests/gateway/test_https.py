@@ -137,3 +137,18 @@ async def test_errors_carry_no_stack_traces_or_internals(gateway: Gateway, sessi
         assert "Traceback" not in text
         assert 'File "' not in text
         assert "/work/" not in text and "site-packages" not in text
+
+
+async def test_errors_do_not_reveal_where_a_name_resolved(
+    gateway: Gateway, session: ClientSession, pages: Pages
+):
+    # `public` allows no private ranges: localhost resolves to loopback and is refused, and the
+    # answer must not tell the caller which internal address the name resolved to.
+    async with session.post(
+        f"{gateway.url}/v1/screenshot?policy=public",
+        json={"url": f"http://localhost:{pages.port}/"},
+        headers=gateway.auth(),
+    ) as r:
+        assert r.status == 403
+        message = (await r.json())["error"]["message"]
+    assert "127.0.0.1" not in message and "::1" not in message, message

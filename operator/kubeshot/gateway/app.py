@@ -38,7 +38,13 @@ from kubeshot.gateway.auth import (
     parse_authorization,
 )
 from kubeshot.gateway.backend import Backend, CaptureResult
-from kubeshot.gateway.errors import ApiError, forbidden, invalid, unauthorized
+from kubeshot.gateway.errors import (
+    ApiError,
+    forbidden,
+    invalid,
+    redact_addresses,
+    unauthorized,
+)
 from kubeshot.gateway.jobs import JobRegistry
 from kubeshot.gateway.metrics import CONTENT_TYPE_LATEST, Metrics
 from kubeshot.gateway.models import Health
@@ -90,7 +96,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except ApiError as exc:
         response = _error_response(exc)
     except CaptureError as exc:
-        response = _error_response(ApiError.from_capture_error(exc))
+        error = ApiError.from_capture_error(exc)
+        error.message = redact_addresses(error.message, request.get(keys.TARGET, ""))
+        response = _error_response(error)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -312,6 +320,7 @@ async def _run_capture(
 ) -> tuple[CaptureResult, ScreenshotPolicy]:
     app = request.app
     identity = request[keys.IDENTITY]
+    request[keys.TARGET] = options.url or ""
     policy = _admitted_policy(request, identity, options, name)
     metrics = app[keys.METRICS]
     started = time.monotonic()

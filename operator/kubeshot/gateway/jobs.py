@@ -21,7 +21,7 @@ from kubeshot.api import (
     ScreenshotPolicySpec,
 )
 from kubeshot.gateway.backend import Backend
-from kubeshot.gateway.errors import ApiError
+from kubeshot.gateway.errors import ApiError, redact_addresses
 from kubeshot.gateway.models import CaptureJobView
 from kubeshot.gateway.store import ResultStore
 
@@ -101,7 +101,8 @@ class JobRegistry:
             job.result = ResultSummary.model_validate(summary)
             job.phase = Phase.SUCCEEDED
         except CaptureError as exc:
-            job.failure = Failure(reason=exc.reason, message=exc.message[:1024])
+            message = redact_addresses(exc.message, options.url or "")
+            job.failure = Failure(reason=exc.reason, message=message[:1024])
             job.phase = Phase.FAILED
         except ApiError as exc:
             job.failure = Failure(reason=FailureReason.POD_LOST, message=exc.message[:1024])

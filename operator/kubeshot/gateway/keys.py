@@ -26,4 +26,5 @@ METRICS = web.AppKey("metrics", Metrics)
 
 IDENTITY = web.RequestKey("identity", Identity)
 CLIENT = web.RequestKey("client", str)
+TARGET = web.RequestKey("target", str)
 RATE_DECISION = web.RequestKey("rate_decision", Decision)
