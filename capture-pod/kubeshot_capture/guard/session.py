@@ -29,19 +29,26 @@ class RequestLike(Protocol):
 
 
 class NavigationWatch:
-    """The URLs of a page's main-frame navigation requests, redirect hops included, while open.
+    """The URLs of one main-frame navigation and its redirect hops, seen while the watch is open.
 
     Chromium follows redirects inside TLS tunnels where the guard cannot see them; when a hop is
-    refused, `page.goto` fails with the first URL only. The watch sees every hop's request.
+    refused, `page.goto` fails naming the first URL only. The watch sees every hop's request. It
+    follows only the first navigation and the redirects from it: a later navigation the page
+    starts itself (meta refresh, script) is a subresource of the capture, not its target.
     """
 
     def __init__(self, session: EgressSession, page: Page) -> None:
         self.session = session
         self.urls: list[str] = []
+        self._requests: list[Request] = []
         self._page = page
 
     def _on_request(self, request: Request) -> None:
-        if request.is_navigation_request() and request.frame == self._page.main_frame:
+        if not request.is_navigation_request() or request.frame != self._page.main_frame:
+            return
+        origin = request.redirected_from
+        if not self._requests or any(origin is seen for seen in self._requests):
+            self._requests.append(request)
             self.urls.append(request.url)
 
     def __enter__(self) -> NavigationWatch:

@@ -20,6 +20,7 @@ from tests.browser.guard.conftest import (
     Network,
     Site,
     Visit,
+    eventually,
     rules_for,
 )
 
@@ -303,3 +304,22 @@ async def test_navigation_watch_sees_hops_inside_tls(
     assert "loopback" in reason
     assert watch.urls[0] == start
     assert not canary.reached(), canary.summary()
+
+
+async def test_navigation_watch_ignores_navigations_the_page_starts(
+    visit_factory: Any, site: Site, canary: Canary
+) -> None:
+    """A meta refresh or script navigation to a blocked target is refused, but it is not the
+    capture's own navigation: the watch does not count it."""
+    visit: Visit = await visit_factory(rules_for(site, canary))
+    to = quote(f"http://canary.test:{canary.port}/", safe="")
+    start = site.url(
+        f"/chain?n=2&status=302&to={quote(site.url(f'/kind/meta-refresh?to={to}'), safe='')}"
+    )
+    with visit.session.watch_navigation(visit.page) as watch:
+        status, _error = await navigate(visit, start)
+        assert status == 200
+        assert await eventually(lambda: visit.session.blocked_requests >= 1)
+    assert len(watch.urls) == 3  # start, one chain hop, the meta-refresh page
+    assert watch.blocked_reason() is None
+    assert not canary.reached()
