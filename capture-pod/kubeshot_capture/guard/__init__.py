@@ -7,8 +7,11 @@ its download budget.
             proxy=guard.browser_proxy, args=[*flags, *guard.launch_args()]
         )
         with guard.session(rules, max_download_bytes=limit, upstream=credentials) as session:
-            await session.preflight(url)          # CaptureError(BLOCKED_BY_POLICY) when refused
-            ...navigate; then session.blocked_reason(url) / session.download_exceeded
+            await session.preflight(url)  # CaptureError(BLOCKED_BY_POLICY) when refused
+            with session.watch_navigation(page) as navigation:
+                response = await page.goto(url)  # a refusal is a 403 response or an error
+            reason = session.first_blocked_reason([url, *navigation.urls])  # -> exit 3
+            session.download_exceeded  # -> exit 5
 """
 
 from kubeshot_capture.guard.addresses import (
