@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CHROMIUM ?= /usr/bin/chromium
 PYTEST_ARGS ?=
 
-.PHONY: setup chromium run test test-unit test-browser test-gateway test-cluster lint crds openapi chart bench testenv testenv-up testenv-down e2e-kind images clean
+.PHONY: setup chromium run test test-unit test-browser test-gateway test-cluster lint crds openapi chart bench bench-operator testenv testenv-up testenv-down e2e-kind images clean
 
 setup: $(STAMP) chromium
 
@@ -75,6 +75,10 @@ test-cluster: setup testenv
 
 bench: setup
 	$(BIN)/python bench/capture.py
+	$(BIN)/python bench/gateway.py
+
+bench-operator: setup testenv
+	$(BIN)/python bench/operator.py
 
 # For machines with Docker: a kind cluster with NetworkPolicy enforcement, the images, the chart.
 e2e-kind:

@@ -109,6 +109,18 @@ def test_invalid_capture_jobs_are_rejected_with_clear_messages(
     assert kubectl("get", "capturejobs", "-n", namespace, "-o", "name").stdout == ""
 
 
+def test_capture_job_spec_is_immutable(kubectl: Kubectl, namespace: str) -> None:
+    kubectl.apply(capture_job(namespace, "fixed", url="https://example.com/", format="png"))
+    result = kubectl(
+        "patch", "capturejob", "fixed", "-n", namespace, "--type=merge",
+        "-p", json.dumps({"spec": {"format": "jpeg"}}), check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "spec is immutable" in result.stderr
+    stored = kubectl.json("get", "capturejob", "fixed", "-n", namespace)
+    assert stored["spec"]["format"] == "png"
+
+
 def test_printer_columns_show_in_get(kubectl: Kubectl, namespace: str) -> None:
     kubectl.apply(capture_job(namespace, "shot", url="https://example.com/a", format="webp"))
     result = {"contentType": "image/webp", "bytes": 12345, "sha256": "ab" * 32}

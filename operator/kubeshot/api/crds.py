@@ -137,6 +137,10 @@ def capturejob_crd() -> Schema:
     spec = crd_schema(CaptureJobSpec)
     spec["x-kubernetes-validations"] = [
         {"rule": rule.cel, "message": rule.message} for rule in CROSS_FIELD_RULES
+    ] + [
+        # A capture is a request, not a desired state: once admitted, editing it would make the
+        # job's status describe something else. Create a new CaptureJob instead.
+        {"rule": "self == oldSelf", "message": "spec is immutable; create a new CaptureJob"}
     ]
     schema = _top_level(
         spec,
