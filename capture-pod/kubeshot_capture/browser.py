@@ -6,6 +6,9 @@ import os
 import shutil
 from pathlib import Path
 
+# Debian's Chromium binary itself: its /usr/bin/chromium wrapper sources /etc/chromium.d, which
+# sets Google API keys (and with them background requests to Google) and extra flags.
+DEBIAN_CHROMIUM = "/usr/lib/chromium/chromium"
 DEFAULT_CHROMIUM = "/usr/bin/chromium"
 # Flags that keep Chromium from phoning home or opening UDP paths the egress guard cannot see.
 CHROMIUM_ARGS = (
@@ -18,6 +21,8 @@ CHROMIUM_ARGS = (
     "--disable-default-apps",
     "--disable-extensions",
     "--disable-breakpad",
+    # The crash handler double-forks away from the browser and would outlive every capture.
+    "--disable-crash-reporter",
     "--disable-domain-reliability",
     "--metrics-recording-only",
     "--no-default-browser-check",
@@ -38,7 +43,8 @@ def chromium_executable() -> str | None:
         if not Path(configured).is_file():
             raise FileNotFoundError(f"KUBESHOT_CHROMIUM={configured} does not exist")
         return configured
-    for candidate in (DEFAULT_CHROMIUM, shutil.which("chromium"), shutil.which("chromium-browser")):
+    candidates = (DEBIAN_CHROMIUM, DEFAULT_CHROMIUM, shutil.which("chromium"))
+    for candidate in (*candidates, shutil.which("chromium-browser")):
         if candidate and Path(candidate).is_file():
             return candidate
     return None

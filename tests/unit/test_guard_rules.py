@@ -90,6 +90,10 @@ REFUSED = [
     ("http://METADATA.GOOGLE.INTERNAL./", {"blockPrivateNetworks": False}, "metadata"),
     ("http://instance-data/latest/", {}, "metadata"),
     ("http://10.20.3.4/", {"allowedCIDRs": ["10.30.0.0/16"]}, "private"),
+    # Any port only inside an opened range; the internet keeps to allowedPorts.
+    ("http://public.test:8080/", {"allowedCIDRs": ["10.20.0.0/16"]}, "port 8080"),
+    ("http://93.184.215.14:8080/", {"allowedCIDRs": ["10.20.0.0/16"]}, "port 8080"),
+    ("http://10.20.3.4:8080/", {"allowedCIDRs": ["10.30.0.0/16"]}, "private"),
 ]
 
 
@@ -119,6 +123,10 @@ ALLOWED = [
     ("http://10.1.2.3/", {"blockPrivateNetworks": False}),
     ("http://public.test:8080/", {"allowedPorts": [8080]}),
     ("http://127.0.0.1/", {"allowedDomains": ["x.test"], "allowedCIDRs": ["127.0.0.1/32"]}),
+    # An opened range (an intranet, a local test server) is reachable on any port.
+    ("http://127.0.0.2:41217/", {"allowedCIDRs": ["127.0.0.0/8"]}),
+    ("http://localhost:3000/", {"allowedCIDRs": ["127.0.0.0/8"]}),
+    ("http://intranet.test:8443/", {"allowedCIDRs": ["10.20.0.0/16"]}),
 ]
 
 
@@ -134,6 +142,13 @@ async def test_mixed_records_connect_only_to_allowed_addresses() -> None:
     rules = CompiledRules(NetworkRules())
     addresses, reason = await rules.resolve(parse_url("http://mixed.test/"), FakeResolver())
     assert addresses == [ip_address("93.184.215.14")]
+    assert reason is None
+
+
+async def test_off_port_connects_only_to_the_opened_range() -> None:
+    rules = CompiledRules(NetworkRules.model_validate({"allowedCIDRs": ["10.0.0.0/8"]}))
+    addresses, reason = await rules.resolve(parse_url("http://mixed.test:8080/"), FakeResolver())
+    assert addresses == [ip_address("10.0.0.7")]  # the public address is not on an allowed port
     assert reason is None
 
 

@@ -74,19 +74,32 @@ class CompiledRules:
             allowed_networks=self.allowed_networks,
         )
 
+    def in_allowed_networks(self, address: IPAddress) -> bool:
+        return any(address in network for network in self.allowed_networks)
+
+    def port_refusal(self, port: int, address: IPAddress | None = None) -> str | None:
+        """Why this port is refused: `allowedPorts` apply to the internet; a range opened by
+        `allowedCIDRs` (an intranet, a local test server) is reachable on any port."""
+        if port in self.allowed_ports or (address is not None and self.in_allowed_networks(address)):
+            return None
+        allowed = ", ".join(str(p) for p in sorted(self.allowed_ports))
+        return f"port {port} is not allowed (allowed ports: {allowed})"
+
     def target_refusal(self, target: Target) -> str | None:
         """Why this target is refused before any DNS lookup (port, domain rules, literal
         address), or None when it may be resolved and its addresses checked."""
-        if target.port not in self.allowed_ports:
-            allowed = ", ".join(str(p) for p in sorted(self.allowed_ports))
-            return f"port {target.port} is not allowed (allowed ports: {allowed})"
         if target.address is not None:
             reason = self.address_refusal(target.address)
             if reason is not None:
                 return f"{target.host}: {reason}"
-            if self.allowed_domains and not any(target.address in n for n in self.allowed_networks):
+            if self.allowed_domains and not self.in_allowed_networks(target.address):
                 return f"{target.host}: literal addresses are not in the allowed domains"
-            return None
+            return self.port_refusal(target.port, target.address)
+        if not self.allowed_networks:
+            # No range is open on other ports: refuse before any DNS lookup.
+            reason = self.port_refusal(target.port)
+            if reason is not None:
+                return reason
         if target.host in METADATA_NAMES and target.host not in self.allowed_domains:
             return f"{target.host}: cloud metadata host name"
         blocked = _suffix_match(target.host, self.blocked_domains)
@@ -127,7 +140,7 @@ class CompiledRules:
         allowed: list[IPAddress] = []
         first_reason: str | None = None
         for address in addresses:
-            reason = self.address_refusal(address)
+            reason = self.address_refusal(address) or self.port_refusal(target.port, address)
             if reason is None:
                 allowed.append(address)
             elif first_reason is None:

@@ -55,11 +55,11 @@ class NetworkRules(Model):
     blocked_domains: list[Domain] = Field(default_factory=list, max_length=1000)
     """Domains and their subdomains that may never be reached (suffix match, IDNA)."""
     allowed_cidrs: list[str] = Field(default_factory=list, alias="allowedCIDRs", max_length=256)
-    """Address ranges allowed even though they are private, e.g. an intranet (10.20.0.0/16)."""
+    """Ranges opened although private, e.g. an intranet (10.20.0.0/16); reachable on any port."""
     block_private_networks: bool = True
     """Refuse private, loopback, link-local, CGNAT, metadata and other special addresses."""
     allowed_ports: list[Port] = Field(default_factory=lambda: [80, 443], min_length=1)
-    """Destination ports a capture may connect to."""
+    """Destination ports a capture may connect to (outside the allowedCIDRs ranges)."""
     proxy: ProxyConfig | None = None
     """Upstream proxy: when set, capture pods may reach only the proxy."""
     ignore_https_errors: bool = Field(default=False, alias="ignoreHTTPSErrors")
