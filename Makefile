@@ -11,12 +11,14 @@ PYTEST_ARGS ?=
 
 setup: $(STAMP) chromium
 
-# Debian's Chromium: Playwright drives it through executable_path (its own downloads are not used).
+# Debian's Chromium (Playwright drives it through executable_path; its own downloads are not
+# used), fonts for it, and shellcheck for the scripts.
 chromium:
-	@if [ ! -x "$(CHROMIUM)" ]; then \
-	  echo "installing Debian's chromium"; \
+	@if [ ! -x "$(CHROMIUM)" ] || ! command -v shellcheck >/dev/null; then \
+	  echo "installing Debian's chromium, fonts-liberation, shellcheck"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium fonts-liberation >/dev/null; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    chromium fonts-liberation shellcheck >/dev/null; \
 	fi
 
 $(STAMP): pyproject.toml
@@ -28,13 +30,13 @@ $(STAMP): pyproject.toml
 run: setup
 	$(BIN)/kubeshot serve
 
-lint: $(STAMP)
+lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python hack/chartgen.py --check
-	if command -v shellcheck >/dev/null; then shellcheck hack/*.sh testenv/*.sh .ci/run; fi
+	shellcheck -x hack/*.sh testenv/*.sh .ci/run
 
 # CRDs, OpenAPI, the chart's schema and values reference are generated and checked in; tests
 # fail when they drift.

@@ -15,12 +15,9 @@ import pytest
 from kubeshot.gateway.settings import Settings
 from kubeshot.operator.settings import OperatorSettings
 from tests.cluster.chart.conftest import VALUES_DIR, Helm
-from tests.conftest import ROOT
+from tests.conftest import ROOT, need
 
 VALUES_FILES = [None, *sorted(VALUES_DIR.glob("*.yaml"))]
-# Settings the chart already passes for the gateway's kubernetes backend (issue 6): the port of
-# the internal upload endpoint, and the namespace the gateway runs in. Ignored until read.
-GATEWAY_PENDING = {"KUBESHOT_UPLOAD_PORT", "KUBESHOT_NAMESPACE"}
 
 
 def gateway_env_names() -> set[str]:
@@ -35,16 +32,23 @@ def gateway_env_names() -> set[str]:
 def test_gateway_environment_is_read_by_its_settings(helm: Helm, values: Path | None) -> None:
     rendered = helm.template(values)
     env = rendered.env("ks-kubeshot-gateway")
-    unknown = set(env) - gateway_env_names() - GATEWAY_PENDING
+    unknown = set(env) - gateway_env_names()
     assert not unknown, f"the gateway reads no such settings: {unknown}"
     plain = {k: v for k, v in env.items() if isinstance(v, str)}
     # Secrets (secretKeyRef) and downward-API values arrive at run time; stand-ins here.
-    plain.update({"AUTH_TOKEN": "t", "URL_SIGNING_SECRET": "s"})
-    settings = Settings(**{k: v for k, v in plain.items() if k not in GATEWAY_PENDING})
+    plain.update({"AUTH_TOKEN": "t", "URL_SIGNING_SECRET": "s", "KUBESHOT_NAMESPACE": "kubeshot"})
+    settings = Settings(**plain)
     assert settings.host == ["0.0.0.0"]
     assert not settings.plain_http_allowed  # HTTPS only, unless TLS or a trusted proxy says so
     if settings.tls:
         assert str(settings.tls_cert).startswith("/etc/kubeshot/tls/")
+    ports = {
+        p["name"]: p["containerPort"]
+        for p in rendered.get("Deployment", "ks-kubeshot-gateway")["spec"]["template"]["spec"][
+            "containers"
+        ][0]["ports"]
+    }
+    assert settings.upload_port == ports["upload"]
 
 
 @pytest.mark.parametrize("values", VALUES_FILES, ids=lambda v: v.stem if v else "default")
@@ -119,8 +123,7 @@ def test_dockerignore_sends_only_what_the_images_copy() -> None:
 
 
 def test_e2e_script_is_shellcheck_clean() -> None:
-    if shutil.which("shellcheck") is None:
-        pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
+    need(shutil.which("shellcheck"), "shellcheck is not installed (make setup installs it)")
     done = subprocess.run(
         ["shellcheck", str(ROOT / "hack" / "e2e-kind.sh")], capture_output=True, text=True
     )
