@@ -127,16 +127,19 @@ async def test_no_auth_runs_open_with_a_warning(
     assert "authentication is OFF" in "".join(served.output)
 
 
-def test_kubernetes_backend_is_not_pretended():
+def test_kubernetes_backend_without_cluster_credentials_exits_2(tmp_path):
+    env = {k: v for k, v in _clean_env(HOME=str(tmp_path)).items() if k != "KUBECONFIG"}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
     result = subprocess.run(
         [*KUBESHOT, "serve", "--backend", "kubernetes", "--port", str(free_port())],
         capture_output=True,
         text=True,
         timeout=60,
-        env=_clean_env(),
+        env=env,
     )
-    assert result.returncode == 2
-    assert "not available yet" in result.stderr
+    assert result.returncode == 2, result.stderr
+    assert "cannot reach the Kubernetes API" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_invalid_configuration_exits_2():

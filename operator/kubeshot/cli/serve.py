@@ -1,4 +1,4 @@
-"""`kubeshot serve`: the HTTP gateway with the local (or, later, kubernetes) backend."""
+"""`kubeshot serve`: the HTTP gateway with the local or the kubernetes backend."""
 
 from __future__ import annotations
 
@@ -21,6 +21,11 @@ def register(subparsers: Any) -> None:
         "--host", action="append", help="address to listen on (repeatable; default 127.0.0.1)"
     )
     parser.add_argument("--port", type=int, help="TCP port (default 8080)")
+    parser.add_argument(
+        "--upload-port",
+        type=int,
+        help="kubernetes backend: plain-HTTP port of the internal upload endpoint (default 8081)",
+    )
     parser.add_argument("--backend", choices=["local", "kubernetes"], help="where captures run")
     parser.add_argument(
         "--policy", action="append", metavar="FILE", help="ScreenshotPolicy YAML (repeatable)"
@@ -51,6 +56,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     pairs = {
         "host": args.host,
         "port": args.port,
+        "upload_port": args.upload_port,
         "backend": args.backend,
         "policy_files": args.policy,
         "tls_cert": args.tls_cert,
@@ -86,12 +92,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"kubeshot serve: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     if settings.backend == "kubernetes":
-        print(
-            "kubeshot serve: the kubernetes backend is not available yet (it comes with the "
-            "operator); use --backend local",
-            file=sys.stderr,
-        )
-        return 2
+        from kubeshot.gateway.kube import login
+
+        try:
+            login()
+        except Exception as exc:
+            print(f"kubeshot serve: cannot reach the Kubernetes API: {exc}", file=sys.stderr)
+            return 2
     if (settings.tls_cert is None) != (settings.tls_key is None):
         print("kubeshot serve: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
@@ -147,6 +154,7 @@ async def _serve(app: Any, settings: Any, ssl_context: Any) -> None:
         shutdown_timeout=settings.http_shutdown_timeout,
     )
     await runner.setup()
+    upload_runner = None
     try:
         scheme = "https" if ssl_context else "http"
         for host in settings.host:
@@ -159,9 +167,28 @@ async def _serve(app: Any, settings: Any, ssl_context: Any) -> None:
             )
             if ssl_context is not None and settings.http_redirect_port is not None:
                 await web.TCPSite(runner, host, settings.http_redirect_port).start()
+        if settings.backend == "kubernetes":
+            from kubeshot.gateway.uploads import create_upload_app
+
+            # Capture pods reach this port only (their NetworkPolicy); it serves uploads alone.
+            upload_runner = web.AppRunner(
+                create_upload_app(app, settings.max_upload_bytes),
+                access_log=logging.getLogger("kubeshot.gateway.access"),
+            )
+            await upload_runner.setup()
+            for host in settings.host:
+                await web.TCPSite(upload_runner, host, settings.upload_port).start()
+                print(
+                    f"kubeshot upload endpoint listening on "
+                    f"http://{_authority(host)}:{settings.upload_port}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         await stop.wait()
         print("kubeshot gateway shutting down", file=sys.stderr, flush=True)
     finally:
+        if upload_runner is not None:
+            await upload_runner.cleanup()
         await runner.cleanup()
 
 

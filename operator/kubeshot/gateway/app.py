@@ -38,6 +38,7 @@ from kubeshot.gateway.auth import (
     parse_authorization,
 )
 from kubeshot.gateway.backend import Backend, CaptureResult
+from kubeshot.gateway.cluster import Caller, KubernetesBackend
 from kubeshot.gateway.errors import (
     ApiError,
     forbidden,
@@ -47,7 +48,7 @@ from kubeshot.gateway.errors import (
 )
 from kubeshot.gateway.jobs import JobRegistry
 from kubeshot.gateway.metrics import CONTENT_TYPE_LATEST, Metrics
-from kubeshot.gateway.models import Health
+from kubeshot.gateway.models import CaptureJobView, Health
 from kubeshot.gateway.openapi import openapi_document
 from kubeshot.gateway.policies import PolicySet
 from kubeshot.gateway.ratelimit import RateLimiter
@@ -55,6 +56,7 @@ from kubeshot.gateway.security import SECURE_HEADERS, client_address, is_https
 from kubeshot.gateway.settings import Settings
 from kubeshot.gateway.signing import SignatureError, UrlSigner
 from kubeshot.gateway.store import ResultStore
+from kubeshot.gateway.uploads import has_format
 from kubeshot.gateway.validation import (
     POLICY_PARAM,
     options_from_json,
@@ -71,12 +73,6 @@ CAPTURE_ROUTES = frozenset({"screenshot", "captures_create"})
 # Places a token does not belong: it would end up in logs, browser history and Referer headers.
 TOKEN_QUERY_PARAMS = ("token", "access_token", "auth", "api_key", "apikey", "key")
 TOKEN_HEADERS = ("X-Api-Key", "X-Auth-Token", "Api-Key")
-_MAGIC: dict[Format, tuple[bytes, ...]] = {
-    Format.PNG: (b"\x89PNG\r\n\x1a\n",),
-    Format.JPEG: (b"\xff\xd8\xff",),
-    Format.WEBP: (b"RIFF",),
-    Format.PDF: (b"%PDF-",),
-}
 
 
 def _route_name(request: web.Request) -> str:
@@ -162,7 +158,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     authenticator = app[keys.AUTHENTICATOR]
     if authenticator.open_access:
         request[keys.IDENTITY] = Identity(
-            name="anonymous", kind="anonymous", rate_key=f"client:{request[keys.CLIENT]}"
+            name="anonymous",
+            kind="anonymous",
+            namespace=settings.namespace,
+            rate_key=f"client:{request[keys.CLIENT]}",
         )
         return await handler(request)
     metrics = app[keys.METRICS]
@@ -173,7 +172,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             metrics.auth_failures.labels(reason="bad_signature").inc()
             raise forbidden(str(exc)) from None
         request[keys.IDENTITY] = Identity(
-            name="signed", kind="signed", rate_key=f"signed:{request[keys.CLIENT]}"
+            name="signed",
+            kind="signed",
+            namespace=settings.namespace,
+            rate_key=f"signed:{request[keys.CLIENT]}",
         )
         return await handler(request)
     header = request.headers.get("Authorization")
@@ -267,13 +269,21 @@ def _proxy_for(settings: Settings, policy: ScreenshotPolicySpec) -> ProxyCredent
     return None
 
 
-def _admitted_policy(
+async def _admitted_policy(
     request: web.Request, identity: Identity, options: CaptureOptions, name: str | None
 ) -> ScreenshotPolicy:
-    """The policy the capture runs under, once the identity may use it and the options fit it."""
+    """The policy the capture runs under, once the identity may use it and the options fit it.
+
+    With the kubernetes backend it is the ScreenshotPolicy of the caller's namespace (the
+    operator checks again); with the local backend one of the `--policy` files.
+    """
     metrics = request.app[keys.METRICS]
+    backend = request.app[keys.BACKEND]
     try:
-        policy = request.app[keys.POLICIES].get(name)
+        if isinstance(backend, KubernetesBackend):
+            policy = await backend.policy(identity.namespace, name)
+        else:
+            policy = request.app[keys.POLICIES].get(name)
         if not identity.may_use(policy.name):
             raise ApiError(
                 403,
@@ -303,11 +313,8 @@ def _verify_artifact(
         problems.append("larger than the policy's maxResultBytes")
     if report.content_type.split(";")[0] != options.format.content_type.split(";")[0]:
         problems.append(f"content type {report.content_type} is not {options.format.value}")
-    magic = _MAGIC.get(options.format)
-    if magic and not data.startswith(magic):
+    if options.format is not Format.HTML and not has_format(options.format, data):
         problems.append(f"not a {options.format.value} file")
-    if options.format is Format.WEBP and data[8:12] != b"WEBP":
-        problems.append("not a webp file")
     if problems:
         log.error("artifact refused: %s", "; ".join(problems))
         raise ApiError(
@@ -321,13 +328,18 @@ async def _run_capture(
     app = request.app
     identity = request[keys.IDENTITY]
     request[keys.TARGET] = options.url or ""
-    policy = _admitted_policy(request, identity, options, name)
+    policy = await _admitted_policy(request, identity, options, name)
     metrics = app[keys.METRICS]
+    backend = app[keys.BACKEND]
     started = time.monotonic()
     try:
-        result = await app[keys.BACKEND].capture(
-            options, policy.spec, _proxy_for(app[keys.SETTINGS], policy.spec)
-        )
+        if isinstance(backend, KubernetesBackend):
+            caller = Caller(identity.name, identity.namespace)
+            result = await backend.run(caller, policy.name, options, policy.spec, app[keys.STORE])
+        else:
+            result = await backend.capture(
+                options, policy.spec, _proxy_for(app[keys.SETTINGS], policy.spec)
+            )
     except CaptureError as exc:
         metrics.captures.labels(outcome=exc.reason.value).inc()
         raise
@@ -393,8 +405,17 @@ async def captures_create(request: web.Request) -> web.StreamResponse:
     """POST /v1/captures: accept a capture to run in the background (202)."""
     options = options_from_json(await _json_body(request))
     identity = request[keys.IDENTITY]
-    policy = _admitted_policy(request, identity, options, _policy_param(request))
+    policy = await _admitted_policy(request, identity, options, _policy_param(request))
     app = request.app
+    backend = app[keys.BACKEND]
+    if isinstance(backend, KubernetesBackend):
+        created = await backend.create_job(
+            Caller(identity.name, identity.namespace), policy.name, options
+        )
+        view = backend.view(created)
+        response = web.json_response(view.to_wire(), status=202)
+        response.headers["Location"] = f"/v1/captures/{view.id}"
+        return response
     if not app[keys.BACKEND].can_accept():
         app[keys.METRICS].overloaded.inc()
         raise ApiError(503, "overloaded", "the capture queue is full", headers={"Retry-After": "1"})
@@ -414,19 +435,26 @@ def _job_of(request: web.Request) -> tuple[Identity, str]:
     return request[keys.IDENTITY], request.match_info["job_id"]
 
 
-async def captures_get(request: web.Request) -> web.StreamResponse:
+def _job_view(request: web.Request) -> CaptureJobView:
     identity, job_id = _job_of(request)
-    job = request.app[keys.JOBS].get(identity.rate_key, job_id)
-    if job is None:
+    backend = request.app[keys.BACKEND]
+    if isinstance(backend, KubernetesBackend):
+        found = backend.find(Caller(identity.name, identity.namespace), job_id)
+        view = backend.view(found) if found is not None else None
+    else:
+        job = request.app[keys.JOBS].get(identity.rate_key, job_id)
+        view = job.view() if job is not None else None
+    if view is None:
         raise ApiError(404, "not_found", "no such capture")
-    return web.json_response(job.view().to_wire())
+    return view
+
+
+async def captures_get(request: web.Request) -> web.StreamResponse:
+    return web.json_response(_job_view(request).to_wire())
 
 
 async def captures_artifact(request: web.Request) -> web.StreamResponse:
-    identity, job_id = _job_of(request)
-    job = request.app[keys.JOBS].get(identity.rate_key, job_id)
-    if job is None:
-        raise ApiError(404, "not_found", "no such capture")
+    job = _job_view(request)
     if job.result is None:
         detail = job.failure.to_wire() if job.failure else None
         raise ApiError(409, "not_ready", f"the capture is {job.phase.value}", detail)
@@ -465,15 +493,25 @@ async def openapi(request: web.Request) -> web.StreamResponse:
 # --- the application --------------------------------------------------------------------------
 
 
-def build_authenticator(settings: Settings) -> Authenticator:
-    """Tokens from AUTH_TOKEN and the tokens file; refuses to run open unless told to."""
+def token_entries(settings: Settings) -> list[TokenEntry]:
+    """The tokens of AUTH_TOKEN (in the gateway's namespace) and of the tokens file."""
     entries: list[TokenEntry] = []
     if settings.auth_token is not None:
         entries.append(
-            TokenEntry(name="default", sha256=hash_token(settings.auth_token.get_secret_value()))
+            TokenEntry(
+                name="default",
+                sha256=hash_token(settings.auth_token.get_secret_value()),
+                namespace=settings.namespace,
+            )
         )
     if settings.tokens_file is not None:
         entries.extend(load_tokens_file(settings.tokens_file))
+    return entries
+
+
+def build_authenticator(settings: Settings) -> Authenticator:
+    """Tokens from AUTH_TOKEN and the tokens file; refuses to run open unless told to."""
+    entries = token_entries(settings)
     if settings.no_auth:
         log.warning("authentication is OFF (--no-auth): anyone who can reach this port may capture")
         return Authenticator([], open_access=True)
@@ -484,7 +522,14 @@ def build_authenticator(settings: Settings) -> Authenticator:
 
 def default_backend(settings: Settings, metrics: Metrics) -> Backend:
     if settings.backend == "kubernetes":
-        raise ValueError("the kubernetes backend is not available yet; use --backend local")
+        # One watch per namespace a caller's jobs can be in, shared by all requests.
+        namespaces = {settings.namespace} | {e.namespace for e in token_entries(settings)}
+        return KubernetesBackend(
+            sorted(namespaces),
+            default_namespace=settings.namespace,
+            wait_grace=settings.kube_wait_grace,
+            on_watch_connect=metrics.watch_connections.inc,
+        )
     from kubeshot.gateway.pool import LocalBackend
 
     return LocalBackend(

@@ -53,5 +53,11 @@ class Metrics:
             "kubeshot_overloaded", "Captures refused because the queue was full", registry=r
         )
 
+        self.watch_connections = Counter(
+            "kubeshot_watch_connections",
+            "CaptureJob watch connections opened (kubernetes backend)",
+            registry=r,
+        )
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
         default=None, ge=0, le=65535, validation_alias=_alias("KUBESHOT_HTTP_REDIRECT_PORT")
     )
     """With TLS: also listen for plain HTTP on this port, answering only with 308 to HTTPS."""
+    upload_port: int = Field(
+        default=8081, ge=0, le=65535, validation_alias=_alias("KUBESHOT_UPLOAD_PORT")
+    )
+    """Kubernetes backend: plain-HTTP port of the internal upload endpoint capture pods PUT
+    their artifacts to (nothing else is served there)."""
 
     # --- HTTPS -----------------------------------------------------------------------------
     https_only: bool = Field(default=True, validation_alias=_alias("HTTPS_ONLY"))
@@ -129,6 +134,24 @@ class Settings(BaseSettings):
         default=2 * 1024 * 1024, ge=1024, validation_alias=_alias("KUBESHOT_MAX_BODY_BYTES")
     )
     """Largest request body; larger gets 413."""
+
+    # --- kubernetes backend ----------------------------------------------------------------
+    namespace: str = Field(
+        default="default",
+        min_length=1,
+        max_length=63,
+        validation_alias=_alias("KUBESHOT_NAMESPACE"),
+    )
+    """Namespace of the CaptureJobs of AUTH_TOKEN, signed-URL and --no-auth callers (tokens of a
+    tokens file name their own); the chart sets the gateway's own namespace."""
+    max_upload_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, validation_alias=_alias("KUBESHOT_MAX_UPLOAD_BYTES")
+    )
+    """Largest artifact a capture pod may upload; larger gets 413."""
+    kube_wait_grace: float = Field(
+        default=120.0, gt=0, validation_alias=_alias("KUBESHOT_KUBE_WAIT_GRACE")
+    )
+    """Seconds a synchronous request waits beyond the capture's timeout (queueing, pod start)."""
 
     # --- local backend ---------------------------------------------------------------------
     workers: int = Field(default=2, ge=1, le=64, validation_alias=_alias("KUBESHOT_WORKERS"))

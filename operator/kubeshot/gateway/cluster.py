@@ -1,0 +1,257 @@
+"""The `kubernetes` backend: admitted requests become CaptureJobs, run by the operator's pods.
+
+A capture pod uploads its artifact to the gateway's internal endpoint (`uploads.py`), which puts
+it in the result store under the job's uid; the job's status (followed by one shared watch) says
+when it is done and with which sha256.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from kubeshot.api import (
+    CaptureError,
+    CaptureOptions,
+    CaptureReport,
+    Failure,
+    FailureReason,
+    Phase,
+    ProxyCredentials,
+    ResultSummary,
+    ScreenshotPolicy,
+    ScreenshotPolicySpec,
+)
+from kubeshot.api.admission import effective_timeout
+from kubeshot.api.crds import API_VERSION
+from kubeshot.gateway.backend import Backend, CaptureResult
+from kubeshot.gateway.errors import ApiError
+from kubeshot.gateway.kube import CaptureJobWatch, KubeClient, KubeError, Manifest, kubeshot_path
+from kubeshot.gateway.models import CaptureJobView
+from kubeshot.gateway.policies import DEFAULT_POLICY
+from kubeshot.gateway.store import ResultStore
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+GATEWAY = "kubeshot-gateway"
+CALLER = "kubeshot.dev/caller"
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Whose capture this is: the token's name and its namespace."""
+
+    name: str
+    namespace: str
+
+    @property
+    def label(self) -> str:
+        if _LABEL_VALUE.match(self.name):
+            return self.name
+        return hashlib.sha256(self.name.encode()).hexdigest()[:32]
+
+
+def store_id(job: Manifest) -> str:
+    """Where a job's artifact is kept in the result store: its uid, as 32 hex digits."""
+    return str(job["metadata"]["uid"]).replace("-", "")
+
+
+def _phase(job: Manifest) -> Phase:
+    try:
+        return Phase((job.get("status") or {}).get("phase") or Phase.PENDING.value)
+    except ValueError:
+        return Phase.PENDING
+
+
+class KubernetesBackend(Backend):
+    """CaptureJobs in the caller's namespace, followed by one shared watch."""
+
+    def __init__(
+        self,
+        namespaces: list[str],
+        *,
+        default_namespace: str,
+        wait_grace: float,
+        client: KubeClient | None = None,
+        on_watch_connect: Any = None,
+    ) -> None:
+        self.client = client or KubeClient()
+        self.default_namespace = default_namespace
+        self.wait_grace = wait_grace
+        self.watch = CaptureJobWatch(
+            self.client, namespaces, on_connect=on_watch_connect or (lambda: None)
+        )
+        self._closing = False
+
+    async def start(self) -> None:
+        self.watch.start()
+
+    async def close(self) -> None:
+        self._closing = True
+        await self.watch.close()
+        await self.client.close()
+
+    def begin_shutdown(self) -> None:
+        self._closing = True
+
+    @property
+    def ready(self) -> bool:
+        return self.watch.established and not self._closing
+
+    # --- admission ------------------------------------------------------------------------
+
+    async def policy(self, namespace: str, name: str | None) -> ScreenshotPolicy:
+        """The ScreenshotPolicy of the namespace; CaptureError(PolicyNotFound) when missing."""
+        name = name or DEFAULT_POLICY
+        try:
+            document = await self.client.request(
+                "GET", kubeshot_path("screenshotpolicies", namespace, name)
+            )
+        except KubeError as exc:
+            if exc.status == 404:
+                raise CaptureError(
+                    FailureReason.POLICY_NOT_FOUND,
+                    f"no ScreenshotPolicy named {name!r} in namespace {namespace!r}",
+                ) from None
+            raise _unavailable(exc) from None
+        try:
+            return ScreenshotPolicy.model_validate(
+                {"metadata": {"name": name}, "spec": document.get("spec") or {}}
+            )
+        except ValidationError as exc:
+            raise CaptureError(
+                FailureReason.INVALID_SPEC, f"the ScreenshotPolicy {name!r} is invalid: {exc}"
+            ) from None
+
+    # --- jobs -----------------------------------------------------------------------------
+
+    async def create_job(
+        self, caller: Caller, policy_name: str, options: CaptureOptions
+    ) -> Manifest:
+        if self._closing:
+            raise ApiError(
+                503, "overloaded", "the gateway is shutting down", headers={"Retry-After": "5"}
+            )
+        body = {
+            "apiVersion": API_VERSION,
+            "kind": "CaptureJob",
+            "metadata": {
+                "name": f"capture-{uuid.uuid4().hex[:16]}",
+                "namespace": caller.namespace,
+                "labels": {MANAGED_BY: GATEWAY, CALLER: caller.label},
+            },
+            "spec": {**options.to_wire(), "policyRef": policy_name},
+        }
+        try:
+            created = await self.client.request(
+                "POST", kubeshot_path("capturejobs", caller.namespace), body
+            )
+        except KubeError as exc:
+            raise _unavailable(exc) from None
+        self.watch.observe(created, initial=True)
+        return created
+
+    async def run(
+        self,
+        caller: Caller,
+        policy_name: str,
+        options: CaptureOptions,
+        policy: ScreenshotPolicySpec,
+        store: ResultStore,
+    ) -> CaptureResult:
+        """A synchronous capture: create the job, wait for it, read its artifact."""
+        created = await self.create_job(caller, policy_name, options)
+        meta = created["metadata"]
+        timeout = effective_timeout(options, policy) + self.wait_grace
+        try:
+            job = await self.watch.wait_finished((meta["namespace"], meta["name"]), timeout)
+        except TimeoutError:
+            raise CaptureError(
+                FailureReason.TIMEOUT, f"the capture did not finish within {timeout:g}s"
+            ) from None
+        if job is None:
+            raise CaptureError(FailureReason.POD_LOST, "the CaptureJob was deleted")
+        status = job.get("status") or {}
+        if status.get("phase") != Phase.SUCCEEDED.value:
+            failure = _failure(status)
+            raise CaptureError(failure.reason, failure.message)
+        summary = ResultSummary.model_validate(status["result"])
+        data = await asyncio.to_thread(store.get, store_id(job), summary.sha256)
+        if data is None:
+            raise CaptureError(FailureReason.INTERNAL, "the artifact was not uploaded")
+        report = CaptureReport.model_validate(
+            {**summary.model_dump(), "format": options.format.value}
+        )
+        return CaptureResult(data=data, report=report)
+
+    async def capture(
+        self,
+        options: CaptureOptions,
+        policy: ScreenshotPolicySpec,
+        proxy: ProxyCredentials | None = None,
+    ) -> CaptureResult:
+        raise NotImplementedError("the kubernetes backend runs captures through run()")
+
+    def find(self, caller: Caller, job_id: str) -> Manifest | None:
+        """The job with this id (its uid's hex), if the caller may see it."""
+        key = self.watch.by_uid.get(job_id)
+        if key is None or key[0] != caller.namespace:
+            return None
+        job = self.watch.jobs.get(key)
+        if job is None:
+            return None
+        owner = (job["metadata"].get("labels") or {}).get(CALLER)
+        # Jobs applied with kubectl (no caller) belong to every token of their namespace.
+        return job if owner in {None, caller.label} else None
+
+    def view(self, job: Manifest) -> CaptureJobView:
+        status = job.get("status") or {}
+        phase = _phase(job)
+        result = None
+        if phase is Phase.SUCCEEDED and status.get("result"):
+            result = ResultSummary.model_validate(
+                {**status["result"], "url": f"/v1/captures/{store_id(job)}/artifact"}
+            )
+        return CaptureJobView(
+            id=store_id(job),
+            phase=phase,
+            created_at=str(job["metadata"].get("creationTimestamp", "")),
+            completion_time=status.get("completionTime"),
+            policy=str((job.get("spec") or {}).get("policyRef") or DEFAULT_POLICY),
+            result=result,
+            failure=_failure(status) if phase is Phase.FAILED else None,
+        )
+
+    async def job(self, namespace: str, name: str) -> Manifest | None:
+        """A job as the watch knows it, else as the API server does."""
+        known = self.watch.jobs.get((namespace, name))
+        if known is not None:
+            return known
+        try:
+            return await self.client.request("GET", kubeshot_path("capturejobs", namespace, name))
+        except KubeError as exc:
+            if exc.status in {403, 404}:
+                return None
+            raise _unavailable(exc) from None
+
+
+def _failure(status: Manifest) -> Failure:
+    try:
+        return Failure.model_validate(status.get("failure"))
+    except ValidationError:
+        return Failure(reason=FailureReason.INTERNAL, message="the capture failed")
+
+
+def _unavailable(exc: KubeError) -> ApiError:
+    return ApiError(
+        503,
+        "unavailable",
+        f"the Kubernetes API refused: {exc.message[:200]}",
+        headers={"Retry-After": "5"},
+    )
