@@ -1,0 +1,356 @@
+"""The gateway's kubernetes backend against the real control plane and operator.
+
+`kubeshot serve --backend kubernetes` runs as a subprocess with the admin kubeconfig; the operator
+runs as a subprocess too, and the fake kubelet runs the real capture engine, which uploads to the
+gateway's upload port on 127.0.0.1 with the job's own token.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cluster.operator.conftest import (
+    API,
+    KUBESHOT,
+    Cluster,
+    FakeKubelet,
+    Operator,
+    Uploads,
+    free_port,
+    wait_for,
+)
+
+ALICE, BOB = "alice-token-0123456789", "bob-token-0123456789"
+POLICY = {"limits": {"memory": "512Mi", "timeoutSeconds": 30}}
+
+
+def failure_message(reason: str, message: str) -> str:
+    """A termination message as the engine writes it for a failed capture."""
+    return json.dumps({"failure": {"reason": reason, "message": message}})
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def http(
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 300,
+) -> Response:
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            return Response(answer.status, dict(answer.headers), answer.read())
+    except urllib.error.HTTPError as err:
+        return Response(err.code, dict(err.headers), err.read())
+
+
+@dataclass
+class Gateway:
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    url: str
+    upload_url: str
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def call(self, method: str, path: str, document: Any = None, token: str = ALICE) -> Response:
+        headers = {"Authorization": f"Bearer {token}"}
+        body = None
+        if document is not None:
+            body = json.dumps(document).encode()
+            headers["Content-Type"] = "application/json"
+        return http(method, self.url + path, body, headers)
+
+    def watch_connections(self) -> float:
+        text = http("GET", self.url + "/metrics").body.decode()
+        found = re.search(r"^kubeshot_watch_connections_total (\S+)$", text, re.MULTILINE)
+        assert found, text
+        return float(found.group(1))
+
+
+@pytest.fixture
+def upload_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def uploads(upload_port: int) -> Uploads:
+    """The operator's upload URL: the real gateway's upload port (overrides the stand-in)."""
+    return Uploads(url=f"http://127.0.0.1:{upload_port}/v1/internal/uploads")
+
+
+@pytest.fixture
+def gateway(
+    control_plane: Any, namespace: str, kubeshot_crds: list[str], upload_port: int, tmp_path: Path
+) -> Iterator[Gateway]:
+    tokens = tmp_path / "tokens.yaml"
+    entries = [
+        {"name": name, "sha256": hashlib.sha256(token.encode()).hexdigest(), "namespace": namespace}
+        for name, token in (("alice", ALICE), ("bob", BOB))
+    ]
+    tokens.write_text(json.dumps({"tokens": entries}))
+    port = free_port()
+    env = {
+        **control_plane.env(),
+        "KUBESHOT_NAMESPACE": namespace,
+        "RATE_LIMIT_ENABLED": "false",
+        "PYTHONUNBUFFERED": "1",
+    }
+    log_path = tmp_path / "gateway.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                str(KUBESHOT),
+                "serve",
+                "--backend",
+                "kubernetes",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--upload-port",
+                str(upload_port),
+                "--tokens-file",
+                str(tokens),
+                "--result-dir",
+                str(tmp_path / "results"),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    served = Gateway(
+        proc,
+        log_path,
+        f"http://127.0.0.1:{port}",
+        f"http://127.0.0.1:{upload_port}/v1/internal/uploads/{namespace}",
+    )
+
+    def ready() -> bool:
+        assert proc.poll() is None, served.log()
+        try:
+            return http("GET", served.url + "/readyz", timeout=2).status == 200
+        except OSError:
+            return False
+
+    wait_for(ready, 60, "the gateway's CaptureJob watch")
+    yield served
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    assert "Traceback" not in served.log(), served.log()[-5000:]
+
+
+def gateway_jobs(cluster: Cluster, count: int) -> list[dict[str, Any]]:
+    def listed() -> list[dict[str, Any]] | None:
+        jobs = cluster.list("capturejobs", API)
+        return jobs if len(jobs) >= count else None
+
+    found: list[dict[str, Any]] = wait_for(listed, 60, f"{count} CaptureJob(s)")
+    return found
+
+
+def pod_of(cluster: Cluster, name: str) -> str:
+    job = cluster.wait_phase(name, "Running", timeout=60)
+    return str(job["status"]["podName"])
+
+
+def in_background(pool: ThreadPoolExecutor, call: Callable[[], Response]) -> Future[Response]:
+    return pool.submit(call)
+
+
+def test_sync_capture_runs_as_a_capturejob_and_answers_with_the_artifact(
+    operator: Operator, gateway: Gateway, cluster: Cluster, kubelet: FakeKubelet
+) -> None:
+    cluster.create_policy(**POLICY)
+    with ThreadPoolExecutor(1) as pool:
+        answer = in_background(
+            pool,
+            lambda: gateway.call(
+                "POST", "/v1/screenshot", {"html": "<h1>hello</h1>", "format": "png"}
+            ),
+        )
+        [job] = gateway_jobs(cluster, 1)
+        meta = job["metadata"]
+        assert meta["labels"] == {
+            "app.kubernetes.io/managed-by": "kubeshot-gateway",
+            "kubeshot.dev/caller": "alice",
+        }
+        assert job["spec"]["policyRef"] == "default"
+        done = kubelet.run(pod_of(cluster, meta["name"]))
+        assert done.returncode == 0, done.stderr.decode()[-3000:]
+        response = answer.result(timeout=300)
+    assert response.status == 200, response.body[:2000]
+    assert response.body.startswith(b"\x89PNG")
+    finished = cluster.wait_phase(meta["name"], "Succeeded")
+    result = finished["status"]["result"]
+    digest = hashlib.sha256(response.body).hexdigest()
+    assert result["sha256"] == digest == response.headers["X-Kubeshot-Sha256"]
+    assert result["url"] == f"/v1/captures/{meta['uid'].replace('-', '')}/artifact"
+
+
+def test_async_capture_follows_its_capturejob(
+    operator: Operator, gateway: Gateway, cluster: Cluster, kubelet: FakeKubelet
+) -> None:
+    cluster.create_policy(**POLICY)
+    accepted = gateway.call("POST", "/v1/captures", {"html": "<p>later</p>", "format": "png"})
+    assert accepted.status == 202, accepted.body
+    view = accepted.json()
+    assert view["phase"] in {"Pending", "Queued", "Running"}
+    assert accepted.headers["Location"] == f"/v1/captures/{view['id']}"
+    # Another token of the same namespace does not see alice's job.
+    assert gateway.call("GET", f"/v1/captures/{view['id']}", token=BOB).status == 404
+    [job] = gateway_jobs(cluster, 1)
+    assert job["metadata"]["uid"].replace("-", "") == view["id"]
+    pending = gateway.call("GET", f"/v1/captures/{view['id']}/artifact")
+    assert pending.status == 409
+
+    done = kubelet.run(pod_of(cluster, job["metadata"]["name"]))
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+
+    def succeeded() -> dict[str, Any] | None:
+        state: dict[str, Any] = gateway.call("GET", f"/v1/captures/{view['id']}").json()
+        return state if state["phase"] == "Succeeded" else None
+
+    state = wait_for(succeeded, 60, "the async capture to succeed")
+    assert state["result"]["url"] == f"/v1/captures/{view['id']}/artifact"
+    artifact = gateway.call("GET", state["result"]["url"])
+    assert artifact.status == 200
+    assert hashlib.sha256(artifact.body).hexdigest() == state["result"]["sha256"]
+    assert artifact.body.startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "reason", "status", "code"),
+    [
+        (3, "BlockedByPolicy", 403, "blocked_by_policy"),
+        (4, "NavigationFailed", 502, "capture_failed"),
+    ],
+)
+def test_a_failed_job_answers_with_its_reasons_http_status(
+    operator: Operator,
+    gateway: Gateway,
+    cluster: Cluster,
+    exit_code: int,
+    reason: str,
+    status: int,
+    code: str,
+) -> None:
+    cluster.create_policy(**POLICY)
+    with ThreadPoolExecutor(1) as pool:
+        answer = in_background(
+            pool, lambda: gateway.call("POST", "/v1/screenshot", {"url": "https://example.test/"})
+        )
+        [job] = gateway_jobs(cluster, 1)
+        cluster.terminate(
+            pod_of(cluster, job["metadata"]["name"]),
+            exit_code,
+            message=failure_message(reason, "the page could not be captured"),
+        )
+        response = answer.result(timeout=300)
+    assert response.status == status, response.body
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert error["details"] == {"reason": reason}
+
+
+def test_a_missing_policy_is_refused_before_any_job(gateway: Gateway, cluster: Cluster) -> None:
+    response = gateway.call("POST", "/v1/screenshot", {"html": "<p>x</p>"})
+    assert response.status == 403
+    assert response.json()["error"]["details"] == {"reason": "PolicyNotFound"}
+    assert cluster.list("capturejobs", API) == []
+
+
+def upload_token(cluster: Cluster, job: str) -> str:
+    secret = cluster.get("secrets", f"{job}-request")
+    assert secret is not None
+    request = json.loads(base64.b64decode(secret["data"]["request.json"]))
+    return str(request["upload"]["token"])
+
+
+def test_an_upload_counts_only_with_its_own_jobs_token_and_sha256(
+    operator: Operator, gateway: Gateway, cluster: Cluster
+) -> None:
+    cluster.create_policy(**POLICY)
+    cluster.create_job("one", html="<p>1</p>", format="pdf")
+    cluster.create_job("two", html="<p>2</p>", format="pdf")
+    cluster.wait_phase("one", "Running")
+    cluster.wait_phase("two", "Running")
+    token = upload_token(cluster, "one")
+    pdf = b"%PDF-1.7\n%fake but plausible\n"
+    digest = hashlib.sha256(pdf).hexdigest()
+
+    def put(job: str, body: bytes, sha256: str, bearer: str | None) -> Response:
+        headers = {"X-Kubeshot-Sha256": sha256, "Content-Type": "application/octet-stream"}
+        if bearer is not None:
+            headers["Authorization"] = f"Bearer {bearer}"
+        return http("PUT", f"{gateway.upload_url}/{job}", body, headers)
+
+    assert put("one", pdf, digest, None).status == 401
+    assert put("two", pdf, digest, token).status == 403  # job one's token, job two's upload
+    assert put("nobody", pdf, digest, token).status == 403
+    assert put("one", pdf, "f" * 64, token).status == 422
+    assert put("one", pdf, "not-a-sha", token).status == 400
+    png = b"\x89PNG\r\n\x1a\n" + b"0" * 16
+    assert put("one", png, hashlib.sha256(png).hexdigest(), token).status == 422  # not a pdf
+    stored = put("one", pdf, digest, token)
+    assert stored.status == 201, stored.body
+    uid = cluster.job("one")["metadata"]["uid"].replace("-", "")  # type: ignore[index]
+    assert stored.json() == {"url": f"/v1/captures/{uid}/artifact"}
+    # Nothing else is served on the upload port.
+    base = gateway.upload_url.split("/v1/")[0]
+    for path in ("/v1/screenshot", "/healthz", "/metrics", f"/v1/captures/{uid}/artifact"):
+        assert http("GET", base + path).status in {404, 405}
+
+
+def test_concurrent_sync_requests_share_one_watch(
+    operator: Operator, gateway: Gateway, cluster: Cluster
+) -> None:
+    cluster.create_policy(**POLICY)
+    assert gateway.watch_connections() == 1
+    count = 5
+    with ThreadPoolExecutor(count) as pool:
+        answers = [
+            in_background(
+                pool,
+                lambda i=i: gateway.call("POST", "/v1/screenshot", {"html": f"<p>{i}</p>"}),
+            )
+            for i in range(count)
+        ]
+        jobs = gateway_jobs(cluster, count)
+        for job in jobs:
+            cluster.terminate(
+                pod_of(cluster, job["metadata"]["name"]),
+                3,
+                message=failure_message("BlockedByPolicy", "blocked"),
+            )
+        responses = [a.result(timeout=300) for a in answers]
+    assert [r.status for r in responses] == [403] * count
+    assert gateway.watch_connections() == 1
