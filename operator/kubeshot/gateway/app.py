@@ -295,8 +295,9 @@ async def _admitted_policy(
     except CaptureError as exc:
         metrics.admission_rejections.labels(reason=exc.reason.value).inc()
         raise
-    except ApiError:
-        metrics.admission_rejections.labels(reason="PolicyNotAllowed").inc()
+    except ApiError as exc:
+        if exc.status == 403:
+            metrics.admission_rejections.labels(reason="PolicyNotAllowed").inc()
         raise
     return policy
 

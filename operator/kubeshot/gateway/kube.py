@@ -229,9 +229,11 @@ class CaptureJobWatch:
                             self.observe(obj)
                         elif kind == "DELETED":
                             self.observe(obj, deleted=True)
+                # The server ended the watch (its timeout, or an expired resourceVersion): list
+                # again at once, still ready, since the list catches up on anything missed.
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the watch must outlive any failure; it retries
                 log.warning("CaptureJob watch in %s interrupted: %s", namespace, exc)
-            self._established.discard(namespace)
-            await asyncio.sleep(self._retry_seconds)
+                self._established.discard(namespace)
+                await asyncio.sleep(self._retry_seconds)

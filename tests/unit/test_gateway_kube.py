@@ -1,0 +1,177 @@
+"""The kubernetes backend's pure parts: the shared watch's cache and wake-ups, job visibility,
+the job view, and the upload endpoint's format check. The real thing runs in
+tests/cluster/operator/test_gateway_kubernetes.py."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from kubeshot.api import Format
+from kubeshot.gateway.cluster import Caller, KubernetesBackend, store_id
+from kubeshot.gateway.kube import CaptureJobWatch
+from kubeshot.gateway.uploads import has_format
+
+UID = "0f3c2b1a-0000-4000-8000-00000000beef"
+
+
+def job(name: str = "capture-1", phase: str | None = None, **extra: Any) -> dict[str, Any]:
+    labels = extra.pop("labels", {"kubeshot.dev/caller": "alice"})
+    document: dict[str, Any] = {
+        "metadata": {
+            "name": name,
+            "namespace": "team-a",
+            "uid": extra.pop("uid", UID),
+            "labels": labels,
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+        },
+        "spec": {"html": "<p>x</p>", "policyRef": "default"},
+    }
+    if phase is not None:
+        document["status"] = {"phase": phase, **extra}
+    return document
+
+
+class NeverClient:
+    """A client whose API server never answers: the watch is never established."""
+
+    async def request(self, method: str, path: str, body: object = None) -> dict[str, Any]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    @asynccontextmanager
+    async def stream(self, path: str, params: dict[str, str]) -> Any:
+        await asyncio.Event().wait()
+        yield None
+
+    async def close(self) -> None:
+        pass
+
+
+def backend() -> KubernetesBackend:
+    return KubernetesBackend(
+        ["team-a"],
+        default_namespace="team-a",
+        wait_grace=1,
+        client=NeverClient(),  # type: ignore[arg-type]
+    )
+
+
+async def test_a_waiter_is_woken_by_the_shared_watch_when_its_job_finishes() -> None:
+    watch = backend().watch
+    watch.observe(job(phase="Pending"))
+    waiter = asyncio.create_task(watch.wait_finished(("team-a", "capture-1"), 30))
+    await asyncio.sleep(0)
+    watch.observe(job(phase="Running"))
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    watch.observe(job(phase="Failed", failure={"reason": "Timeout", "message": "slow"}))
+    finished = await waiter
+    assert finished["status"]["phase"] == "Failed"
+    assert watch._changed == {}  # nothing left behind per request
+
+
+async def test_a_job_finished_before_the_wait_is_answered_at_once() -> None:
+    watch = backend().watch
+    watch.observe(job(phase="Succeeded"))
+    finished = await watch.wait_finished(("team-a", "capture-1"), 1)
+    assert finished is not None
+
+
+async def test_a_deleted_job_ends_the_wait_with_none() -> None:
+    watch = backend().watch
+    watch.observe(job(phase="Running"))
+    waiter = asyncio.create_task(watch.wait_finished(("team-a", "capture-1"), 30))
+    await asyncio.sleep(0)
+    watch.observe(job(phase="Running"), deleted=True)
+    assert await waiter is None
+    assert watch.by_uid == {}
+
+
+async def test_the_created_object_never_replaces_what_the_watch_saw_later() -> None:
+    watch = backend().watch
+    watch.observe(job(phase="Running"))
+    watch.observe(job(), initial=True)
+    assert watch.jobs[("team-a", "capture-1")]["status"]["phase"] == "Running"
+
+
+async def test_waiting_times_out() -> None:
+    watch = backend().watch
+    watch.observe(job(phase="Running"))
+    with pytest.raises(TimeoutError):
+        await watch.wait_finished(("team-a", "capture-1"), 0.05)
+
+
+async def test_not_ready_until_the_watch_is_established() -> None:
+    gateway = backend()
+    await gateway.start()
+    try:
+        await asyncio.sleep(0.05)
+        assert not gateway.ready
+        gateway.watch._established.add("team-a")
+        assert gateway.ready
+        gateway.begin_shutdown()
+        assert not gateway.ready
+    finally:
+        await gateway.close()
+
+
+def test_jobs_are_visible_to_their_caller_and_kubectl_jobs_to_the_namespace() -> None:
+    gateway = backend()
+    gateway.watch.observe(job())
+    gateway.watch.observe(job("by-kubectl", uid="1" * 32, labels={}))
+    own = store_id(job())
+    assert own == UID.replace("-", "")
+    assert gateway.find(Caller("alice", "team-a"), own) is not None
+    assert gateway.find(Caller("bob", "team-a"), own) is None
+    assert gateway.find(Caller("alice", "team-b"), own) is None
+    assert gateway.find(Caller("bob", "team-a"), "1" * 32) is not None
+    assert gateway.find(Caller("alice", "team-a"), "f" * 32) is None
+
+
+def test_the_view_follows_the_job_status() -> None:
+    gateway = backend()
+    sha = "a" * 64
+    done = job(
+        phase="Succeeded",
+        completionTime="2026-01-01T00:00:05Z",
+        result={"contentType": "image/png", "bytes": 3, "sha256": sha, "url": "/elsewhere"},
+    )
+    view = gateway.view(done).to_wire()
+    assert view["id"] == UID.replace("-", "")
+    assert view["phase"] == "Succeeded"
+    assert view["result"]["url"] == f"/v1/captures/{view['id']}/artifact"
+    failed = gateway.view(job(phase="Failed", failure={"reason": "Timeout", "message": "m"}))
+    assert failed.failure is not None and failed.failure.reason.http_status == 504
+    assert gateway.view(job()).phase.value == "Pending"
+
+
+def test_caller_labels_are_valid_label_values() -> None:
+    assert Caller("ci", "x").label == "ci"
+    long = Caller("a" * 100, "x").label
+    assert len(long) <= 63 and long.isalnum()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "data", "ok"),
+    [
+        (Format.PNG, b"\x89PNG\r\n\x1a\nrest", True),
+        (Format.PNG, b"%PDF-1.7", False),
+        (Format.PDF, b"%PDF-1.7", True),
+        (Format.JPEG, b"\xff\xd8\xff\xe0", True),
+        (Format.WEBP, b"RIFF\0\0\0\0WEBPVP8 ", True),
+        (Format.WEBP, b"RIFF\0\0\0\0WAVEfmt ", False),
+        (Format.HTML, "<p>é</p>".encode(), True),
+        (Format.HTML, b"\xff\xfe\xfa", False),
+    ],
+)
+def test_uploads_are_checked_for_their_format(fmt: Format, data: bytes, ok: bool) -> None:
+    assert has_format(fmt, data) is ok
+
+
+def test_watch_namespaces_are_deduplicated() -> None:
+    watch = CaptureJobWatch(NeverClient(), ["b", "a", "b"])  # type: ignore[arg-type]
+    assert watch.namespaces == ["a", "b"]
