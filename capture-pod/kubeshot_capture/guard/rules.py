@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Awaitable, Callable, Sequence
-from ipaddress import IPv4Address, ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from kubeshot.api import NetworkRules
-from kubeshot_capture.guard.addresses import IPAddress, refusal_reason
+from kubeshot_capture.guard.addresses import IPAddress, embedded_ipv4, refusal_reason
 from kubeshot_capture.guard.targets import WEB_SCHEMES, InvalidTarget, Target, parse_url
 
 Resolver = Callable[[str, int], Awaitable[Sequence[IPAddress]]]
@@ -75,12 +75,19 @@ class CompiledRules:
         )
 
     def in_allowed_networks(self, address: IPAddress) -> bool:
-        return any(address in network for network in self.allowed_networks)
+        """Whether an allowed CIDR covers the address (or the IPv4 address it embeds)."""
+        inner = embedded_ipv4(address) if isinstance(address, IPv6Address) else None
+        return any(
+            address in network or (inner is not None and inner in network)
+            for network in self.allowed_networks
+        )
 
     def port_refusal(self, port: int, address: IPAddress | None = None) -> str | None:
         """Why this port is refused: `allowedPorts` apply to the internet; a range opened by
         `allowedCIDRs` (an intranet, a local test server) is reachable on any port."""
-        if port in self.allowed_ports or (address is not None and self.in_allowed_networks(address)):
+        if port in self.allowed_ports:
+            return None
+        if address is not None and self.in_allowed_networks(address):
             return None
         allowed = ", ".join(str(p) for p in sorted(self.allowed_ports))
         return f"port {port} is not allowed (allowed ports: {allowed})"

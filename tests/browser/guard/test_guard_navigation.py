@@ -148,7 +148,6 @@ async def test_policy_port_domain_and_allow_list_rules(
     visit_factory: Any, site: Site, canary: Canary
 ) -> None:
     cases: list[tuple[dict[str, Any], str]] = [
-        ({"allowedCIDRs": [f"{CANARY_HOST}/32"], "allowedPorts": [80, 443]}, "port"),
         ({"allowedCIDRs": [f"{CANARY_HOST}/32"], "blockedDomains": ["canary.test"]}, "blocked"),
         ({"allowedCIDRs": [f"{CANARY_HOST}/32"], "allowedDomains": ["site.test"]}, "allowed"),
     ]
@@ -163,6 +162,21 @@ async def test_policy_port_domain_and_allow_list_rules(
         visit.session.close()
         await visit.context.close()
     assert not canary.reached(), canary.summary()
+
+
+async def test_internet_keeps_to_allowed_ports_while_allowed_cidrs_open_any_port(
+    visit_factory: Any, site: Site, canary: Canary
+) -> None:
+    rules = rules_for(site, canary, allowedCIDRs=[f"{CANARY_HOST}/32"], allowedPorts=[80, 443])
+    visit: Visit = await visit_factory(rules)
+    public = f"http://public.test:{canary.port}/"
+    status, error = await navigate(visit, public)
+    assert status == 403 or error is not None
+    assert "port" in (visit.session.blocked_reason(public) or "")
+    assert not canary.reached(), canary.summary()  # no diverted connection either
+    status, _error = await navigate(visit, f"http://canary.test:{canary.port}/")
+    assert status == 200  # the opened range, on a port outside allowedPorts
+    assert canary.reached()
 
 
 REDIRECT_TARGETS = [

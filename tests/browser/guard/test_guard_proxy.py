@@ -250,7 +250,7 @@ async def test_connect_tunnel(
         "user@canary.test:{p}",
         "mapped.test:{p}",
         "[::ffff:127.0.0.66]:{p}",
-        "127.0.0.3:1",
+        "public.test:8",
     ],
 )
 async def test_connect_to_blocked_targets_is_refused(
