@@ -26,7 +26,10 @@ CHROMIUM_ARGS = (
     "--disable-domain-reliability",
     "--metrics-recording-only",
     "--no-default-browser-check",
-    "--disable-features=DnsOverHttps,Translate,OptimizationHints,MediaRouter,InterestFeedContentSuggestions",
+    # Playwright merges this list with its own.
+    "--disable-features=DnsOverHttps,Translate,OptimizationHints,MediaRouter,"
+    "InterestFeedContentSuggestions,NetworkTimeServiceQuerying,AutofillServerCommunication,"
+    "CertificateTransparencyComponentUpdater,SafeBrowsing",
     "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
     "--webrtc-ip-handling-policy=disable_non_proxied_udp",
 )

@@ -277,10 +277,14 @@ class CaptureEngine:
         self, page: Page, options: CaptureOptions, session: EgressSession
     ) -> str | None:
         wait_until = options.wait_until.value
+        # Redirect hops inside a TLS tunnel are invisible to the guard's URL bookkeeping; the
+        # watch records every main-frame URL the navigation went through.
+        navigation = session.watch_navigation(page)
         try:
             if options.url is not None:
-                response = await page.goto(options.url, wait_until=wait_until)  # type: ignore[arg-type]
-                self._raise_if_blocked(session, options.url, response)
+                with navigation:
+                    response = await page.goto(options.url, wait_until=wait_until)  # type: ignore[arg-type]
+                self._raise_if_blocked(session, [options.url, *navigation.urls], response)
             else:
                 assert options.html is not None
                 await page.set_content(options.html, wait_until=wait_until)  # type: ignore[arg-type]
@@ -292,7 +296,7 @@ class CaptureEngine:
             ) from exc
         except PlaywrightError as exc:
             if options.url is not None:
-                self._raise_if_blocked(session, options.url, None)
+                self._raise_if_blocked(session, [options.url, *navigation.urls], None)
             self._raise_if_guard_stopped(session)
             raise CaptureError(
                 FailureReason.NAVIGATION_FAILED, f"navigation failed: {_first_line(exc.message)}"
@@ -311,9 +315,9 @@ class CaptureEngine:
         return response.url if response is not None else None
 
     def _raise_if_blocked(
-        self, session: EgressSession, url: str, response: Response | None
+        self, session: EgressSession, urls: list[str], response: Response | None
     ) -> None:
-        hops = [url]
+        hops = list(urls)
         if response is not None:
             request: Request | None = response.request
             while request is not None:

@@ -95,13 +95,6 @@ async def test_blocked_main_frame_fails_with_blocked_by_policy(
     assert not canary.reached(), canary.summary()
 
 
-TLS_TO_TLS = pytest.mark.xfail(
-    reason="the engine must check EgressSession.watch_navigation(page) hops: a refused hop "
-    "inside a TLS tunnel fails goto with the first URL only (the canary is never reached)",
-    strict=False,
-)
-
-
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
 @pytest.mark.parametrize(
     ("start", "target"),
@@ -110,7 +103,7 @@ TLS_TO_TLS = pytest.mark.xfail(
         ("http", "http://canary.test:{p}/"),
         ("http", "https://canary.test:{p}/"),
         ("https", "http://metadata.test:{p}/"),
-        pytest.param("https", "https://127.0.0.66:{p}/", marks=TLS_TO_TLS),
+        ("https", "https://127.0.0.66:{p}/"),
     ],
 )
 async def test_redirect_to_blocked_target_fails_with_blocked_by_policy(
