@@ -179,7 +179,9 @@ def gateway_jobs(cluster: Cluster, count: int) -> list[dict[str, Any]]:
 
 def pod_of(cluster: Cluster, name: str) -> str:
     job = cluster.wait_phase(name, "Running", timeout=60)
-    return str(job["status"]["podName"])
+    pod = str(job["status"]["podName"])
+    cluster.wait_pod(pod, timeout=60)  # Running is written alongside the Secret, before the Pod
+    return pod
 
 
 def in_background(pool: ThreadPoolExecutor, call: Callable[[], Response]) -> Future[Response]:
@@ -333,9 +335,9 @@ def test_an_upload_counts_only_with_its_own_jobs_token_and_sha256(
 def test_concurrent_sync_requests_share_one_watch(
     operator: Operator, gateway: Gateway, cluster: Cluster
 ) -> None:
-    cluster.create_policy(**POLICY)
-    assert gateway.watch_connections() == 1
     count = 5
+    cluster.create_policy(limits={**POLICY["limits"], "maxConcurrentJobs": count})
+    assert gateway.watch_connections() == 1
     with ThreadPoolExecutor(count) as pool:
         answers = [
             in_background(
