@@ -12,13 +12,15 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiohttp
-import kopf
 
 from kubeshot.api.crds import API_VERSION
+
+if TYPE_CHECKING:
+    import kopf
 
 log = logging.getLogger("kubeshot.gateway.kube")
 Manifest = dict[str, Any]
@@ -35,6 +37,8 @@ class KubeError(Exception):
 
 def login() -> kopf.ConnectionInfo:
     """The pod's service account, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+    import kopf  # here, not at the top: the local backend's workers never pay for it
+
     settings = kopf.OperatorSettings()
     info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
         settings=settings
