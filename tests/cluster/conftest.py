@@ -18,13 +18,7 @@ from typing import Any
 
 import pytest
 
-# pytest puts tests/ (not the repository root) on sys.path for tests/conftest.py; `tests.conftest`
-# needs the root. (pyproject's `[tool.pytest.ini_options] pythonpath = ["."]` would do the same.)
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from tests.conftest import ROOT, need  # noqa: E402
+from tests.conftest import ROOT, need
 
 _spec = importlib.util.spec_from_file_location(
     "kubeshot_testenv_controlplane", ROOT / "testenv" / "controlplane.py"

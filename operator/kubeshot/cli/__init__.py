@@ -20,13 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"kubeshot.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"kubeshot.cli.{name}":
-                raise
-            continue  # a subcommand not built yet
-        module.register(subparsers)
+        importlib.import_module(f"kubeshot.cli.{name}").register(subparsers)
     return parser
 
 
