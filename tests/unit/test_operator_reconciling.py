@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from kubeshot.operator.kube import Conflict, NotFound
+from kubeshot.kube import Conflict, NotFound
 from kubeshot.operator.queueing import JobView
 from kubeshot.operator.reconciling import Reconciler
 from kubeshot.operator.settings import OperatorSettings

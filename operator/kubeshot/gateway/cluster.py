@@ -81,7 +81,7 @@ class KubernetesBackend(Backend):
         client: KubeClient | None = None,
         on_watch_connect: Any = None,
     ) -> None:
-        self.client = client or KubeClient()
+        self.client = client or KubeClient(user_agent="kubeshot-gateway")
         self.default_namespace = default_namespace
         self.wait_grace = wait_grace
         self.watch = CaptureJobWatch(

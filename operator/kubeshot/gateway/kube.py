@@ -1,134 +1,28 @@
-"""The gateway's Kubernetes API access: a small aiohttp client and one shared CaptureJob watch.
+"""The gateway's Kubernetes API access: one shared CaptureJob watch over `kubeshot.kube`.
 
-Credentials are found as Kopf finds them (in-cluster service account, else the kubeconfig) and
-re-read when the server answers 401 (rotated service-account tokens). The gateway's RBAC allows
-CaptureJobs create/get/list/watch and ScreenshotPolicies get/list/watch, nothing more.
+The gateway's RBAC allows CaptureJobs create/get/list/watch and ScreenshotPolicies
+get/list/watch, nothing more.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
 from urllib.parse import quote
 
-import aiohttp
-
 from kubeshot.api.crds import API_VERSION
+from kubeshot.kube import ApiError as KubeError
+from kubeshot.kube import KubeClient, Manifest, login
 
-if TYPE_CHECKING:
-    import kopf
+__all__ = ["CaptureJobWatch", "KubeClient", "KubeError", "Manifest", "kubeshot_path", "login"]
 
 log = logging.getLogger("kubeshot.gateway.kube")
-Manifest = dict[str, Any]
-
-
-class KubeError(Exception):
-    """The API server refused a request."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"{status}: {message}")
-        self.status = status
-        self.message = message
-
-
-def login() -> kopf.ConnectionInfo:
-    """The pod's service account, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
-    import kopf  # here, not at the top: the local backend's workers never pay for it
-
-    settings = kopf.OperatorSettings()
-    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
-        settings=settings
-    )
-    if info is None:
-        raise kopf.LoginError("no service account and no kubeconfig to reach the cluster with")
-    return info
 
 
 def kubeshot_path(plural: str, namespace: str, name: str | None = None) -> str:
     path = f"/apis/{API_VERSION}/namespaces/{quote(namespace, safe='')}/{plural}"
     return f"{path}/{quote(name, safe='')}" if name is not None else path
-
-
-class KubeClient:
-    """JSON in, JSON out; refusals as KubeError."""
-
-    def __init__(self, login_fn: Callable[[], kopf.ConnectionInfo] = login) -> None:
-        self._login = login_fn
-        self._session: aiohttp.ClientSession | None = None
-        self._server = ""
-
-    def _open(self) -> aiohttp.ClientSession:
-        info = self._login()
-        self._server = info.server.rstrip("/")
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=64, ssl=info.as_ssl_context()),
-            headers={**info.as_http_headers(), "User-Agent": "kubeshot-gateway"},
-        )
-        return self._session
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def request(self, method: str, path: str, body: object = None) -> Manifest:
-        for attempt in (1, 2):
-            session = self._session or self._open()
-            async with session.request(
-                method,
-                self._server + path,
-                data=None if body is None else json.dumps(body),
-                headers={"Content-Type": "application/json", "Accept": "application/json"},
-                timeout=aiohttp.ClientTimeout(total=30),
-            ) as response:
-                text = await response.text()
-                if response.status == 401 and attempt == 1:
-                    await self.close()  # rotated token: log in again, once
-                    continue
-                if response.status >= 400:
-                    raise KubeError(response.status, _message(text))
-                document: Manifest = json.loads(text) if text else {}
-                return document
-        raise AssertionError("unreachable")
-
-    @contextlib.asynccontextmanager
-    async def stream(
-        self, path: str, params: dict[str, str]
-    ) -> AsyncIterator[AsyncIterator[Manifest]]:
-        """A watch: the events of `path` as they come, one JSON document a line."""
-        session = self._session or self._open()
-        async with session.get(
-            self._server + path,
-            params=params,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
-        ) as response:
-            if response.status >= 400:
-                if response.status == 401:
-                    await self.close()
-                raise KubeError(response.status, _message(await response.text()))
-            yield _lines(response)
-
-
-async def _lines(response: aiohttp.ClientResponse) -> AsyncIterator[Manifest]:
-    # Objects may be longer than aiohttp's line limit: split the chunks ourselves.
-    buffer = b""
-    async for chunk in response.content.iter_any():
-        buffer += chunk
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
-            if line.strip():
-                yield json.loads(line)
-
-
-def _message(text: str) -> str:
-    try:
-        return str(json.loads(text).get("message", text))[:2000]
-    except (ValueError, AttributeError):
-        return text[:2000]
 
 
 Key = tuple[str, str]

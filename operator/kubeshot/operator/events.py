@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from kubeshot.api.crds import API_VERSION
+from kubeshot.kube import ApiError, KubeClient, resource_path
 from kubeshot.operator import labels
-from kubeshot.operator.kube import ApiError, KubeClient, resource_path
 from kubeshot.operator.lifecycle import now
 
 log = logging.getLogger(__name__)

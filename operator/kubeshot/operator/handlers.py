@@ -15,8 +15,8 @@ import aiohttp
 import kopf
 
 from kubeshot.api.crds import GROUP, VERSION
+from kubeshot.kube import ApiError
 from kubeshot.operator import labels, metrics
-from kubeshot.operator.kube import ApiError
 from kubeshot.operator.queueing import JobView
 from kubeshot.operator.reconciling import Reconciler
 from kubeshot.operator.settings import OperatorSettings

@@ -10,7 +10,7 @@ import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 
-from kubeshot.operator.kube import ApiError, Conflict, KubeClient, NotFound, resource_path
+from kubeshot.kube import ApiError, Conflict, KubeClient, NotFound, resource_path
 
 log = logging.getLogger(__name__)
 _FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"

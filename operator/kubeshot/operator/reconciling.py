@@ -35,9 +35,9 @@ from kubeshot.api import (
 )
 from kubeshot.api.admission import admit
 from kubeshot.api.crds import API_VERSION
+from kubeshot.kube import ApiError, KubeClient, NotFound, resource_path
 from kubeshot.operator import building, labels, lifecycle, metrics
 from kubeshot.operator.events import EventPoster
-from kubeshot.operator.kube import ApiError, KubeClient, NotFound, resource_path
 from kubeshot.operator.lifecycle import Outcome
 from kubeshot.operator.queueing import JobQueue, JobView, PolicyKey
 from kubeshot.operator.settings import OperatorSettings

@@ -14,8 +14,8 @@ import kopf
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from kubeshot.kube import ApiError, KubeClient
 from kubeshot.operator import metrics
-from kubeshot.operator.kube import ApiError, KubeClient
 from kubeshot.operator.leading import LeaderLease
 from kubeshot.operator.reconciling import Reconciler
 from kubeshot.operator.settings import OperatorSettings

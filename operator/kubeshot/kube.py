@@ -1,20 +1,23 @@
 """A small async Kubernetes API client over aiohttp, authenticated like Kopf itself.
 
-Kopf talks to the API for the resources it watches; this client does the rest (Pods, Secrets,
-NetworkPolicies, Leases, status patches) with the same credentials: Kopf's own login functions
-(in-cluster service account, else kubeconfig), re-read when the server answers 401 (rotated
-service-account tokens).
+Shared by the operator (Pods, Secrets, NetworkPolicies, Leases, status patches beside what Kopf
+watches) and the gateway's kubernetes backend (CaptureJobs and one shared watch). Credentials come
+from Kopf's own login functions (in-cluster service account, else kubeconfig) and are re-read
+when the server answers 401 (rotated service-account tokens).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiohttp
-import kopf
+
+if TYPE_CHECKING:
+    import kopf
 
 Manifest = dict[str, Any]
 
@@ -39,6 +42,8 @@ class Conflict(ApiError):
 
 def login() -> kopf.ConnectionInfo:
     """Credentials as Kopf finds them: the pod's service account, else the kubeconfig."""
+    import kopf  # here, not at the top: the gateway's local-backend workers never pay for it
+
     settings = kopf.OperatorSettings()
     info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
         settings=settings
@@ -64,8 +69,14 @@ def resource_path(
 class KubeClient:
     """JSON in, JSON out; errors as ApiError subclasses."""
 
-    def __init__(self, login_fn: Callable[[], kopf.ConnectionInfo] = login) -> None:
+    def __init__(
+        self,
+        login_fn: Callable[[], kopf.ConnectionInfo] = login,
+        *,
+        user_agent: str = "kubeshot-operator",
+    ) -> None:
         self._login = login_fn
+        self._user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
         self._server = ""
 
@@ -74,7 +85,7 @@ class KubeClient:
         self._server = info.server.rstrip("/")
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=64, ssl=info.as_ssl_context()),
-            headers={**info.as_http_headers(), "User-Agent": "kubeshot-operator"},
+            headers={**info.as_http_headers(), "User-Agent": self._user_agent},
             timeout=aiohttp.ClientTimeout(total=30),
         )
         return self._session
@@ -111,6 +122,23 @@ class KubeClient:
                     raise _error(response.status, text)
                 return json.loads(text) if text else {}
         raise AssertionError("unreachable")
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, path: str, params: dict[str, str]
+    ) -> AsyncIterator[AsyncIterator[Manifest]]:
+        """A watch: the events of `path` as they come, one JSON document a line."""
+        session = self._session or self._open()
+        async with session.get(
+            self._server + path,
+            params=params,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
+        ) as response:
+            if response.status >= 400:
+                if response.status == 401:
+                    await self.close()  # rotated token: the next watch logs in again
+                raise _error(response.status, await response.text())
+            yield _lines(response)
 
     async def get(self, path: str, params: dict[str, str] | None = None) -> Manifest:
         return await self.request("GET", path, params=params)
@@ -154,3 +182,14 @@ def _error(status: int, text: str) -> ApiError:
         reason, message = "", text
     kind = {404: NotFound, 409: Conflict}.get(status, ApiError)
     return kind(status, reason, message[:2000])
+
+
+async def _lines(response: aiohttp.ClientResponse) -> AsyncIterator[Manifest]:
+    # Objects may be longer than aiohttp's line limit: split the chunks ourselves.
+    buffer = b""
+    async for chunk in response.content.iter_any():
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            if line.strip():
+                yield json.loads(line)
