@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.operator.conftest import Operator, free_port
+from tests.cluster.operator.conftest import Operator, Operators, free_port
 from tests.cluster.operator.conftest import uploads as uploads  # re-exported fixture
 from tests.conftest import ROOT
 
@@ -231,17 +231,17 @@ def chart_operator(
     /metrics port is a free loopback port, the identity a fixed name, uploads go to a local
     stand-in for the gateway, and sweeps are fast. Its only credential is the SA's token.
     """
-    started: list[Operator] = []
+    operators = Operators(tmp_path)
 
     def start(release: Release, **overrides: object) -> Operator:
         token = service_account_token(kubectl, release.namespace, release.operator_sa)
-        config = tmp_path / f"operator-{len(started)}.kubeconfig"
+        config = tmp_path / f"operator-{len(operators.started)}.kubeconfig"
         kubectl.as_token(token, config)
         env = deployment_env(kubectl, release.namespace, f"{release.fullname}-operator")
         port = free_port()
         env.update(
             {
-                "KUBESHOT_OPERATOR_IDENTITY": f"test-{len(started)}",
+                "KUBESHOT_OPERATOR_IDENTITY": f"test-{len(operators.started)}",
                 "KUBESHOT_OPERATOR_HTTP_HOST": "127.0.0.1",
                 "KUBESHOT_OPERATOR_HTTP_PORT": str(port),
                 "KUBESHOT_OPERATOR_UPLOAD_URL": uploads.url,
@@ -253,22 +253,10 @@ def chart_operator(
         env.update({f"KUBESHOT_OPERATOR_{k.upper()}": str(v) for k, v in overrides.items()})
         base = {k: v for k, v in os.environ.items() if k not in {"KUBECONFIG"}}
         full_env = {**base, **env, "KUBECONFIG": str(config), "PYTHONUNBUFFERED": "1"}
-        log_path = tmp_path / f"operator-{len(started)}.log"
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                [str(KUBESHOT), "operator"], env=full_env, stdout=log, stderr=subprocess.STDOUT
-            )
-        operator = Operator(proc, log_path, port)
-        started.append(operator)
-        operator.wait_leader()
-        return operator
+        return operators.launch(full_env, port)
 
     yield start
-    for operator in started:
-        operator.stop()
-    for operator in started:
-        text = operator.log()
-        assert "Traceback" not in text, text[-5000:]
+    operators.stop_all()
 
 
 def can_i(control_plane: Any, account: str, *args: str) -> bool:

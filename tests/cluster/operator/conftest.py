@@ -155,6 +155,33 @@ def operator_env(
     return env
 
 
+class Operators:
+    """The `kubeshot operator` processes of one test: stopped at its end, their logs checked."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.started: list[Operator] = []
+
+    def launch(self, env: dict[str, str], port: int, *, wait: bool = True) -> Operator:
+        log_path = self.tmp_path / f"operator-{len(self.started)}.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                [str(KUBESHOT), "operator"], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        operator = Operator(proc, log_path, port)
+        self.started.append(operator)
+        if wait:
+            operator.wait_leader()
+        return operator
+
+    def stop_all(self) -> None:
+        for operator in self.started:
+            operator.stop()
+        for operator in self.started:
+            text = operator.log()
+            assert "Traceback" not in text, text[-5000:]
+
+
 @pytest.fixture
 def start_operator(
     control_plane: Any,
@@ -164,28 +191,15 @@ def start_operator(
     tmp_path: Path,
 ) -> Iterator[Callable[..., Operator]]:
     """Start `kubeshot operator` for the test's namespace (its Lease lives there too)."""
-    started: list[Operator] = []
+    operators = Operators(tmp_path)
 
     def start(wait: bool = True, **overrides: object) -> Operator:
         port = free_port()
         env = operator_env(control_plane, namespace, uploads.url, http_port=port, **overrides)
-        log_path = tmp_path / f"operator-{len(started)}.log"
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                [str(KUBESHOT), "operator"], env=env, stdout=log, stderr=subprocess.STDOUT
-            )
-        operator = Operator(proc, log_path, port)
-        started.append(operator)
-        if wait:
-            operator.wait_leader()
-        return operator
+        return operators.launch(env, port, wait=wait)
 
     yield start
-    for operator in started:
-        operator.stop()
-    for operator in started:
-        text = operator.log()
-        assert "Traceback" not in text, text[-5000:]
+    operators.stop_all()
 
 
 @pytest.fixture
