@@ -18,7 +18,7 @@ chromium:
 	  echo "installing Debian's chromium, fonts-liberation, shellcheck"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
-	    chromium fonts-liberation shellcheck >/dev/null; \
+	    chromium fonts-liberation shellcheck debootstrap buildah >/dev/null; \
 	fi
 
 $(STAMP): pyproject.toml
