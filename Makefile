@@ -7,18 +7,23 @@ STAMP := $(VENV)/.installed
 CHROMIUM ?= /usr/bin/chromium
 PYTEST_ARGS ?=
 
-.PHONY: setup chromium run test test-unit test-browser test-gateway test-cluster lint crds openapi chart bench bench-operator testenv testenv-up testenv-down e2e-kind images clean
+.PHONY: setup packages run test test-unit test-browser test-gateway test-cluster test-node lint crds openapi chart bench bench-operator testenv testenv-up testenv-down e2e-kind images clean
 
-setup: $(STAMP) chromium
+setup: $(STAMP) packages
 
-# Debian's Chromium (Playwright drives it through executable_path; its own downloads are not
-# used), fonts for it, and shellcheck for the scripts.
-chromium:
-	@if [ ! -x "$(CHROMIUM)" ] || ! command -v shellcheck >/dev/null; then \
-	  echo "installing Debian's chromium, fonts-liberation, shellcheck"; \
+# Debian's packages: Chromium (Playwright drives it through executable_path; its own downloads
+# are not used) with fonts, shellcheck for the scripts; for the node tier containerd, runc, the
+# CNI plugins, iptables/ipset/conntrack (kube-proxy, kube-router), debootstrap and buildah (the
+# capture image), gcc and libc6-dev (the static pause binary).
+DEBIAN_PACKAGES = chromium fonts-liberation shellcheck containerd runc containernetworking-plugins \
+	iptables ipset conntrack debootstrap buildah gcc libc6-dev
+packages:
+	@missing=; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
-	    chromium fonts-liberation shellcheck debootstrap buildah >/dev/null; \
+	    $$missing >/dev/null; \
 	fi
 
 $(STAMP): pyproject.toml
@@ -74,6 +79,10 @@ test-gateway: setup
 
 test-cluster: setup testenv
 	$(BIN)/pytest -m cluster $(PYTEST_ARGS)
+
+# Root only: a kubelet, containerd and kube-router in a network namespace (testenv/node.py).
+test-node: setup testenv
+	$(BIN)/pytest -m node $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/python bench/capture.py

@@ -19,7 +19,19 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
 GOMOD_DIR="$HERE/gomod"
-BINARIES=(etcd kube-apiserver kube-controller-manager kubectl helm)
+# The Go packages built, one binary each (go names .../server/v3's binary "server"; renamed etcd).
+PACKAGES=(
+  go.etcd.io/etcd/server/v3
+  helm.sh/helm/v3/cmd/helm
+  k8s.io/kubernetes/cmd/kube-apiserver
+  k8s.io/kubernetes/cmd/kube-controller-manager
+  k8s.io/kubernetes/cmd/kubectl
+  # the node tier: a kubelet with its scheduler and kube-proxy (testenv/node.py)
+  k8s.io/kubernetes/cmd/kubelet
+  k8s.io/kubernetes/cmd/kube-scheduler
+  k8s.io/kubernetes/cmd/kube-proxy
+)
+BINARIES=(etcd kube-apiserver kube-controller-manager kubectl helm kubelet kube-scheduler kube-proxy kube-router)
 # shellcheck source=testenv/versions.env
 source "$HERE/versions.env"
 
@@ -35,7 +47,7 @@ bin_dir() {
   if [[ -n "${KUBESHOT_TESTENV_BIN:-}" ]]; then
     echo "$KUBESHOT_TESTENV_BIN"
   else
-    echo "$ROOT/.testenv/bin/kubernetes-$KUBERNETES_VERSION+etcd-$ETCD_VERSION+helm-$HELM_VERSION"
+    echo "$ROOT/.testenv/bin/kubernetes-$KUBERNETES_VERSION+etcd-$ETCD_VERSION+helm-$HELM_VERSION+kube-router-$KUBE_ROUTER_VERSION"
   fi
 }
 
@@ -67,11 +79,7 @@ update_gomod() {
     echo "go $(go env GOVERSION | sed 's/^go\([0-9]*\.[0-9]*\).*/\1/').0"
     echo
     echo 'tool ('
-    echo '	go.etcd.io/etcd/server/v3'
-    echo '	helm.sh/helm/v3/cmd/helm'
-    echo '	k8s.io/kubernetes/cmd/kube-apiserver'
-    echo '	k8s.io/kubernetes/cmd/kube-controller-manager'
-    echo '	k8s.io/kubernetes/cmd/kubectl'
+    printf '\t%s\n' "${PACKAGES[@]}" | sort
     echo ')'
     echo
     echo 'require ('
@@ -130,13 +138,13 @@ build() {
   say "building kubernetes $KUBERNETES_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION with $(go env GOVERSION)"
   say "(a cold build compiles ~4000 packages: 20-40 minutes on 2 cores; a warm Go cache only links)"
   start=$SECONDS
-  (cd "$GOMOD_DIR" && go build -trimpath -ldflags="$ldflags" -o "$tmp/" \
-    k8s.io/kubernetes/cmd/kube-apiserver \
-    k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kubectl \
-    go.etcd.io/etcd/server/v3 \
-    helm.sh/helm/v3/cmd/helm)
+  (cd "$GOMOD_DIR" && go build -trimpath -ldflags="$ldflags" -o "$tmp/" "${PACKAGES[@]}")
   mv "$tmp/server" "$tmp/etcd"  # go names a .../server/v3 main package "server"
+  # kube-router keeps its own module graph (client-go v0.29): `go install pkg@version` builds it
+  # exactly as its go.mod pins, outside testenv/gomod.
+  (cd / && GOBIN="$tmp" GOFLAGS=-buildvcs=false go install -trimpath \
+    -ldflags="-s -w -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$KUBE_ROUTER_VERSION" \
+    "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$KUBE_ROUTER_VERSION")
   have_all "$tmp" || die "build finished without all of: ${BINARIES[*]}"
   rm -rf "$dest"; mv "$tmp" "$dest"
   trap - EXIT

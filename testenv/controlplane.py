@@ -121,6 +121,15 @@ extendedKeyUsage = clientAuth
 """
 
 
+_NEWKEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+
+
+def _openssl(*args: str) -> None:
+    proc = subprocess.run(["openssl", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ControlPlaneError(f"openssl {args[0]} failed: {proc.stderr.strip()}")
+
+
 @dataclass(frozen=True)
 class Pki:
     """Files of a throw-away cluster PKI (ECDSA P-256: fast to make, accepted everywhere)."""
@@ -164,47 +173,41 @@ class Pki:
         ]
         config = directory / "openssl.cnf"
         config.write_text(_OPENSSL_CONFIG.format(server_sans=", ".join(sans)))
-        newkey = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-
-        def openssl(*args: str) -> None:
-            proc = subprocess.run(["openssl", *args], capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise ControlPlaneError(f"openssl {args[0]} failed: {proc.stderr.strip()}")
-
-        openssl(
-            "req", "-x509", "-config", str(config), "-extensions", "ca", *newkey,
+        _openssl(
+            "req", "-x509", "-config", str(config), "-extensions", "ca", *_NEWKEY,
             "-keyout", str(pki.ca_key), "-out", str(pki.ca_cert),
             "-days", "3650", "-subj", "/CN=kubeshot-testenv-ca",
         )  # fmt: skip
-        leaves = {
-            "apiserver": ("/CN=kube-apiserver", "server"),
-            "admin": ("/O=system:masters/CN=kubeshot-admin", "client"),
-            "controller-manager": ("/CN=system:kube-controller-manager", "client"),
-        }
-        for name, (subject, kind) in leaves.items():
-            csr = directory / f"{name}.csr"
-            openssl(
-                "req", "-new", "-config", str(config), *newkey, "-subj", subject,
-                "-keyout", str(pki.key(name)), "-out", str(csr),
-            )  # fmt: skip
-            openssl(
-                "x509", "-req", "-in", str(csr), "-CA", str(pki.ca_cert),
-                "-CAkey", str(pki.ca_key), "-set_serial", f"0x{secrets.token_hex(16)}",
-                "-days", "3650", "-extfile", str(config), "-extensions", kind,
-                "-out", str(pki.cert(name)),
-            )  # fmt: skip
-            csr.unlink()
-        openssl(
+        pki.issue("apiserver", "/CN=kube-apiserver", "server")
+        pki.issue("admin", "/O=system:masters/CN=kubeshot-admin", "client")
+        pki.issue("controller-manager", "/CN=system:kube-controller-manager", "client")
+        _openssl(
             "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
             "-out", str(pki.service_account_key),
         )  # fmt: skip
-        openssl(
+        _openssl(
             "pkey", "-in", str(pki.service_account_key), "-pubout",
             "-out", str(pki.service_account_public_key),
         )  # fmt: skip
-        for path in directory.glob("*.key"):
-            path.chmod(0o600)
+        pki.service_account_key.chmod(0o600)
         return pki
+
+    def issue(self, name: str, subject: str, kind: str = "client") -> None:
+        """A leaf certificate `name`.crt/.key signed by the CA; kind is "client" or "server"."""
+        config = self.dir / "openssl.cnf"
+        csr = self.dir / f"{name}.csr"
+        _openssl(
+            "req", "-new", "-config", str(config), *_NEWKEY, "-subj", subject,
+            "-keyout", str(self.key(name)), "-out", str(csr),
+        )  # fmt: skip
+        _openssl(
+            "x509", "-req", "-in", str(csr), "-CA", str(self.ca_cert),
+            "-CAkey", str(self.ca_key), "-set_serial", f"0x{secrets.token_hex(16)}",
+            "-days", "3650", "-extfile", str(config), "-extensions", kind,
+            "-out", str(self.cert(name)),
+        )  # fmt: skip
+        csr.unlink()
+        self.key(name).chmod(0o600)
 
 
 def _b64(path: Path) -> str:
@@ -256,6 +259,24 @@ class _Process:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+def launch(name: str, argv: Sequence[str], work_dir: Path) -> _Process:
+    """Start one component: log in work_dir/logs/<name>.log, pid in work_dir/<name>.pid."""
+    log = work_dir / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        popen = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=work_dir,
+            start_new_session=True,  # its own process group: stop() signals the whole group
+            preexec_fn=_die_with_parent,  # only prctl: safe between fork and exec
+        )
+    (work_dir / f"{name}.pid").write_text(f"{popen.pid}\n")
+    return _Process(name, popen, log)
 
 
 @dataclass
@@ -418,20 +439,8 @@ class ControlPlane:
         )
 
     def _spawn(self, name: str, args: Sequence[str]) -> _Process:
-        log = self.log_dir / f"{name}.log"
-        with log.open("ab") as out:
-            popen = subprocess.Popen(
-                [str(self.bin_dir / name), *args],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.work_dir,
-                start_new_session=True,  # its own process group: stop() signals the whole group
-                preexec_fn=_die_with_parent,  # only prctl: safe between fork and exec
-            )
-        proc = _Process(name, popen, log)
+        proc = launch(name, [str(self.bin_dir / name), *args], self.work_dir)
         self.processes.append(proc)
-        (self.work_dir / f"{name}.pid").write_text(f"{popen.pid}\n")
         return proc
 
     def _wait(self, proc: _Process, deadline: float, ready: Callable[[], object]) -> None:

@@ -30,3 +30,5 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         parts = Path(str(item.fspath)).relative_to(ROOT / "tests").parts
         if parts and parts[0] in _TIERS:
             item.add_marker(getattr(pytest.mark, parts[0]))
+        if parts[:2] == ("cluster", "node"):  # the node tier builds on the cluster tier
+            item.add_marker(pytest.mark.node)

@@ -20,9 +20,8 @@ import pytest
 
 from tests.conftest import ROOT, need
 
-_spec = importlib.util.spec_from_file_location(
-    "kubeshot_testenv_controlplane", ROOT / "testenv" / "controlplane.py"
-)
+# Loaded by name "controlplane", as testenv/node.py (the node tier) imports it.
+_spec = importlib.util.spec_from_file_location("controlplane", ROOT / "testenv" / "controlplane.py")
 assert _spec is not None
 assert _spec.loader is not None
 controlplane = importlib.util.module_from_spec(_spec)

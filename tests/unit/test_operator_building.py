@@ -347,3 +347,18 @@ def test_network_policy_with_a_proxy_allows_only_the_proxy(
     assert build_network_policy(POLICY, spec, SETTINGS) == expected_network_policy(
         [DNS_RULE, GATEWAY_RULE, proxy_rule]
     )
+
+
+def test_network_policy_to_a_gateway_outside_the_cluster_names_its_addresses() -> None:
+    settings = SETTINGS.model_copy(update={"gateway_cidrs": ["10.203.0.1/32"]})
+    upload = build_network_policy(POLICY, policy(), settings)["spec"]["egress"][1]
+    assert upload == {
+        "to": [{"ipBlock": {"cidr": "10.203.0.1/32"}}],
+        "ports": [{"protocol": "TCP", "port": 8081}],
+    }
+
+
+def test_gateway_cidrs_must_be_networks() -> None:
+    with pytest.raises(ValueError, match=r"10\.203\.0\.1/24"):
+        OperatorSettings(gateway_cidrs=["10.203.0.1/24"])  # host bits set: a typo, not a range
+    assert OperatorSettings(gateway_cidrs=["10.203.0.1"]).gateway_cidrs == ["10.203.0.1/32"]

@@ -266,6 +266,20 @@ def _proxy_peer(server: str) -> tuple[list[Manifest], int]:
     return [{"ipBlock": {"cidr": f"{address}/{address.max_prefixlen}"}}], port
 
 
+def _gateway_peers(settings: OperatorSettings) -> list[Manifest]:
+    """The gateway's pods, or its addresses when it runs outside the cluster."""
+    if settings.gateway_cidrs:
+        return [{"ipBlock": {"cidr": cidr}} for cidr in settings.gateway_cidrs]
+    return [
+        {
+            "namespaceSelector": {
+                "matchLabels": {"kubernetes.io/metadata.name": settings.gateway_namespace}
+            },
+            "podSelector": {"matchLabels": dict(settings.gateway_pod_labels)},
+        }
+    ]
+
+
 def build_network_policy(
     policy: PolicyRef, spec: ScreenshotPolicySpec, settings: OperatorSettings
 ) -> Manifest:
@@ -288,14 +302,7 @@ def build_network_policy(
             "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
         },
         {
-            "to": [
-                {
-                    "namespaceSelector": {
-                        "matchLabels": {"kubernetes.io/metadata.name": settings.gateway_namespace}
-                    },
-                    "podSelector": {"matchLabels": dict(settings.gateway_pod_labels)},
-                }
-            ],
+            "to": _gateway_peers(settings),
             "ports": [{"protocol": "TCP", "port": settings.upload_port}],
         },
     ]

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
@@ -51,6 +52,9 @@ class OperatorSettings(BaseSettings):
         }
     )
     """Labels selecting the gateway pods."""
+    gateway_cidrs: list[str] = Field(default_factory=list)
+    """Where the gateway runs outside the cluster (a VM, the node tier's host): capture pods may
+    reach these CIDRs on the upload port instead of the gateway pods selected above."""
     dns_namespace: str = "kube-system"
     """Namespace of the cluster DNS pods."""
     dns_pod_labels: dict[str, str] = Field(default_factory=lambda: {"k8s-app": "kube-dns"})
@@ -81,6 +85,11 @@ class OperatorSettings(BaseSettings):
     """Address of the /metrics and /healthz server."""
     http_port: int = Field(default=8080, ge=0, le=65535)
     """Port of the /metrics and /healthz server (0: a free port, printed at start)."""
+
+    @field_validator("gateway_cidrs")
+    @classmethod
+    def _cidrs(cls, cidrs: list[str]) -> list[str]:
+        return [str(ipaddress.ip_network(c, strict=True)) for c in cidrs]
 
     @field_validator("upload_url")
     @classmethod

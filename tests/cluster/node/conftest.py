@@ -1,0 +1,357 @@
+"""Node tier: real capture pods on a real kubelet (testenv/node.py), beside the control plane.
+
+The node runs containerd, runc and the CNI bridge in a network namespace of its own, with
+kube-router enforcing NetworkPolicies; the capture image is the one `testenv/image.sh` builds from
+capture-pod/Dockerfile, imported into containerd (never pulled). The operator and the gateway run
+as local processes on this host (the gateway on the node link's host address, where capture pods
+upload), not from the Helm chart: see testenv/README.md for why.
+
+Pages for the pods live on the node's target addresses, inside its namespace: nothing a test does
+leaves this machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cluster.operator.conftest import KUBESHOT, Cluster, Operators, free_port, wait_for
+from tests.conftest import ROOT, need
+
+_spec = importlib.util.spec_from_file_location("testenv_node", ROOT / "testenv" / "node.py")
+assert _spec is not None
+assert _spec.loader is not None
+nodes = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = nodes
+_spec.loader.exec_module(nodes)
+
+_startup: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def capture_image_archive() -> Path:
+    """The capture image as an archive (testenv/image.sh: cached by the hash of its inputs)."""
+    need(nodes.os.geteuid() == 0, "the node tier needs root")
+    started = time.monotonic()
+    proc = subprocess.run(
+        ["bash", str(ROOT / "testenv" / "image.sh")], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, f"testenv/image.sh failed:\n{proc.stderr[-5000:]}"
+    _startup.append(f"capture image ready in {time.monotonic() - started:.1f}s")
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def node(
+    control_plane: Any,
+    testenv_bin_dir: Path,
+    capture_image_archive: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Any]:
+    """A running testenv/node.py Node: kubelet, containerd, kube-proxy, kube-router, scheduler."""
+    missing = nodes.missing_requirements(testenv_bin_dir)
+    need(not missing, f"the node tier cannot run here: missing {missing} (make testenv)")
+    node = nodes.Node(control_plane, testenv_bin_dir, tmp_path_factory.mktemp("node"))
+    started = time.monotonic()
+    node.start(images=[capture_image_archive])
+    _startup.append(f"node ready in {time.monotonic() - started:.1f}s")
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="session")
+def capture_image(node: Any, capture_image_archive: Path) -> str:
+    ref: str = nodes.archive_ref(capture_image_archive)
+    assert ref in node.image_refs() or f"docker.io/{ref}" in node.image_refs()
+    return ref
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for line in _startup:
+        terminalreporter.write_line(f"node tier: {line}")
+
+
+# ------------------------------------------------------------------------------ pages
+
+
+@dataclass
+class Pages:
+    """HTTP pages served inside the node's namespace on `address` (reachable by pods only)."""
+
+    address: str
+    port: int
+    routes: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    hits: list[str] = field(default_factory=list)
+
+    def url(self, path: str = "/") -> str:
+        return f"http://{self.address}:{self.port}{path}"
+
+    def add(self, path: str, body: str, content_type: str = "text/html") -> str:
+        self.routes[path] = (content_type, body.encode())
+        return self.url(path)
+
+
+def serve_in_node(node: Any, address: str, handler: type[BaseHTTPRequestHandler]) -> Any:
+    """A threaded HTTP server on a free port of `address`, inside the node's namespace."""
+    server = ThreadingHTTPServer((address, 0), handler, bind_and_activate=False)
+    server.socket.close()
+    server.socket = node.listen(address, 0)
+    server.server_address = server.socket.getsockname()
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def pages(node: Any) -> Iterator[Pages]:
+    holder: list[Pages] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            served = holder[0]
+            served.hits.append(self.path)
+            found = served.routes.get(self.path.split("?")[0])
+            if found is None:
+                self.send_error(404)
+                return
+            content_type, body = found
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = serve_in_node(node, nodes.PAGE_ADDRESS, Handler)
+    holder.append(Pages(nodes.PAGE_ADDRESS, server.server_address[1]))
+    yield holder[0]
+    server.shutdown()
+    server.server_close()
+
+
+# ------------------------------------------------------------------------------ kubeshot
+
+
+@dataclass
+class NodeGateway:
+    """`kubeshot serve --backend kubernetes` on the node link's host address."""
+
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    url: str
+    upload_url: str
+    token: str
+    tls: ssl.SSLContext
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+TOKEN = "node-tier-token-0123456789"
+
+
+@pytest.fixture
+def gateway(
+    node: Any, control_plane: Any, namespace: str, kubeshot_crds: list[str], tmp_path: Path
+) -> Iterator[NodeGateway]:
+    tokens = tmp_path / "tokens.yaml"
+    digest = hashlib.sha256(TOKEN.encode()).hexdigest()
+    tokens.write_text(
+        json.dumps({"tokens": [{"name": "node", "sha256": digest, "namespace": namespace}]})
+    )
+    port, upload_port = free_port(), free_port()
+    # HTTPS, as the chart serves it: a certificate for the host address the tests call.
+    cert, key = tmp_path / "gateway.crt", tmp_path / "gateway.key"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-days", "1", "-subj", "/CN=kubeshot-gateway",
+            "-addext", f"subjectAltName=IP:{nodes.HOST_ADDRESS}",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    env = {
+        **control_plane.env(),
+        "KUBESHOT_TLS_CERT": str(cert),
+        "KUBESHOT_TLS_KEY": str(key),
+        "KUBESHOT_NAMESPACE": namespace,
+        "RATE_LIMIT_ENABLED": "false",
+        "PYTHONUNBUFFERED": "1",
+    }
+    log_path = tmp_path / "gateway.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                str(KUBESHOT), "serve", "--backend", "kubernetes",
+                "--host", nodes.HOST_ADDRESS, "--port", str(port),
+                "--upload-port", str(upload_port),
+                "--tokens-file", str(tokens), "--result-dir", str(tmp_path / "results"),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    served = NodeGateway(
+        proc,
+        log_path,
+        f"https://{nodes.HOST_ADDRESS}:{port}",
+        f"http://{nodes.HOST_ADDRESS}:{upload_port}/v1/internal/uploads",
+        TOKEN,
+        ssl.create_default_context(cafile=str(cert)),
+    )
+
+    def ready() -> bool:
+        assert proc.poll() is None, served.log()
+        try:
+            with urllib.request.urlopen(
+                served.url + "/readyz", timeout=2, context=served.tls
+            ) as answer:
+                return bool(answer.status == 200)
+        except OSError:
+            return False
+
+    wait_for(ready, 60, "the gateway")
+    yield served
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    assert "Traceback" not in served.log(), served.log()[-5000:]
+
+
+def node_operator_env(
+    control_plane: Any, namespace: str, image: str, upload_url: str, **overrides: object
+) -> dict[str, str]:
+    settings: dict[str, object] = {
+        "NAMESPACES": json.dumps([namespace]),
+        "LEASE_NAMESPACE": namespace,
+        "LEASE_DURATION_SECONDS": 3,
+        "RESYNC_SECONDS": 0.5,
+        "UPLOAD_URL": upload_url,
+        "HTTP_HOST": "127.0.0.1",
+        "CAPTURE_IMAGE": image,
+        "IMAGE_PULL_POLICY": "Never",
+        # The gateway runs on this host, not in a pod: pods may reach its address only.
+        "GATEWAY_CIDRS": json.dumps([f"{nodes.HOST_ADDRESS}/32"]),
+    }
+    settings.update({k.upper(): v for k, v in overrides.items()})
+    env = {**control_plane.env(), "PYTHONUNBUFFERED": "1"}
+    env.update({f"KUBESHOT_OPERATOR_{k}": str(v) for k, v in settings.items()})
+    return env
+
+
+@pytest.fixture
+def start_node_operator(
+    control_plane: Any, namespace: str, kubeshot_crds: list[str], capture_image: str, tmp_path: Path
+) -> Iterator[Callable[..., Any]]:
+    """Start `kubeshot operator` whose capture pods run on the node (upload_url: where to PUT)."""
+    operators = Operators(tmp_path)
+
+    def start(upload_url: str, **overrides: object) -> Any:
+        port = free_port()
+        env = node_operator_env(
+            control_plane, namespace, capture_image, upload_url, http_port=port, **overrides
+        )
+        return operators.launch(env, port)
+
+    yield start
+    operators.stop_all()
+
+
+@pytest.fixture
+def cluster(control_plane: Any, kubectl: Any, namespace: str) -> Cluster:
+    return Cluster(control_plane, kubectl, namespace)
+
+
+def pod_events(cluster: Cluster, pod: str) -> str:
+    """The pod's events, for failure messages."""
+    query = f"?fieldSelector=involvedObject.name%3D{pod}"
+    body = cluster.cp.get(cluster.path("events") + query) or {}
+    return "\n".join(f"{e.get('reason')}: {e.get('message')}" for e in body.get("items", []))
+
+
+class PodWatch:
+    """Every state of the namespace's pods, from a real watch: the operator deletes a capture
+    pod once its outcome is recorded, and the tests still read what the kubelet reported."""
+
+    def __init__(self, control_plane: Any, namespace: str) -> None:
+        self.states: dict[str, list[dict[str, Any]]] = {}
+        self.control_plane = control_plane
+        self.path = f"/api/v1/namespaces/{namespace}/pods"
+        self.stopped = threading.Event()
+        listed = control_plane.get(self.path) or {}
+        self.thread = threading.Thread(
+            target=self._read, args=(listed["metadata"]["resourceVersion"],), daemon=True
+        )
+        self.thread.start()
+
+    def _read(self, version: str) -> None:
+        # Short server-side watches, resumed from the last resourceVersion: no event is lost,
+        # and close() never waits on a blocked read for long.
+        while not self.stopped.is_set():
+            query = f"?watch=1&timeoutSeconds=2&resourceVersion={version}"
+            try:
+                with urllib.request.urlopen(
+                    self.control_plane.server + self.path + query,
+                    context=self.control_plane.ssl_context(),
+                    timeout=30,
+                ) as response:
+                    for line in response:
+                        event = json.loads(line)
+                        pod = event["object"]
+                        if event["type"] == "ERROR":  # e.g. 410 Gone: start over from now
+                            version = (self.control_plane.get(self.path) or {})["metadata"][
+                                "resourceVersion"
+                            ]
+                            break
+                        version = pod["metadata"]["resourceVersion"]
+                        self.states.setdefault(pod["metadata"]["name"], []).append(pod)
+            except (OSError, ValueError):
+                time.sleep(0.2)
+
+    def terminated(self, name: str) -> dict[str, Any] | None:
+        """The last state of `name` in which its container had terminated."""
+        for pod in reversed(self.states.get(name, [])):
+            statuses = (pod.get("status") or {}).get("containerStatuses") or []
+            if statuses and "terminated" in statuses[0].get("state", {}):
+                return pod
+        return None
+
+    def last(self, name: str) -> dict[str, Any]:
+        """The last state of `name` before its deletion."""
+        states = self.states.get(name)
+        assert states, f"no pod {name} was seen"
+        return states[-1]
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(10)
+
+
+@pytest.fixture
+def pod_watch(control_plane: Any, namespace: str) -> Iterator[PodWatch]:
+    watch = PodWatch(control_plane, namespace)
+    yield watch
+    watch.close()
