@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CHROMIUM ?= /usr/bin/chromium
 PYTEST_ARGS ?=
 
-.PHONY: setup packages run test test-unit test-browser test-gateway test-cluster test-node lint crds openapi chart bench bench-operator testenv testenv-up testenv-down e2e-kind images clean
+.PHONY: setup packages run test test-unit test-browser test-gateway test-cluster test-node lint crds openapi chart bench bench-operator bench-e2e testenv testenv-up testenv-down e2e-kind images clean
 
 setup: $(STAMP) packages
 
@@ -58,6 +58,8 @@ openapi: $(STAMP)
 # Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kubectl, helm) from Go modules.
 testenv:
 	testenv/build.sh
+	@if [ "$$(id -u)" = 0 ]; then testenv/image.sh >/dev/null; \
+	else echo "testenv: not root, so no node tier: the capture image is not built"; fi
 
 testenv-up: testenv
 	testenv/up.sh
@@ -87,6 +89,9 @@ test-node: setup testenv
 bench: setup
 	$(BIN)/python bench/capture.py
 	$(BIN)/python bench/gateway.py
+
+bench-e2e: setup testenv
+	$(BIN)/python bench/e2e.py
 
 bench-operator: setup testenv
 	$(BIN)/python bench/operator.py
