@@ -311,7 +311,7 @@ main() {
   # Every build leaves its steps as cache (--layers) and replaced steps stay behind: past
   # $KUBESHOT_IMAGE_STORAGE_MAX_GB (default 8) the storage is emptied (the base re-imports in
   # seconds from its tarball; the next build is a cold one without debootstrap).
-  storage_mb="$(du -sm "$IMAGES/containers-storage" 2>/dev/null | cut -f1)"
+  storage_mb="$(du -sm "$IMAGES/containers-storage" 2>/dev/null | cut -f1 || true)"
   if [[ "$FORCE_BASE" == 1 ]] || (( ${storage_mb:-0} > ${KUBESHOT_IMAGE_STORAGE_MAX_GB:-8} * 1024 )); then
     say "emptying buildah's storage (${storage_mb:-0} MB)"
     bah rmi --all --force >/dev/null 2>&1 || true

@@ -389,6 +389,7 @@ class Node:
             self.lock = None
             raise NodeError(f"another kubeshot node runs on this machine ({LOCK_FILE})") from None
         deadline = time.monotonic() + self.start_timeout
+        _kill_stale_shims()
         try:
             self._network()
             self._credentials()
@@ -748,6 +749,33 @@ def _kill_shims(work_dir: Path) -> None:
             cmdline = (proc / "cmdline").read_bytes()
             if b"containerd-shim" in cmdline and marker in cmdline:
                 os.kill(int(proc.name), 9)
+
+
+def _kill_stale_shims() -> None:
+    """Shims (and their containers) whose containerd is gone: left by a node that was killed
+    before stop() ran (a SIGKILLed pytest). A shim names its containerd by `-address SOCKET`."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            argv = (proc / "cmdline").read_bytes().decode().split("\0")
+            if not argv[0].endswith("containerd-shim-runc-v2") or "-address" not in argv:
+                continue
+            address = argv[argv.index("-address") + 1]
+            with socket.socket(socket.AF_UNIX) as probe:
+                try:
+                    probe.connect(address)
+                    continue  # its containerd is alive: not ours to judge
+                except OSError:
+                    pass
+            shim = int(proc.name)
+            for child in Path("/proc").iterdir():
+                if child.name.isdigit():
+                    with contextlib.suppress(OSError, ValueError):
+                        status = (child / "status").read_text()
+                        if f"\nPPid:\t{shim}\n" in status:
+                            os.kill(int(child.name), 9)
+            os.kill(shim, 9)
 
 
 def _unmount_below(directory: Path) -> None:
