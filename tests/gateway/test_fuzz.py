@@ -24,12 +24,13 @@ from kubeshot.api import (
     CaptureOptions,
     CaptureReport,
     Format,
-    ProxyCredentials,
-    ScreenshotPolicySpec,
+    ScreenshotPolicy,
 )
 from kubeshot.gateway import Settings, create_app
+from kubeshot.gateway.auth import Identity
 from kubeshot.gateway.backend import Backend, CaptureResult
 from kubeshot.gateway.openapi import openapi_document
+from kubeshot.gateway.policies import PolicySet
 from kubeshot.gateway.signing import UrlSigner
 from tests.conftest import IN_CI
 from tests.gateway.conftest import SIGNING_SECRET, TOKEN, free_port
@@ -71,11 +72,11 @@ class StandInBackend(Backend):
     def ready(self) -> bool:
         return True
 
+    async def policy(self, caller: Identity, name: str | None) -> ScreenshotPolicy:
+        return PolicySet([]).get(name)
+
     async def capture(
-        self,
-        options: CaptureOptions,
-        policy: ScreenshotPolicySpec,
-        proxy: ProxyCredentials | None = None,
+        self, caller: Identity, policy: ScreenshotPolicy, options: CaptureOptions
     ) -> CaptureResult:
         self.captures += 1
         data = _artifact(options.format)

@@ -11,8 +11,11 @@ from typing import Any
 import pytest
 
 from kubeshot.api import Format
-from kubeshot.gateway.cluster import Caller, KubernetesBackend, store_id
+from kubeshot.gateway.auth import Identity
+from kubeshot.gateway.backend import Backend, Jobs
+from kubeshot.gateway.cluster import KubernetesBackend, caller_label, store_id
 from kubeshot.gateway.kube import CaptureJobWatch
+from kubeshot.gateway.store import ResultStore
 from kubeshot.gateway.uploads import has_format
 
 UID = "0f3c2b1a-0000-4000-8000-00000000beef"
@@ -54,10 +57,20 @@ class NeverClient:
 def backend() -> KubernetesBackend:
     return KubernetesBackend(
         ["team-a"],
-        default_namespace="team-a",
+        store=ResultStore(None, 60),
         wait_grace=1,
         client=NeverClient(),  # type: ignore[arg-type]
     )
+
+
+def caller(name: str, namespace: str) -> Identity:
+    return Identity(name=name, kind="token", namespace=namespace, rate_key=f"token:{name}")
+
+
+def test_the_kubernetes_backend_runs_its_own_async_jobs() -> None:
+    gateway = backend()
+    assert isinstance(gateway, Backend)
+    assert isinstance(gateway, Jobs)
 
 
 async def test_a_waiter_is_woken_by_the_shared_watch_when_its_job_finishes() -> None:
@@ -125,11 +138,12 @@ def test_jobs_are_visible_to_their_caller_and_kubectl_jobs_to_the_namespace() ->
     gateway.watch.observe(job("by-kubectl", uid="1" * 32, labels={}))
     own = store_id(job())
     assert own == UID.replace("-", "")
-    assert gateway.find(Caller("alice", "team-a"), own) is not None
-    assert gateway.find(Caller("bob", "team-a"), own) is None
-    assert gateway.find(Caller("alice", "team-b"), own) is None
-    assert gateway.find(Caller("bob", "team-a"), "1" * 32) is not None
-    assert gateway.find(Caller("alice", "team-a"), "f" * 32) is None
+    seen = gateway.find(caller("alice", "team-a"), own)
+    assert seen is not None and seen.id == own
+    assert gateway.find(caller("bob", "team-a"), own) is None
+    assert gateway.find(caller("alice", "team-b"), own) is None
+    assert gateway.find(caller("bob", "team-a"), "1" * 32) is not None
+    assert gateway.find(caller("alice", "team-a"), "f" * 32) is None
 
 
 def test_the_view_follows_the_job_status() -> None:
@@ -150,8 +164,8 @@ def test_the_view_follows_the_job_status() -> None:
 
 
 def test_caller_labels_are_valid_label_values() -> None:
-    assert Caller("ci", "x").label == "ci"
-    long = Caller("a" * 100, "x").label
+    assert caller_label(caller("ci", "x")) == "ci"
+    long = caller_label(caller("a" * 100, "x"))
     assert len(long) <= 63 and long.isalnum()
 
 

@@ -3,6 +3,10 @@
 Every request passes, in this order: HTTPS-only → authentication → rate limiting (middlewares),
 then in the handler validation → admission → backend → response validation; secure headers are
 added to every response as it is prepared.
+
+The handlers see a backend through two protocols (backend.py): `Backend` for the policy and
+synchronous captures, `Jobs` for asynchronous ones. Which object is which is settled once, in
+`create_app`.
 """
 
 from __future__ import annotations
@@ -11,11 +15,9 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
 from aiohttp import web
 
@@ -37,8 +39,8 @@ from kubeshot.gateway.auth import (
     load_tokens_file,
     parse_authorization,
 )
-from kubeshot.gateway.backend import Backend, CaptureResult
-from kubeshot.gateway.cluster import Caller, KubernetesBackend
+from kubeshot.gateway.backend import Backend, CaptureResult, Jobs, missing_members
+from kubeshot.gateway.cluster import KubernetesBackend
 from kubeshot.gateway.errors import (
     ApiError,
     forbidden,
@@ -55,7 +57,7 @@ from kubeshot.gateway.ratelimit import RateLimiter
 from kubeshot.gateway.security import SECURE_HEADERS, client_address, is_https
 from kubeshot.gateway.settings import Settings
 from kubeshot.gateway.signing import SignatureError, UrlSigner
-from kubeshot.gateway.store import ResultStore
+from kubeshot.gateway.store import ResultStore, expire_periodically
 from kubeshot.gateway.uploads import has_format
 from kubeshot.gateway.validation import (
     POLICY_PARAM,
@@ -257,18 +259,6 @@ async def _on_response_prepare(request: web.Request, response: web.StreamRespons
 # --- the capture path: admission, backend, response validation --------------------------------
 
 
-def _proxy_for(settings: Settings, policy: ScreenshotPolicySpec) -> ProxyCredentials | None:
-    if settings.proxy_server:
-        return ProxyCredentials(
-            server=settings.proxy_server,
-            username=settings.proxy_username,
-            password=settings.proxy_password,
-        )
-    if policy.network.proxy is not None:
-        return ProxyCredentials(server=policy.network.proxy.server)
-    return None
-
-
 async def _admitted_policy(
     request: web.Request, identity: Identity, options: CaptureOptions, name: str | None
 ) -> ScreenshotPolicy:
@@ -278,12 +268,8 @@ async def _admitted_policy(
     operator checks again); with the local backend one of the `--policy` files.
     """
     metrics = request.app[keys.METRICS]
-    backend = request.app[keys.BACKEND]
     try:
-        if isinstance(backend, KubernetesBackend):
-            policy = await backend.policy(identity.namespace, name)
-        else:
-            policy = request.app[keys.POLICIES].get(name)
+        policy = await request.app[keys.BACKEND].policy(identity, name)
         if not identity.may_use(policy.name):
             raise ApiError(
                 403,
@@ -331,16 +317,9 @@ async def _run_capture(
     request[keys.TARGET] = options.url or ""
     policy = await _admitted_policy(request, identity, options, name)
     metrics = app[keys.METRICS]
-    backend = app[keys.BACKEND]
     started = time.monotonic()
     try:
-        if isinstance(backend, KubernetesBackend):
-            caller = Caller(identity.name, identity.namespace)
-            result = await backend.run(caller, policy.name, options, policy.spec, app[keys.STORE])
-        else:
-            result = await backend.capture(
-                options, policy.spec, _proxy_for(app[keys.SETTINGS], policy.spec)
-            )
+        result = await app[keys.BACKEND].capture(identity, policy, options)
     except CaptureError as exc:
         metrics.captures.labels(outcome=exc.reason.value).inc()
         raise
@@ -407,44 +386,14 @@ async def captures_create(request: web.Request) -> web.StreamResponse:
     options = options_from_json(await _json_body(request))
     identity = request[keys.IDENTITY]
     policy = await _admitted_policy(request, identity, options, _policy_param(request))
-    app = request.app
-    backend = app[keys.BACKEND]
-    if isinstance(backend, KubernetesBackend):
-        created = await backend.create_job(
-            Caller(identity.name, identity.namespace), policy.name, options
-        )
-        view = backend.view(created)
-        response = web.json_response(view.to_wire(), status=202)
-        response.headers["Location"] = f"/v1/captures/{view.id}"
-        return response
-    if not app[keys.BACKEND].can_accept():
-        app[keys.METRICS].overloaded.inc()
-        raise ApiError(503, "overloaded", "the capture queue is full", headers={"Retry-After": "1"})
-    job = app[keys.JOBS].submit(
-        identity.rate_key,
-        policy.name,
-        options,
-        policy.spec,
-        _proxy_for(app[keys.SETTINGS], policy.spec),
-    )
-    response = web.json_response(job.view().to_wire(), status=202)
-    response.headers["Location"] = f"/v1/captures/{job.id}"
+    view = await request.app[keys.JOBS].submit(identity, policy, options)
+    response = web.json_response(view.to_wire(), status=202)
+    response.headers["Location"] = f"/v1/captures/{view.id}"
     return response
 
 
-def _job_of(request: web.Request) -> tuple[Identity, str]:
-    return request[keys.IDENTITY], request.match_info["job_id"]
-
-
 def _job_view(request: web.Request) -> CaptureJobView:
-    identity, job_id = _job_of(request)
-    backend = request.app[keys.BACKEND]
-    if isinstance(backend, KubernetesBackend):
-        found = backend.find(Caller(identity.name, identity.namespace), job_id)
-        view = backend.view(found) if found is not None else None
-    else:
-        job = request.app[keys.JOBS].get(identity.rate_key, job_id)
-        view = job.view() if job is not None else None
+    view = request.app[keys.JOBS].find(request[keys.IDENTITY], request.match_info["job_id"])
     if view is None:
         raise ApiError(404, "not_found", "no such capture")
     return view
@@ -521,19 +470,31 @@ def build_authenticator(settings: Settings) -> Authenticator:
     return Authenticator(entries)
 
 
-def default_backend(settings: Settings, metrics: Metrics) -> Backend:
+def default_backend(settings: Settings, metrics: Metrics, store: ResultStore) -> Backend:
+    """The backend `settings.backend` names; the kubernetes one reads artifacts from `store`."""
     if settings.backend == "kubernetes":
         # One watch per namespace a caller's jobs can be in, shared by all requests.
         namespaces = {settings.namespace} | {e.namespace for e in token_entries(settings)}
         return KubernetesBackend(
             sorted(namespaces),
-            default_namespace=settings.namespace,
+            store=store,
             wait_grace=settings.kube_wait_grace,
             on_watch_connect=metrics.watch_connections.inc,
         )
     from kubeshot.gateway.pool import LocalBackend
 
+    proxy = None
+    if settings.proxy_server:
+        proxy = ProxyCredentials(
+            server=settings.proxy_server,
+            username=settings.proxy_username,
+            password=settings.proxy_password,
+        )
     return LocalBackend(
+        policies=PolicySet.from_files(
+            settings.policy_files, ignore_https_errors=settings.ignore_https_errors
+        ),
+        proxy=proxy,
         workers=settings.workers,
         captures_per_worker=settings.captures_per_worker,
         queue_size=settings.queue_size,
@@ -546,7 +507,15 @@ def default_backend(settings: Settings, metrics: Metrics) -> Backend:
 
 
 def create_app(settings: Settings, backend: Backend | None = None) -> web.Application:
-    """The gateway. `backend` defaults to the one `settings.backend` names."""
+    """The gateway. `backend` defaults to the one `settings.backend` names; one given here
+    brings its own policies (`settings.policy_files` and the proxy settings are the default
+    local backend's). A backend that is not also `Jobs` gets the gateway's JobRegistry for
+    asynchronous captures. TypeError, at once, for an object that is not a Backend."""
+    if backend is not None and not isinstance(backend, Backend):
+        raise TypeError(
+            f"{type(backend).__name__} is not a gateway Backend: it lacks "
+            + ", ".join(missing_members(backend))
+        )
     app = web.Application(
         middlewares=[error_middleware, https_middleware, auth_middleware, rate_limit_middleware],
         client_max_size=settings.max_body_bytes,
@@ -560,10 +529,18 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
         secret.get_secret_value() if secret else None, settings.signed_url_max_ttl
     )
     app[keys.RATE_LIMITER] = RateLimiter(settings.rate_limit_enabled)
-    app[keys.POLICIES] = PolicySet.from_files(
-        settings.policy_files, ignore_https_errors=settings.ignore_https_errors
-    )
-    app[keys.BACKEND] = backend or default_backend(settings, metrics_)
+    store = ResultStore(settings.result_dir, settings.result_ttl_seconds)
+    backend = backend or default_backend(settings, metrics_, store)
+    app[keys.STORE] = store
+    app[keys.BACKEND] = backend
+    app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_backend_ctx)
+    if isinstance(backend, Jobs):
+        app[keys.JOBS] = backend
+    else:
+        registry = JobRegistry(backend, store, settings.result_ttl_seconds, metrics_)
+        app[keys.JOBS] = registry
+        app.cleanup_ctx.append(lambda _: registry.running(settings.shutdown_grace))
 
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/readyz", readyz, name="readyz")
@@ -586,8 +563,6 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
 
     app.on_response_prepare.append(_on_response_prepare)
     app.on_shutdown.append(_begin_shutdown)
-    app.cleanup_ctx.append(_backend_ctx)
-    app.cleanup_ctx.append(_jobs_ctx)
     return app
 
 
@@ -604,34 +579,15 @@ async def _backend_ctx(app: web.Application) -> AsyncIterator[None]:
         await backend.close()
 
 
-async def _jobs_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[keys.SETTINGS]
-    with contextlib.ExitStack() as stack:
-        if settings.result_dir is None:
-            root = Path(
-                stack.enter_context(tempfile.TemporaryDirectory(prefix="kubeshot-results-"))
-            )
-        else:
-            root = settings.result_dir
-        store = ResultStore(root, settings.result_ttl_seconds)
-        jobs = JobRegistry(app[keys.BACKEND], store, settings.result_ttl_seconds)
-        app[keys.STORE] = store
-        app[keys.JOBS] = jobs
-        expiry = asyncio.create_task(_expire_periodically(jobs, settings.result_ttl_seconds))
-        try:
-            yield
-        finally:
-            expiry.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await expiry
-            await jobs.close(settings.shutdown_grace)
-
-
-async def _expire_periodically(jobs: JobRegistry, ttl: int) -> None:
-    interval = max(1.0, min(60.0, ttl / 4))
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            jobs.expire()
-        except OSError:
-            log.exception("result store expiry failed")
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The result store's directory, and the expiry of its artifacts, for the app's lifetime."""
+    store = app[keys.STORE]
+    store.open()
+    expiry = asyncio.create_task(expire_periodically(store.expire, store.ttl_seconds))
+    try:
+        yield
+    finally:
+        expiry.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await expiry
+        store.close()

@@ -1,11 +1,21 @@
-"""Where captures run, seen from the gateway's handlers."""
+"""Where captures run, seen from the gateway's handlers: two capabilities, two protocols.
+
+`Backend` is what every backend does: its lifecycle, the ScreenshotPolicy a caller's capture is
+admitted under, and synchronous captures. `Jobs` is asynchronous captures (`POST /v1/captures`).
+A backend that runs them itself (the kubernetes backend: CaptureJobs) implements both; for one
+that does not (the local backend), the gateway runs them on its synchronous captures
+(`jobs.JobRegistry`). `create_app` picks once, at startup, and refuses an object that is not a
+`Backend` there rather than at the first request.
+"""
 
 from __future__ import annotations
 
-import abc
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
-from kubeshot.api import CaptureOptions, CaptureReport, ProxyCredentials, ScreenshotPolicySpec
+from kubeshot.api import CaptureOptions, CaptureReport, ScreenshotPolicy
+from kubeshot.gateway.auth import Identity
+from kubeshot.gateway.models import CaptureJobView
 
 
 @dataclass(frozen=True)
@@ -16,26 +26,20 @@ class CaptureResult:
     report: CaptureReport
 
 
-class Backend(abc.ABC):
-    """Runs admitted captures. Raises kubeshot.api.CaptureError or errors.ApiError (overload)."""
+@runtime_checkable
+class Backend(Protocol):
+    """Runs admitted captures. Raises kubeshot.api.CaptureError or errors.ApiError (overload).
 
-    @abc.abstractmethod
+    The hooks with a body (`queue_depth`, `can_accept`, `begin_shutdown`) are defaults for a
+    class that subclasses Backend; one that only matches it structurally defines them too.
+    """
+
     async def start(self) -> None: ...
 
-    @abc.abstractmethod
     async def close(self) -> None:
         """Stop taking captures, let in-flight ones finish or fail them, free every process."""
 
-    @abc.abstractmethod
-    async def capture(
-        self,
-        options: CaptureOptions,
-        policy: ScreenshotPolicySpec,
-        proxy: ProxyCredentials | None = None,
-    ) -> CaptureResult: ...
-
     @property
-    @abc.abstractmethod
     def ready(self) -> bool:
         """Whether a capture submitted now can be taken."""
 
@@ -47,5 +51,33 @@ class Backend(abc.ABC):
         """Whether a capture submitted now would be queued rather than refused."""
         return self.ready
 
-    def begin_shutdown(self) -> None:  # noqa: B027 - optional hook
+    def begin_shutdown(self) -> None:
         """Refuse new captures from now on; in-flight ones continue."""
+
+    async def policy(self, caller: Identity, name: str | None) -> ScreenshotPolicy:
+        """The policy `name` (`default` when None) as this backend knows it for the caller;
+        CaptureError(PolicyNotFound) when there is none."""
+
+    async def capture(
+        self, caller: Identity, policy: ScreenshotPolicy, options: CaptureOptions
+    ) -> CaptureResult:
+        """Run one admitted capture and answer with its artifact."""
+
+
+@runtime_checkable
+class Jobs(Protocol):
+    """Asynchronous captures: accepted at once, then looked up by id by their caller only."""
+
+    async def submit(
+        self, caller: Identity, policy: ScreenshotPolicy, options: CaptureOptions
+    ) -> CaptureJobView:
+        """Accept an admitted capture; errors.ApiError(503) when it cannot be taken now."""
+
+    def find(self, caller: Identity, job_id: str) -> CaptureJobView | None:
+        """The job with this id if the caller may see it, else None."""
+
+
+def missing_members(backend: object) -> list[str]:
+    """What `backend` lacks of the Backend protocol (empty for a backend)."""
+    members = [name for name in vars(Backend) if not name.startswith("_")]
+    return sorted(name for name in members if not hasattr(backend, name))

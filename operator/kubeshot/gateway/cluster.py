@@ -2,7 +2,8 @@
 
 A capture pod uploads its artifact to the gateway's internal endpoint (`uploads.py`), which puts
 it in the result store under the job's uid; the job's status (followed by one shared watch) says
-when it is done and with which sha256.
+when it is done and with which sha256. The backend runs asynchronous captures itself (it is a
+`Jobs` too): a CaptureJob is one, and its uid is the job id.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import asyncio
 import hashlib
 import re
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -23,13 +23,12 @@ from kubeshot.api import (
     Failure,
     FailureReason,
     Phase,
-    ProxyCredentials,
     ResultSummary,
     ScreenshotPolicy,
-    ScreenshotPolicySpec,
 )
 from kubeshot.api.admission import effective_timeout
 from kubeshot.api.crds import API_VERSION
+from kubeshot.gateway.auth import Identity
 from kubeshot.gateway.backend import Backend, CaptureResult
 from kubeshot.gateway.errors import ApiError
 from kubeshot.gateway.kube import CaptureJobWatch, KubeClient, KubeError, Manifest, kubeshot_path
@@ -43,18 +42,12 @@ CALLER = "kubeshot.dev/caller"
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 
-@dataclass(frozen=True)
-class Caller:
-    """Whose capture this is: the token's name and its namespace."""
-
-    name: str
-    namespace: str
-
-    @property
-    def label(self) -> str:
-        if _LABEL_VALUE.match(self.name):
-            return self.name
-        return hashlib.sha256(self.name.encode()).hexdigest()[:32]
+def caller_label(caller: Identity) -> str:
+    """The `kubeshot.dev/caller` label of the caller's jobs: its token's name, or a hash of it
+    when the name is no valid label value."""
+    if _LABEL_VALUE.match(caller.name):
+        return caller.name
+    return hashlib.sha256(caller.name.encode()).hexdigest()[:32]
 
 
 def store_id(job: Manifest) -> str:
@@ -70,19 +63,22 @@ def _phase(job: Manifest) -> Phase:
 
 
 class KubernetesBackend(Backend):
-    """CaptureJobs in the caller's namespace, followed by one shared watch."""
+    """CaptureJobs in the caller's namespace, followed by one shared watch; a `Jobs` too.
+
+    `store` is the gateway's result store, where the upload endpoint puts the artifacts.
+    """
 
     def __init__(
         self,
         namespaces: list[str],
         *,
-        default_namespace: str,
+        store: ResultStore,
         wait_grace: float,
         client: KubeClient | None = None,
         on_watch_connect: Any = None,
     ) -> None:
         self.client = client or KubeClient(user_agent="kubeshot-gateway")
-        self.default_namespace = default_namespace
+        self.store = store
         self.wait_grace = wait_grace
         self.watch = CaptureJobWatch(
             self.client, namespaces, on_connect=on_watch_connect or (lambda: None)
@@ -106,8 +102,10 @@ class KubernetesBackend(Backend):
 
     # --- admission ------------------------------------------------------------------------
 
-    async def policy(self, namespace: str, name: str | None) -> ScreenshotPolicy:
-        """The ScreenshotPolicy of the namespace; CaptureError(PolicyNotFound) when missing."""
+    async def policy(self, caller: Identity, name: str | None) -> ScreenshotPolicy:
+        """The ScreenshotPolicy of the caller's namespace; CaptureError(PolicyNotFound) when
+        missing."""
+        namespace = caller.namespace
         name = name or DEFAULT_POLICY
         try:
             document = await self.client.request(
@@ -129,10 +127,10 @@ class KubernetesBackend(Backend):
                 FailureReason.INVALID_SPEC, f"the ScreenshotPolicy {name!r} is invalid: {exc}"
             ) from None
 
-    # --- jobs -----------------------------------------------------------------------------
+    # --- captures ---------------------------------------------------------------------------
 
-    async def create_job(
-        self, caller: Caller, policy_name: str, options: CaptureOptions
+    async def _create_job(
+        self, caller: Identity, policy_name: str, options: CaptureOptions
     ) -> Manifest:
         if self._closing:
             raise ApiError(
@@ -144,7 +142,7 @@ class KubernetesBackend(Backend):
             "metadata": {
                 "name": f"capture-{uuid.uuid4().hex[:16]}",
                 "namespace": caller.namespace,
-                "labels": {MANAGED_BY: GATEWAY, CALLER: caller.label},
+                "labels": {MANAGED_BY: GATEWAY, CALLER: caller_label(caller)},
             },
             "spec": {**options.to_wire(), "policyRef": policy_name},
         }
@@ -157,18 +155,13 @@ class KubernetesBackend(Backend):
         self.watch.observe(created, initial=True)
         return created
 
-    async def run(
-        self,
-        caller: Caller,
-        policy_name: str,
-        options: CaptureOptions,
-        policy: ScreenshotPolicySpec,
-        store: ResultStore,
+    async def capture(
+        self, caller: Identity, policy: ScreenshotPolicy, options: CaptureOptions
     ) -> CaptureResult:
         """A synchronous capture: create the job, wait for it, read its artifact."""
-        created = await self.create_job(caller, policy_name, options)
+        created = await self._create_job(caller, policy.name, options)
         meta = created["metadata"]
-        timeout = effective_timeout(options, policy) + self.wait_grace
+        timeout = effective_timeout(options, policy.spec) + self.wait_grace
         try:
             job = await self.watch.wait_finished((meta["namespace"], meta["name"]), timeout)
         except TimeoutError:
@@ -182,7 +175,7 @@ class KubernetesBackend(Backend):
             failure = _failure(status)
             raise CaptureError(failure.reason, failure.message)
         summary = ResultSummary.model_validate(status["result"])
-        data = await asyncio.to_thread(store.get, store_id(job), summary.sha256)
+        data = await asyncio.to_thread(self.store.get, store_id(job), summary.sha256)
         if data is None:
             raise CaptureError(FailureReason.INTERNAL, "the artifact was not uploaded")
         report = CaptureReport.model_validate(
@@ -190,15 +183,15 @@ class KubernetesBackend(Backend):
         )
         return CaptureResult(data=data, report=report)
 
-    async def capture(
-        self,
-        options: CaptureOptions,
-        policy: ScreenshotPolicySpec,
-        proxy: ProxyCredentials | None = None,
-    ) -> CaptureResult:
-        raise NotImplementedError("the kubernetes backend runs captures through run()")
+    # --- asynchronous captures (Jobs) ------------------------------------------------------
 
-    def find(self, caller: Caller, job_id: str) -> Manifest | None:
+    async def submit(
+        self, caller: Identity, policy: ScreenshotPolicy, options: CaptureOptions
+    ) -> CaptureJobView:
+        """A CaptureJob, created and not waited for."""
+        return self.view(await self._create_job(caller, policy.name, options))
+
+    def find(self, caller: Identity, job_id: str) -> CaptureJobView | None:
         """The job with this id (its uid's hex), if the caller may see it."""
         key = self.watch.by_uid.get(job_id)
         if key is None or key[0] != caller.namespace:
@@ -208,7 +201,7 @@ class KubernetesBackend(Backend):
             return None
         owner = (job["metadata"].get("labels") or {}).get(CALLER)
         # Jobs applied with kubectl (no caller) belong to every token of their namespace.
-        return job if owner in {None, caller.label} else None
+        return self.view(job) if owner in {None, caller_label(caller)} else None
 
     def view(self, job: Manifest) -> CaptureJobView:
         status = job.get("status") or {}

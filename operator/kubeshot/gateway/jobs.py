@@ -1,4 +1,8 @@
-"""Asynchronous captures: accepted with 202, run in the background, their artifacts stored."""
+"""Asynchronous captures run by the gateway itself, for a backend without jobs of its own.
+
+Accepted with 202, run in the background on the backend's synchronous captures, their artifacts
+kept in the result store; job and artifact are forgotten `ttl_seconds` after the job finished.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -16,14 +21,15 @@ from kubeshot.api import (
     Failure,
     FailureReason,
     Phase,
-    ProxyCredentials,
     ResultSummary,
-    ScreenshotPolicySpec,
+    ScreenshotPolicy,
 )
+from kubeshot.gateway.auth import Identity
 from kubeshot.gateway.backend import Backend
-from kubeshot.gateway.errors import ApiError, redact_addresses
+from kubeshot.gateway.errors import ApiError, overloaded, redact_addresses
+from kubeshot.gateway.metrics import Metrics
 from kubeshot.gateway.models import CaptureJobView
-from kubeshot.gateway.store import ResultStore
+from kubeshot.gateway.store import ResultStore, expire_periodically
 
 log = logging.getLogger("kubeshot.gateway.jobs")
 
@@ -57,44 +63,42 @@ class Job:
 
 
 class JobRegistry:
-    """Jobs by id, visible to their owner only, forgotten (with their artifact) after the TTL."""
+    """The `Jobs` of a backend without its own: jobs by id, visible to their owner (the
+    caller's rate key) only, forgotten with their artifact after the TTL."""
 
-    def __init__(self, backend: Backend, store: ResultStore, ttl_seconds: int) -> None:
+    def __init__(
+        self, backend: Backend, store: ResultStore, ttl_seconds: int, metrics: Metrics
+    ) -> None:
         self.backend = backend
         self.store = store
         self.ttl_seconds = ttl_seconds
+        self.metrics = metrics
         self._jobs: dict[str, Job] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def submit(
-        self,
-        owner: str,
-        policy_name: str,
-        options: CaptureOptions,
-        policy: ScreenshotPolicySpec,
-        proxy: ProxyCredentials | None,
-    ) -> Job:
-        job = Job(id=uuid.uuid4().hex, owner=owner, policy=policy_name)
+    async def submit(
+        self, caller: Identity, policy: ScreenshotPolicy, options: CaptureOptions
+    ) -> CaptureJobView:
+        if not self.backend.can_accept():
+            self.metrics.overloaded.inc()
+            raise overloaded("the capture queue is full")
+        job = Job(id=uuid.uuid4().hex, owner=caller.rate_key, policy=policy.name)
         self._jobs[job.id] = job
-        task = asyncio.create_task(self._run(job, options, policy, proxy))
+        task = asyncio.create_task(self._run(job, caller, policy, options))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return job
+        return job.view()
 
-    def get(self, owner: str, job_id: str) -> Job | None:
+    def find(self, caller: Identity, job_id: str) -> CaptureJobView | None:
         job = self._jobs.get(job_id)
-        return job if job is not None and job.owner == owner else None
+        return job.view() if job is not None and job.owner == caller.rate_key else None
 
     async def _run(
-        self,
-        job: Job,
-        options: CaptureOptions,
-        policy: ScreenshotPolicySpec,
-        proxy: ProxyCredentials | None,
+        self, job: Job, caller: Identity, policy: ScreenshotPolicy, options: CaptureOptions
     ) -> None:
         job.phase = Phase.RUNNING
         try:
-            result = await self.backend.capture(options, policy, proxy)
+            result = await self.backend.capture(caller, policy, options)
             await asyncio.to_thread(self.store.put, job.id, result.data, result.report.sha256)
             summary = result.report.summary().model_dump()
             summary["url"] = f"/v1/captures/{job.id}/artifact"
@@ -122,13 +126,25 @@ class JobRegistry:
             job.finished_at = time.time()
 
     def expire(self, now: float | None = None) -> int:
+        """Forget the jobs finished longer than the TTL ago, and delete their artifacts."""
         cutoff = (time.time() if now is None else now) - self.ttl_seconds
         gone = [j for j in self._jobs.values() if j.finished_at and j.finished_at < cutoff]
         for job in gone:
             del self._jobs[job.id]
             self.store.delete(job.id)
-        self.store.expire(now)
         return len(gone)
+
+    async def running(self, grace: float) -> AsyncIterator[None]:
+        """The registry's lifetime (an aiohttp cleanup context): expiry while the gateway runs;
+        at the end, running jobs get `grace` seconds before they are failed."""
+        expiry = asyncio.create_task(expire_periodically(self.expire, self.ttl_seconds))
+        try:
+            yield
+        finally:
+            expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await expiry
+            await self.close(grace)
 
     async def close(self, grace: float) -> None:
         """Let running jobs finish for `grace` seconds, then fail them."""

@@ -5,10 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from kubeshot.gateway.auth import Authenticator, Identity
-from kubeshot.gateway.backend import Backend
-from kubeshot.gateway.jobs import JobRegistry
+from kubeshot.gateway.backend import Backend, Jobs
 from kubeshot.gateway.metrics import Metrics
-from kubeshot.gateway.policies import PolicySet
 from kubeshot.gateway.ratelimit import Decision, RateLimiter
 from kubeshot.gateway.settings import Settings
 from kubeshot.gateway.signing import UrlSigner
@@ -18,10 +16,9 @@ SETTINGS = web.AppKey("settings", Settings)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 SIGNER = web.AppKey("signer", UrlSigner)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
-POLICIES = web.AppKey("policies", PolicySet)
 BACKEND = web.AppKey("backend", Backend)
 STORE = web.AppKey("store", ResultStore)
-JOBS = web.AppKey("jobs", JobRegistry)
+JOBS = web.AppKey("jobs", Jobs)
 METRICS = web.AppKey("metrics", Metrics)
 
 IDENTITY = web.RequestKey("identity", Identity)

@@ -7,6 +7,9 @@ killed, the capture fails with MemoryLimitExceeded and a fresh worker takes its 
 are recycled after `captures_per_worker` captures. Captures wait for a worker in a bounded
 queue; beyond it, or after `queue_timeout`, the caller gets 503. The gateway process is the
 child subreaper of its workers, so no Chromium process can outlive it as an orphan.
+
+Its policies are the `--policy` files (a PolicySet); it runs no asynchronous jobs of its own
+(the gateway's JobRegistry runs them on its captures).
 """
 
 from __future__ import annotations
@@ -26,13 +29,16 @@ from kubeshot.api import (
     CaptureReport,
     FailureReason,
     ProxyCredentials,
+    ScreenshotPolicy,
     ScreenshotPolicySpec,
 )
 from kubeshot.api.admission import effective_timeout
 from kubeshot.gateway import procs
+from kubeshot.gateway.auth import Identity
 from kubeshot.gateway.backend import Backend, CaptureResult
 from kubeshot.gateway.errors import overloaded
 from kubeshot.gateway.metrics import Metrics
+from kubeshot.gateway.policies import PolicySet
 from kubeshot.gateway.settings import SECRET_ENVIRONMENT
 from kubeshot.gateway.worker import capture_request, encode_frame, read_frame_async
 
@@ -167,7 +173,11 @@ class Worker:
 
 
 class LocalBackend(Backend):
-    """Runs captures in a pool of worker processes on this machine."""
+    """Runs captures in a pool of worker processes on this machine.
+
+    `policies` are the ones admission may name (the built-in default without); `proxy`, when
+    set, is the upstream proxy of every capture, else the policy's `network.proxy` is.
+    """
 
     def __init__(
         self,
@@ -181,7 +191,11 @@ class LocalBackend(Backend):
         shutdown_grace: float = 30.0,
         metrics: Metrics | None = None,
         worker_command: Sequence[str] | None = None,
+        policies: PolicySet | None = None,
+        proxy: ProxyCredentials | None = None,
     ) -> None:
+        self.policies = policies or PolicySet([])
+        self.proxy = proxy
         self.size = workers
         self.captures_per_worker = captures_per_worker
         self.queue_size = queue_size
@@ -256,11 +270,18 @@ class LocalBackend(Backend):
         self.metrics.workers.labels(state="idle").set(self._idle.qsize())
         self.metrics.workers.labels(state="busy").set(self._busy)
 
+    async def policy(self, caller: Identity, name: str | None) -> ScreenshotPolicy:
+        return self.policies.get(name)
+
+    def _proxy_for(self, policy: ScreenshotPolicySpec) -> ProxyCredentials | None:
+        if self.proxy is not None:
+            return self.proxy
+        if policy.network.proxy is not None:
+            return ProxyCredentials(server=policy.network.proxy.server)
+        return None
+
     async def capture(
-        self,
-        options: CaptureOptions,
-        policy: ScreenshotPolicySpec,
-        proxy: ProxyCredentials | None = None,
+        self, caller: Identity, policy: ScreenshotPolicy, options: CaptureOptions
     ) -> CaptureResult:
         if self._closing:
             raise overloaded("the gateway is shutting down", retry_after=5)
@@ -281,7 +302,7 @@ class LocalBackend(Backend):
         self._drained.clear()
         self._update_gauges()
         try:
-            return await self._run(worker, options, policy, proxy)
+            return await self._run(worker, options, policy.spec, self._proxy_for(policy.spec))
         finally:
             self._busy -= 1
             if self._busy == 0:

@@ -2,25 +2,53 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import os
 import re
+import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from kubeshot.api import CaptureError, FailureReason
 
+log = logging.getLogger("kubeshot.gateway.store")
 _ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 class ResultStore:
-    """One file per job id under `root`; nothing outside it is ever touched."""
+    """One file per job id under `root`; nothing outside it is ever touched.
 
-    def __init__(self, root: Path, ttl_seconds: int) -> None:
-        self.root = root
+    Without a root, `open()` makes a temporary directory and `close()` removes it: the store
+    can be handed to a backend before the gateway starts.
+    """
+
+    def __init__(self, root: Path | None, ttl_seconds: int) -> None:
+        self._root = root
+        self._temporary = False
         self.ttl_seconds = ttl_seconds
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    @property
+    def root(self) -> Path:
+        if self._root is None:
+            raise RuntimeError("the result store is not open")
+        return self._root
+
+    def open(self) -> None:
+        if self._root is None:
+            self._root = Path(tempfile.mkdtemp(prefix="kubeshot-results-"))
+            self._temporary = True
+        else:
+            self._root.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def close(self) -> None:
+        if self._temporary and self._root is not None:
+            shutil.rmtree(self._root, ignore_errors=True)
+            self._root = None
+            self._temporary = False
 
     def _path(self, job_id: str) -> Path:
         if not _ID.match(job_id):
@@ -70,3 +98,14 @@ class ResultStore:
             except FileNotFoundError:
                 continue
         return removed
+
+
+async def expire_periodically(expire: Callable[[], object], ttl_seconds: int) -> None:
+    """Call `expire` every quarter of the TTL (1 s to 60 s) until cancelled."""
+    interval = max(1.0, min(60.0, ttl_seconds / 4))
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            expire()
+        except OSError:
+            log.exception("result store expiry failed")

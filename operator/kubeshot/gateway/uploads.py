@@ -31,7 +31,7 @@ _MAGIC: dict[Format, tuple[bytes, ...]] = {
     Format.WEBP: (b"RIFF",),
     Format.PDF: (b"%PDF-",),
 }
-GATEWAY = web.AppKey("gateway", web.Application)
+BACKEND = web.AppKey("backend", KubernetesBackend)
 
 
 def has_format(fmt: Format, data: bytes) -> bool:
@@ -54,10 +54,7 @@ def _refused(status: int, code: str, message: str) -> web.Response:
 
 
 async def upload(request: web.Request) -> web.StreamResponse:
-    gateway = request.app[GATEWAY]
-    backend = gateway[keys.BACKEND]
-    if not isinstance(backend, KubernetesBackend):
-        raise ApiError(404, "not_found", "no such resource")
+    backend = request.app[BACKEND]
     namespace, name = request.match_info["namespace"], request.match_info["name"]
     try:
         token = parse_authorization(request.headers.get("Authorization", ""))
@@ -82,7 +79,7 @@ async def upload(request: web.Request) -> web.StreamResponse:
     if not data or not has_format(fmt, data):
         raise ApiError(422, "invalid_artifact", f"the body is not a {fmt.value} file")
     job_id = store_id(job)
-    await asyncio.to_thread(gateway[keys.STORE].put, job_id, data, claimed)
+    await asyncio.to_thread(backend.store.put, job_id, data, claimed)
     log.info("artifact of %s/%s stored (%d bytes)", namespace, name, len(data))
     return web.json_response({"url": f"/v1/captures/{job_id}/artifact"}, status=201)
 
@@ -102,8 +99,14 @@ async def _errors(request: web.Request, handler: object) -> web.StreamResponse:
 
 
 def create_upload_app(gateway: web.Application, max_bytes: int) -> web.Application:
-    """The upload listener's application; `gateway` holds the backend and the result store."""
+    """The upload listener's application, for the backend of `gateway` and its result store.
+
+    Only the kubernetes backend has capture pods that upload: ValueError for any other.
+    """
+    backend = gateway[keys.BACKEND]
+    if not isinstance(backend, KubernetesBackend):
+        raise ValueError("the upload endpoint serves the kubernetes backend only")
     app = web.Application(middlewares=[_errors], client_max_size=max_bytes)
-    app[GATEWAY] = gateway
+    app[BACKEND] = backend
     app.router.add_put(UPLOAD_PATH, upload, name="upload")
     return app

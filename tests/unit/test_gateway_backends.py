@@ -1,0 +1,183 @@
+"""The gateway's backend protocols (kubeshot.gateway.backend): what create_app accepts and how it
+composes a backend with asynchronous jobs, and the gateway's own JobRegistry on a stand-in
+backend. Real backends run in tests/gateway (local) and tests/cluster/operator (kubernetes)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from pathlib import Path
+
+import pytest
+
+from kubeshot.api import (
+    CaptureError,
+    CaptureOptions,
+    CaptureReport,
+    FailureReason,
+    Phase,
+    ScreenshotPolicy,
+)
+from kubeshot.gateway import Settings, create_app, keys
+from kubeshot.gateway.auth import Identity
+from kubeshot.gateway.backend import Backend, CaptureResult, Jobs
+from kubeshot.gateway.errors import ApiError
+from kubeshot.gateway.jobs import JobRegistry
+from kubeshot.gateway.metrics import Metrics
+from kubeshot.gateway.models import CaptureJobView
+from kubeshot.gateway.policies import PolicySet
+from kubeshot.gateway.store import ResultStore
+
+ALICE = Identity(name="alice", kind="token", namespace="a", rate_key="token:alice")
+BOB = Identity(name="bob", kind="token", namespace="a", rate_key="token:bob")
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 16
+
+
+def settings() -> Settings:
+    return Settings(auth_token="unit-test-token-0123456789abcdef")
+
+
+class NoPolicies:
+    """Everything of a Backend except `policy`: it matches the protocol only structurally."""
+
+    queue_depth = 0
+    ready = True
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def can_accept(self) -> bool:
+        return True
+
+    def begin_shutdown(self) -> None: ...
+
+    async def capture(
+        self, caller: Identity, policy: ScreenshotPolicy, options: CaptureOptions
+    ) -> CaptureResult:
+        raise AssertionError("never called")
+
+
+class Quick(Backend):
+    """A backend of synchronous captures only; `gate` holds each capture until it is set."""
+
+    def __init__(self, fail: CaptureError | None = None) -> None:
+        self.accepting = True
+        self.fail = fail
+        self.gate = asyncio.Event()
+        self.callers: list[Identity] = []
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    def can_accept(self) -> bool:
+        return self.accepting
+
+    async def policy(self, caller: Identity, name: str | None) -> ScreenshotPolicy:
+        return PolicySet([]).get(name)
+
+    async def capture(
+        self, caller: Identity, policy: ScreenshotPolicy, options: CaptureOptions
+    ) -> CaptureResult:
+        self.callers.append(caller)
+        await self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        report = CaptureReport(
+            content_type="image/png",
+            bytes=len(PNG),
+            sha256=hashlib.sha256(PNG).hexdigest(),
+            format="png",
+        )
+        return CaptureResult(PNG, report)
+
+
+class WithJobs(Quick):
+    """A backend that runs asynchronous captures itself."""
+
+    async def submit(
+        self, caller: Identity, policy: ScreenshotPolicy, options: CaptureOptions
+    ) -> CaptureJobView:
+        raise AssertionError("never called")
+
+    def find(self, caller: Identity, job_id: str) -> CaptureJobView | None:
+        return None
+
+
+def test_an_object_that_is_not_a_backend_is_refused_when_the_app_is_built() -> None:
+    with pytest.raises(TypeError, match=r"NoPolicies is not a gateway Backend: it lacks policy$"):
+        create_app(settings(), backend=NoPolicies())  # type: ignore[arg-type]
+
+
+def test_a_backend_without_jobs_gets_the_gateways_job_registry() -> None:
+    backend = Quick()
+    assert not isinstance(backend, Jobs)
+    app = create_app(settings(), backend=backend)
+    jobs = app[keys.JOBS]
+    assert isinstance(jobs, JobRegistry)
+    assert jobs.backend is backend
+    assert jobs.store is app[keys.STORE]
+
+
+def test_a_backend_with_jobs_runs_them_itself() -> None:
+    backend = WithJobs()
+    app = create_app(settings(), backend=backend)
+    assert app[keys.JOBS] is backend
+
+
+def registry(backend: Backend, tmp_path: Path) -> JobRegistry:
+    store = ResultStore(tmp_path, 60)
+    store.open()
+    return JobRegistry(backend, store, 60, Metrics())
+
+
+async def wait_finished(jobs: JobRegistry, job_id: str) -> CaptureJobView:
+    for _ in range(200):
+        view = jobs.find(ALICE, job_id)
+        assert view is not None
+        if view.phase in {Phase.SUCCEEDED, Phase.FAILED}:
+            return view
+        await asyncio.sleep(0.01)
+    raise AssertionError("the job never finished")
+
+
+async def test_registry_jobs_run_on_the_backends_captures_for_their_caller_only(
+    tmp_path: Path,
+) -> None:
+    backend = Quick()
+    jobs = registry(backend, tmp_path)
+    policy = PolicySet([]).get(None)
+    accepted = await jobs.submit(ALICE, policy, CaptureOptions(url="https://example.com/"))
+    assert accepted.phase is Phase.QUEUED and accepted.policy == "default"
+    assert jobs.find(BOB, accepted.id) is None
+    backend.gate.set()
+    done = await wait_finished(jobs, accepted.id)
+    assert backend.callers == [ALICE]
+    assert done.result is not None and done.result.url == f"/v1/captures/{done.id}/artifact"
+    assert jobs.store.get(done.id, done.result.sha256) == PNG
+    assert jobs.expire() == 0
+    assert jobs.expire(now=time.time() + 61) == 1
+    assert jobs.find(ALICE, done.id) is None
+    assert jobs.store.get(done.id, done.result.sha256) is None
+
+
+async def test_registry_failures_and_overload(tmp_path: Path) -> None:
+    backend = Quick(CaptureError(FailureReason.TIMEOUT, "too slow"))
+    backend.gate.set()
+    jobs = registry(backend, tmp_path)
+    policy = PolicySet([]).get(None)
+    options = CaptureOptions(url="https://example.com/")
+    failed = await wait_finished(jobs, (await jobs.submit(ALICE, policy, options)).id)
+    assert failed.failure is not None and failed.failure.reason is FailureReason.TIMEOUT
+    backend.accepting = False
+    with pytest.raises(ApiError) as refused:
+        await jobs.submit(ALICE, policy, options)
+    assert (refused.value.status, refused.value.code) == (503, "overloaded")
+    assert refused.value.headers == {"Retry-After": "1"}
+    assert jobs.metrics.registry.get_sample_value("kubeshot_overloaded_total") == 1
