@@ -179,28 +179,37 @@ async def standin_overhead(captures: int) -> None:
 
 async def throughput(seconds: float, concurrency: int) -> None:
     from kubeshot.gateway.backend import Backend, CaptureResult
+    from kubeshot.gateway.jobs import Job
+
+    # A finished job to read back: the endpoint answers 200 with its JSON.
+    job = Job(id="0" * 32, owner="token:default", policy="default")
+    document = job.view().to_wire()
 
     class Idle(Backend):
+        """Never captures; serves one finished job (a backend with jobs of its own)."""
+
         async def start(self) -> None: ...
         async def close(self) -> None: ...
         @property
         def ready(self) -> bool:
             return True
 
+        async def policy(self, caller: object, name: str | None) -> object:  # type: ignore[override]
+            raise NotImplementedError
+
         async def capture(self, *args: object, **kwargs: object) -> CaptureResult:
             raise NotImplementedError
+
+        async def submit(self, *args: object, **kwargs: object) -> object:
+            raise NotImplementedError
+
+        def find(self, caller: object, job_id: str) -> object:
+            return job.view() if job_id == job.id else None
 
     port = free_port()
     settings = Settings(auth_token=TOKEN, port=port, rate_limit_read="1000000 per second")
     app = create_app(settings, backend=Idle())
     gateway = await serve(app, port)
-    from kubeshot.gateway import keys
-    from kubeshot.gateway.jobs import Job
-
-    # A finished job to read back: the endpoint answers 200 with its JSON.
-    job = Job(id="0" * 32, owner="token:default", policy="default")
-    app[keys.JOBS]._jobs[job.id] = job
-    document = job.view().to_wire()
 
     bare = web.Application()
 

@@ -415,6 +415,9 @@ class Node:
             self.relay.close()
             self.relay = None
         _unmount_below(self.work_dir)
+        # The Node object goes too: the control plane may outlive the node (a later tier).
+        with contextlib.suppress(OSError):
+            self.control_plane.request("DELETE", f"/api/v1/nodes/{NODE_NAME}")
         _run("ip", "link", "del", HOST_LINK, check=False)
         _run("ip", "netns", "del", NETNS, check=False)
         _remove_cgroups()

@@ -32,3 +32,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(getattr(pytest.mark, parts[0]))
         if parts[:2] == ("cluster", "node"):  # the node tier builds on the cluster tier
             item.add_marker(pytest.mark.node)
+    # The node tier last: once its kubelet and scheduler run, pods run, and the rest of the
+    # cluster tier (which plays the kubelet itself) must not share a session with them.
+    items.sort(key=lambda item: item.get_closest_marker("node") is not None)

@@ -101,7 +101,8 @@ def test_images_run_what_the_chart_and_the_operator_start(helm: Helm) -> None:
     for text in (operator_image, capture_image):
         assert "USER 10001:10001" in text
         assert "--uid 10001" in text
-        assert "KUBESHOT_CHROMIUM=/usr/bin/chromium" in text
+        # Chromium's binary, not Debian's /usr/bin/chromium wrapper (it reads /etc/chromium.d).
+        assert "KUBESHOT_CHROMIUM=/usr/lib/chromium/chromium" in text
     assert re.search(r"apt-get install -y --no-install-recommends chromium", capture_image)
 
 

@@ -55,6 +55,8 @@ def capture_image_archive() -> Path:
     return Path(proc.stdout.strip().splitlines()[-1])
 
 
+# Session scope: the node tier runs last (tests/conftest.py orders it so), because the rest of the
+# cluster tier stands in for the kubelet itself and expects capture pods to stay Pending.
 @pytest.fixture(scope="session")
 def node(
     control_plane: Any,
