@@ -279,6 +279,29 @@ def launch(name: str, argv: Sequence[str], work_dir: Path) -> _Process:
     return _Process(name, popen, log)
 
 
+def wait_ready(
+    proc: _Process,
+    deadline: float,
+    ready: Callable[[], object],
+    timeout: float,
+    error: type[Exception],
+) -> None:
+    """Poll `ready()` until it is truthy; raise `error` with the log's tail if `proc` exits or
+    the deadline passes first."""
+    while True:
+        if proc.popen.poll() is not None:
+            raise error(
+                f"{proc.name} exited with {proc.popen.returncode}; {proc.log}:\n{proc.log_tail()}"
+            )
+        with contextlib.suppress(OSError, ValueError):
+            if ready():
+                return
+        if time.monotonic() > deadline:
+            tail = proc.log_tail()
+            raise error(f"{proc.name} not ready after {timeout:.0f}s; {proc.log}:\n{tail}")
+        time.sleep(0.1)
+
+
 @dataclass
 class ControlPlane:
     """etcd + kube-apiserver + kube-controller-manager in `work_dir`; `start()`, then `stop()`."""
@@ -444,23 +467,12 @@ class ControlPlane:
         return proc
 
     def _wait(self, proc: _Process, deadline: float, ready: Callable[[], object]) -> None:
-        while True:
-            if proc.popen.poll() is not None:
-                tail = proc.log_tail()
-                if "address already in use" in tail:
-                    raise _PortRace(proc.name)
-                raise ControlPlaneError(
-                    f"{proc.name} exited with {proc.popen.returncode}; {proc.log}:\n{tail}"
-                )
-            with contextlib.suppress(OSError, ValueError):
-                if ready():
-                    return
-            if time.monotonic() > deadline:
-                raise ControlPlaneError(
-                    f"{proc.name} not ready after {self.start_timeout:.0f}s; "
-                    f"{proc.log}:\n{proc.log_tail()}"
-                )
-            time.sleep(0.1)
+        try:
+            wait_ready(proc, deadline, ready, self.start_timeout, ControlPlaneError)
+        except ControlPlaneError:
+            if proc.popen.poll() is not None and "address already in use" in proc.log_tail():
+                raise _PortRace(proc.name) from None
+            raise
 
     # -- talking to it
 

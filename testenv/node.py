@@ -55,6 +55,7 @@ from controlplane import (
     _Process,
     _terminate,
     launch,
+    wait_ready,
     write_kubeconfig,
 )
 
@@ -679,21 +680,7 @@ class Node:
         return proc
 
     def _wait(self, proc: _Process, deadline: float, ready: Callable[[], object]) -> None:
-        while True:
-            if proc.popen.poll() is not None:
-                raise NodeError(
-                    f"{proc.name} exited with {proc.popen.returncode}; {proc.log}:\n"
-                    f"{proc.log_tail()}"
-                )
-            with contextlib.suppress(OSError, ValueError):
-                if ready():
-                    return
-            if time.monotonic() > deadline:
-                raise NodeError(
-                    f"{proc.name} not ready after {self.start_timeout:.0f}s; {proc.log}:\n"
-                    f"{proc.log_tail()}"
-                )
-            time.sleep(0.2)
+        wait_ready(proc, deadline, ready, self.start_timeout, NodeError)
 
     def firewalled(self, pod_ip: str) -> bool:
         """Whether kube-router has written the firewall chain of the pod with this address."""

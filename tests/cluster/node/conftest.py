@@ -29,7 +29,15 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.operator.conftest import KUBESHOT, Cluster, Operators, free_port, wait_for
+from tests.cluster.operator.conftest import (
+    Cluster,
+    Operators,
+    free_port,
+    launch_gateway,
+    operator_env,
+    stop_gateway,
+    wait_for,
+)
 from tests.conftest import ROOT, need
 
 _spec = importlib.util.spec_from_file_location("testenv_node", ROOT / "testenv" / "node.py")
@@ -179,7 +187,6 @@ def gateway(
     tokens.write_text(
         json.dumps({"tokens": [{"name": "node", "sha256": digest, "namespace": namespace}]})
     )
-    port, upload_port = free_port(), free_port()
     # HTTPS, as the chart serves it: a certificate for the host address the tests call.
     cert, key = tmp_path / "gateway.crt", tmp_path / "gateway.key"
     subprocess.run(
@@ -192,27 +199,10 @@ def gateway(
         check=True,
         capture_output=True,
     )  # fmt: skip
-    env = {
-        **control_plane.env(),
-        "KUBESHOT_TLS_CERT": str(cert),
-        "KUBESHOT_TLS_KEY": str(key),
-        "KUBESHOT_NAMESPACE": namespace,
-        "RATE_LIMIT_ENABLED": "false",
-        "PYTHONUNBUFFERED": "1",
-    }
-    log_path = tmp_path / "gateway.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                str(KUBESHOT), "serve", "--backend", "kubernetes",
-                "--host", nodes.HOST_ADDRESS, "--port", str(port),
-                "--upload-port", str(upload_port),
-                "--tokens-file", str(tokens), "--result-dir", str(tmp_path / "results"),
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    tls_env = {"KUBESHOT_TLS_CERT": str(cert), "KUBESHOT_TLS_KEY": str(key)}
+    proc, log_path, port, upload_port = launch_gateway(
+        control_plane, namespace, tokens, tmp_path, host=nodes.HOST_ADDRESS, env=tls_env
+    )
     served = NodeGateway(
         proc,
         log_path,
@@ -234,34 +224,7 @@ def gateway(
 
     wait_for(ready, 60, "the gateway")
     yield served
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    assert "Traceback" not in served.log(), served.log()[-5000:]
-
-
-def node_operator_env(
-    control_plane: Any, namespace: str, image: str, upload_url: str, **overrides: object
-) -> dict[str, str]:
-    settings: dict[str, object] = {
-        "NAMESPACES": json.dumps([namespace]),
-        "LEASE_NAMESPACE": namespace,
-        "LEASE_DURATION_SECONDS": 3,
-        "RESYNC_SECONDS": 0.5,
-        "UPLOAD_URL": upload_url,
-        "HTTP_HOST": "127.0.0.1",
-        "CAPTURE_IMAGE": image,
-        "IMAGE_PULL_POLICY": "Never",
-        # The gateway runs on this host, not in a pod: pods may reach its address only.
-        "GATEWAY_CIDRS": json.dumps([f"{nodes.HOST_ADDRESS}/32"]),
-    }
-    settings.update({k.upper(): v for k, v in overrides.items()})
-    env = {**control_plane.env(), "PYTHONUNBUFFERED": "1"}
-    env.update({f"KUBESHOT_OPERATOR_{k}": str(v) for k, v in settings.items()})
-    return env
+    stop_gateway(proc, log_path)
 
 
 @pytest.fixture
@@ -273,8 +236,16 @@ def start_node_operator(
 
     def start(upload_url: str, **overrides: object) -> Any:
         port = free_port()
-        env = node_operator_env(
-            control_plane, namespace, capture_image, upload_url, http_port=port, **overrides
+        env = operator_env(
+            control_plane,
+            namespace,
+            upload_url,
+            http_port=port,
+            capture_image=capture_image,
+            image_pull_policy="Never",
+            # The gateway runs on this host, not in a pod: pods may reach its address only.
+            gateway_cidrs=json.dumps([f"{nodes.HOST_ADDRESS}/32"]),
+            **overrides,
         )
         return operators.launch(env, port)
 

@@ -155,6 +155,56 @@ def operator_env(
     return env
 
 
+def launch_gateway(
+    control_plane: Any,
+    namespace: str,
+    tokens: Path,
+    tmp_path: Path,
+    *,
+    host: str = "127.0.0.1",
+    upload_port: int | None = None,
+    env: dict[str, str] | None = None,
+) -> tuple[subprocess.Popen[bytes], Path, int, int]:
+    """`kubeshot serve --backend kubernetes` for one namespace: (process, log, port, upload port).
+
+    The caller waits for /readyz (its scheme depends on `env`) and ends it with stop_gateway().
+    """
+    port = free_port()
+    upload_port = upload_port or free_port()
+    full_env = {
+        **control_plane.env(),
+        "KUBESHOT_NAMESPACE": namespace,
+        "RATE_LIMIT_ENABLED": "false",
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
+    log_path = tmp_path / "gateway.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                str(KUBESHOT), "serve", "--backend", "kubernetes",
+                "--host", host, "--port", str(port), "--upload-port", str(upload_port),
+                "--tokens-file", str(tokens), "--result-dir", str(tmp_path / "results"),
+            ],
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    return proc, log_path, port, upload_port
+
+
+def stop_gateway(proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    """SIGTERM (SIGKILL after 30 s); its log must hold no traceback."""
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log = log_path.read_text(errors="replace")
+    assert "Traceback" not in log, log[-5000:]
+
+
 class Operators:
     """The `kubeshot operator` processes of one test: stopped at its end, their logs checked."""
 

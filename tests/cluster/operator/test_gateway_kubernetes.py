@@ -24,12 +24,13 @@ import pytest
 
 from tests.cluster.operator.conftest import (
     API,
-    KUBESHOT,
     Cluster,
     FakeKubelet,
     Operator,
     Uploads,
     free_port,
+    launch_gateway,
+    stop_gateway,
     wait_for,
 )
 
@@ -113,36 +114,9 @@ def gateway(
         for name, token in (("alice", ALICE), ("bob", BOB))
     ]
     tokens.write_text(json.dumps({"tokens": entries}))
-    port = free_port()
-    env = {
-        **control_plane.env(),
-        "KUBESHOT_NAMESPACE": namespace,
-        "RATE_LIMIT_ENABLED": "false",
-        "PYTHONUNBUFFERED": "1",
-    }
-    log_path = tmp_path / "gateway.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                str(KUBESHOT),
-                "serve",
-                "--backend",
-                "kubernetes",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--upload-port",
-                str(upload_port),
-                "--tokens-file",
-                str(tokens),
-                "--result-dir",
-                str(tmp_path / "results"),
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    proc, log_path, port, _ = launch_gateway(
+        control_plane, namespace, tokens, tmp_path, upload_port=upload_port
+    )
     served = Gateway(
         proc,
         log_path,
@@ -159,13 +133,7 @@ def gateway(
 
     wait_for(ready, 60, "the gateway's CaptureJob watch")
     yield served
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    assert "Traceback" not in served.log(), served.log()[-5000:]
+    stop_gateway(proc, log_path)
 
 
 def gateway_jobs(cluster: Cluster, count: int) -> list[dict[str, Any]]:
