@@ -17,8 +17,11 @@ setup: $(STAMP) packages
 # capture image), gcc and libc6-dev (the static pause binary).
 DEBIAN_PACKAGES = chromium fonts-liberation shellcheck containerd runc containernetworking-plugins \
 	iptables ipset conntrack debootstrap buildah gcc libc6-dev
+# A containerd or runc already on PATH counts (Docker's containerd.io conflicts with Debian's).
 packages:
-	@missing=; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=; for p in $(DEBIAN_PACKAGES); do \
+	  case $$p in containerd|runc) command -v $$p >/dev/null && continue;; esac; \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
