@@ -2,7 +2,9 @@
 
 Isolation: every capture runs in a browser context of its own that is closed afterwards; a
 spare context (opened ahead of time, with a page, used once) only saves the time of opening it.
-All traffic goes through the egress guard, which decides what the page may reach.
+All traffic goes through the egress guard, which decides what the page may reach. Each context
+has a proxy login of its own, which ties its requests to its capture's guard session; the
+browser's own background requests have none, and the guard refuses them.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from kubeshot.api.admission import admit, effective_timeout
 from kubeshot_capture import artifacts
 from kubeshot_capture.blocklists import COOKIE_BANNER_CSS, is_ad_request
 from kubeshot_capture.browser import chromium_args, chromium_executable
-from kubeshot_capture.guard import EgressGuard, EgressSession
+from kubeshot_capture.guard import LOGIN_URL, EgressGuard, EgressSession, ProxyLogin
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,8 @@ class Artifact:
 class _Spare:
     context: BrowserContext
     page: Page
+    login: ProxyLogin
+    """The context's proxy login: the next capture's session takes it."""
 
 
 class CaptureEngine:
@@ -142,31 +146,47 @@ class CaptureEngine:
         """Capture under the policy. Raises CaptureError with the reason users see."""
         admit(options, policy)
         async with self._lock:
-            session = self._guard.session(
-                policy.network,
-                max_download_bytes=policy.limits.max_download_bytes,
-                upstream=proxy,
-            )
+            seconds = effective_timeout(options, policy)
+            session: EgressSession | None = None
+            spare: _Spare | None = None
             try:
-                async with asyncio.timeout(effective_timeout(options, policy)):
-                    return await self._capture(options, policy, session)
+                async with asyncio.timeout(seconds):
+                    started = time.perf_counter()
+                    spare = await self._take_spare(options, policy)
+                    # The session takes the login of the context the capture will run in.
+                    session = self._guard.session(
+                        policy.network,
+                        max_download_bytes=policy.limits.max_download_bytes,
+                        upstream=proxy,
+                        login=spare.login if spare is not None else None,
+                    )
+                    return await self._capture(options, policy, session, spare, started)
             except TimeoutError as exc:
-                self._raise_if_guard_stopped(session)
-                seconds = effective_timeout(options, policy)
+                if session is not None:
+                    self._raise_if_guard_stopped(session)
                 raise CaptureError(
                     FailureReason.TIMEOUT, f"capture did not finish within {seconds} s"
                 ) from exc
             finally:
-                session.close()
+                if session is not None:
+                    session.close()
+                if spare is not None:
+                    self._refill()
 
     async def _capture(
-        self, options: CaptureOptions, policy: ScreenshotPolicySpec, session: EgressSession
+        self,
+        options: CaptureOptions,
+        policy: ScreenshotPolicySpec,
+        session: EgressSession,
+        spare: _Spare | None,
+        started: float,
     ) -> Artifact:
-        started = time.perf_counter()
-        if options.url is not None:
-            await session.preflight(options.url)
-        context, page = await self._open(options, policy)
+        context = spare.context if spare is not None else None
         try:
+            if options.url is not None:
+                await session.preflight(options.url)
+            context, page = await self._open(options, policy, session, spare)
+            await self._configure(context, page, options)
             setup_done = time.perf_counter()
             final_url = await self._load(page, options, session)
             await self._prepare(page, options)
@@ -182,8 +202,9 @@ class CaptureEngine:
             verified = artifacts.verify(data, options.format)
             done = time.perf_counter()
         finally:
-            with contextlib.suppress(PlaywrightError):
-                await context.close()
+            if context is not None:
+                with contextlib.suppress(PlaywrightError):
+                    await context.close()
         report = CaptureReport(
             format=options.format.value,
             content_type=verified.content_type,
@@ -212,45 +233,65 @@ class CaptureEngine:
         task.add_done_callback(self._refills.discard)
 
     async def _open_spare(self) -> None:
+        # A login no session has yet: until a capture takes the spare, the guard refuses
+        # whatever its context might send.
+        login = ProxyLogin.generate()
         try:
             context = await self.browser.new_context(
-                **_base_context_options(), viewport=_SPARE_VIEWPORT, color_scheme="light"
+                **_base_context_options(),
+                proxy=self._guard.context_proxy(login),  # type: ignore[arg-type]
+                viewport=_SPARE_VIEWPORT,
+                color_scheme="light",
             )
             page = await context.new_page()
         except PlaywrightError as exc:  # browser closing: nothing to keep
             log.debug("spare context not opened: %s", exc)
             return
-        await self._spares.put(_Spare(context, page))
+        await self._spares.put(_Spare(context, page, login))
+
+    async def _take_spare(
+        self, options: CaptureOptions, policy: ScreenshotPolicySpec
+    ) -> _Spare | None:
+        """A spare context for this capture, or None when it needs a context of its own.
+
+        The spare is replaced once the capture is over, not while it runs: every request of a
+        context with a proxy login goes through Playwright's driver (its Fetch interception
+        answers the guard's challenge), and a context being opened meanwhile holds it up.
+        """
+        fresh = policy.network.ignore_https_errors or self._spare_target == 0
+        fresh = fresh or any(getattr(options, f) is not None for f in _CREATION_ONLY)
+        if fresh or options.device_scale_factor != 1.0:
+            return None
+        return await self._spares.get()
 
     async def _open(
-        self, options: CaptureOptions, policy: ScreenshotPolicySpec
+        self,
+        options: CaptureOptions,
+        policy: ScreenshotPolicySpec,
+        session: EgressSession,
+        spare: _Spare | None,
     ) -> tuple[BrowserContext, Page]:
-        ignore_https = policy.network.ignore_https_errors
-        fresh = ignore_https or any(getattr(options, f) is not None for f in _CREATION_ONLY)
-        fresh = fresh or options.device_scale_factor != 1.0
         viewport = {"width": options.viewport.width, "height": options.viewport.height}
-        if fresh or self._spare_target == 0:
+        if spare is None:
             context = await self.browser.new_context(
                 **_base_context_options(),
+                proxy=self._guard.context_proxy(session.login),  # type: ignore[arg-type]
                 viewport=viewport,  # type: ignore[arg-type]
                 color_scheme="dark" if options.dark_mode else "light",
                 user_agent=options.user_agent,
                 locale=options.locale,
                 timezone_id=options.timezone,
                 device_scale_factor=options.device_scale_factor,
-                ignore_https_errors=ignore_https,
+                ignore_https_errors=policy.network.ignore_https_errors,
             )
             page = await context.new_page()
         else:
-            spare = await self._spares.get()
             context, page = spare.context, spare.page
-            self._refill()
             # A spare was opened with the default viewport and a light colour scheme.
             if viewport != _SPARE_VIEWPORT:
                 await page.set_viewport_size(viewport)  # type: ignore[arg-type]
             if options.dark_mode:
                 await page.emulate_media(color_scheme="dark")
-        await self._configure(context, page, options)
         return context, page
 
     async def _configure(
@@ -287,6 +328,7 @@ class CaptureEngine:
                 self._raise_if_blocked(session, [options.url, *navigation.urls], response)
             else:
                 assert options.html is not None
+                await _log_in(page)
                 await page.set_content(options.html, wait_until=wait_until)  # type: ignore[arg-type]
                 response = None
         except PlaywrightTimeout as exc:
@@ -445,6 +487,13 @@ def _selector_error(field: str, exc: PlaywrightError) -> CaptureError:
     return CaptureError(
         FailureReason.INVALID_SPEC, f"{field} is not a valid selector: {_first_line(exc.message)}"
     )
+
+
+async def _log_in(page: Page) -> None:
+    # Subresources (of html input) that meet the guard's 407 before the context ever presented
+    # its login fail: a navigation to the guard's LOGIN_URL presents it (204: no page change).
+    with contextlib.suppress(PlaywrightError):
+        await page.goto(LOGIN_URL, wait_until="commit")
 
 
 async def _abort_ad(route: Route) -> None:

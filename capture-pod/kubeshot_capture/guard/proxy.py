@@ -4,6 +4,10 @@ It speaks just enough HTTP/1.1 to judge and relay: absolute-form requests (with 
 WebSocket upgrades), CONNECT tunnels (HTTPS, wss, and ws, which Chromium always tunnels), and
 chaining through an upstream proxy with CONNECT. It never looks into tunnels; it decides on the
 destination, connects only to addresses it checked, and counts every byte it receives.
+
+Every request must carry the proxy login of a capture in progress (`Proxy-Authorization: Basic`);
+it is judged under that capture's session only. Anything else is answered with a 407 challenge
+and goes nowhere (see `logins`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from urllib.parse import urljoin, urlsplit
 
 from kubeshot.api import NetworkRules, ProxyCredentials
 from kubeshot_capture.guard.addresses import IPAddress
+from kubeshot_capture.guard.logins import LOGIN_URL, REALM, Logins, ProxyLogin
 from kubeshot_capture.guard.rules import Resolver, system_resolver
 from kubeshot_capture.guard.session import EgressSession, Refused
 from kubeshot_capture.guard.targets import InvalidTarget, Target, parse_authority, parse_url
@@ -33,6 +38,8 @@ CONNECT_TIMEOUT = 15.0
 """Seconds to open a connection to a destination or to the upstream proxy."""
 MAX_IDLE_UPSTREAMS = 8
 """Idle keep-alive connections to destinations kept per browser connection."""
+MAX_LOGGED_HOSTS = 1000
+"""Hosts remembered so that refused requests without a login are logged once per host."""
 
 # Headers that describe one hop, never forwarded (RFC 9110 7.6.1), plus the proxy's own.
 _HOP_BY_HOP = frozenset(
@@ -116,23 +123,44 @@ def _body_length(headers: Headers) -> int | None:
     return int(text)
 
 
-def _simple_response(status: int, text: str, reason: str) -> bytes:
+def _simple_response(status: int, text: str, reason: str, extra: str = "") -> bytes:
     body = f"kubeshot egress guard: {reason}\n".encode()
     return (
         f"HTTP/1.1 {status} {text}\r\nContent-Type: text/plain; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\nCache-Control: no-store\r\n"
-        "X-Kubeshot-Egress: refused\r\n\r\n"
+        f"{extra}X-Kubeshot-Egress: refused\r\n\r\n"
     ).encode() + body
+
+
+AUTH_CHALLENGE = _simple_response(
+    407,
+    "Proxy Authentication Required",
+    "no capture's proxy login",
+    f'Proxy-Authenticate: Basic realm="{REALM}"\r\n',
+)
+"""The answer to a request without a valid login. Chromium answers it with the login of the
+context the request belongs to, if it has one; the browser's own requests have none."""
+_LOGIN_TARGET = LOGIN_URL.encode()
+_LOGGED_IN = (
+    b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n"
+    b"Cache-Control: no-store\r\n\r\n"
+)
 
 
 class _Upstream:
     """A connection to one destination (directly or tunnelled through the upstream proxy)."""
 
-    __slots__ = ("answered", "key", "reader", "writer")
+    __slots__ = ("answered", "key", "reader", "session", "writer")
 
     def __init__(
-        self, key: tuple[str, int], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        session: EgressSession,
+        key: tuple[str, int],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
     ) -> None:
+        self.session = session
+        """The session that admitted this destination: the only one that may reuse it."""
         self.key = key
         self.reader = reader
         self.writer = writer
@@ -152,7 +180,8 @@ class _Upstream:
 class EgressGuard:
     """One per browser: a forward proxy on 127.0.0.1:<free port> that judges every request.
 
-    Use as an async context manager; start one capture at a time with `session()`.
+    Use as an async context manager. Each capture gets a session of its own (`session()`), any
+    number at a time; a request is judged by the session whose proxy login it carries.
     """
 
     def __init__(
@@ -170,7 +199,8 @@ class EgressGuard:
         self._connector: Connector = connector or open_connection
         self._server: asyncio.Server | None = None
         self._port = 0
-        self._session: EgressSession | None = None
+        self._logins: Logins[EgressSession] = Logins()
+        self._unauthenticated_hosts: set[str] = set()
         self._clients: set[asyncio.Transport] = set()
         self._handlers: set[asyncio.Task[None]] = set()
 
@@ -187,8 +217,8 @@ class EgressGuard:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._session is not None:
-            self._session.close()
+        for session in self._logins.sessions():
+            session.close()
         if self._server is not None:
             self._server.close()
             for transport in list(self._clients):
@@ -209,10 +239,23 @@ class EgressGuard:
     @property
     def browser_proxy(self) -> dict[str, str]:
         """The `proxy` argument of Playwright's `chromium.launch()`: everything, loopback
-        included, goes through the guard."""
+        included, goes through the guard.
+
+        It carries no login: what the browser sends outside a capture's context (its own
+        background requests) is refused with a 407 it cannot answer. Each context gets its
+        own proxy with a login, `context_proxy()`."""
         if not self._port:
             raise RuntimeError("EgressGuard is not started (use `async with`)")
         return {"server": f"http://127.0.0.1:{self._port}", "bypass": "<-loopback>"}
+
+    def context_proxy(self, login: ProxyLogin) -> dict[str, str]:
+        """The `proxy` argument of Playwright's `browser.new_context()` for the capture whose
+        session has this login (`session.login`): the context's requests are that capture's."""
+        return {
+            **self.browser_proxy,
+            "username": login.username,
+            "password": login.password,
+        }
 
     def launch_args(self) -> list[str]:
         """Extra Chromium flags: WebRTC may not send UDP around the proxy.
@@ -231,28 +274,50 @@ class EgressGuard:
         *,
         max_download_bytes: int,
         upstream: ProxyCredentials | None = None,
+        login: ProxyLogin | None = None,
     ) -> EgressSession:
-        """Activate `rules` for the next capture. One session at a time per guard."""
-        if self._session is not None and not self._session.closed:
-            raise RuntimeError("an egress session is already active on this guard")
+        """Start a capture's session: requests carrying its login are judged by `rules`.
+
+        Args:
+            login: the proxy login of the context the capture runs in (one opened ahead of
+                time); a new one by default. Open the context with
+                `context_proxy(session.login)`. A login serves one session only.
+        """
         session = EgressSession(
             rules,
             max_download_bytes=max_download_bytes,
             upstream=upstream,
             resolver=self._resolver,
+            login=login,
             on_close=self._session_closed,
         )
-        self._session = session
+        self._logins.add(session.login, session)
         return session
 
     @property
-    def active_session(self) -> EgressSession | None:
-        session = self._session
-        return session if session is not None and not session.closed else None
+    def sessions(self) -> list[EgressSession]:
+        """The sessions in progress."""
+        return self._logins.sessions()
 
     def _session_closed(self, session: EgressSession) -> None:
-        if self._session is session:
-            self._session = None
+        self._logins.remove(session.login, session)
+
+    def _refuse_unauthenticated(self, method: bytes, target: bytes) -> bytes:
+        """The 407 challenge; logged once per host for the guard's lifetime, not per request."""
+        host = target.decode("latin-1")
+        if method != b"CONNECT":
+            host = urlsplit(host).netloc
+        host = host.rpartition("@")[2][:255]
+        if host not in self._unauthenticated_hosts:
+            if len(self._unauthenticated_hosts) < MAX_LOGGED_HOSTS:
+                self._unauthenticated_hosts.add(host)
+            log.debug(
+                "egress guard: refused %s %s without a capture's proxy login (the browser's "
+                "own traffic, or a challenge before the login); not logged again",
+                method.decode("latin-1")[:16],
+                host,
+            )
+        return AUTH_CHALLENGE
 
     # -- one browser connection ------------------------------------------------------------
 
@@ -307,9 +372,12 @@ class EgressGuard:
                 writer.write(_simple_response(400, "Bad Request", str(exc)))
                 return
             method, target_text, version = start
-            session = self._session
-            if session is None or session.closed:
-                writer.write(_simple_response(403, "Forbidden", "no capture is in progress"))
+            session = self._logins.lookup([v for k, v in headers if k == b"proxy-authorization"])
+            if session is None:
+                writer.write(self._refuse_unauthenticated(method, target_text))
+                return
+            if target_text == _LOGIN_TARGET:  # answered here: see LOGIN_URL
+                writer.write(_LOGGED_IN)
                 return
             session.track(writer.transport)
             if method == b"CONNECT":
@@ -388,7 +456,7 @@ class EgressGuard:
                 error = exc
                 continue
             session.track(writer.transport)
-            return _Upstream((target.host, target.port), reader, writer)
+            return _Upstream(session, (target.host, target.port), reader, writer)
         raise OSError(str(error) if error else "no address to connect to")
 
     async def _relay(
@@ -454,7 +522,7 @@ class EgressGuard:
             return False
         key = (target.host, target.port)
         upstream = idle.pop(key, None)
-        reused = upstream is not None and not upstream.stale()
+        reused = upstream is not None and upstream.session is session and not upstream.stale()
         if upstream is None or not reused:
             if upstream is not None:
                 upstream.close()

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from kubeshot.api import CaptureError, FailureReason, NetworkRules, ProxyCredentials
 from kubeshot_capture.guard.addresses import IPAddress
+from kubeshot_capture.guard.logins import ProxyLogin
 from kubeshot_capture.guard.rules import CompiledRules, Resolver
 from kubeshot_capture.guard.targets import InvalidTarget, Target, parse_url
 
@@ -70,9 +71,10 @@ class Refused(Exception):
 class EgressSession:
     """The rules, download budget and refusal record of one capture.
 
-    Created by `EgressGuard.session()`; while open, every request the browser makes is judged
-    by these rules. Closing it cuts every connection it admitted; after that the guard refuses
-    everything until the next session.
+    Created by `EgressGuard.session()`; while open, every request that carries its `login` (the
+    proxy login of the capture's browser context) is judged by these rules and counted against
+    its budget. Closing it forgets the login and cuts every connection it admitted; a request
+    that still carries the login is refused from then on.
     """
 
     def __init__(
@@ -82,9 +84,11 @@ class EgressSession:
         max_download_bytes: int,
         upstream: ProxyCredentials | None,
         resolver: Resolver,
+        login: ProxyLogin | None = None,
         on_close: Callable[[EgressSession], None] | None = None,
     ) -> None:
         self.rules = CompiledRules(rules)
+        self.login = login if login is not None else ProxyLogin.generate()
         self.max_download_bytes = max_download_bytes
         self.upstream = upstream
         self.blocked_requests = 0
@@ -176,7 +180,7 @@ class EgressSession:
         return NavigationWatch(self, page)
 
     def close(self) -> None:
-        """End the capture: cut every connection it opened; the guard then refuses all."""
+        """End the capture: cut every connection it opened; its login is refused from now on."""
         if self.closed:
             return
         self.closed = True

@@ -613,7 +613,7 @@ def rules_for(site: Site, canary: Canary, **overrides: object) -> NetworkRules:
 
 @dataclass
 class Visit:
-    """A page in a fresh context under one guard session."""
+    """A page in a fresh context under one guard session (the context has the session's login)."""
 
     session: EgressSession
     context: BrowserContext
@@ -628,7 +628,10 @@ async def visit_factory(browser: Browser, guard: EgressGuard) -> AsyncIterator[A
         rules: NetworkRules, max_download_bytes: int = 50 * 1024 * 1024, upstream: Any = None
     ) -> Visit:
         session = guard.session(rules, max_download_bytes=max_download_bytes, upstream=upstream)
-        context = await browser.new_context(ignore_https_errors=rules.ignore_https_errors)
+        context = await browser.new_context(
+            ignore_https_errors=rules.ignore_https_errors,
+            proxy=guard.context_proxy(session.login),  # type: ignore[arg-type]
+        )
         page = await context.new_page()
         visit = Visit(session, context, page)
         opened.append(visit)

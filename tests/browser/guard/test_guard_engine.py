@@ -4,6 +4,7 @@ canary. Engine tests inject the test network; CLI tests use only loopback litera
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ from urllib.parse import quote
 
 import pytest
 import pytest_asyncio
+from playwright.async_api import Error as PlaywrightError
 
 from kubeshot.api import (
     CaptureError,
@@ -161,6 +163,60 @@ async def test_html_input_cannot_reach_blocked_targets(
     assert b"root:x:0:0" not in artifact.data
     assert artifact.report.blocked_requests >= 3
     assert not canary.reached(), canary.summary()
+
+
+@pytest.mark.parametrize("context", ["spare", "fresh"])
+async def test_html_input_loads_allowed_subresources(
+    engine: Any, site: Site, canary: Canary, context: str
+) -> None:
+    """An html capture's first requests are subresources, which cannot answer the guard's 407
+    challenge: the capture's context presents its login before the content is set."""
+    site.requests.clear()
+    fresh = context == "fresh"  # ignoreHTTPSErrors needs a context of its own
+    tag = f"html-{context}"
+    html = f"<img src='{site.url(f'/pixel.png?{tag}')}'>"
+    if fresh:
+        html += f"<img src='{site.tls_url(f'/pixel.png?{tag}-tls')}'>"
+    artifact = await engine.capture(
+        CaptureOptions.model_validate({"html": html, "format": "html"}),
+        policy(site, canary, ignoreHTTPSErrors=fresh),
+    )
+    expected = [f"/pixel.png?{tag}", f"/pixel.png?{tag}-tls"] if fresh else [f"/pixel.png?{tag}"]
+    assert sorted(site.requests) == expected
+    assert artifact.report.blocked_requests == 0
+    assert artifact.report.bytes_transferred > 0
+
+
+async def test_requests_from_outside_the_captures_context_are_refused(
+    engine: Any, site: Site, canary: Canary
+) -> None:
+    """While a capture whose policy opens the canary runs, a context of the same browser without
+    the capture's login (the launch-level proxy, as the browser's own background requests use)
+    reaches nothing and is not counted."""
+    outsider = await engine.browser.new_context()
+
+    async def meanwhile() -> int | None:
+        await asyncio.sleep(0.3)  # the capture's session is open for 1.5 s more
+        page = await outsider.new_page()
+        try:
+            response = await page.goto(canary.url("/outsider"))
+        except PlaywrightError:
+            return None
+        return response.status if response is not None else None
+
+    try:
+        artifact, status = await asyncio.gather(
+            engine.capture(
+                options(site.url("/page"), delayMs=1500),
+                policy(site, canary, allowedCIDRs=["127.0.0.0/8"]),
+            ),
+            meanwhile(),
+        )
+    finally:
+        await outsider.close()
+    assert status in (None, 407)
+    assert not canary.reached(), canary.summary()
+    assert artifact.report.blocked_requests == 0
 
 
 async def test_download_budget_exceeded(engine: Any, site: Site, canary: Canary) -> None:

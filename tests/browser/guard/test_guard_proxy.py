@@ -1,5 +1,6 @@
 """The proxy's HTTP handling, spoken to directly: keep-alive, bodies, upgrades, tunnels,
-upstream chaining with credentials, the download budget, and refusals."""
+upstream chaining with credentials, the download budget, refusals, and the capture logins that
+tie every request to its session."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest_asyncio
 from playwright.async_api import Error as PlaywrightError
 
 from kubeshot.api import NetworkRules, ProxyCredentials
-from kubeshot_capture.guard import EgressGuard
+from kubeshot_capture.guard import EgressGuard, ProxyLogin
 from tests.browser.guard.conftest import (
     CANARY_HOST,
     PROXY_HOST,
@@ -24,6 +25,7 @@ from tests.browser.guard.conftest import (
     Site,
     UpstreamProxy,
     Visit,
+    eventually,
     rules_for,
 )
 
@@ -32,19 +34,38 @@ pytestmark = pytest.mark.timeout(60)
 
 
 class Client:
-    """A browser-like proxy client on one keep-alive connection."""
+    """A browser-like proxy client on one keep-alive connection.
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    Like a capture's browser context, it sends a proxy login with every request: `login`, or
+    by default that of the guard's one session in progress (none when there is none or several).
+    """
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, guard: EgressGuard
+    ) -> None:
         self.reader = reader
         self.writer = writer
+        self.guard = guard
+        self.login: ProxyLogin | None = None
+        self.anonymous = False
+        """True: send no login at all (the browser's own background requests)."""
 
     @classmethod
     async def open(cls, guard: EgressGuard) -> Client:
         reader, writer = await asyncio.open_connection("127.0.0.1", guard.port)
-        return cls(reader, writer)
+        return cls(reader, writer, guard)
+
+    def signed(self, raw: bytes) -> bytes:
+        """`raw` with a Proxy-Authorization header after its request line."""
+        sessions = self.guard.sessions
+        login = self.login or (sessions[0].login if len(sessions) == 1 else None)
+        if self.anonymous or login is None:
+            return raw
+        line, sep, rest = raw.partition(b"\r\n")
+        return line + sep + b"Proxy-Authorization: " + login.header() + b"\r\n" + rest
 
     async def request(self, raw: bytes) -> tuple[int, dict[str, str], bytes]:
-        self.writer.write(raw)
+        self.writer.write(self.signed(raw))
         await self.writer.drain()
         return await self.response(head_only=raw.startswith((b"HEAD ", b"CONNECT ")))
 
@@ -291,10 +312,12 @@ async def test_malformed_or_unsupported_requests_are_refused(
 async def test_without_a_session_everything_is_refused(
     guard: EgressGuard, client: Client, site: Site
 ) -> None:
-    assert guard.active_session is None
-    status, _headers, body = await client.request(get(site.url("/page")))
-    assert status == 403
-    assert b"no capture" in body
+    assert guard.sessions == []
+    site.requests.clear()
+    status, headers, _ = await client.request(get(site.url("/page?no-session")))
+    assert status == 407
+    assert headers["proxy-authenticate"] == 'Basic realm="kubeshot"'
+    assert site.requests == []
 
 
 async def test_closing_the_session_cuts_open_connections(
@@ -312,7 +335,7 @@ async def test_budget_exceeded_cuts_traffic(
     guard: EgressGuard, client: Client, site: Site, rules: NetworkRules
 ) -> None:
     with guard.session(rules, max_download_bytes=100_000) as session:
-        client.writer.write(get(site.url("/big?bytes=5000000")))
+        client.writer.write(client.signed(get(site.url("/big?bytes=5000000"))))
         received = 0
         try:
             head = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), 5)
@@ -337,6 +360,184 @@ async def test_budget_counts_tunnel_bytes(
         client.writer.write(b"x" * 5000)
         assert await client.closed()
         assert session.download_exceeded
+
+
+# -- capture logins ---------------------------------------------------------------------------
+
+
+def open_to_canary(site: Site, canary: Canary) -> NetworkRules:
+    return rules_for(site, canary, allowedCIDRs=[f"{CANARY_HOST}/32"])
+
+
+def bad_logins(good: ProxyLogin) -> dict[str, list[bytes]]:
+    """Proxy-Authorization header values that must not pass for `good`'s session."""
+
+    def basic(text: str) -> bytes:
+        return b"Basic " + base64.b64encode(text.encode())
+
+    return {
+        "missing": [],
+        "wrong password": [basic(f"{good.username}:{good.password[:-1]}x")],
+        "empty password": [basic(f"{good.username}:")],
+        "unknown user": [basic(f"capture-0000000000000000:{good.password}")],
+        "not basic": [b"Bearer " + good.header().split(b" ", 1)[1]],
+        "not base64": [b"Basic " + good.header().split(b" ", 1)[1][:-3] + b"!!!"],
+        "sent twice": [good.header(), good.header()],
+    }
+
+
+@pytest.mark.parametrize("connect", [False, True], ids=["http", "connect"])
+@pytest.mark.parametrize("case", list(bad_logins(ProxyLogin("u", "p"))))
+async def test_requests_without_a_valid_login_are_challenged_and_go_nowhere(
+    guard: EgressGuard, site: Site, canary: Canary, case: str, connect: bool
+) -> None:
+    authority = f"{CANARY_HOST}:{canary.port}"
+    request_line = (
+        f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n"
+        if connect
+        else f"GET {canary.url('/no-login')} HTTP/1.1\r\nHost: {authority}\r\n"
+    )
+    with guard.session(open_to_canary(site, canary), max_download_bytes=10**7) as session:
+        headers = "".join(
+            f"Proxy-Authorization: {v.decode()}\r\n" for v in bad_logins(session.login)[case]
+        )
+        client = await Client.open(guard)
+        client.anonymous = True
+        try:
+            status, answer, _ = await client.request(f"{request_line}{headers}\r\n".encode())
+            assert status == 407
+            assert answer["proxy-authenticate"] == 'Basic realm="kubeshot"'
+            await asyncio.wait_for(client.reader.read(), 5)  # then the guard hangs up
+        finally:
+            client.close()
+        assert (session.blocked_requests, session.bytes_transferred) == (0, 0)
+        assert not canary.reached(), canary.summary()
+        # The twin: the same request with the session's login reaches the canary.
+        signed = await Client.open(guard)
+        try:
+            status, _answer, _ = await signed.request(f"{request_line}\r\n".encode())
+            assert status == 200
+            assert await eventually(canary.reached)
+        finally:
+            signed.close()
+
+
+async def test_the_login_is_not_forwarded(
+    guard: EgressGuard, client: Client, site: Site, canary: Canary
+) -> None:
+    with guard.session(open_to_canary(site, canary), max_download_bytes=10**7) as session:
+        status, _headers, _ = await client.request(get(canary.url("/login-stays-here")))
+        assert status == 200
+    assert await eventually(lambda: any(h.first_bytes for h in canary.hits))
+    sent = b"".join(hit.first_bytes for hit in canary.hits)
+    assert b"GET /login-stays-here" in sent
+    assert b"proxy-authorization" not in sent.lower()
+    assert session.login.password.encode() not in sent
+
+
+async def test_an_ended_captures_login_is_refused(
+    guard: EgressGuard, site: Site, canary: Canary, rules: NetworkRules
+) -> None:
+    site.requests.clear()
+    with guard.session(rules, max_download_bytes=10**7) as ended:
+        pass
+    with guard.session(rules, max_download_bytes=10**7) as current:
+        late = await Client.open(guard)
+        late.login = ended.login
+        try:
+            status, headers, _ = await late.request(get(site.url("/late-login")))
+        finally:
+            late.close()
+        assert status == 407
+        assert "proxy-authenticate" in headers
+        assert (current.blocked_requests, current.bytes_transferred) == (0, 0)
+    assert site.requests == []
+    with (
+        guard.session(rules, max_download_bytes=1) as again,
+        pytest.raises(RuntimeError, match="already in use"),
+    ):
+        guard.session(rules, max_download_bytes=1, login=again.login)
+
+
+async def test_concurrent_sessions_judge_and_count_only_their_own_requests(
+    guard: EgressGuard, site: Site, canary: Canary, rules: NetworkRules
+) -> None:
+    """One connection per session, interleaved: A may reach the canary and not the site, B the
+    other way round. Each refusal and each byte lands in the session whose login was sent."""
+    site.requests.clear()
+    with (
+        guard.session(open_to_canary(site, canary), max_download_bytes=10**7) as a,
+        guard.session(rules, max_download_bytes=10**7) as b,
+    ):
+        client_a, client_b = await Client.open(guard), await Client.open(guard)
+        client_a.login, client_b.login = a.login, b.login
+        try:
+            status_b, _headers, body_b = await client_b.request(get(site.url("/echo?from=b")))
+            status_a, _headers, _ = await client_a.request(get(site.url("/echo?from=a")))
+            assert (status_a, status_b, body_b) == (403, 200, b"GET /echo?from=b")
+            assert not canary.reached()
+            client_b2 = await Client.open(guard)
+            client_b2.login = b.login
+            status_b, _headers, _ = await client_b2.request(get(canary.url("/from-b")))
+            client_b2.close()
+            assert status_b == 403
+            assert not canary.reached()
+            client_a2 = await Client.open(guard)
+            client_a2.login = a.login
+            status_a, _headers, _ = await client_a2.request(get(canary.url("/from-a")))
+            client_a2.close()
+            assert status_a == 200
+        finally:
+            client_a.close()
+            client_b.close()
+    assert site.requests == ["/echo?from=b"]
+    assert (a.blocked_requests, b.blocked_requests) == (1, 1)
+    assert a.blocked_reason(site.url("/echo")) is not None
+    assert a.blocked_reason(canary.url("/")) is None
+    assert b.blocked_reason(canary.url("/")) is not None
+    assert b.blocked_reason(site.url("/echo")) is None
+    assert 0 < b.bytes_transferred < 1000
+    assert 0 < a.bytes_transferred < 1000
+
+
+async def test_a_connection_never_reuses_another_sessions_destination(
+    guard: EgressGuard, client: Client, site: Site, canary: Canary, rules: NetworkRules
+) -> None:
+    """A keep-alive connection to the site, opened for A, is not handed to B, whose rules refuse
+    the site."""
+    site.requests.clear()
+    with (
+        guard.session(rules, max_download_bytes=10**7) as a,
+        guard.session(open_to_canary(site, canary), max_download_bytes=10**7) as b,
+    ):
+        client.login = a.login
+        status, _headers, _ = await client.request(get(site.url("/echo?as=a")))
+        assert status == 200
+        client.login = b.login
+        status, _headers, _ = await client.request(get(site.url("/echo?as=b")))
+        assert status == 403
+        assert b.blocked_requests == 1
+    assert site.requests == ["/echo?as=a"]
+
+
+async def test_requests_without_a_login_are_logged_once_per_host(
+    guard: EgressGuard, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="kubeshot_capture.guard")
+    hosts = [f"once-{index}-{id(caplog)}.test" for index in range(2)]
+    for host in hosts * 3:
+        for raw in (get(f"http://{host}/x"), f"CONNECT {host}:443 HTTP/1.1\r\n\r\n".encode()):
+            client = await Client.open(guard)
+            client.anonymous = True
+            try:
+                status, _headers, _ = await client.request(raw)
+            finally:
+                client.close()
+            assert status == 407
+    for host in hosts:
+        logged = [r for r in caplog.records if host in r.getMessage()]
+        assert len(logged) == 2, [r.getMessage() for r in logged]  # host, and host:443
+        assert all(r.levelno == logging.DEBUG for r in logged)
 
 
 # -- upstream proxy --------------------------------------------------------------------------

@@ -25,8 +25,8 @@ async def run_webrtc_page(
             proxy=guard.browser_proxy,  # type: ignore[arg-type]
         )
         try:
-            with guard.session(rules_for(site, canary), max_download_bytes=10**7):
-                page = await browser.new_page()
+            with guard.session(rules_for(site, canary), max_download_bytes=10**7) as session:
+                page = await browser.new_page(proxy=guard.context_proxy(session.login))  # type: ignore[arg-type]
                 await page.goto(site.url(f"/webrtc?server=127.0.0.66:{canary.port}"))
                 return await eventually(canary.reached, seconds=4.0)
         finally:
