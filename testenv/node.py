@@ -42,7 +42,7 @@ import subprocess
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -363,7 +363,6 @@ class Node:
     start_timeout: float = 120.0
     processes: list[_Process] = field(default_factory=list)
     relay: Relay | None = None
-    images: list[Path] = field(default_factory=list)
     lock: int | None = None
 
     @property
@@ -534,7 +533,6 @@ class Node:
             proc = self._ctr("images", "import", str(archive))  # and unpack: pods start at once
             if proc.returncode != 0:
                 raise NodeError(f"ctr images import {archive} failed: {proc.stderr.strip()}")
-            self.images.append(archive)
 
     def image_refs(self) -> list[str]:
         out = self._ctr("images", "ls", "-q").stdout
@@ -694,10 +692,6 @@ class Node:
         sock.bind((address, port))
         sock.listen(64)
         return sock
-
-    def logs(self) -> Iterator[tuple[str, str]]:
-        for proc in self.processes:
-            yield proc.name, proc.log_tail()
 
 
 _CONTAINERD_CONFIG = """\

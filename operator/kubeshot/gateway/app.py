@@ -12,7 +12,6 @@ synchronous captures, `Jobs` for asynchronous ones. Which object is which is set
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import time
@@ -57,7 +56,7 @@ from kubeshot.gateway.ratelimit import RateLimiter
 from kubeshot.gateway.security import SECURE_HEADERS, client_address, is_https
 from kubeshot.gateway.settings import Settings
 from kubeshot.gateway.signing import SignatureError, UrlSigner
-from kubeshot.gateway.store import ResultStore, expire_periodically
+from kubeshot.gateway.store import ResultStore, expiring
 from kubeshot.gateway.uploads import has_format
 from kubeshot.gateway.validation import (
     POLICY_PARAM,
@@ -583,11 +582,8 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     """The result store's directory, and the expiry of its artifacts, for the app's lifetime."""
     store = app[keys.STORE]
     store.open()
-    expiry = asyncio.create_task(expire_periodically(store.expire, store.ttl_seconds))
     try:
-        yield
+        async with expiring(store.expire, store.ttl_seconds):
+            yield
     finally:
-        expiry.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await expiry
         store.close()

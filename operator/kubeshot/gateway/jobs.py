@@ -29,7 +29,7 @@ from kubeshot.gateway.backend import Backend
 from kubeshot.gateway.errors import ApiError, overloaded, redact_addresses
 from kubeshot.gateway.metrics import Metrics
 from kubeshot.gateway.models import CaptureJobView
-from kubeshot.gateway.store import ResultStore, expire_periodically
+from kubeshot.gateway.store import ResultStore, expiring
 
 log = logging.getLogger("kubeshot.gateway.jobs")
 
@@ -137,13 +137,10 @@ class JobRegistry:
     async def running(self, grace: float) -> AsyncIterator[None]:
         """The registry's lifetime (an aiohttp cleanup context): expiry while the gateway runs;
         at the end, running jobs get `grace` seconds before they are failed."""
-        expiry = asyncio.create_task(expire_periodically(self.expire, self.ttl_seconds))
         try:
-            yield
+            async with expiring(self.expire, self.ttl_seconds):
+                yield
         finally:
-            expiry.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await expiry
             await self.close(grace)
 
     async def close(self, grace: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -10,7 +11,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from kubeshot.api import CaptureError, FailureReason
@@ -98,6 +99,18 @@ class ResultStore:
             except FileNotFoundError:
                 continue
         return removed
+
+
+@contextlib.asynccontextmanager
+async def expiring(expire: Callable[[], object], ttl_seconds: int) -> AsyncIterator[None]:
+    """While the block runs, `expire` is called periodically (expire_periodically)."""
+    task = asyncio.create_task(expire_periodically(expire, ttl_seconds))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def expire_periodically(expire: Callable[[], object], ttl_seconds: int) -> None:
