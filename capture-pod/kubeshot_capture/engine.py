@@ -300,7 +300,12 @@ class CaptureEngine:
         page.on("dialog", _dismiss_dialog)
         context.on("page", _close_popup)
         if options.headers:
-            await context.set_extra_http_headers(options.headers)
+            if options.url is None:
+                raise CaptureError(
+                    FailureReason.INVALID_SPEC,
+                    "headers need a url: they are sent to the target's origin only",
+                )
+            await _send_headers_to_origin(context, page, options.url, options.headers)
         if options.geolocation is not None:
             await context.grant_permissions(["geolocation"])
             geo = options.geolocation
@@ -494,6 +499,47 @@ async def _log_in(page: Page) -> None:
     # its login fail: a navigation to the guard's LOGIN_URL presents it (204: no page change).
     with contextlib.suppress(PlaywrightError):
         await page.goto(LOGIN_URL, wait_until="commit")
+
+
+async def _send_headers_to_origin(
+    context: BrowserContext, page: Page, url: str, headers: dict[str, str]
+) -> None:
+    """Add the caller's `headers` to the page's requests to the origin of `url`, and no other.
+
+    Not `set_extra_http_headers` (every request, third parties included), nor a Playwright route:
+    Playwright applies a route's header overrides to every redirect hop after it, whatever the
+    hop's origin, and never routes the hops. DevTools' Fetch domain pauses exactly the requests
+    to the origin (each redirect hop anew, so a hop elsewhere goes without them) and only those,
+    so other requests cost nothing. Requests of out-of-process frames and of workers are not
+    seen and go without the headers.
+    """
+    # The origin as Chromium spells it (IDNA, IPv4 forms, default port), so that the pattern
+    # and the paused requests' URLs are serialised alike.
+    origin: str = await page.evaluate("url => new URL(url).origin", url)
+    prefix = origin + "/"
+    names = {name.lower() for name in headers}
+    session = await context.new_cdp_session(page)
+
+    async def continue_request(event: dict[str, Any]) -> None:
+        params: dict[str, Any] = {"requestId": event["requestId"]}
+        request = event["request"]
+        if request["url"].startswith(prefix):
+            params["headers"] = [
+                *(
+                    {"name": name, "value": value}
+                    for name, value in request["headers"].items()
+                    if name.lower() not in names
+                ),
+                *({"name": name, "value": value} for name, value in headers.items()),
+            ]
+        try:
+            await session.send("Fetch.continueRequest", params)
+        except PlaywrightError as exc:  # the page is closing; the request goes nowhere
+            log.debug("request not continued: %s", exc)
+
+    session.on("Fetch.requestPaused", continue_request)
+    pattern = "".join("\\" + char if char in "*?\\" else char for char in prefix) + "*"
+    await session.send("Fetch.enable", {"patterns": [{"urlPattern": pattern}]})
 
 
 async def _abort_ad(route: Route) -> None:

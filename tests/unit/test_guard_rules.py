@@ -213,3 +213,28 @@ async def test_one_dns_answer_per_name_per_capture() -> None:
     await guard_session.preflight("https://public.test/other")
     assert resolver.asked == ["public.test"]
     assert session(resolver) is not guard_session  # a new capture asks again
+
+
+async def test_one_dns_answer_per_name_but_the_port_judged_per_request() -> None:
+    """With allowedCIDRs the port is judged after resolving; the kept answer is the addresses,
+    never the verdict of the first request's port."""
+    resolver = FakeResolver()
+    guard_session = session(resolver, allowedCIDRs=["10.0.0.0/8"])
+    await guard_session.preflight("http://public.test/")
+    with pytest.raises(CaptureError) as caught:
+        await guard_session.preflight("http://public.test:8080/")
+    assert "port 8080" in caught.value.message
+    await guard_session.preflight("https://public.test/")
+    assert resolver.asked == ["public.test"]
+
+
+def test_judge_classifies_every_address_with_the_targets_port() -> None:
+    rules = CompiledRules(NetworkRules.model_validate({"allowedCIDRs": ["10.0.0.0/8"]}))
+    mixed = [ip_address("10.0.0.7"), ip_address("93.184.215.14")]
+    assert rules.judge(parse_url("http://mixed.test/"), mixed) == (mixed, None)
+    assert rules.judge(parse_url("http://mixed.test:8080/"), mixed) == ([mixed[0]], None)
+    public = [ip_address("93.184.215.14")]
+    allowed, reason = rules.judge(parse_url("http://public.test:8080/"), public)
+    assert allowed == []
+    assert reason is not None
+    assert "resolves to 93.184.215.14: port 8080" in reason

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from types import TracebackType
 from urllib.parse import urljoin, urlsplit
 
@@ -123,20 +124,26 @@ def _body_length(headers: Headers) -> int | None:
     return int(text)
 
 
-def _simple_response(status: int, text: str, reason: str, extra: str = "") -> bytes:
-    body = f"kubeshot egress guard: {reason}\n".encode()
+REFUSAL_BODY = b"kubeshot egress guard: request not forwarded\n"
+"""The body of every answer the guard gives in place of a destination's. The page can read it
+(a refused navigation renders it, `format: html` returns it), so it names no reason: what a
+name resolves to is not the page's to learn. The reason goes to the log and the session's
+record of refusals (`EgressSession.blocked_reason`)."""
+
+
+def _simple_response(status: int, text: str, extra: str = "") -> bytes:
     return (
         f"HTTP/1.1 {status} {text}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\nCache-Control: no-store\r\n"
-        f"{extra}X-Kubeshot-Egress: refused\r\n\r\n"
-    ).encode() + body
+        f"Content-Length: {len(REFUSAL_BODY)}\r\nConnection: close\r\n"
+        f"Cache-Control: no-store\r\n{extra}X-Kubeshot-Egress: refused\r\n\r\n"
+    ).encode() + REFUSAL_BODY
 
 
+_FORBIDDEN = _simple_response(403, "Forbidden")
+_BAD_REQUEST = _simple_response(400, "Bad Request")
+_BAD_GATEWAY = _simple_response(502, "Bad Gateway")
 AUTH_CHALLENGE = _simple_response(
-    407,
-    "Proxy Authentication Required",
-    "no capture's proxy login",
-    f'Proxy-Authenticate: Basic realm="{REALM}"\r\n',
+    407, "Proxy Authentication Required", f'Proxy-Authenticate: Basic realm="{REALM}"\r\n'
 )
 """The answer to a request without a valid login. Chromium answers it with the login of the
 context the request belongs to, if it has one; the browser's own requests have none."""
@@ -337,7 +344,7 @@ class EgressGuard:
             pass
         except asyncio.LimitOverrunError:
             with contextlib.suppress(ConnectionError):
-                writer.write(_simple_response(431, "Request Header Fields Too Large", "head"))
+                writer.write(_simple_response(431, "Request Header Fields Too Large"))
         except OSError as exc:  # pragma: no cover - unexpected socket errors end the connection
             log.debug("egress guard connection error: %s", exc)
         except Exception:  # pragma: no cover - a bug here must end one connection, not the guard
@@ -369,7 +376,8 @@ class EgressGuard:
                 if len(start) != 3 or not start[2].startswith(b"HTTP/1."):
                     raise _BadMessage("bad request line")
             except _BadMessage as exc:
-                writer.write(_simple_response(400, "Bad Request", str(exc)))
+                log.info("egress guard refused a malformed request: %s", exc)
+                writer.write(_BAD_REQUEST)
                 return
             method, target_text, version = start
             session = self._logins.lookup([v for k, v in headers if k == b"proxy-authorization"])
@@ -410,7 +418,7 @@ class EgressGuard:
         except InvalidTarget as exc:
             session.blocked_requests += 1
             log.warning("egress guard refused CONNECT: %s", exc)
-            writer.write(_simple_response(403, "Forbidden", str(exc)))
+            writer.write(_FORBIDDEN)
             return
         upstream = await self._open(session, target, writer)
         if upstream is None:
@@ -423,19 +431,19 @@ class EgressGuard:
     ) -> _Upstream | None:
         """Admit and connect, or answer the browser with the refusal and return None."""
         try:
-            addresses = await session.admit(target)
-        except Refused as exc:
-            writer.write(_simple_response(403, "Forbidden", str(exc)))
+            addresses = await session.admit(target)  # a refusal is logged and recorded there
+        except Refused:
+            writer.write(_FORBIDDEN)
             return None
         except OSError as exc:
             log.info("egress guard: cannot resolve %s: %s", target.host, exc)
-            writer.write(_simple_response(502, "Bad Gateway", f"cannot resolve {target.host}"))
+            writer.write(_BAD_GATEWAY)
             return None
         try:
             return await self._connect(session, target, addresses)
         except (OSError, TimeoutError) as exc:
             log.info("egress guard: cannot connect to %s: %s", target.authority, exc)
-            writer.write(_simple_response(502, "Bad Gateway", f"cannot connect to {target.host}"))
+            writer.write(_BAD_GATEWAY)
             return None
 
     async def _connect(
@@ -507,62 +515,24 @@ class EgressGuard:
     ) -> bool:
         """Relay one absolute-form request and its response; True to keep the connection."""
         try:
-            if not url[:7].lower() == "http://":
-                raise InvalidTarget(f"only http:// requests are proxied, not {url[:16]!r}")
-            target = parse_url(url)
-            request_length = _body_length(headers)
+            request = _prepare_request(method, url, version, headers)
         except (InvalidTarget, _BadMessage) as exc:
             session.blocked_requests += 1
             log.warning("egress guard refused a request: %s", exc)
-            writer.write(
-                _simple_response(
-                    403 if isinstance(exc, InvalidTarget) else 400, "Forbidden", str(exc)
-                )
-            )
+            writer.write(_FORBIDDEN if isinstance(exc, InvalidTarget) else _BAD_REQUEST)
             return False
-        key = (target.host, target.port)
-        upstream = idle.pop(key, None)
-        reused = upstream is not None and upstream.session is session and not upstream.stale()
-        if upstream is None or not reused:
-            if upstream is not None:
-                upstream.close()
-            upstream = await self._open(session, target, writer)
-            if upstream is None:
-                return False
-        else:
-            # A reused connection goes to an address this session checked for this target;
-            # only whether the capture is still on (and within budget) can have changed.
-            try:
-                session.check_open()
-            except Refused as exc:
-                upstream.close()
-                writer.write(_simple_response(403, "Forbidden", str(exc)))
-                return False
-
-        request_tokens = _tokens(headers, b"connection")
-        upgrade = _header(headers, b"upgrade") if b"upgrade" in request_tokens else None
-        path = _origin_form(url)
-        out = [method, b" ", path.encode("latin-1"), b" ", version, b"\r\n"]
-        for name, value in headers:
-            if name in _HOP_BY_HOP or name in request_tokens:
-                continue
-            if request_length == -1 and name == b"content-length":
-                continue  # chunked framing wins (RFC 9112 6.3); never forward both
-            out += (name, b": ", value, b"\r\n")
-        if request_length == -1:
-            out.append(b"transfer-encoding: chunked\r\n")
-        if upgrade is not None:
-            out += (b"connection: Upgrade\r\nupgrade: ", upgrade, b"\r\n")
-        out.append(b"\r\n")
-        request_head = b"".join(out)
+        target = request.target
+        upstream, reused = await self._checkout(session, target, writer, idle)
+        if upstream is None:
+            return False
         while True:
             upstream.answered = False
             try:
-                upstream.writer.write(request_head)
-                if request_length == -1:
+                upstream.writer.write(request.head)
+                if request.body_length == -1:
                     await _copy_chunked(reader, upstream.writer, None)
-                elif request_length:
-                    await _copy_exact(reader, upstream.writer, request_length, None)
+                elif request.body_length:
+                    await _copy_exact(reader, upstream.writer, request.body_length, None)
                 await upstream.writer.drain()
                 reusable, framed = await self._respond(
                     session, method, url, upstream, reader, writer
@@ -570,7 +540,7 @@ class EgressGuard:
                 break
             except (ConnectionError, asyncio.IncompleteReadError, _BadMessage, OSError) as exc:
                 upstream.close()
-                if reused and not request_length and not upstream.answered:
+                if reused and not request.body_length and not upstream.answered:
                     # The destination closed an idle keep-alive connection as we reused it:
                     # send a request without a body again on a fresh connection, like browsers do.
                     reused = False
@@ -579,17 +549,41 @@ class EgressGuard:
                         return False
                     continue
                 log.debug("egress guard: relaying to %s failed: %r", target.authority, exc)
-                if isinstance(exc, _BadMessage):
-                    writer.write(_simple_response(502, "Bad Gateway", "malformed response"))
+                if isinstance(exc, _BadMessage) and not upstream.answered:
+                    writer.write(_BAD_GATEWAY)
                 raise _Cut from None
-        client_keeps = framed and version == b"HTTP/1.1" and b"close" not in request_tokens
+        client_keeps = framed and request.keep_alive
         if reusable and client_keeps:
             if len(idle) >= MAX_IDLE_UPSTREAMS:
                 idle.pop(next(iter(idle))).close()
-            idle[key] = upstream
+            idle[(target.host, target.port)] = upstream
         else:
             upstream.close()
         return client_keeps
+
+    async def _checkout(
+        self,
+        session: EgressSession,
+        target: Target,
+        writer: asyncio.StreamWriter,
+        idle: dict[tuple[str, int], _Upstream],
+    ) -> tuple[_Upstream | None, bool]:
+        """(a connection to the target, whether it is an idle one reused); the connection is
+        None when the request was refused (the browser has been answered)."""
+        upstream = idle.pop((target.host, target.port), None)
+        if upstream is not None and upstream.session is session and not upstream.stale():
+            # A reused connection goes to an address this session checked for this target;
+            # only whether the capture is still on (and within budget) can have changed.
+            try:
+                session.check_open()
+            except Refused:
+                upstream.close()
+                writer.write(_FORBIDDEN)
+                return None, False
+            return upstream, True
+        if upstream is not None:
+            upstream.close()
+        return await self._open(session, target, writer), False
 
     async def _respond(
         self,
@@ -604,16 +598,13 @@ class EgressGuard:
         source = upstream.reader
         while True:
             head = await source.readuntil(b"\r\n\r\n")
-            if not session.count(len(head)):
-                raise _Cut
             start, headers = _parse_head(head)
             if len(start) < 2 or not start[1].isdigit():
                 raise _BadMessage("bad status line")
             status = int(start[1])
             upstream.answered = True
-            writer.write(head)
+            await _pass_on(head, writer, session)
             if status == 101:
-                await writer.drain()
                 await self._relay(session, reader, writer, upstream)
                 raise _Cut
             if 100 <= status < 200:
@@ -633,9 +624,48 @@ class EgressGuard:
             return False, False
         elif length:
             await _copy_exact(source, writer, length, session)
-        await writer.drain()
         closing = b"close" in _tokens(headers, b"connection") or start[0] == b"HTTP/1.0"
         return not closing, True
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """An absolute-form request from the browser, as its destination will get it."""
+
+    target: Target
+    head: bytes
+    """The request line in origin form and the end-to-end headers (hop-by-hop ones dropped)."""
+    body_length: int | None
+    """Content-Length, -1 for a chunked body, None for no body."""
+    keep_alive: bool
+    """Whether the browser may send another request on its connection afterwards."""
+
+
+def _prepare_request(method: bytes, url: str, version: bytes, headers: Headers) -> _Request:
+    """Where a browser's request goes and the head to send there (no I/O).
+
+    Raises InvalidTarget for a URL the guard does not proxy, _BadMessage for ambiguous framing.
+    """
+    if not url[:7].lower() == "http://":
+        raise InvalidTarget(f"only http:// requests are proxied, not {url[:16]!r}")
+    target = parse_url(url)
+    body_length = _body_length(headers)
+    connection = _tokens(headers, b"connection")
+    upgrade = _header(headers, b"upgrade") if b"upgrade" in connection else None
+    out = [method, b" ", _origin_form(url).encode("latin-1"), b" ", version, b"\r\n"]
+    for name, value in headers:
+        if name in _HOP_BY_HOP or name in connection:
+            continue
+        if body_length == -1 and name == b"content-length":
+            continue  # chunked framing wins (RFC 9112 6.3); never forward both
+        out += (name, b": ", value, b"\r\n")
+    if body_length == -1:
+        out.append(b"transfer-encoding: chunked\r\n")
+    if upgrade is not None:
+        out += (b"connection: Upgrade\r\nupgrade: ", upgrade, b"\r\n")
+    out.append(b"\r\n")
+    keep_alive = version == b"HTTP/1.1" and b"close" not in connection
+    return _Request(target, b"".join(out), body_length, keep_alive)
 
 
 def _origin_form(url: str) -> str:
@@ -650,6 +680,29 @@ def _origin_form(url: str) -> str:
     return path if path.startswith("/") else "/" + path
 
 
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+
+
+def _chunk_size(line: bytes) -> int:
+    """The size a chunk-size line (with its CRLF) announces; extensions are ignored."""
+    digits = line[:-2].split(b";", 1)[0].strip(b" \t")
+    if not digits or len(digits) > 16 or not _HEX_DIGITS.issuperset(digits):
+        raise _BadMessage("bad chunk size")
+    return int(digits, 16)
+
+
+async def _pass_on(data: bytes, sink: asyncio.StreamWriter, session: EgressSession | None) -> None:
+    """Write `data` to `sink` with back-pressure (waiting while the reader lags behind).
+
+    With a session, `data` came from a destination: it is counted against the download budget
+    first, and never written once it would go past it (the session then cuts the traffic).
+    """
+    if session is not None and not session.count(len(data)):
+        raise _Cut
+    sink.write(data)
+    await sink.drain()
+
+
 async def _copy_exact(
     source: asyncio.StreamReader,
     sink: asyncio.StreamWriter,
@@ -661,46 +714,34 @@ async def _copy_exact(
         data = await source.read(min(remaining, READ_SIZE))
         if not data:
             raise asyncio.IncompleteReadError(b"", remaining)
-        if session is not None and not session.count(len(data)):
-            raise _Cut
         remaining -= len(data)
-        sink.write(data)
-        await sink.drain()
+        await _pass_on(data, sink, session)
 
 
 async def _copy_until_eof(
     source: asyncio.StreamReader, sink: asyncio.StreamWriter, session: EgressSession
 ) -> None:
-    while True:
-        data = await source.read(READ_SIZE)
-        if not data:
-            break
-        if not session.count(len(data)):
-            raise _Cut
-        sink.write(data)
-        await sink.drain()
+    while data := await source.read(READ_SIZE):
+        await _pass_on(data, sink, session)
 
 
 async def _copy_chunked(
     source: asyncio.StreamReader, sink: asyncio.StreamWriter, session: EgressSession | None
 ) -> None:
+    """Relay a chunked body: chunk-size lines, chunks and the trailer section (any number of
+    lines, up to the blank one), every byte of it counted and passed on with back-pressure."""
     while True:
         line = await source.readuntil(b"\r\n")
-        size_text = line.split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise _BadMessage("bad chunk size") from None
-        if session is not None and not session.count(len(line)):
-            raise _Cut
-        sink.write(line)
+        size = _chunk_size(line)
+        await _pass_on(line, sink, session)
         if size == 0:
-            while True:
-                trailer = await source.readuntil(b"\r\n")
-                sink.write(trailer)
-                if trailer == b"\r\n":
-                    return
+            break
         await _copy_exact(source, sink, size + 2, session)
+    while True:
+        trailer = await source.readuntil(b"\r\n")
+        await _pass_on(trailer, sink, session)
+        if trailer == b"\r\n":
+            return
 
 
 async def _connect_via_upstream(

@@ -130,20 +130,32 @@ class CompiledRules:
     async def resolve(
         self, target: Target, resolver: Resolver
     ) -> tuple[list[IPAddress], str | None]:
-        """(addresses the guard may connect to, reason when there are none).
+        """(addresses the guard may connect to, reason when there are none): `lookup`, then
+        `judge`. Raises OSError when the name does not resolve."""
+        return self.judge(target, await self.lookup(target, resolver))
 
-        Every resolved address is classified; only the allowed ones are returned, and the
-        connection is made to them (never to the name again: no DNS-rebinding window).
-        Raises OSError when the name does not resolve.
-        """
+    async def lookup(self, target: Target, resolver: Resolver) -> list[IPAddress]:
+        """Every address of the target's host, unjudged: the literal address, this machine for
+        `localhost` names, else the resolver's answer. Raises OSError when there is none."""
         if target.address is not None:
-            return [target.address], None
+            return [target.address]
         if is_localhost_name(target.host):
-            addresses: Sequence[IPAddress] = _LOOPBACK_NAMES
-        else:
-            addresses = await resolver(target.host, target.port)
+            return list(_LOOPBACK_NAMES)
+        addresses = list(await resolver(target.host, target.port))
         if not addresses:
             raise OSError(f"{target.host} has no addresses")
+        return addresses
+
+    def judge(
+        self, target: Target, addresses: Sequence[IPAddress]
+    ) -> tuple[list[IPAddress], str | None]:
+        """(the addresses the guard may connect to for this target, reason when there are none).
+
+        Every address is classified, and judged with the target's port: an address opened by
+        `allowedCIDRs` is reachable on any port, any other only on `allowedPorts`. The
+        connection is made to the allowed addresses only (never to the name again: no
+        DNS-rebinding window).
+        """
         allowed: list[IPAddress] = []
         first_reason: str | None = None
         for address in addresses:
@@ -151,5 +163,8 @@ class CompiledRules:
             if reason is None:
                 allowed.append(address)
             elif first_reason is None:
-                first_reason = f"{target.host} resolves to {address.compressed}: {reason}"
+                if target.address is not None:
+                    first_reason = f"{target.host}: {reason}"
+                else:
+                    first_reason = f"{target.host} resolves to {address.compressed}: {reason}"
         return allowed, (None if allowed else first_reason)

@@ -98,7 +98,7 @@ class EgressSession:
         self._exceeded = False
         self._refusals: dict[tuple[str, int], str] = {}
         self._redirects: dict[str, str] = {}
-        self._resolved: dict[str, tuple[list[IPAddress], str | None]] = {}
+        self._resolved: dict[str, list[IPAddress]] = {}
         self._transports: set[asyncio.BaseTransport] = set()
         self._on_close = on_close
 
@@ -212,14 +212,15 @@ class EgressSession:
             raise Refused("download budget exceeded")
 
     async def _resolve(self, target: Target) -> tuple[list[IPAddress], str | None]:
-        # One answer per name for the whole capture: every connection of the page goes to the
-        # addresses checked first (DNS cannot rebind mid-capture), and DNS is asked once.
-        cached = self._resolved.get(target.host)
-        if cached is None:
-            cached = await self.rules.resolve(target, self._resolver)
+        # One DNS answer per name for the whole capture: every connection of the page goes to
+        # addresses of the first answer (DNS cannot rebind mid-capture), and DNS is asked once.
+        # The verdict is not kept: it depends on the port, which each request names anew.
+        addresses = self._resolved.get(target.host)
+        if addresses is None:
+            addresses = await self.rules.lookup(target, self._resolver)
             if len(self._resolved) < 10000:
-                self._resolved[target.host] = cached
-        return cached
+                self._resolved[target.host] = addresses
+        return self.rules.judge(target, addresses)
 
     def record_refusal(self, target: Target, reason: str) -> None:
         self.blocked_requests += 1

@@ -236,6 +236,7 @@ class _SiteHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.requests.append(self.path)
+        self.server.headers.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
         parts = urlsplit(self.path)
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
         path = parts.path
@@ -296,6 +297,8 @@ class _SiteHandler(BaseHTTPRequestHandler):
             for piece in (b"hello ", b"chunked ", b"world"):
                 self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
             self.wfile.write(b"0\r\n\r\n")
+        elif path == "/trailers":  # a short chunked body, then `bytes` of trailer lines
+            self._send_trailers(int(query.get("bytes", "1000000")), int(query.get("line", "100")))
         elif path == "/hang-up":  # keep-alive promised, then the connection is closed anyway
             self._send(200, "text/plain", b"bye")
             self.close_connection = True
@@ -310,6 +313,24 @@ class _SiteHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", "1234")
         self.end_headers()
+
+    def _send_trailers(self, size: int, line_length: int) -> None:
+        line = b"X-Pad: " + b"t" * max(line_length - 9, 1) + b"\r\n"
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(b"5\r\nhello\r\n0\r\n")
+            batch = line * max(65536 // len(line), 1)
+            sent = 0
+            while sent < size:
+                self.wfile.write(batch)
+                sent += len(batch)
+            self.wfile.write(b"\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
 
     def _send(
         self, status: int, content_type: str, body: bytes, extra: dict[str, str] | None = None
@@ -329,6 +350,8 @@ class _SiteHandler(BaseHTTPRequestHandler):
 class _SiteServer(ThreadingHTTPServer):
     daemon_threads = True
     requests: list[str]
+    headers: list[tuple[str, dict[str, str]]]
+    """(path, request headers with lower-case names) of every GET."""
 
 
 class Site:
@@ -339,8 +362,10 @@ class Site:
 
         self.http = _SiteServer((SITE_HOST, 0), _SiteHandler)
         self.http.requests = []
+        self.http.headers = []
         self.tls = _SiteServer((TLS_HOST, 0), _SiteHandler)
         self.tls.requests = self.http.requests
+        self.tls.headers = self.http.headers
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(certs / "cert.pem", certs / "key.pem")
         self.tls.socket = context.wrap_socket(self.tls.socket, server_side=True)
@@ -352,6 +377,10 @@ class Site:
     @property
     def requests(self) -> list[str]:
         return self.http.requests
+
+    def headers_of(self, path: str) -> list[dict[str, str]]:
+        """The request headers of every GET of `path` (with its query) so far."""
+        return [headers for seen, headers in self.http.headers if seen == path]
 
     def url(self, path: str, host: str = SITE_HOST) -> str:
         return f"http://{host}:{self.port}{path}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -27,12 +28,16 @@ from kubeshot.api import (
 )
 from kubeshot_capture.guard import EgressGuard
 from tests.browser.guard.conftest import (
+    CANARY_HOST,
     KIND_PAGES,
     MAIN_FRAME_KINDS,
+    SITE_HOST,
+    TLS_HOST,
     Canary,
     Network,
     Site,
     UpstreamProxy,
+    eventually,
     rules_for,
 )
 
@@ -227,6 +232,69 @@ async def test_download_budget_exceeded(engine: Any, site: Site, canary: Canary)
     )
     assert error.reason is FailureReason.DOWNLOAD_LIMIT_EXCEEDED
     assert error.reason.exit_code == 5
+
+
+async def test_chunked_trailers_count_against_the_download_budget(
+    engine: Any, site: Site, canary: Canary
+) -> None:
+    """Trailer lines after the last chunk are bytes the page fetched: 4 MB of them once passed a
+    1 MiB budget uncounted."""
+    error = await capture_error(
+        engine, site.url("/trailers?bytes=4000000"), policy(site, canary, max_download_bytes=MiB)
+    )
+    assert error.reason is FailureReason.DOWNLOAD_LIMIT_EXCEEDED
+
+
+async def test_refusal_page_reveals_nothing_of_the_internal_network(
+    engine: Any, site: Site, canary: Canary, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`format: html` of a page that meta-refreshes to an internal name returns the guard's
+    refusal page: it must not say what the name resolves to (the log does)."""
+    caplog.set_level(logging.INFO, logger="kubeshot_capture.guard")
+    to = quote("http://private.test/", safe="")
+    artifact = await engine.capture(
+        options(site.url(f"/kind/meta-refresh?to={to}"), format="html", waitForSelector="pre"),
+        policy(site, canary),
+    )
+    page = artifact.data.decode()
+    assert "egress guard" in page  # the refusal page is what was captured
+    for secret in ("10.0.0.5", "resolves", "private"):
+        assert secret not in page, page
+    assert artifact.report.blocked_requests >= 1
+    assert "private.test resolves to 10.0.0.5" in caplog.text
+
+
+def caller_header_cases(site: Site, canary: Canary) -> dict[str, tuple[str, str]]:
+    """(URL to capture, path the target origin receives) per way of reaching a third party."""
+    to = quote(canary.url("/third-party.png"), safe="")
+    landing = quote(canary.url("/landing"), safe="")
+    return {
+        "subresource": (site.url(f"/kind/img?to={to}"), f"/kind/img?to={to}"),
+        "https-subresource": (site.tls_url(f"/kind/img?to={to}"), f"/kind/img?to={to}"),
+        "redirect": (site.url(f"/redirect?to={landing}"), f"/redirect?to={landing}"),
+    }
+
+
+@pytest.mark.parametrize("block_ads", [False, True], ids=["plain", "with-ad-route"])
+@pytest.mark.parametrize("case", ["subresource", "https-subresource", "redirect"])
+async def test_caller_headers_go_to_the_target_origin_only(
+    engine: Any, site: Site, canary: Canary, case: str, block_ads: bool
+) -> None:
+    url, path = caller_header_cases(site, canary)[case]
+    opened = policy(
+        site, canary, allowedCIDRs=[f"{SITE_HOST}/32", f"{TLS_HOST}/32", f"{CANARY_HOST}/32"]
+    )
+    secret = "caller-secret-for-the-target"
+    extra = {"headers": {"X-Caller-Token": secret}, "blockAds": block_ads}
+    await engine.capture(options(url, **extra), opened)
+    assert site.headers_of(path)[-1].get("x-caller-token") == secret
+
+    def sent() -> bytes:
+        return b"".join(hit.first_bytes for hit in canary.hits)
+
+    assert await eventually(lambda: b"GET /" in sent()), canary.summary()  # the third party
+    assert secret.encode() not in sent()
+    assert b"x-caller-token" not in sent().lower()
 
 
 async def test_capture_through_upstream_proxy(

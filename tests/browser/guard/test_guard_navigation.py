@@ -179,6 +179,31 @@ async def test_internet_keeps_to_allowed_ports_while_allowed_cidrs_open_any_port
     assert canary.reached()
 
 
+async def test_allowed_ports_are_judged_on_every_request_for_a_name(
+    visit_factory: Any, site: Site, canary: Canary, network: Network
+) -> None:
+    """The guard keeps one DNS answer per name for the capture, but not its verdict: once a page
+    on public.test:80 loaded, the same name on another port is still refused (with allowedCIDRs
+    set, the port is judged after resolving)."""
+    rules = rules_for(site, canary, allowedCIDRs=[f"{CANARY_HOST}/32"], allowedPorts=[80, 443])
+    visit: Visit = await visit_factory(rules)
+    before = len(network.connections)
+    status, error = await navigate(visit, "http://public.test/")
+    assert (status, error) == (200, None)  # diverted to the canary by the test network
+    off_port = [f"http://public.test:{canary.port}/fetch", f"https://public.test:{canary.port}/"]
+    for url in off_port:
+        outcome = await visit.page.evaluate(
+            "url => fetch(url, {mode: 'no-cors'}).then(() => 'answered', () => 'failed')", url
+        )
+        assert outcome in ("answered", "failed")
+        assert "port" in (visit.session.blocked_reason(url) or ""), url
+    status, error = await navigate(visit, off_port[0])
+    assert status == 403 or error is not None
+    made = network.connections[before:]
+    assert (PUBLIC_ADDRESS, 80) in made
+    assert (PUBLIC_ADDRESS, canary.port) not in made, made
+
+
 REDIRECT_TARGETS = [
     "http://127.0.0.66:{p}/",
     "http://2130706498:{p}/",

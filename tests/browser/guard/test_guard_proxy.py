@@ -8,7 +8,9 @@ import asyncio
 import base64
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import socket
+import threading
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -20,6 +22,7 @@ from kubeshot_capture.guard import EgressGuard, ProxyLogin
 from tests.browser.guard.conftest import (
     CANARY_HOST,
     PROXY_HOST,
+    SITE_HOST,
     Canary,
     Network,
     Site,
@@ -30,6 +33,7 @@ from tests.browser.guard.conftest import (
 )
 
 ECHO_HOST = "127.0.0.7"
+MiB = 1024 * 1024
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -85,7 +89,8 @@ class Client:
             while True:
                 size = int((await self.reader.readuntil(b"\r\n")).strip(), 16)
                 if size == 0:
-                    await self.reader.readuntil(b"\r\n")
+                    while await self.reader.readuntil(b"\r\n") != b"\r\n":
+                        pass  # trailer lines
                     break
                 body += (await self.reader.readexactly(size + 2))[:-2]
             return status, headers, body
@@ -233,12 +238,12 @@ async def test_websocket_upgrade_over_plain_http(
 async def test_websocket_upgrade_to_blocked_target_is_refused(
     guard: EgressGuard, client: Client, canary: Canary, rules: NetworkRules
 ) -> None:
-    with guard.session(rules, max_download_bytes=10**7):
-        status, _headers, body = await client.request(
+    with guard.session(rules, max_download_bytes=10**7) as session:
+        status, _headers, _body = await client.request(
             get(canary.url("/ws"), "Connection: Upgrade\r\nUpgrade: websocket\r\n")
         )
+        assert "loopback" in (session.blocked_reason(canary.url("/ws")) or "")
     assert status == 403
-    assert b"loopback" in body
     assert not canary.reached()
 
 
@@ -360,6 +365,162 @@ async def test_budget_counts_tunnel_bytes(
         client.writer.write(b"x" * 5000)
         assert await client.closed()
         assert session.download_exceeded
+
+
+async def read_until_cut(client: Client, limit: int) -> int:
+    """Bytes received until the guard cuts the connection, or until more than `limit` came."""
+    received = 0
+    try:
+        while received <= limit and (
+            chunk := await asyncio.wait_for(client.reader.read(65536), 10)
+        ):
+            received += len(chunk)
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass
+    return received
+
+
+async def test_budget_counts_chunked_trailers(
+    guard: EgressGuard, client: Client, site: Site, rules: NetworkRules
+) -> None:
+    """4 MB of trailer lines after a 5-byte body: once relayed uncounted past any budget."""
+    with guard.session(rules, max_download_bytes=MiB) as session:
+        client.writer.write(client.signed(get(site.url("/trailers?bytes=4000000"))))
+        received = await read_until_cut(client, MiB)
+        assert session.download_exceeded
+        assert session.bytes_transferred <= MiB
+        assert received <= MiB
+    within = await Client.open(guard)
+    try:
+        with guard.session(rules, max_download_bytes=10 * MiB) as session:
+            status, _headers, body = await within.request(get(site.url("/trailers?bytes=300000")))
+            assert (status, body) == (200, b"hello")
+            assert session.bytes_transferred > 300_000
+            assert not session.download_exceeded
+    finally:
+        within.close()
+
+
+TRAILER_HOST = "127.0.0.8"
+SMALL_BUFFER = 64 * 1024
+"""Socket buffers of the test's own sockets: small and fixed, so that what the kernel may hold
+in flight (a few MB with the guard's own buffers) is far below what the destination sends."""
+
+
+class TrailerServer:
+    """Answers each request with a 5-byte chunked body and then `size` bytes of trailer lines,
+    sent through a small send buffer; `sent` counts what the kernel has taken so far."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.sent = 0
+        self.done = threading.Event()
+        self.listener = socket.create_server((TRAILER_HOST, 0))
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            connection, _peer = self.listener.accept()
+            with connection:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += connection.recv(65536)
+                connection.sendall(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n"
+                    b"\r\n5\r\nhello\r\n0\r\n"
+                )
+                line = b"X-Pad: " + b"t" * 16_000 + b"\r\n"
+                while self.sent < self.size:
+                    connection.sendall(line)
+                    self.sent += len(line)
+                connection.sendall(b"\r\n")
+                self.done.set()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def trailer_server() -> Iterator[TrailerServer]:
+    server = TrailerServer(24 * MiB)
+    yield server
+    server.close()
+
+
+async def small_buffer_connection(
+    host: str, port: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection (to a test server on loopback) whose receive buffer stays small."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    return await asyncio.open_connection(sock=sock, limit=256 * 1024)
+
+
+async def test_trailers_are_relayed_with_back_pressure(
+    trailer_server: TrailerServer, network: Network
+) -> None:
+    """While the browser reads nothing, the guard stops reading the destination's trailers
+    instead of buffering them (24 MB here, far more than every socket buffer on the way)."""
+    rules = NetworkRules.model_validate({"allowedCIDRs": [f"{TRAILER_HOST}/32"]})
+    async with EgressGuard(resolver=network.resolve, connector=small_buffer_connection) as guard:
+        with guard.session(rules, max_download_bytes=64 * MiB) as session:
+            reader, writer = await small_buffer_connection("127.0.0.1", guard.port)
+            client = Client(reader, writer, guard)
+            try:
+                url = f"http://{TRAILER_HOST}:{trailer_server.port}/trailers"
+                writer.write(client.signed(get(url)))
+                await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                assert await asyncio.wait_for(reader.readexactly(13), 10) == b"5\r\nhello\r\n0\r\n"
+                # The browser stalls: the destination must not get its 24 MB off its hands.
+                assert not await eventually(trailer_server.done.is_set, seconds=3)
+                assert session.bytes_transferred < trailer_server.size
+                received = 0
+                while (line := await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)) != b"\r\n":
+                    received += len(line)
+                assert trailer_server.done.is_set()
+                assert received == trailer_server.sent
+                assert session.bytes_transferred > received
+            finally:
+                writer.close()
+
+
+async def test_refusals_say_nothing_of_the_reason(
+    guard: EgressGuard, site: Site, rules: NetworkRules, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A page can read the guard's answers (`format: html` renders a refused navigation): every
+    refusal has the same body, and what a name resolves to is only in the log and the
+    session's record."""
+    caplog.set_level(logging.INFO, logger="kubeshot_capture.guard")
+    requests = {
+        "private name": get("http://private.test/"),
+        "private address": get("http://10.0.0.5/"),
+        "unresolvable": get("http://nowhere.test/"),
+        "port": get("http://public.test:8/"),
+        "unreachable": get(f"http://{SITE_HOST}:1/"),
+        "scheme": b"GET ftp://private.test/ HTTP/1.1\r\n\r\n",
+        "malformed": b"GET http://private.test/ HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+        "tunnel": b"CONNECT private.test:443 HTTP/1.1\r\n\r\n",
+    }
+    bodies: dict[str, bytes] = {}
+    with guard.session(rules, max_download_bytes=10**7) as session:
+        for case, raw in requests.items():
+            client = await Client.open(guard)
+            try:
+                client.writer.write(client.signed(raw))
+                head = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), 10)
+                assert b" 200 " not in head.split(b"\r\n", 1)[0], case
+                bodies[case] = await asyncio.wait_for(client.reader.read(), 10)
+            finally:
+                client.close()
+        assert "10.0.0.5" in (session.blocked_reason("http://private.test/") or "")
+    assert len(set(bodies.values())) == 1, bodies
+    assert b"10.0.0.5" not in bodies["private name"]
+    assert b"private" not in bodies["private name"]
+    assert "private.test resolves to 10.0.0.5" in caplog.text
 
 
 # -- capture logins ---------------------------------------------------------------------------
