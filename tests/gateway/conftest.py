@@ -3,7 +3,9 @@
 Gateways start once per session (each launches its own worker processes and Chromium):
 `gateway` (plain HTTP on loopback, the main one), `tls_gateway` (HTTPS with a generated
 certificate plus a plain-HTTP port, trusting 127.0.0.1 as a proxy) and `small_gateway` (one
-worker, a queue of one: overload and recycling). Test pages are served on 127.0.0.1.
+worker, a queue of one: overload and recycling). `edge_gateway` and `capped_gateway` have tight
+timeouts and budgets (`edge_gateway`) or a connection cap (`capped_gateway`) and no worker, for
+what is refused before any capture. Test pages are served on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ from aiohttp import ClientSession, TCPConnector, web
 
 from kubeshot.gateway import Settings, create_app, keys
 from kubeshot.gateway.auth import hash_token
+from kubeshot.gateway.backend import Backend
+from kubeshot.gateway.policies import PolicySet
 from kubeshot.gateway.pool import WORKER_TAG, LocalBackend
+from kubeshot.gateway.serving import GatewaySite
 from kubeshot_capture.browser import chromium_executable
 from tests.conftest import need
 
@@ -35,6 +40,7 @@ LIMITED_TOKEN = "limited-token-0123456789abcdef012345"
 SIGNING_SECRET = "k2:" + "s" * 32 + ",k1:" + "t" * 32
 OLD_KEY_SECRET = "k1:" + "t" * 32
 HOG_MIB = 2500
+MAX_CAPTURES_PER_IDENTITY = 4
 
 PAGE = """<!doctype html><html><head><style>html,body{margin:0;background:#fff}
 #red{position:absolute;left:0;top:0;width:100px;height:100px;background:#f00}</style></head>
@@ -170,16 +176,26 @@ class Gateway:
 async def start_gateway(
     settings: Settings,
     ssl_context: ssl.SSLContext | None = None,
+    backend: Backend | None = None,
 ) -> Gateway:
-    """Serve create_app(settings) on 127.0.0.1:settings.port (and the plain redirect port)."""
-    app = create_app(settings)
+    """Serve create_app(settings) on 127.0.0.1:settings.port (and the plain redirect port) as
+    `kubeshot serve` does: through GatewaySites and their connection guard."""
+    app = create_app(settings, backend=backend)
     runner = web.AppRunner(app, shutdown_timeout=settings.http_shutdown_timeout)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", settings.port, ssl_context=ssl_context).start()
+    guard = app[keys.CONNECTIONS]
+    await GatewaySite(
+        runner,
+        "127.0.0.1",
+        settings.port,
+        guard=guard,
+        ssl_context=ssl_context,
+        handshake_timeout=settings.header_timeout,
+    ).start()
     scheme = "https" if ssl_context else "http"
     gateway = Gateway(f"{scheme}://127.0.0.1:{settings.port}", app, runner, settings)
     if settings.http_redirect_port is not None:
-        await web.TCPSite(runner, "127.0.0.1", settings.http_redirect_port).start()
+        await GatewaySite(runner, "127.0.0.1", settings.http_redirect_port, guard=guard).start()
         gateway.plain_url = f"http://127.0.0.1:{settings.http_redirect_port}"
     return gateway
 
@@ -192,6 +208,10 @@ def base_settings(policy_file: Path, tokens_file: Path, **overrides: Any) -> Set
         "policy_files": [policy_file],
         "rate_limit_capture": "1000 per second",
         "rate_limit_signed": "1000 per second",
+        "rate_limit_signed_global": "1000 per second",
+        # Every test client connects from 127.0.0.1, and their pools keep connections open.
+        "max_connections_per_address": 1000,
+        "max_captures_per_identity": MAX_CAPTURES_PER_IDENTITY,
         "workers": 2,
         "shutdown_grace": 5,
         "port": free_port(),
@@ -292,11 +312,57 @@ async def tls_gateway(
 async def small_gateway(
     chromium: str, policy_file: Path, tokens_file: Path, session: ClientSession
 ) -> AsyncIterator[Gateway]:
+    # One identity fills the queue here on purpose (overload): no fair share, no per-identity cap.
     settings = base_settings(
-        policy_file, tokens_file, workers=1, queue_size=1, captures_per_worker=2, queue_timeout=20
+        policy_file,
+        tokens_file,
+        workers=1,
+        queue_size=1,
+        captures_per_worker=2,
+        queue_timeout=20,
+        fair_share=False,
+        max_captures_per_identity=100,
     )
     gw = await start_gateway(settings)
     await gw.wait_ready(session)
+    yield gw
+    await gw.stop()
+
+
+EDGE_SIGNED_BUDGET = 3
+CAPPED_CONNECTIONS = 4
+
+
+def _workerless(policy_file: Path) -> LocalBackend:
+    """The local backend with no worker: for gateways whose tests never reach a capture."""
+    return LocalBackend(workers=0, policies=PolicySet.from_files([policy_file]))
+
+
+@pytest_asyncio.fixture(scope="session")
+async def edge_gateway(policy_file: Path, tokens_file: Path) -> AsyncIterator[Gateway]:
+    """One-second header and body timeouts, a signed-URL budget of EDGE_SIGNED_BUDGET shared by
+    every client, 127.0.0.1 a trusted proxy (so X-Forwarded-For names clients)."""
+    settings = base_settings(
+        policy_file,
+        tokens_file,
+        header_timeout=1,
+        body_timeout=1,
+        trusted_proxies="127.0.0.1/32",
+        rate_limit_signed="100 per minute",
+        rate_limit_signed_global=f"{EDGE_SIGNED_BUDGET} per minute",
+    )
+    gw = await start_gateway(settings, backend=_workerless(policy_file))
+    yield gw
+    await gw.stop()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def capped_gateway(policy_file: Path, tokens_file: Path) -> AsyncIterator[Gateway]:
+    """At most CAPPED_CONNECTIONS open connections per client address (default timeouts)."""
+    settings = base_settings(
+        policy_file, tokens_file, max_connections_per_address=CAPPED_CONNECTIONS
+    )
+    gw = await start_gateway(settings, backend=_workerless(policy_file))
     yield gw
     await gw.stop()
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from aiohttp import ClientSession
 
+from kubeshot.gateway.auth import hash_token
 from kubeshot.gateway.settings import SECRET_ENVIRONMENT
 from tests.gateway.conftest import SIGNING_SECRET, Gateway, Pages, free_port, tagged_processes
 
@@ -152,6 +153,45 @@ def test_invalid_configuration_exits_2():
     )
     assert result.returncode == 2
     assert "RATE_LIMIT_CAPTURE" in result.stderr or "rate_limit_capture" in result.stderr
+
+
+def _serve_refuses(args: list[str], env: dict[str, str]) -> str:
+    """Run `kubeshot serve`, which must exit 2 before it listens; its stderr."""
+    process = subprocess.Popen(
+        [*KUBESHOT, "serve", "--port", str(free_port()), "--workers", "1", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        _, stderr = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.terminate()  # SIGTERM: the gateway stops its workers on the way out
+        _, stderr = process.communicate(timeout=60)
+        pytest.fail(f"kubeshot serve started instead of refusing:\n{stderr}", pytrace=False)
+    assert process.returncode == 2, stderr
+    assert "Traceback" not in stderr
+    return stderr
+
+
+@pytest.mark.parametrize("name", ["default", "signed", "Anonymous"])
+def test_serve_refuses_a_token_named_like_an_identity_it_reserves(tmp_path: Path, name: str):
+    # A file token named `default` used to merge with AUTH_TOKEN's identity: shared jobs and
+    # rate limits.
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(f"tokens:\n  - name: {name}\n    sha256: {hash_token('f' * 32)}\n")
+    stderr = _serve_refuses(["--tokens-file", str(tokens)], _clean_env(AUTH_TOKEN="a" * 32))
+    assert f"token name '{name}' is reserved" in stderr
+    assert str(tokens) in stderr
+
+
+def test_serve_refuses_the_same_token_in_two_places(tmp_path: Path):
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(f"tokens:\n  - name: ci\n    sha256: {hash_token('a' * 32)}\n")
+    stderr = _serve_refuses(["--tokens-file", str(tokens)], _clean_env(AUTH_TOKEN="a" * 32))
+    assert "the same token is listed twice" in stderr
+    assert "AUTH_TOKEN" in stderr and "'ci'" in stderr
 
 
 async def test_sign_prints_a_url_the_gateway_accepts(

@@ -8,7 +8,13 @@ import ssl
 from aiohttp import ClientSession, TCPConnector
 
 from kubeshot.gateway.signing import UrlSigner, rfc3986
-from tests.gateway.conftest import CI_TOKEN, LIMITED_TOKEN, SIGNING_SECRET, Gateway
+from tests.gateway.conftest import (
+    CI_TOKEN,
+    EDGE_SIGNED_BUDGET,
+    LIMITED_TOKEN,
+    SIGNING_SECRET,
+    Gateway,
+)
 
 
 async def _hit(gateway: Gateway, session: ClientSession, token: str) -> tuple[int, dict[str, str]]:
@@ -58,6 +64,38 @@ async def test_signed_urls_are_limited_per_client_through_trusted_proxies(
 
     assert [await call("198.51.100.7") for _ in range(3)] == [403, 403, 429]
     assert await call("198.51.100.8") == 403  # another client, its own budget
+
+
+async def test_signed_urls_are_limited_per_ipv6_64_not_per_address(
+    tls_gateway: Gateway, session: ClientSession
+):
+    # One subscriber gets a /64: 2**64 addresses must not be 2**64 budgets.
+    url = _signed_url(str(tls_gateway.plain_url))
+
+    async def call(client: str) -> int:
+        headers = {"X-Forwarded-Proto": "https", "X-Forwarded-For": f"{client}, 127.0.0.1"}
+        async with session.get(url, headers=headers, allow_redirects=False) as r:
+            return r.status
+
+    same_64 = ["2001:db8:7:1::1", "2001:db8:7:1::2", "2001:db8:7:1:ffff:ffff:ffff:fffe"]
+    assert [await call(client) for client in same_64] == [403, 403, 429]
+    assert await call("2001:db8:7:2::1") == 403  # the next /64: its own budget
+
+
+async def test_signed_urls_share_one_budget_across_clients(
+    edge_gateway: Gateway, session: ClientSession
+):
+    # Every client within its own limit, and still no more than RATE_LIMIT_SIGNED_GLOBAL.
+    url = _signed_url(edge_gateway.url)
+    answers = []
+    for i in range(EDGE_SIGNED_BUDGET + 2):
+        headers = {"X-Forwarded-For": f"198.51.100.{100 + i}"}
+        async with session.get(url, headers=headers) as r:
+            answers.append((r.status, await r.json(), dict(r.headers)))
+    assert [status for status, _, _ in answers] == [403] * EDGE_SIGNED_BUDGET + [429] * 2
+    for _, body, headers in answers[EDGE_SIGNED_BUDGET:]:
+        assert "signed-URL budget" in body["error"]["message"]
+        assert int(headers["Retry-After"]) >= 1
 
 
 async def test_forwarded_for_from_an_untrusted_peer_does_not_escape_the_limit(

@@ -1,19 +1,31 @@
-"""Token files, settings from the environment, query parsing (pure)."""
+"""Token files, settings from the environment, query parsing, log redaction, fair shares and
+the pixel budget (pure)."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
-from kubeshot.api import Format
+from kubeshot.api import CaptureOptions, Format, Phase, ScreenshotPolicySpec
+from kubeshot.api.admission import MAX_CAPTURE_PIXELS, pixel_budget_fields, violations
+from kubeshot.gateway.app import build_authenticator, token_entries
 from kubeshot.gateway.auth import (
     Authenticator,
+    Identity,
     hash_token,
     parse_authorization,
     parse_tokens_file,
 )
 from kubeshot.gateway.errors import ApiError
+from kubeshot.gateway.fairness import FairShare
+from kubeshot.gateway.redaction import install, redact
+from kubeshot.gateway.security import client_key
 from kubeshot.gateway.settings import Settings
 from kubeshot.gateway.validation import options_from_query
 
@@ -44,6 +56,17 @@ def test_tokens_file_parses_and_authenticates_by_hash():
 @pytest.mark.parametrize(
     ("text", "words"),
     [
+        (f"tokens:\n  - name: default\n    sha256: {'a' * 64}", "'default' is reserved"),
+        (f"tokens:\n  - name: Signed\n    sha256: {'a' * 64}", "'Signed' is reserved"),
+        (f"tokens:\n  - name: anonymous\n    sha256: {'a' * 64}", "'anonymous' is reserved"),
+        (
+            f"tokens:\n  - name: ci\n    sha256: {'a' * 64}\n  - name: CI\n    sha256: {'b' * 64}",
+            "'ci' .* and 'CI' .* name the same identity",
+        ),
+        (
+            f"tokens:\n  - name: a\n    sha256: {'a' * 64}\n  - name: b\n    sha256: {'A' * 64}",
+            "listed twice",
+        ),
         ("tokens: []", "at least 1"),
         ("tokens:\n  - name: a\n    sha256: nothex", "sha256"),
         (
@@ -102,7 +125,21 @@ def test_secure_defaults():
     assert not Settings(tls_cert="c.pem", tls_key="k.pem").plain_http_allowed
 
 
-@pytest.mark.parametrize("name", ["RATE_LIMIT_CAPTURE", "RATE_LIMIT_SIGNED"])
+def test_abuse_limits_have_sane_defaults():
+    settings = Settings()
+    assert settings.header_timeout == 15 and settings.body_timeout == 30
+    assert settings.max_connections_per_address == 32
+    assert settings.rate_limit_signed_global == "10 per second"
+    assert settings.max_captures_per_identity == 4 and settings.fair_share
+    assert settings.capture_capacity == settings.workers + settings.queue_size == 18
+    assert settings.max_pixels == MAX_CAPTURE_PIXELS
+    with pytest.raises(ValueError, match=r"max_pixels|KUBESHOT_MAX_PIXELS"):
+        Settings(max_pixels=MAX_CAPTURE_PIXELS + 1)  # the engine would refuse it anyway
+
+
+@pytest.mark.parametrize(
+    "name", ["RATE_LIMIT_CAPTURE", "RATE_LIMIT_SIGNED", "RATE_LIMIT_SIGNED_GLOBAL"]
+)
 def test_bad_rate_limit_syntax_is_refused(monkeypatch: pytest.MonkeyPatch, name: str):
     monkeypatch.setenv(name, "as fast as you like")
     with pytest.raises(ValueError, match="rate"):
@@ -152,3 +189,175 @@ def test_engine_messages_lose_internal_addresses_but_keep_the_callers():
     assert redact_addresses(text, "http://203.0.113.9/") == (
         "refused db.corp ([address]:5432), [address]:443, [address] and 203.0.113.9 at 12:30 v1.2"
     )
+
+
+def _settings_with_tokens(tmp_path: Path, text: str, **values: Any) -> Settings:
+    path = tmp_path / "tokens.yaml"
+    path.write_text(text)
+    return Settings(tokens_file=path, **values)
+
+
+def test_identities_are_distinct_across_token_sources(tmp_path: Path):
+    token = "shared-token-0123456789abcdef"
+    text = f"tokens:\n  - name: ci\n    sha256: {hash_token(token)}\n"
+    with pytest.raises(ValueError, match=r"listed twice: as 'default' \(AUTH_TOKEN\) and as 'ci'"):
+        token_entries(_settings_with_tokens(tmp_path, text, auth_token=token))
+    entries = token_entries(_settings_with_tokens(tmp_path, text, auth_token="another-" + token))
+    assert [e.name for e in entries] == ["default", "ci"]
+    with pytest.raises(ValueError, match="'default' is reserved for the AUTH_TOKEN identity"):
+        build_authenticator(
+            _settings_with_tokens(tmp_path, f"tokens:\n  - name: default\n    sha256: {'c' * 64}")
+        )
+    with pytest.raises(ValueError, match=r"tokens file .*missing\.yaml"):
+        token_entries(Settings(tokens_file=tmp_path / "missing.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("client", "key"),
+    [
+        ("203.0.113.9", "203.0.113.9"),
+        ("::ffff:203.0.113.9", "203.0.113.9"),
+        ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2::9", "2001:db8:1:2::/64"),
+        ("unknown", "unknown"),
+    ],
+)
+def test_clients_are_counted_by_address_and_ipv6_by_64(client: str, key: str):
+    assert client_key(client) == key
+
+
+@pytest.mark.parametrize(
+    ("line", "secret"),
+    [
+        ('GET /v1/screenshot?url=x&expires=1&keyId=k2&signature=5c1f9e HTTP/1.1" 200', "5c1f9e"),
+        ("GET /v1/captures?token=abc123def&x=1", "abc123def"),
+        ("GET /?a=1&api_key=zz9zz&b=2", "zz9zz"),
+        ("Authorization: Bearer tok.en-123", "tok.en-123"),
+        ("headers={'authorization': 'Basic dXNlcjpwYXNz'}", "dXNlcjpwYXNz"),
+        ('{"password": "hunter2hunter2", "user": "u"}', "hunter2hunter2"),
+        ("proxy http://user:s3cr3tpass@proxy.corp:3128 refused", "s3cr3tpass"),
+        ("PROXY_PASSWORD=p4ssw0rd-long", "p4ssw0rd-long"),
+        ("Cookie: session=abcdef0123", "abcdef0123"),
+    ],
+)
+def test_credentials_are_masked_in_log_text(line: str, secret: str):
+    masked = redact(line)
+    assert secret not in masked and "***" in masked
+
+
+def test_log_text_without_credentials_is_left_alone():
+    for line in (
+        '127.0.0.1 "GET /v1/screenshot?url=https%3A%2F%2Fa.test%2F&keyId=k2&expires=9 HTTP/1.1"',
+        "the token is not valid",
+        "capture worker 4242 ready",
+    ):
+        assert redact(line) == line
+
+
+def test_every_log_record_is_redacted_with_the_gateways_own_secrets(
+    caplog: pytest.LogCaptureFixture,
+):
+    install(["literal-secret-0123456789"])
+    caplog.set_level(logging.INFO)
+    log = logging.getLogger("kubeshot.unit")
+    log.info("configured with %s and ?signature=%s", "literal-secret-0123456789", "abcdef")
+    try:
+        raise RuntimeError("failed with Authorization: Bearer xyz-secret-token")
+    except RuntimeError:
+        log.exception("boom")
+    assert "literal-secret-0123456789" not in caplog.text
+    assert "abcdef" not in caplog.text and "xyz-secret-token" not in caplog.text
+    assert "signature=***" in caplog.text
+
+
+def _identity(name: str) -> Identity:
+    return Identity(name=name, kind="token", rate_key=f"token:{name}")
+
+
+def test_fair_share_caps_each_identity_and_leaves_room_for_newcomers():
+    fair = FairShare(capacity=8, per_identity=3)
+    a, b, c = _identity("a"), _identity("b"), _identity("c")
+    with contextlib.ExitStack() as held:
+        for _ in range(3):
+            held.enter_context(fair.slot(a))  # alone: min(3, 8 // 2)
+        with pytest.raises(ApiError) as refused:
+            held.enter_context(fair.slot(a))
+        assert refused.value.status == 429 and refused.value.code == "concurrency_limited"
+        assert refused.value.details == {"inFlight": 3, "limit": 3}
+        assert fair.limit("token:b") == 2  # 8 // (a, b + 1)
+        held.enter_context(fair.slot(b))
+        held.enter_context(fair.slot(b))
+        with pytest.raises(ApiError):
+            held.enter_context(fair.slot(b))
+        assert fair.limit("token:c") == 2  # 8 // (a, b, c + 1)
+        held.enter_context(fair.slot(c))
+        assert fair.limit("token:a") == 2  # a holds more than its share now: no new place
+        with pytest.raises(ApiError):
+            held.enter_context(fair.slot(a))
+    assert fair.held("token:a") == fair.held("token:b") == 0
+    assert fair.limit("token:a") == 3
+
+
+def test_fair_share_never_goes_below_one_and_can_be_switched_off():
+    fair = FairShare(capacity=2, per_identity=4)
+    assert fair.limit("token:a") == 1
+    assert FairShare(capacity=2, per_identity=4, fair_share=False).limit("token:a") == 4
+
+
+class _Jobs:
+    def __init__(self) -> None:
+        self.phases: dict[str, Phase] = {}
+
+    async def submit(self, *args: Any) -> Any:
+        raise AssertionError("not used")
+
+    def find(self, caller: Identity, job_id: str) -> Any:
+        phase = self.phases.get(job_id)
+        return None if phase is None else SimpleNamespace(phase=phase)
+
+
+def test_an_async_job_keeps_its_place_until_it_has_finished():
+    jobs = _Jobs()
+    fair = FairShare(capacity=8, per_identity=1, jobs=jobs)  # type: ignore[arg-type]
+    a = _identity("a")
+    with fair.slot(a) as slot:
+        jobs.phases["j1"] = Phase.QUEUED
+        slot.keep("j1")
+    assert fair.held("token:a") == 1
+    with pytest.raises(ApiError):
+        fair.slot(a).__enter__()
+    jobs.phases["j1"] = Phase.RUNNING
+    assert fair.held("token:a") == 1
+    jobs.phases["j1"] = Phase.SUCCEEDED
+    assert fair.held("token:a") == 0
+    with fair.slot(a):
+        assert fair.held("token:a") == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "fields"),
+    [
+        ({"viewport": {"width": 3840, "height": 2160}, "deviceScaleFactor": 4}, None),
+        ({"viewport": {"width": 3840, "height": 2160}, "deviceScaleFactor": 2.1}, None),
+        ({"viewport": {"width": 3840, "height": 2160}, "deviceScaleFactor": 2}, []),
+        ({"viewport": {"width": 1920}, "fullPage": True}, []),
+        ({"viewport": {"width": 2560}, "fullPage": True}, ["viewport", "fullPage"]),
+        ({"fullPage": True, "deviceScaleFactor": 2}, ["viewport", "deviceScaleFactor", "fullPage"]),
+        ({"format": "pdf", "viewport": {"width": 16384, "height": 16384}}, []),
+    ],
+)
+def test_the_pixel_budget(options: dict[str, Any], fields: list[str] | None):
+    capture = CaptureOptions.model_validate({"url": "https://a.test/", **options})
+    policy = ScreenshotPolicySpec.model_validate(
+        {"limits": {"maxViewport": {"width": 16384, "height": 16384}}}
+    )
+    found = pixel_budget_fields(capture, policy)
+    if fields == []:
+        assert found is None
+        assert not any("device pixels" in v for v in violations(capture, policy))
+        return
+    assert found is not None
+    assert found[0] == (fields or ["viewport", "deviceScaleFactor"])
+    assert f"over the limit of {MAX_CAPTURE_PIXELS}" in found[1]
+    # The operator and the engine refuse it too (PolicyViolation), by the same rule.
+    assert found[1] in violations(capture, policy)

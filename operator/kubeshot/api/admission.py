@@ -13,10 +13,53 @@ from kubeshot.api.capture import CaptureOptions, normalise_domain
 from kubeshot.api.policy import ScreenshotPolicySpec
 from kubeshot.api.reasons import CaptureError, FailureReason
 
+# The most device pixels one image capture may render (2**25: 128 MiB as RGBA, e.g. 3840x2160
+# at deviceScaleFactor 2, or a 1920-wide full page 16384 tall). Chromium holds the bitmap several
+# times over while it encodes it: 3840x2160 at scale 4 (133 M pixels) blows a 1Gi capture's
+# memory limit and costs a worker respawn, so it is refused before any browser work.
+MAX_CAPTURE_PIXELS = 2**25
+
 
 def domain_matches(host: str, suffixes: list[str]) -> bool:
     """Whether host is one of the domains or a subdomain of one (both IDNA-normalised)."""
     return any(host == s or host.endswith("." + s) for s in suffixes)
+
+
+def rendered_size(options: CaptureOptions, policy: ScreenshotPolicySpec) -> tuple[int, int]:
+    """The largest image, in device pixels, the options can make under the policy: the viewport
+    times deviceScaleFactor, and for fullPage the policy's maxFullPageHeight (the engine cuts
+    longer pages there; a page's height is not known before it loads)."""
+    height = options.viewport.height
+    if options.full_page:
+        height = max(height, policy.limits.max_full_page_height)
+    scale = options.device_scale_factor
+    return round(options.viewport.width * scale), round(height * scale)
+
+
+def pixel_budget_fields(
+    options: CaptureOptions, policy: ScreenshotPolicySpec, budget: int = MAX_CAPTURE_PIXELS
+) -> tuple[list[str], str] | None:
+    """The fields that make an image capture larger than `budget` device pixels, with the
+    reason in words; None within the budget (and for pdf and html, which are not rasterised)."""
+    if not options.format.is_image:
+        return None
+    width, height = rendered_size(options, policy)
+    if width * height <= budget:
+        return None
+    fields = ["viewport"]
+    if options.device_scale_factor != 1.0:
+        fields.append("deviceScaleFactor")
+    if options.full_page:
+        fields.append("fullPage")
+    what = f"viewport {options.viewport.width}x{options.viewport.height}"
+    if options.full_page:
+        what += f" with fullPage (up to maxFullPageHeight {policy.limits.max_full_page_height})"
+    if options.device_scale_factor != 1.0:
+        what += f" at deviceScaleFactor {options.device_scale_factor:g}"
+    return fields, (
+        f"{what} renders up to {width}x{height} = {width * height} device pixels, over the "
+        f"limit of {budget}; lower {' or '.join(fields)}"
+    )
 
 
 def violations(options: CaptureOptions, policy: ScreenshotPolicySpec) -> list[str]:
@@ -40,6 +83,9 @@ def violations(options: CaptureOptions, policy: ScreenshotPolicySpec) -> list[st
         found.append(f"viewport height {options.viewport.height} > {limits.max_viewport.height}")
     if options.timeout_seconds is not None and options.timeout_seconds > limits.timeout_seconds:
         found.append(f"timeoutSeconds {options.timeout_seconds} > {limits.timeout_seconds}")
+    too_large = pixel_budget_fields(options, policy)
+    if too_large is not None:
+        found.append(too_large[1])
     if options.url is not None:
         parts = urlsplit(options.url)
         host = parts.hostname or ""

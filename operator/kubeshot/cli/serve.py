@@ -144,21 +144,30 @@ async def _serve(app: Any, settings: Any, ssl_context: Any) -> None:
     """Listen until SIGINT/SIGTERM, then shut down gracefully (in-flight captures finish)."""
     from aiohttp import web
 
+    from kubeshot.gateway import keys
+    from kubeshot.gateway.redaction import AccessLogger
+    from kubeshot.gateway.serving import ConnectionGuard, GatewaySite
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    runner = web.AppRunner(
-        app,
-        access_log=logging.getLogger("kubeshot.gateway.access"),
-        shutdown_timeout=settings.http_shutdown_timeout,
-    )
+    # The app brings its own access log (credentials masked) and header timeout.
+    runner = web.AppRunner(app, shutdown_timeout=settings.http_shutdown_timeout)
     await runner.setup()
+    guard = app[keys.CONNECTIONS]
     upload_runner = None
     try:
         scheme = "https" if ssl_context else "http"
         for host in settings.host:
-            site = web.TCPSite(runner, host, settings.port, ssl_context=ssl_context)
+            site = GatewaySite(
+                runner,
+                host,
+                settings.port,
+                guard=guard,
+                ssl_context=ssl_context,
+                handshake_timeout=settings.header_timeout,
+            )
             await site.start()
             print(
                 f"kubeshot gateway listening on {scheme}://{_authority(host)}:{settings.port}",
@@ -166,7 +175,7 @@ async def _serve(app: Any, settings: Any, ssl_context: Any) -> None:
                 flush=True,
             )
             if ssl_context is not None and settings.http_redirect_port is not None:
-                await web.TCPSite(runner, host, settings.http_redirect_port).start()
+                await GatewaySite(runner, host, settings.http_redirect_port, guard=guard).start()
         if settings.backend == "kubernetes":
             from kubeshot.gateway.uploads import create_upload_app
 
@@ -174,10 +183,17 @@ async def _serve(app: Any, settings: Any, ssl_context: Any) -> None:
             upload_runner = web.AppRunner(
                 create_upload_app(app, settings.max_upload_bytes),
                 access_log=logging.getLogger("kubeshot.gateway.access"),
+                access_log_class=AccessLogger,
+                keepalive_timeout=settings.header_timeout,
             )
             await upload_runner.setup()
+            upload_guard = ConnectionGuard(
+                settings.max_connections_per_address, metrics=app[keys.METRICS]
+            )
             for host in settings.host:
-                await web.TCPSite(upload_runner, host, settings.upload_port).start()
+                await GatewaySite(
+                    upload_runner, host, settings.upload_port, guard=upload_guard
+                ).start()
                 print(
                     f"kubeshot upload endpoint listening on "
                     f"http://{_authority(host)}:{settings.upload_port}",

@@ -1,8 +1,10 @@
 """The gateway application: `create_app(settings)` and its security pipeline.
 
 Every request passes, in this order: HTTPS-only → authentication → rate limiting (middlewares),
-then in the handler validation → admission → backend → response validation; secure headers are
-added to every response as it is prepared.
+then in the handler validation → admission (pixel budget, policy) → a place within the caller's
+fair share of the captures in flight → backend → response validation; secure headers are added
+to every response as it is prepared. Before that, the connection itself is held to a header
+timeout (aiohttp's keep-alive timer, set here) and a per-address cap (serving.GatewaySite).
 
 The handlers see a backend through two protocols (backend.py): `Backend` for the policy and
 synchronous captures, `Jobs` for asynchronous ones. Which object is which is settled once, in
@@ -12,11 +14,13 @@ synchronous captures, `Jobs` for asynchronous ones. Which object is which is set
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager
 
 from aiohttp import web
 
@@ -28,12 +32,14 @@ from kubeshot.api import (
     ScreenshotPolicy,
     ScreenshotPolicySpec,
 )
-from kubeshot.api.admission import admit
+from kubeshot.api.admission import admit, pixel_budget_fields
 from kubeshot.gateway import keys
 from kubeshot.gateway.auth import (
+    DEFAULT_IDENTITY,
     Authenticator,
     Identity,
     TokenEntry,
+    check_distinct,
     hash_token,
     load_tokens_file,
     parse_authorization,
@@ -47,13 +53,17 @@ from kubeshot.gateway.errors import (
     redact_addresses,
     unauthorized,
 )
+from kubeshot.gateway.fairness import FairShare, Slot
 from kubeshot.gateway.jobs import JobRegistry
 from kubeshot.gateway.metrics import CONTENT_TYPE_LATEST, Metrics
 from kubeshot.gateway.models import CaptureJobView, Health
 from kubeshot.gateway.openapi import openapi_document
 from kubeshot.gateway.policies import PolicySet
-from kubeshot.gateway.ratelimit import RateLimiter
-from kubeshot.gateway.security import SECURE_HEADERS, client_address, is_https
+from kubeshot.gateway.ratelimit import Decision, RateLimiter
+from kubeshot.gateway.redaction import AccessLogger
+from kubeshot.gateway.redaction import install as redact_logs
+from kubeshot.gateway.security import SECURE_HEADERS, client_address, client_key, is_https
+from kubeshot.gateway.serving import ConnectionGuard
 from kubeshot.gateway.settings import Settings
 from kubeshot.gateway.signing import SignatureError, UrlSigner
 from kubeshot.gateway.store import ResultStore, expiring
@@ -125,6 +135,8 @@ def _from_http_exception(exc: web.HTTPException) -> ApiError:
 def _error_response(error: ApiError) -> web.Response:
     response = web.json_response(error.body(), status=error.status)
     response.headers.update(error.headers)
+    if error.status == 408:
+        response.force_close()  # the rest of a body that came too slowly is not waited for
     return response
 
 
@@ -162,7 +174,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             name="anonymous",
             kind="anonymous",
             namespace=settings.namespace,
-            rate_key=f"client:{request[keys.CLIENT]}",
+            rate_key=f"client:{client_key(request[keys.CLIENT])}",
         )
         return await handler(request)
     metrics = app[keys.METRICS]
@@ -176,7 +188,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             name="signed",
             kind="signed",
             namespace=settings.namespace,
-            rate_key=f"signed:{request[keys.CLIENT]}",
+            rate_key=f"signed:{client_key(request[keys.CLIENT])}",
         )
         return await handler(request)
     header = request.headers.get("Authorization")
@@ -210,11 +222,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 @web.middleware
 async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Per identity: captures by RATE_LIMIT_CAPTURE (or the token's own limit), signed URLs by
-    RATE_LIMIT_SIGNED per client address, everything else by RATE_LIMIT_READ."""
+    RATE_LIMIT_SIGNED per client address (IPv6 per /64) and RATE_LIMIT_SIGNED_GLOBAL for all
+    clients together, everything else by RATE_LIMIT_READ."""
     identity = request.get(keys.IDENTITY)
     if identity is None:
         return await handler(request)
     settings = request.app[keys.SETTINGS]
+    limiter = request.app[keys.RATE_LIMITER]
     route = _route_name(request)
     if route in SIGNED_ROUTES:
         category, limit = "signed", settings.rate_limit_signed
@@ -222,19 +236,35 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
         category, limit = "capture", identity.rate_limit or settings.rate_limit_capture
     else:
         category, limit = "read", settings.rate_limit_read
-    decision = await request.app[keys.RATE_LIMITER].hit(limit, category, identity.rate_key)
+    decision = await limiter.hit(limit, category, identity.rate_key)
+    if decision is not None and decision.allowed and route in SIGNED_ROUTES:
+        # Counted only once the client's own limit let the request through: a client refused
+        # by its own limit must not spend everyone's budget.
+        overall = await limiter.hit(settings.rate_limit_signed_global, "signed_global", "all")
+        if overall is not None and not overall.allowed:
+            request.app[keys.METRICS].rate_limited.labels(category="signed_global").inc()
+            raise _rate_limited(
+                f"the gateway's signed-URL budget of {settings.rate_limit_signed_global} is spent",
+                settings.rate_limit_signed_global,
+                overall,
+            )
     if decision is not None:
         request[keys.RATE_DECISION] = decision
         if not decision.allowed:
             request.app[keys.METRICS].rate_limited.labels(category=category).inc()
-            raise ApiError(
-                429,
-                "rate_limited",
-                f"rate limit of {limit} exceeded; retry in {decision.headers()['Retry-After']}s",
-                {"limit": limit},
-                headers=decision.headers(),
-            )
+            raise _rate_limited(f"rate limit of {limit} exceeded", limit, decision)
     return await handler(request)
+
+
+def _rate_limited(reason: str, limit: str, decision: Decision) -> ApiError:
+    headers = decision.headers()
+    return ApiError(
+        429,
+        "rate_limited",
+        f"{reason}; retry in {headers['Retry-After']}s",
+        {"limit": limit},
+        headers=headers,
+    )
 
 
 async def _on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
@@ -276,6 +306,7 @@ async def _admitted_policy(
                 f"this token may not use the policy {policy.name!r}",
                 {"reason": "PolicyViolation"},
             )
+        _check_pixel_budget(options, policy.spec, request.app[keys.SETTINGS].max_pixels)
         admit(options, policy.spec)
     except CaptureError as exc:
         metrics.admission_rejections.labels(reason=exc.reason.value).inc()
@@ -285,6 +316,21 @@ async def _admitted_policy(
             metrics.admission_rejections.labels(reason="PolicyNotAllowed").inc()
         raise
     return policy
+
+
+def _check_pixel_budget(options: CaptureOptions, policy: ScreenshotPolicySpec, budget: int) -> None:
+    """400 naming the fields, before any browser work, for an image too large to render: its
+    bitmap alone would cost a worker (and its respawn) more than any small request should."""
+    too_large = pixel_budget_fields(options, policy, budget)
+    if too_large is not None:
+        fields, message = too_large
+        raise invalid(message, [{"field": field, "message": message} for field in fields])
+
+
+def _capture_slot(request: web.Request, identity: Identity) -> AbstractContextManager[Slot | None]:
+    """A place among the captures in flight, within the identity's fair share (429 beyond)."""
+    fairness = request.app.get(keys.FAIRNESS)
+    return contextlib.nullcontext() if fairness is None else fairness.slot(identity)
 
 
 def _verify_artifact(
@@ -316,14 +362,15 @@ async def _run_capture(
     request[keys.TARGET] = options.url or ""
     policy = await _admitted_policy(request, identity, options, name)
     metrics = app[keys.METRICS]
-    started = time.monotonic()
-    try:
-        result = await app[keys.BACKEND].capture(identity, policy, options)
-    except CaptureError as exc:
-        metrics.captures.labels(outcome=exc.reason.value).inc()
-        raise
-    finally:
-        metrics.capture_duration.observe(time.monotonic() - started)
+    with _capture_slot(request, identity):
+        started = time.monotonic()
+        try:
+            result = await app[keys.BACKEND].capture(identity, policy, options)
+        except CaptureError as exc:
+            metrics.captures.labels(outcome=exc.reason.value).inc()
+            raise
+        finally:
+            metrics.capture_duration.observe(time.monotonic() - started)
     _verify_artifact(options, policy.spec, result)
     metrics.captures.labels(outcome="Succeeded").inc()
     return result, policy
@@ -353,7 +400,15 @@ async def _json_body(request: web.Request) -> bytes:
         )
     if request.content_type != "application/json":
         raise ApiError(415, "unsupported_media_type", "send capture options as application/json")
-    return await request.read()
+    try:
+        async with asyncio.timeout(settings.body_timeout):
+            return await request.read()
+    except TimeoutError:
+        raise ApiError(
+            408,
+            "request_timeout",
+            f"the request body did not arrive within {settings.body_timeout:g} seconds",
+        ) from None
 
 
 def _policy_param(request: web.Request) -> str | None:
@@ -385,7 +440,10 @@ async def captures_create(request: web.Request) -> web.StreamResponse:
     options = options_from_json(await _json_body(request))
     identity = request[keys.IDENTITY]
     policy = await _admitted_policy(request, identity, options, _policy_param(request))
-    view = await request.app[keys.JOBS].submit(identity, policy, options)
+    with _capture_slot(request, identity) as slot:
+        view = await request.app[keys.JOBS].submit(identity, policy, options)
+        if slot is not None:
+            slot.keep(view.id)
     response = web.json_response(view.to_wire(), status=202)
     response.headers["Location"] = f"/v1/captures/{view.id}"
     return response
@@ -443,18 +501,25 @@ async def openapi(request: web.Request) -> web.StreamResponse:
 
 
 def token_entries(settings: Settings) -> list[TokenEntry]:
-    """The tokens of AUTH_TOKEN (in the gateway's namespace) and of the tokens file."""
+    """The tokens of AUTH_TOKEN (in the gateway's namespace) and of the tokens file; ValueError
+    when a name or a token is configured twice, across both (or a file token takes a name the
+    gateway reserves, `default` of AUTH_TOKEN among them)."""
     entries: list[TokenEntry] = []
+    sources: list[str] = []
     if settings.auth_token is not None:
         entries.append(
             TokenEntry(
-                name="default",
+                name=DEFAULT_IDENTITY,
                 sha256=hash_token(settings.auth_token.get_secret_value()),
                 namespace=settings.namespace,
             )
         )
+        sources.append("AUTH_TOKEN")
     if settings.tokens_file is not None:
-        entries.extend(load_tokens_file(settings.tokens_file))
+        from_file = load_tokens_file(settings.tokens_file)
+        entries.extend(from_file)
+        sources.extend([f"TOKENS_FILE {settings.tokens_file}"] * len(from_file))
+    check_distinct(entries, sources)
     return entries
 
 
@@ -515,13 +580,28 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
             f"{type(backend).__name__} is not a gateway Backend: it lacks "
             + ", ".join(missing_members(backend))
         )
+    redact_logs(_secrets(settings))
     app = web.Application(
         middlewares=[error_middleware, https_middleware, auth_middleware, rate_limit_middleware],
         client_max_size=settings.max_body_bytes,
+        handler_args={
+            # aiohttp arms its keep-alive timer when a connection opens and again after each
+            # response, and closes the connection when no complete request head has arrived by
+            # then: the header timeout (slowloris), whichever runner serves the app.
+            "keepalive_timeout": settings.header_timeout,
+            # After an early answer (408, 413) the rest of a body is read and dropped for this
+            # long, so the client sees the answer; a slow body must not buy more time with it.
+            "lingering_time": min(10.0, settings.body_timeout),
+            "access_log_class": AccessLogger,
+            "access_log": logging.getLogger("kubeshot.gateway.access"),
+        },
     )
     metrics_ = Metrics()
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = metrics_
+    app[keys.CONNECTIONS] = ConnectionGuard(
+        settings.max_connections_per_address, settings.trusted_proxies, metrics_
+    )
     app[keys.AUTHENTICATOR] = build_authenticator(settings)
     secret = settings.url_signing_secret
     app[keys.SIGNER] = UrlSigner.from_secret(
@@ -540,6 +620,16 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
         registry = JobRegistry(backend, store, settings.result_ttl_seconds, metrics_)
         app[keys.JOBS] = registry
         app.cleanup_ctx.append(lambda _: registry.running(settings.shutdown_grace))
+    if settings.backend == "local":
+        # The capacity it shares out is the local pool's; a kubernetes backend's captures wait
+        # in the operator's queue, per policy.
+        app[keys.FAIRNESS] = FairShare(
+            settings.capture_capacity,
+            settings.max_captures_per_identity,
+            fair_share=settings.fair_share,
+            jobs=app[keys.JOBS],
+            metrics=metrics_,
+        )
 
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/readyz", readyz, name="readyz")
@@ -563,6 +653,19 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     app.on_response_prepare.append(_on_response_prepare)
     app.on_shutdown.append(_begin_shutdown)
     return app
+
+
+def _secrets(settings: Settings) -> list[str]:
+    """The literal secrets of this gateway, masked in every log line."""
+    found = [
+        secret.get_secret_value()
+        for secret in (settings.auth_token, settings.proxy_password)
+        if secret is not None
+    ]
+    if settings.url_signing_secret is not None:
+        for key in settings.url_signing_secret.get_secret_value().split(","):
+            found.append(key.partition(":")[2] or key)
+    return found
 
 
 async def _begin_shutdown(app: web.Application) -> None:

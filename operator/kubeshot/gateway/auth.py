@@ -22,6 +22,14 @@ from limits import parse as parse_rate_limit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ANY_POLICY = "*"
+# Identity names the gateway gives callers itself; a token of the same name would share their
+# rate limits, their asynchronous jobs and (kubernetes backend) their CaptureJobs' caller label.
+RESERVED_NAMES = {
+    "default": "the AUTH_TOKEN identity",
+    "signed": "signed-URL callers",
+    "anonymous": "callers of a --no-auth gateway",
+}
+DEFAULT_IDENTITY = "default"
 
 
 def hash_token(token: str) -> str:
@@ -68,13 +76,35 @@ class TokensFile(BaseModel):
     @field_validator("tokens")
     @classmethod
     def _unique(cls, tokens: list[TokenEntry]) -> list[TokenEntry]:
-        names = [t.name for t in tokens]
-        hashes = [t.sha256 for t in tokens]
-        if len(set(names)) != len(names):
-            raise ValueError("token names must be unique")
-        if len(set(hashes)) != len(hashes):
-            raise ValueError("the same token is listed twice")
+        for token in tokens:
+            reserved = RESERVED_NAMES.get(token.name.lower())
+            if reserved is not None:
+                raise ValueError(
+                    f"the token name {token.name!r} is reserved for {reserved}; rename it"
+                )
+        check_distinct(tokens)
         return tokens
+
+
+def check_distinct(entries: list[TokenEntry], sources: list[str] | None = None) -> None:
+    """ValueError when two entries share a name (case-insensitively: `CI` and `ci` would be
+    told apart by nothing but case) or a token. `sources` names where each entry came from."""
+    where = sources or ["the tokens file"] * len(entries)
+    names: dict[str, int] = {}
+    hashes: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        first = names.setdefault(entry.name.lower(), index)
+        if first != index:
+            raise ValueError(
+                f"token names must be unique: {entries[first].name!r} ({where[first]}) and "
+                f"{entry.name!r} ({where[index]}) name the same identity"
+            )
+        first = hashes.setdefault(entry.sha256, index)
+        if first != index:
+            raise ValueError(
+                f"the same token is listed twice: as {entries[first].name!r} ({where[first]}) "
+                f"and as {entry.name!r} ({where[index]})"
+            )
 
 
 def parse_tokens_file(text: str) -> list[TokenEntry]:
@@ -86,11 +116,22 @@ def parse_tokens_file(text: str) -> list[TokenEntry]:
     try:
         return TokensFile.model_validate(document).tokens
     except ValidationError as exc:
-        raise ValueError(f"invalid tokens file: {exc}") from exc
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(file)'}: "
+            + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors(include_url=False, include_input=False)
+        )
+        raise ValueError(f"invalid tokens file: {problems}") from None
 
 
 def load_tokens_file(path: Path) -> list[TokenEntry]:
-    return parse_tokens_file(path.read_text(encoding="utf-8"))
+    """The tokens of a tokens file; ValueError naming the file when it cannot be used."""
+    try:
+        return parse_tokens_file(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"tokens file {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 class Identity(BaseModel):

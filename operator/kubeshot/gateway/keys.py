@@ -6,8 +6,10 @@ from aiohttp import web
 
 from kubeshot.gateway.auth import Authenticator, Identity
 from kubeshot.gateway.backend import Backend, Jobs
+from kubeshot.gateway.fairness import FairShare
 from kubeshot.gateway.metrics import Metrics
 from kubeshot.gateway.ratelimit import Decision, RateLimiter
+from kubeshot.gateway.serving import ConnectionGuard
 from kubeshot.gateway.settings import Settings
 from kubeshot.gateway.signing import UrlSigner
 from kubeshot.gateway.store import ResultStore
@@ -20,6 +22,8 @@ BACKEND = web.AppKey("backend", Backend)
 STORE = web.AppKey("store", ResultStore)
 JOBS = web.AppKey("jobs", Jobs)
 METRICS = web.AppKey("metrics", Metrics)
+FAIRNESS = web.AppKey("fairness", FairShare)
+CONNECTIONS = web.AppKey("connections", ConnectionGuard)
 
 IDENTITY = web.RequestKey("identity", Identity)
 CLIENT = web.RequestKey("client", str)

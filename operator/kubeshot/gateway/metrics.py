@@ -53,6 +53,12 @@ class Metrics:
             "kubeshot_overloaded", "Captures refused because the queue was full", registry=r
         )
 
+        self.connections_refused = Counter(
+            "kubeshot_connections_refused",
+            "Connections refused before a request was read, by reason",
+            ["reason"],
+            registry=r,
+        )
         self.watch_connections = Counter(
             "kubeshot_watch_connections",
             "CaptureJob watch connections opened (kubernetes backend)",

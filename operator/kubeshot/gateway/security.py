@@ -14,6 +14,9 @@ from aiohttp import web
 from kubeshot.gateway.settings import Network
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# One IPv6 subscriber gets a /64 (or more): counting its addresses one by one would give it 2**64
+# budgets.
+IPV6_CLIENT_PREFIX = 64
 
 SECURE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -59,6 +62,15 @@ def client_address(request: web.Request, proxies: Sequence[Network]) -> str:
         if not _trusted(address, proxies):
             return str(address)
     return str(peer)
+
+
+def client_key(client: str) -> str:
+    """What per-client limits count a client address under: an IPv4 address itself, an IPv6
+    address by its /64 (`2001:db8:1:2::/64`); anything else as given."""
+    address = _address(client)
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((address, IPV6_CLIENT_PREFIX), strict=False))
+    return str(address) if address is not None else client
 
 
 def is_https(request: web.Request, proxies: Sequence[Network]) -> bool:

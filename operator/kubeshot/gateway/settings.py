@@ -14,6 +14,8 @@ from limits import parse as parse_rate_limit
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from kubeshot.api.admission import MAX_CAPTURE_PIXELS
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Never passed on to capture workers (and so never visible to a page's browser).
 SECRET_ENVIRONMENT = (
@@ -42,7 +44,8 @@ class Settings(BaseSettings):
     )
 
     # --- listening -------------------------------------------------------------------------
-    host: list[str] = Field(
+    # NoDecode: KUBESHOT_HOST is "ADDR[,ADDR...]" (the chart sets 0.0.0.0), not JSON.
+    host: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["127.0.0.1"], validation_alias=_alias("KUBESHOT_HOST")
     )
     """Addresses to listen on. Plain HTTP is allowed only when all of them are loopback."""
@@ -61,6 +64,25 @@ class Settings(BaseSettings):
     )
     """Kubernetes backend: plain-HTTP port of the internal upload endpoint capture pods PUT
     their artifacts to (nothing else is served there)."""
+
+    # --- connections (slowloris) -----------------------------------------------------------
+    header_timeout: float = Field(
+        default=15.0, gt=0, le=3600, validation_alias=_alias("KUBESHOT_HEADER_TIMEOUT")
+    )
+    """Seconds a connection has to send a complete request head, counted from its TCP (and TLS)
+    handshake or from the end of its previous response; then it is closed. An idle keep-alive
+    connection is closed after it too (a proxy in front must close idle upstream connections
+    sooner)."""
+    body_timeout: float = Field(
+        default=30.0, gt=0, le=3600, validation_alias=_alias("KUBESHOT_BODY_TIMEOUT")
+    )
+    """Seconds a request body may take to arrive in full; then 408 and the connection is
+    closed."""
+    max_connections_per_address: int = Field(
+        default=32, ge=1, validation_alias=_alias("KUBESHOT_MAX_CONNECTIONS_PER_ADDRESS")
+    )
+    """Open connections one client address may hold (IPv6: one /64); more are answered 503 and
+    closed at once. TRUSTED_PROXIES are exempt: their connections carry many clients."""
 
     # --- HTTPS -----------------------------------------------------------------------------
     https_only: bool = Field(default=True, validation_alias=_alias("HTTPS_ONLY"))
@@ -105,7 +127,12 @@ class Settings(BaseSettings):
     rate_limit_signed: str = Field(
         default="2 per second", validation_alias=_alias("RATE_LIMIT_SIGNED")
     )
-    """Signed-URL captures per client address."""
+    """Signed-URL captures per client address (IPv6: per /64)."""
+    rate_limit_signed_global: str = Field(
+        default="10 per second", validation_alias=_alias("RATE_LIMIT_SIGNED_GLOBAL")
+    )
+    """Signed-URL captures of all clients together: signed URLs need no token, so no address
+    (or /64) count bounds what many addresses spend together."""
     rate_limit_read: str = Field(
         default="50 per second", validation_alias=_alias("RATE_LIMIT_READ")
     )
@@ -134,6 +161,26 @@ class Settings(BaseSettings):
         default=2 * 1024 * 1024, ge=1024, validation_alias=_alias("KUBESHOT_MAX_BODY_BYTES")
     )
     """Largest request body; larger gets 413."""
+    max_pixels: int = Field(
+        default=MAX_CAPTURE_PIXELS,
+        ge=1,
+        le=MAX_CAPTURE_PIXELS,
+        validation_alias=_alias("KUBESHOT_MAX_PIXELS"),
+    )
+    """Largest image a capture may render, in device pixels (viewport x deviceScaleFactor^2,
+    fullPage counted at the policy's maxFullPageHeight); larger is 400 before any browser work.
+    At most kubeshot.api's MAX_CAPTURE_PIXELS, which the operator and the engine enforce too."""
+
+    # --- fairness (local backend) ----------------------------------------------------------
+    max_captures_per_identity: int = Field(
+        default=4, ge=1, validation_alias=_alias("KUBESHOT_MAX_CAPTURES_PER_IDENTITY")
+    )
+    """Captures one identity (token; signed-URL or open-access client address) may have in
+    flight at once, running or waiting, synchronous and asynchronous; more get 429."""
+    fair_share: bool = Field(default=True, validation_alias=_alias("KUBESHOT_FAIR_SHARE"))
+    """Also hold each identity to its fair share of the capture capacity (workers + queue):
+    capacity / (identities with captures in flight + 1), at least 1, so a place is always left
+    for a caller with none."""
 
     # --- kubernetes backend ----------------------------------------------------------------
     namespace: str = Field(
@@ -187,6 +234,12 @@ class Settings(BaseSettings):
     )
     """Async jobs and their artifacts are deleted this long after they finished."""
 
+    # --- worker isolation (local backend) --------------------------------------------------
+    worker_user: str | None = Field(default=None, validation_alias=_alias("KUBESHOT_WORKER_USER"))
+    """`USER[:GROUP]` (names or numbers) capture workers and their Chromium run as. Unset: `nobody`
+    when the gateway runs as root, else the gateway's own user. `root` keeps root workers (and
+    Chromium without its sandbox): only by this explicit choice."""
+
     @field_validator("host", mode="before")
     @classmethod
     def _split_hosts(cls, value: object) -> object:
@@ -208,7 +261,9 @@ class Settings(BaseSettings):
     def _split_paths(cls, value: object) -> object:
         return [p for p in value.split(",") if p] if isinstance(value, str) else value
 
-    @field_validator("rate_limit_capture", "rate_limit_signed", "rate_limit_read")
+    @field_validator(
+        "rate_limit_capture", "rate_limit_signed", "rate_limit_signed_global", "rate_limit_read"
+    )
     @classmethod
     def _check_rate_limit(cls, value: str) -> str:
         parse_rate_limit(value)  # ValueError on bad syntax
@@ -226,6 +281,11 @@ class Settings(BaseSettings):
         """How long the HTTP server waits for handlers on shutdown: longer than the backend's
         grace, so captures still running then are failed with a 503 rather than cut off."""
         return self.shutdown_grace + 10
+
+    @property
+    def capture_capacity(self) -> int:
+        """Captures the local backend holds at once: one per worker, plus its queue."""
+        return self.workers + self.queue_size
 
     @property
     def tls(self) -> bool:
