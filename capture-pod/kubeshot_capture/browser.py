@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import logging
 import os
 import shutil
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+NO_SANDBOX = "KUBESHOT_NO_SANDBOX"
+_CLONE_NEWUSER = 0x10000000
+_CLONE_NEWPID = 0x20000000
+_CLONE_NEWNET = 0x40000000
 
 # Debian's Chromium binary itself: its /usr/bin/chromium wrapper sources /etc/chromium.d, which
 # sets Google API keys (and with them background requests to Google) and extra flags.
@@ -53,9 +63,43 @@ def chromium_executable() -> str | None:
     return None
 
 
+@functools.cache
+def sandbox_refusal() -> str | None:
+    """Why Chromium's sandbox cannot run here, or None when it can (asked once per process).
+
+    As root Chromium refuses its sandbox. Otherwise the sandbox needs new user, PID and network
+    namespaces, which kernels (user.max_user_namespaces=0, AppArmor's
+    restrict_unprivileged_userns) or seccomp profiles (a container's RuntimeDefault) may refuse:
+    a child process tries to create them and says how it went by its exit status.
+    """
+    if os.geteuid() == 0:
+        return "running as root, where Chromium refuses its sandbox"
+    libc = ctypes.CDLL(None, use_errno=True)
+    pid = os.fork()
+    if pid == 0:
+        flags = _CLONE_NEWUSER | _CLONE_NEWPID | _CLONE_NEWNET
+        os._exit(0 if libc.unshare(flags) == 0 else min(ctypes.get_errno(), 255) or 255)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code == 0:
+        return None
+    reason = os.strerror(code) if 0 < code < 255 else f"exit status {code}"
+    return f"the kernel refused new user/PID/network namespaces (unshare: {reason})"
+
+
 def chromium_args() -> list[str]:
-    """Launch flags. The sandbox needs user namespaces, unavailable when running as root here."""
+    """Launch flags. Chromium keeps its sandbox unless `KUBESHOT_NO_SANDBOX=1` or the kernel
+    cannot give it the namespaces it needs; either way a warning says so, once."""
     args = list(CHROMIUM_ARGS)
-    if os.geteuid() == 0 or os.environ.get("KUBESHOT_NO_SANDBOX") == "1":
+    if os.environ.get(NO_SANDBOX) == "1":
+        _warn_once(f"{NO_SANDBOX}=1")
+        args.append("--no-sandbox")
+    elif (refusal := sandbox_refusal()) is not None:
+        _warn_once(refusal)
         args.append("--no-sandbox")
     return args
+
+
+@functools.cache
+def _warn_once(why: str) -> None:
+    log.warning("Chromium runs without its sandbox (--no-sandbox): %s", why)

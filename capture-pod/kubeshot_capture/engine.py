@@ -96,9 +96,12 @@ class CaptureEngine:
         try:
             await self._stack.enter_async_context(self._guard)
             self._playwright = await self._stack.enter_async_context(async_playwright())
+            args = chromium_args() + self._guard.launch_args()
             self._browser = await self._playwright.chromium.launch(
                 executable_path=chromium_executable(),
-                args=chromium_args() + self._guard.launch_args(),
+                args=args,
+                # Playwright adds --no-sandbox unless the sandbox is asked for.
+                chromium_sandbox="--no-sandbox" not in args,
                 proxy=self._guard.browser_proxy,  # type: ignore[arg-type]
                 headless=True,
             )

@@ -1,11 +1,14 @@
 """The gateway's backend protocols (kubeshot.gateway.backend): what create_app accepts and how it
-composes a backend with asynchronous jobs, and the gateway's own JobRegistry on a stand-in
-backend. Real backends run in tests/gateway (local) and tests/cluster/operator (kubernetes)."""
+composes a backend with asynchronous jobs, the gateway's own JobRegistry on a stand-in backend,
+and who the local backend's workers run as. Real backends run in tests/gateway (local) and
+tests/cluster/operator (kubernetes)."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
+import pwd
 import time
 from pathlib import Path
 
@@ -27,7 +30,11 @@ from kubeshot.gateway.jobs import JobRegistry
 from kubeshot.gateway.metrics import Metrics
 from kubeshot.gateway.models import CaptureJobView
 from kubeshot.gateway.policies import PolicySet
+from kubeshot.gateway.pool import WorkerUser, resolve_worker_user, worker_environment
+from kubeshot.gateway.settings import SECRET_ENVIRONMENT
 from kubeshot.gateway.store import ResultStore
+from kubeshot.gateway.worker import RUN_AS
+from kubeshot_capture import browser
 
 ALICE = Identity(name="alice", kind="token", namespace="a", rate_key="token:alice")
 BOB = Identity(name="bob", kind="token", namespace="a", rate_key="token:bob")
@@ -181,3 +188,85 @@ async def test_registry_failures_and_overload(tmp_path: Path) -> None:
     assert (refused.value.status, refused.value.code) == (503, "overloaded")
     assert refused.value.headers == {"Retry-After": "1"}
     assert jobs.metrics.registry.get_sample_value("kubeshot_overloaded_total") == 1
+
+
+# --- who the local backend's workers run as ---------------------------------------------------
+
+NOBODY = pwd.getpwnam("nobody")
+
+
+@pytest.mark.parametrize(
+    ("spec", "euid", "expected"),
+    [
+        (None, 0, WorkerUser(NOBODY.pw_uid, NOBODY.pw_gid)),
+        ("", 0, WorkerUser(NOBODY.pw_uid, NOBODY.pw_gid)),
+        ("nobody", 0, WorkerUser(NOBODY.pw_uid, NOBODY.pw_gid)),
+        ("12345:23456", 0, WorkerUser(12345, 23456)),
+        ("54321", 0, WorkerUser(54321, 54321)),  # a uid without an account: its own gid
+        (f"nobody:{NOBODY.pw_gid}", 0, WorkerUser(NOBODY.pw_uid, NOBODY.pw_gid)),
+        (None, 1000, None),  # an ordinary user's gateway: its workers share its uid
+        ("1000", 1000, None),
+        ("root", 0, None),  # root workers only when asked for by name
+        ("0", 0, None),
+    ],
+)
+def test_worker_user(spec: str | None, euid: int, expected: WorkerUser | None) -> None:
+    assert resolve_worker_user(spec, euid=euid) == expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "euid", "words"),
+    [
+        ("no-such-user-kubeshot", 0, "no such user"),
+        ("nobody:no-such-group-kubeshot", 0, "no such group"),
+        ("nobody", 1000, "only a gateway started as root"),
+        ("root", 1000, "does not run as root"),
+        ("nobody:0", 0, "no unprivileged group"),
+        ("nobody:root", 0, "no unprivileged group"),
+    ],
+)
+def test_worker_user_refusals(spec: str, euid: int, words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        resolve_worker_user(spec, euid=euid)
+
+
+def test_worker_environment_has_no_secrets_and_a_home_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in SECRET_ENVIRONMENT:
+        monkeypatch.setenv(name, "secret-value")
+    monkeypatch.setenv("XDG_CONFIG_HOME", "/root/.config")
+    env = worker_environment("KUBESHOT_WORKER_TAG=abc", "/tmp/w", WorkerUser(7, 8))
+    assert not set(SECRET_ENVIRONMENT) & set(env)
+    assert "secret-value" not in env.values()
+    assert not [name for name in env if name.startswith("XDG_")]
+    assert (env["HOME"], env["TMPDIR"]) == ("/tmp/w", "/tmp/w")
+    assert env[RUN_AS] == "7:8"
+    assert env["KUBESHOT_WORKER_TAG"] == "abc"
+    assert RUN_AS not in worker_environment("T=1", "/tmp/w", None)
+
+
+class RefusedNamespaces:
+    """libc as a kernel without unprivileged user namespaces answers unshare()."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None: ...
+
+    def unshare(self, flags: int) -> int:
+        return -1
+
+
+def test_the_sandbox_probe_says_why_chromium_cannot_have_its_sandbox(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(browser.os, "geteuid", lambda: 0)
+    browser.sandbox_refusal.cache_clear()
+    assert "as root" in str(browser.sandbox_refusal())
+    monkeypatch.setattr(browser.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(browser.ctypes, "CDLL", RefusedNamespaces)
+    monkeypatch.setattr(browser.ctypes, "get_errno", lambda: errno.EPERM)
+    browser.sandbox_refusal.cache_clear()
+    assert browser.sandbox_refusal() == (
+        "the kernel refused new user/PID/network namespaces (unshare: Operation not permitted)"
+    )
+    assert "--no-sandbox" in browser.chromium_args()
+    browser.sandbox_refusal.cache_clear()

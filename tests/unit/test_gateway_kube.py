@@ -1,22 +1,26 @@
 """The kubernetes backend's pure parts: the shared watch's cache and wake-ups, job visibility,
-the job view, and the upload endpoint's format check. The real thing runs in
-tests/cluster/operator/test_gateway_kubernetes.py."""
+the job view, the upload endpoint's format checks, and what callers see of the API server's
+refusals. The real thing runs in tests/cluster/operator/test_gateway_kubernetes.py."""
 
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from PIL import Image
 
-from kubeshot.api import Format
+from kubeshot.api import CaptureOptions, Format, ScreenshotPolicy
 from kubeshot.gateway.auth import Identity
 from kubeshot.gateway.backend import Backend, Jobs
 from kubeshot.gateway.cluster import KubernetesBackend, caller_label, store_id
-from kubeshot.gateway.kube import CaptureJobWatch
+from kubeshot.gateway.errors import ApiError
+from kubeshot.gateway.kube import CaptureJobWatch, KubeError
 from kubeshot.gateway.store import ResultStore
-from kubeshot.gateway.uploads import has_format
+from kubeshot.gateway.uploads import decodes_as, has_format
 
 UID = "0f3c2b1a-0000-4000-8000-00000000beef"
 
@@ -54,12 +58,21 @@ class NeverClient:
         pass
 
 
-def backend() -> KubernetesBackend:
+class RefusingClient(NeverClient):
+    """A client whose API server fails every request, with the details it gives."""
+
+    TEXT = 'Internal error occurred: failed calling webhook "quota.internal.example": 10.0.3.7'
+
+    async def request(self, method: str, path: str, body: object = None) -> dict[str, Any]:
+        raise KubeError(500, "InternalError", self.TEXT)
+
+
+def backend(client: Any = None) -> KubernetesBackend:
     return KubernetesBackend(
         ["team-a"],
         store=ResultStore(None, 60),
         wait_grace=1,
-        client=NeverClient(),  # type: ignore[arg-type]
+        client=client or NeverClient(),
     )
 
 
@@ -161,6 +174,68 @@ def test_the_view_follows_the_job_status() -> None:
     failed = gateway.view(job(phase="Failed", failure={"reason": "Timeout", "message": "m"}))
     assert failed.failure is not None and failed.failure.reason.http_status == 504
     assert gateway.view(job()).phase.value == "Pending"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "served"),
+    [("png", "image/png"), (None, "image/png"), ("html", "text/html; charset=utf-8")],
+)
+def test_the_view_gives_the_jobs_format_not_what_the_pod_reported(
+    fmt: str | None, served: str
+) -> None:
+    done = job(
+        phase="Succeeded",
+        result={"contentType": "text/html", "bytes": 3, "sha256": "a" * 64},
+    )
+    if fmt is not None:
+        done["spec"]["format"] = fmt
+    view = backend().view(done)
+    assert view.result is not None
+    assert view.result.content_type == served
+
+
+def png(side: int = 64) -> bytes:
+    out = io.BytesIO()
+    Image.frombytes("L", (side, side), bytes(range(256)) * (side * side // 256)).save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "data", "ok"),
+    [
+        (Format.PNG, png(), True),
+        (Format.PNG, b"\x89PNG\r\n\x1a\n<script>alert(1)</script>", False),
+        (Format.PNG, png()[: len(png()) // 2], False),  # only decoding all pixels shows it
+        (Format.JPEG, png(), False),
+        (Format.PDF, b"%PDF-1.7\n<html><script>alert(1)</script>", False),
+        (Format.WEBP, b"RIFF\0\0\0\0WEBPVP8 <script>", False),
+        (Format.HTML, "<p>é</p>".encode(), True),
+        (Format.HTML, b"", False),
+    ],
+)
+def test_uploads_must_decode_as_the_jobs_format(fmt: Format, data: bytes, ok: bool) -> None:
+    assert (decodes_as(fmt, data) is None) is ok
+
+
+async def test_kubernetes_api_refusals_are_logged_not_echoed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gateway = backend(RefusingClient())
+    policy = ScreenshotPolicy.model_validate({"metadata": {"name": "default"}})
+    options = CaptureOptions.model_validate({"html": "<p>x</p>"})
+    calls = [
+        lambda: gateway.policy(caller("alice", "team-a"), None),
+        lambda: gateway.submit(caller("alice", "team-a"), policy, options),
+        lambda: gateway.job("team-a", "capture-2"),
+    ]
+    with caplog.at_level(logging.WARNING, logger="kubeshot.gateway.cluster"):
+        for call in calls:
+            with pytest.raises(ApiError) as refused:
+                await call()
+            assert refused.value.status == 503
+            answer = str(refused.value.body())
+            assert "webhook" not in answer and "10.0.3.7" not in answer
+    assert caplog.text.count(RefusingClient.TEXT) == len(calls)
 
 
 def test_caller_labels_are_valid_label_values() -> None:

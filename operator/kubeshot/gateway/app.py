@@ -567,6 +567,7 @@ def default_backend(settings: Settings, metrics: Metrics, store: ResultStore) ->
         poll_interval=settings.memory_poll_interval,
         shutdown_grace=settings.shutdown_grace,
         metrics=metrics,
+        worker_user=settings.worker_user,
     )
 
 

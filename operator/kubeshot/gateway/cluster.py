@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import re
 import uuid
 from typing import Any
@@ -22,6 +23,7 @@ from kubeshot.api import (
     CaptureReport,
     Failure,
     FailureReason,
+    Format,
     Phase,
     ResultSummary,
     ScreenshotPolicy,
@@ -36,6 +38,7 @@ from kubeshot.gateway.models import CaptureJobView
 from kubeshot.gateway.policies import DEFAULT_POLICY
 from kubeshot.gateway.store import ResultStore
 
+log = logging.getLogger("kubeshot.gateway.cluster")
 MANAGED_BY = "app.kubernetes.io/managed-by"
 GATEWAY = "kubeshot-gateway"
 CALLER = "kubeshot.dev/caller"
@@ -53,6 +56,15 @@ def caller_label(caller: Identity) -> str:
 def store_id(job: Manifest) -> str:
     """Where a job's artifact is kept in the result store: its uid, as 32 hex digits."""
     return str(job["metadata"]["uid"]).replace("-", "")
+
+
+def job_format(job: Manifest) -> Format | None:
+    """The format the job asked for (None for one no caller could have asked for): it, not what
+    the pod reports, says what the artifact is and how it is served."""
+    try:
+        return Format((job.get("spec") or {}).get("format") or Format.PNG.value)
+    except ValueError:
+        return None
 
 
 def _phase(job: Manifest) -> Phase:
@@ -117,14 +129,15 @@ class KubernetesBackend(Backend):
                     FailureReason.POLICY_NOT_FOUND,
                     f"no ScreenshotPolicy named {name!r} in namespace {namespace!r}",
                 ) from None
-            raise _unavailable(exc) from None
+            raise _unavailable(exc, f"reading ScreenshotPolicy {namespace}/{name}") from None
         try:
             return ScreenshotPolicy.model_validate(
                 {"metadata": {"name": name}, "spec": document.get("spec") or {}}
             )
         except ValidationError as exc:
+            log.warning("ScreenshotPolicy %s/%s is invalid: %s", namespace, name, exc)
             raise CaptureError(
-                FailureReason.INVALID_SPEC, f"the ScreenshotPolicy {name!r} is invalid: {exc}"
+                FailureReason.INVALID_SPEC, f"the ScreenshotPolicy {name!r} is invalid"
             ) from None
 
     # --- captures ---------------------------------------------------------------------------
@@ -151,7 +164,7 @@ class KubernetesBackend(Backend):
                 "POST", kubeshot_path("capturejobs", caller.namespace), body
             )
         except KubeError as exc:
-            raise _unavailable(exc) from None
+            raise _unavailable(exc, f"creating a CaptureJob in {caller.namespace}") from None
         self.watch.observe(created, initial=True)
         return created
 
@@ -179,7 +192,11 @@ class KubernetesBackend(Backend):
         if data is None:
             raise CaptureError(FailureReason.INTERNAL, "the artifact was not uploaded")
         report = CaptureReport.model_validate(
-            {**summary.model_dump(), "format": options.format.value}
+            {
+                **summary.model_dump(),
+                "content_type": options.format.content_type,
+                "format": options.format.value,
+            }
         )
         return CaptureResult(data=data, report=report)
 
@@ -207,9 +224,14 @@ class KubernetesBackend(Backend):
         status = job.get("status") or {}
         phase = _phase(job)
         result = None
-        if phase is Phase.SUCCEEDED and status.get("result"):
+        fmt = job_format(job)
+        if phase is Phase.SUCCEEDED and status.get("result") and fmt is not None:
             result = ResultSummary.model_validate(
-                {**status["result"], "url": f"/v1/captures/{store_id(job)}/artifact"}
+                {
+                    **status["result"],
+                    "contentType": fmt.content_type,
+                    "url": f"/v1/captures/{store_id(job)}/artifact",
+                }
             )
         return CaptureJobView(
             id=store_id(job),
@@ -231,7 +253,7 @@ class KubernetesBackend(Backend):
         except KubeError as exc:
             if exc.status in {403, 404}:
                 return None
-            raise _unavailable(exc) from None
+            raise _unavailable(exc, f"reading CaptureJob {namespace}/{name}") from None
 
 
 def _failure(status: Manifest) -> Failure:
@@ -241,10 +263,13 @@ def _failure(status: Manifest) -> Failure:
         return Failure(reason=FailureReason.INTERNAL, message="the capture failed")
 
 
-def _unavailable(exc: KubeError) -> ApiError:
+def _unavailable(exc: KubeError, doing: str) -> ApiError:
+    """The answer to a refusal of the Kubernetes API: its text (names of quotas, namespaces,
+    service accounts, webhooks) goes to the log, never to the caller."""
+    log.warning("the Kubernetes API refused %s: %s", doing, exc)
     return ApiError(
         503,
         "unavailable",
-        f"the Kubernetes API refused: {exc.message[:200]}",
+        "the capture backend is unavailable; try again later",
         headers={"Retry-After": "5"},
     )

@@ -10,18 +10,30 @@ child subreaper of its workers, so no Chromium process can outlive it as an orph
 
 Its policies are the `--policy` files (a PolicySet); it runs no asynchronous jobs of its own
 (the gateway's JobRegistry runs them on its captures).
+
+Workers run hostile pages, so they get nothing of the gateway: not its secrets (removed from the
+gateway's own environment when the backend starts, and never passed on), not its memory (the
+gateway is not dumpable: no same-uid ptrace or /proc/PID/environ), and, when the gateway runs as
+root, not its uid: each worker drops to `worker_user` (`nobody` by default) before it starts
+Chromium, which then keeps its sandbox. Each worker has a private home and temp directory of its
+own, removed with it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import logging
 import os
+import pwd
+import shutil
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from kubeshot.api import (
     CaptureError,
@@ -40,7 +52,7 @@ from kubeshot.gateway.errors import overloaded
 from kubeshot.gateway.metrics import Metrics
 from kubeshot.gateway.policies import PolicySet
 from kubeshot.gateway.settings import SECRET_ENVIRONMENT
-from kubeshot.gateway.worker import capture_request, encode_frame, read_frame_async
+from kubeshot.gateway.worker import RUN_AS, capture_request, encode_frame, read_frame_async
 
 log = logging.getLogger("kubeshot.gateway.pool")
 # Time a capture gets beyond its own timeout before its worker is killed: the engine reports
@@ -52,16 +64,115 @@ STREAM_LIMIT = 2**16
 WORKER_TAG = "KUBESHOT_WORKER_TAG"
 # Every worker process ever started here: asyncio collects their exit status, never the reaper.
 SPAWNED: set[int] = set()
+# Who the workers of a root gateway run as unless told otherwise.
+DEFAULT_WORKER_USER = "nobody"
 
 
-def worker_environment(tag: str) -> dict[str, str]:
+@dataclass(frozen=True)
+class WorkerUser:
+    """The unprivileged user capture workers drop to."""
+
+    uid: int
+    gid: int
+
+    def __str__(self) -> str:
+        return f"{self.uid}:{self.gid}"
+
+
+def _uid(name: str) -> tuple[int, int | None]:
+    """A user name or number: its uid and, when it is known to the system, its primary gid."""
+    try:
+        entry = pwd.getpwnam(name) if not name.isdigit() else pwd.getpwuid(int(name))
+    except KeyError:
+        if name.isdigit():
+            return int(name), None
+        raise ValueError(f"no such user: {name!r}") from None
+    return entry.pw_uid, entry.pw_gid
+
+
+def _gid(name: str) -> int:
+    if name.isdigit():
+        return int(name)
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ValueError(f"no such group: {name!r}") from None
+
+
+def resolve_worker_user(spec: str | None, euid: int | None = None) -> WorkerUser | None:
+    """Who the capture workers run as; None: as the gateway itself.
+
+    `spec` is `USER[:GROUP]` (names or numbers; the group defaults to the user's own, else the
+    uid). Unset, a gateway running as root (`euid` 0) gives its workers `nobody`, and any other
+    gateway its own user. `root` (or 0) keeps root workers, only by that explicit choice:
+    Chromium then runs without its sandbox. ValueError for an unknown user or group, and for
+    another user than its own when the gateway cannot change users (it is not root), or for
+    the group root.
+    """
+    euid = os.geteuid() if euid is None else euid
+    if spec is None or not spec.strip():
+        if euid != 0:
+            return None
+        try:
+            spec = pwd.getpwnam(DEFAULT_WORKER_USER).pw_name
+        except KeyError:  # a system without one: the overflow uid Linux calls nobody
+            spec = "65534"
+    user, _, group = spec.strip().partition(":")
+    uid, primary = _uid(user)
+    gid = _gid(group) if group else (primary if primary is not None else uid)
+    if uid == 0:
+        if euid != 0:
+            raise ValueError(f"worker user {spec!r}: the gateway does not run as root")
+        log.warning(
+            "capture workers run as root (worker user %r): Chromium runs without its sandbox "
+            "and a compromised browser process is root on this machine",
+            spec,
+        )
+        return None
+    if euid != 0:
+        if uid != euid:
+            raise ValueError(
+                f"worker user {spec!r}: only a gateway started as root can run its capture "
+                "workers as another user"
+            )
+        return None
+    if gid == 0:
+        raise ValueError(f"worker user {spec!r}: the group root is no unprivileged group")
+    return WorkerUser(uid, gid)
+
+
+def worker_environment(tag: str, home: str, user: WorkerUser | None = None) -> dict[str, str]:
     """The gateway's environment without its secrets (a page must never find a token in
-    /proc/self/environ), plus the tag that finds every process of this worker."""
+    /proc/self/environ), with the worker's private home and temp directory, the user it drops
+    to, and the tag that finds every process of this worker."""
     secret = set(SECRET_ENVIRONMENT)
-    env = {k: v for k, v in os.environ.items() if k not in secret}
+    # XDG_* name the gateway's own directories; under HOME the defaults are the worker's.
+    env = {k: v for k, v in os.environ.items() if k not in secret and not k.startswith("XDG_")}
+    env.update({"HOME": home, "TMPDIR": home})
+    if user is not None:
+        env[RUN_AS] = str(user)
     name, _, value = tag.partition("=")
     env[name] = value
     return env
+
+
+def private_directory(user: WorkerUser | None) -> str:
+    """A new directory only the worker's user may enter (Chromium's profile, caches, temp files)."""
+    path = tempfile.mkdtemp(prefix="kubeshot-worker-")
+    if user is not None:
+        os.chown(path, user.uid, user.gid)
+    return path
+
+
+def _runs_as(pid: int, user: WorkerUser) -> bool:
+    """Whether every uid and gid of the process is the user's, with no other group."""
+    found = procs.credentials(pid)
+    return (
+        found is not None
+        and set(found.uids) == {user.uid}
+        and set(found.gids) == {user.gid}
+        and set(found.groups) <= {user.gid}
+    )
 
 
 class WorkerLost(Exception):
@@ -71,9 +182,10 @@ class WorkerLost(Exception):
 class Worker:
     """One worker process and its pipe."""
 
-    def __init__(self, process: asyncio.subprocess.Process, tag: str) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, tag: str, home: str) -> None:
         self.process = process
         self.tag = tag
+        self.home = home
         self.pid = process.pid
         self.captures = 0
         self.alive = True
@@ -82,23 +194,34 @@ class Worker:
         self.meter = procs.TreeMeter(self.pid, tag)
 
     @classmethod
-    async def start(cls, command: Sequence[str], start_timeout: float) -> Worker:
+    async def start(
+        cls, command: Sequence[str], start_timeout: float, user: WorkerUser | None = None
+    ) -> Worker:
+        """Start a worker; `user`: the one it drops to before it starts a browser."""
         tag = f"{WORKER_TAG}={uuid.uuid4().hex}"
-        process = await asyncio.create_subprocess_exec(
-            *command,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            start_new_session=True,
-            limit=STREAM_LIMIT,
-            env=worker_environment(tag),
-        )
+        home = private_directory(user)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *command,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                start_new_session=True,
+                limit=STREAM_LIMIT,
+                env=worker_environment(tag, home, user),
+            )
+        except BaseException:
+            shutil.rmtree(home, ignore_errors=True)
+            raise
         SPAWNED.add(process.pid)
-        worker = cls(process, tag)
+        worker = cls(process, tag, home)
         try:
             assert process.stdout is not None
             frame = await asyncio.wait_for(read_frame_async(process.stdout), start_timeout)
             if frame is None or frame[0].get("op") != "ready":
                 raise WorkerLost("the worker exited before it was ready")
+            # Trust, but verify: a worker that did not drop its privileges never captures.
+            if user is not None and not _runs_as(process.pid, user):
+                raise WorkerLost(f"the worker did not drop its privileges to {user}")
         except BaseException:
             await worker.kill()
             raise
@@ -170,6 +293,7 @@ class Worker:
             self.process.kill()
         with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
             await asyncio.wait_for(self.process.wait(), 5)
+        await asyncio.to_thread(shutil.rmtree, self.home, True)
 
 
 class LocalBackend(Backend):
@@ -177,6 +301,8 @@ class LocalBackend(Backend):
 
     `policies` are the ones admission may name (the built-in default without); `proxy`, when
     set, is the upstream proxy of every capture, else the policy's `network.proxy` is.
+    `worker_user` is who the workers run as (resolve_worker_user; ValueError at once when it
+    cannot be).
     """
 
     def __init__(
@@ -193,7 +319,9 @@ class LocalBackend(Backend):
         worker_command: Sequence[str] | None = None,
         policies: PolicySet | None = None,
         proxy: ProxyCredentials | None = None,
+        worker_user: str | None = None,
     ) -> None:
+        self.user = resolve_worker_user(worker_user)
         self.policies = policies or PolicySet([])
         self.proxy = proxy
         self.size = workers
@@ -218,6 +346,14 @@ class LocalBackend(Backend):
         self._abort: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        # Pages run on this machine from now on: nothing of the gateway may be readable by them.
+        scrubbed = procs.scrub_environment(SECRET_ENVIRONMENT)
+        if scrubbed:
+            log.info("removed %s from the gateway's environment", ", ".join(scrubbed))
+        if not procs.make_undumpable():
+            log.warning("could not make the gateway undumpable (prctl PR_SET_DUMPABLE)")
+        if self.user is not None:
+            log.info("capture workers run as %s", self.user)
         procs.become_subreaper()
         for _ in range(self.size):
             self._spawn()
@@ -238,7 +374,7 @@ class LocalBackend(Backend):
         delay = 0.5
         while not self._closing:
             try:
-                worker = await Worker.start(self.command, self.start_timeout)
+                worker = await Worker.start(self.command, self.start_timeout, self.user)
             except (OSError, WorkerLost, TimeoutError) as exc:
                 log.error("a capture worker failed to start (%s); retrying in %.1fs", exc, delay)
                 self.metrics.worker_restarts.labels(reason="start_failed").inc()

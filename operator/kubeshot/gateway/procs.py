@@ -11,9 +11,15 @@ import ctypes
 import os
 import signal
 import time
+from collections.abc import Iterable
 from contextlib import suppress
+from dataclasses import dataclass
 
+_PR_SET_PDEATHSIG = 1
+_PR_GET_DUMPABLE = 3
+_PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_SET_NO_NEW_PRIVS = 38
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -146,13 +152,84 @@ def kill_tree(root: int, tag: str | None = None) -> set[int]:
     return tree
 
 
-def become_subreaper() -> bool:
-    """Make this process the reaper of orphaned descendants (so none escapes to init)."""
+def _prctl(option: int, value: int) -> int:
+    """prctl(option, value); -1 when it failed or there is no prctl."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+        return int(libc.prctl(option, value, 0, 0, 0))
     except (OSError, AttributeError):
-        return False
+        return -1
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of orphaned descendants (so none escapes to init)."""
+    return _prctl(_PR_SET_CHILD_SUBREAPER, 1) == 0
+
+
+def make_undumpable() -> bool:
+    """PR_SET_DUMPABLE 0: processes of the same uid without CAP_SYS_PTRACE (a capture worker of a
+    gateway run by an ordinary user) can no longer ptrace this one or read its /proc/PID/environ,
+    mem, maps or fds; and no core dump spills its memory."""
+    return _prctl(_PR_SET_DUMPABLE, 0) == 0
+
+
+def is_dumpable() -> bool:
+    return _prctl(_PR_GET_DUMPABLE, 0) == 1
+
+
+def forbid_new_privileges() -> bool:
+    """PR_SET_NO_NEW_PRIVS: nothing this process executes gains privileges (setuid binaries,
+    file capabilities), and it is inherited by every descendant."""
+    return _prctl(_PR_SET_NO_NEW_PRIVS, 1) == 0
+
+
+def scrub_environment(names: Iterable[str]) -> list[str]:
+    """Remove `names` from this process's environment, the copies it was started with included.
+
+    os.environ and unsetenv() forget a variable, but /proc/PID/environ shows the block the
+    kernel wrote at exec time, which keeps it; so its `NAME=value` entries are overwritten with
+    zero bytes too. The names found (in either place), sorted.
+    """
+    wanted = {name.encode() + b"=" for name in names}
+    found = {name for name in names if os.environ.pop(name, None) is not None}
+    fields = _stat_fields(os.getpid())
+    if fields is None or len(fields) < 49:
+        return sorted(found)
+    # Fields 50 and 51 of /proc/PID/stat (indices 47 and 48 here): env_start and env_end.
+    start, end = int(fields[47]), int(fields[48])
+    if not 0 < start < end:
+        return sorted(found)
+    block = ctypes.string_at(start, end - start)
+    offset = 0
+    for entry in block.split(b"\0"):
+        if any(entry.startswith(prefix) for prefix in wanted):
+            ctypes.memset(start + offset, 0, len(entry))
+            found.add(entry.split(b"=", 1)[0].decode())
+        offset += len(entry) + 1
+    return sorted(found)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Who a process runs as: (real, effective, saved, filesystem) uids and gids, its groups."""
+
+    uids: tuple[int, ...]
+    gids: tuple[int, ...]
+    groups: tuple[int, ...]
+
+
+def credentials(pid: int) -> Credentials | None:
+    """The credentials of a process from /proc/PID/status; None when it is gone."""
+    values: dict[str, tuple[int, ...]] = {}
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                name, _, rest = line.decode("ascii", "replace").partition(":")
+                if name in {"Uid", "Gid", "Groups"}:
+                    values[name] = tuple(int(v) for v in rest.split())
+    except (OSError, ValueError):
+        return None
+    return Credentials(values.get("Uid", ()), values.get("Gid", ()), values.get("Groups", ()))
 
 
 def reap(pids: set[int]) -> None:
@@ -199,7 +276,7 @@ def reap_adopted(exclude: set[int]) -> int:
 
 
 def set_parent_death_signal() -> None:
-    """In a child: be SIGKILLed when the parent dies (no worker outlives a crashed gateway)."""
-    with suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    """In a child: be SIGKILLed when the parent dies (no worker outlives a crashed gateway).
+
+    A change of uid clears it: call it after dropping privileges."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)

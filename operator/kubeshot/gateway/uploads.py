@@ -2,7 +2,9 @@
 
 `PUT /v1/internal/uploads/{namespace}/{name}` with `Authorization: Bearer <job token>` and
 `X-Kubeshot-Sha256`. The token counts for its own job only: its sha256 is compared, in constant
-time, with the `uploadTokenSha256` the operator wrote into that job's status. Nothing else is
+time, with the `uploadTokenSha256` the operator wrote into that job's status. The body must
+decode as a file of the job's format (kubeshot_capture.artifacts.verify, as on the local path):
+a capture pod runs hostile pages, so its artifact is checked as untrusted input. Nothing else is
 served on this port.
 """
 
@@ -16,11 +18,12 @@ import re
 
 from aiohttp import web
 
-from kubeshot.api import Format, Phase
+from kubeshot.api import CaptureError, Format, Phase
 from kubeshot.gateway import keys
 from kubeshot.gateway.auth import parse_authorization
-from kubeshot.gateway.cluster import KubernetesBackend, store_id
+from kubeshot.gateway.cluster import KubernetesBackend, job_format, store_id
 from kubeshot.gateway.errors import ApiError, unauthorized
+from kubeshot_capture.artifacts import verify
 
 log = logging.getLogger("kubeshot.gateway.uploads")
 UPLOAD_PATH = "/v1/internal/uploads/{namespace}/{name}"
@@ -45,6 +48,17 @@ def has_format(fmt: Format, data: bytes) -> bool:
     if fmt is Format.WEBP and data[8:12] != b"WEBP":
         return False
     return data.startswith(_MAGIC[fmt])
+
+
+def decodes_as(fmt: Format, data: bytes) -> str | None:
+    """Why `data` is not a whole file of format `fmt` (decoded, every pixel), None when it is."""
+    try:
+        verify(data, fmt)
+    except CaptureError as exc:
+        return exc.message
+    except Exception as exc:  # a decoder's own refusal (Pillow's decompression-bomb check, ...)
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def _refused(status: int, code: str, message: str) -> web.Response:
@@ -75,8 +89,12 @@ async def upload(request: web.Request) -> web.StreamResponse:
     data = await request.read()
     if not hmac.compare_digest(hashlib.sha256(data).hexdigest(), claimed):
         raise ApiError(422, "sha256_mismatch", "the body does not match X-Kubeshot-Sha256")
-    fmt = Format((job.get("spec") or {}).get("format") or Format.PNG.value)
-    if not data or not has_format(fmt, data):
+    fmt = job_format(job)
+    if fmt is None:
+        raise ApiError(422, "invalid_artifact", "the job has no known format")
+    problem = await asyncio.to_thread(decodes_as, fmt, data)
+    if problem is not None:
+        log.warning("upload for %s/%s refused: %s", namespace, name, problem)
         raise ApiError(422, "invalid_artifact", f"the body is not a {fmt.value} file")
     job_id = store_id(job)
     await asyncio.to_thread(backend.store.put, job_id, data, claimed)

@@ -3,6 +3,11 @@
 Started by the local backend as `python -m kubeshot.gateway.worker` in its own session. It talks
 to the gateway over stdin/stdout with length-prefixed frames: a JSON header, then `size` bytes of
 artifact. Anything else the process or its children print goes to stderr.
+
+Started by a root gateway, it loads its code, then drops to the uid:gid in `KUBESHOT_WORKER_RUN_AS`
+(no supplementary groups, no way back, no new privileges) before Playwright or Chromium start;
+the gateway checks in /proc that it did. Chromium keeps its sandbox unless the kernel refuses the
+user namespaces it needs (then `KUBESHOT_NO_SANDBOX=1`, with a log line saying why).
 """
 
 from __future__ import annotations
@@ -25,11 +30,30 @@ from kubeshot.api import (
     ProxyCredentials,
     ScreenshotPolicySpec,
 )
-from kubeshot.gateway.procs import set_parent_death_signal
+from kubeshot.gateway import redaction
+from kubeshot.gateway.procs import forbid_new_privileges, set_parent_death_signal
+from kubeshot_capture.browser import chromium_args
 
 _HEADER = struct.Struct(">I")
 MAX_HEADER_BYTES = 8 * 1024 * 1024
 log = logging.getLogger("kubeshot.gateway.worker")
+# The uid:gid a worker drops to, set by the gateway in the worker's environment.
+RUN_AS = "KUBESHOT_WORKER_RUN_AS"
+# Standard-library modules the engine imports only once it captures. They are imported before the
+# worker drops its privileges: an interpreter installed in a directory only its owner may read
+# (pyenv under /root) can import nothing new afterwards.
+PRELOAD = (
+    "concurrent.futures.thread",
+    "encodings.idna",
+    "encodings.punycode",
+    "linecache",
+    "queue",
+    "ssl",
+    "stringprep",
+    "tokenize",
+    "traceback",
+    "unicodedata",
+)
 
 
 def encode_frame(header: dict[str, Any], payload: bytes = b"") -> bytes:
@@ -140,17 +164,52 @@ async def serve(engine_factory: Callable[[], Any], out: IO[bytes]) -> None:
                 )
 
 
+def parse_run_as(value: str) -> tuple[int, int]:
+    """`UID:GID` as the gateway writes it into RUN_AS."""
+    uid, _, gid = value.partition(":")
+    return int(uid), int(gid)
+
+
+def drop_privileges(uid: int, gid: int) -> None:
+    """Become uid:gid for good: no supplementary groups, real, effective and saved ids all
+    changed (so no way back), and no new privileges for anything executed from here on."""
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
+        raise RuntimeError(f"could not become {uid}:{gid}")
+    if uid != 0:
+        try:
+            os.setuid(0)
+        except PermissionError:
+            pass
+        else:
+            raise RuntimeError("the worker could become root again")
+    forbid_new_privileges()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kubeshot-worker")
     parser.add_argument("--engine", help="module:factory of an engine (tests)")
     args = parser.parse_args(argv)
     set_parent_death_signal()
     logging.basicConfig(level=logging.INFO, format="worker %(process)d %(levelname)s %(message)s")
+    redaction.install()  # the engine logs URLs and guard decisions: credentials masked here too
+    factory = _load_engine_factory(args.engine)
+    run_as = os.environ.pop(RUN_AS, None)
+    if run_as is not None:
+        for module in PRELOAD:
+            importlib.import_module(module)
+        drop_privileges(*parse_run_as(run_as))
+        set_parent_death_signal()  # a change of uid cleared it
+        os.chdir(os.environ.get("HOME") or "/")
+    # Asked now, while this process has a single thread (the probe forks); logged when refused.
+    chromium_args()
     # The protocol owns the original stdout; everything else printed goes to stderr.
     out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    asyncio.run(serve(_load_engine_factory(args.engine), out))
+    asyncio.run(serve(factory, out))
     return 0
 
 

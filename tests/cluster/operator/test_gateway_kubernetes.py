@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import re
 import subprocess
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
+from pypdf import PdfWriter
 
 from tests.cluster.operator.conftest import (
     API,
@@ -265,6 +268,103 @@ def upload_token(cluster: Cluster, job: str) -> str:
     return str(request["upload"]["token"])
 
 
+def put_upload(
+    gateway: Gateway, job: str, body: bytes, bearer: str | None, sha256: str | None = None
+) -> Response:
+    """PUT an artifact to the upload endpoint as a capture pod does."""
+    headers = {
+        "X-Kubeshot-Sha256": sha256 or hashlib.sha256(body).hexdigest(),
+        "Content-Type": "application/octet-stream",
+    }
+    if bearer is not None:
+        headers["Authorization"] = f"Bearer {bearer}"
+    return http("PUT", f"{gateway.upload_url}/{job}", body, headers)
+
+
+def png_file() -> bytes:
+    image = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(image, format="PNG")
+    return image.getvalue()
+
+
+def running_async_job(gateway: Gateway, cluster: Cluster, fmt: str) -> tuple[str, str, str]:
+    """An async capture through the gateway, Running: (its id, its job's name, its pod)."""
+    cluster.create_policy(**POLICY)
+    accepted = gateway.call("POST", "/v1/captures", {"html": "<p>x</p>", "format": fmt})
+    assert accepted.status == 202, accepted.body
+    [job] = gateway_jobs(cluster, 1)
+    name = job["metadata"]["name"]
+    return accepted.json()["id"], name, pod_of(cluster, name)
+
+
+def test_an_upload_must_decode_as_its_jobs_format(
+    operator: Operator, gateway: Gateway, cluster: Cluster
+) -> None:
+    """A capture pod runs hostile pages: what it uploads is untrusted input."""
+    _, name, _ = running_async_job(gateway, cluster, "png")
+    token = upload_token(cluster, name)
+    # PNG's magic bytes in front of a page: not a PNG, whatever its first bytes say.
+    polyglot = b"\x89PNG\r\n\x1a\n<html><script>alert(document.domain)</script></html>"
+    refused = put_upload(gateway, name, polyglot, token)
+    assert refused.status == 422, refused.body
+    assert refused.json()["error"]["code"] == "invalid_artifact"
+    stored = put_upload(gateway, name, png_file(), token)
+    assert stored.status == 201, stored.body
+
+
+def test_an_artifact_is_served_as_its_jobs_format_whatever_its_pod_reports(
+    operator: Operator, gateway: Gateway, cluster: Cluster
+) -> None:
+    """A capture pod runs hostile pages: what it reports is untrusted too."""
+    job_id, name, pod = running_async_job(gateway, cluster, "png")
+    data = png_file()
+    stored = put_upload(gateway, name, data, upload_token(cluster, name))
+    assert stored.status == 201, stored.body
+    # The pod reports its artifact as a web page (to be served as one from the gateway's origin).
+    digest = hashlib.sha256(data).hexdigest()
+    result = {"contentType": "text/html", "bytes": len(data), "sha256": digest}
+    cluster.terminate(pod, 0, reason="Completed", message=json.dumps({"result": result}))
+
+    def succeeded() -> dict[str, Any] | None:
+        state: dict[str, Any] = gateway.call("GET", f"/v1/captures/{job_id}").json()
+        return state if state["phase"] == "Succeeded" else None
+
+    state = wait_for(succeeded, 60, "the capture to succeed")
+    assert state["result"]["contentType"] == "image/png"
+    artifact = gateway.call("GET", f"/v1/captures/{job_id}/artifact")
+    assert artifact.status == 200, artifact.body
+    assert artifact.headers["Content-Type"] == "image/png"
+    assert "Content-Disposition" not in artifact.headers
+    assert artifact.body == data
+
+
+def test_kubernetes_api_refusals_are_logged_not_echoed(
+    gateway: Gateway, cluster: Cluster, namespace: str
+) -> None:
+    """What the API server says (here: a ResourceQuota's name and numbers) is for the
+    gateway's operators, not its callers."""
+    cluster.create_policy(**POLICY)
+    quota = "captures-of-tenant-secret-quota"
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": {"name": quota},
+            "spec": {"hard": {"count/capturejobs.kubeshot.dev": "0"}},
+        }
+    )
+    for path in ("/v1/captures", "/v1/screenshot"):
+        response = gateway.call("POST", path, {"html": "<p>x</p>"})
+        assert response.status == 503, response.body
+        error = response.json()["error"]
+        assert error["code"] == "unavailable"
+        text = response.body.decode()
+        for leak in (quota, "quota", "forbidden", namespace, "capturejobs.kubeshot.dev"):
+            assert leak not in text, text
+    assert cluster.list("capturejobs", API) == []
+    assert gateway.log().count(quota) >= 2
+
+
 def test_an_upload_counts_only_with_its_own_jobs_token_and_sha256(
     operator: Operator, gateway: Gateway, cluster: Cluster
 ) -> None:
@@ -274,7 +374,11 @@ def test_an_upload_counts_only_with_its_own_jobs_token_and_sha256(
     cluster.wait_phase("one", "Running")
     cluster.wait_phase("two", "Running")
     token = upload_token(cluster, "one")
-    pdf = b"%PDF-1.7\n%fake but plausible\n"
+    document = io.BytesIO()
+    writer = PdfWriter()
+    writer.add_blank_page(width=200, height=100)
+    writer.write(document)
+    pdf = document.getvalue()
     digest = hashlib.sha256(pdf).hexdigest()
 
     def put(job: str, body: bytes, sha256: str, bearer: str | None) -> Response:
@@ -290,6 +394,8 @@ def test_an_upload_counts_only_with_its_own_jobs_token_and_sha256(
     assert put("one", pdf, "not-a-sha", token).status == 400
     png = b"\x89PNG\r\n\x1a\n" + b"0" * 16
     assert put("one", png, hashlib.sha256(png).hexdigest(), token).status == 422  # not a pdf
+    fake = b"%PDF-1.7\n%a header, and nothing that decodes\n"
+    assert put("one", fake, hashlib.sha256(fake).hexdigest(), token).status == 422
     stored = put("one", pdf, digest, token)
     assert stored.status == 201, stored.body
     uid = cluster.job("one")["metadata"]["uid"].replace("-", "")  # type: ignore[index]
