@@ -30,6 +30,7 @@ from kubeshot.api import (
     FailureReason,
     UploadTarget,
 )
+from kubeshot.api.reasons import redact_addresses
 
 log = logging.getLogger("kubeshot_capture.pod")
 MAX_TERMINATION_MESSAGE = 4096
@@ -103,10 +104,13 @@ def main() -> int:
         else:
             Path(os.environ.get("KUBESHOT_OUTPUT", "artifact")).write_bytes(data)
     except CaptureError as exc:
+        # Whoever may read the CaptureJob (or the pod's log) learns the failure, not what our
+        # resolver answered for a name: addresses the request did not name are redacted.
+        message = redact_addresses(exc.message, request.options.url or "")
         write_summary(
-            termination, {"failure": {"reason": exc.reason.value, "message": exc.message[:1000]}}
+            termination, {"failure": {"reason": exc.reason.value, "message": message[:1000]}}
         )
-        print(f"{exc.reason.value}: {exc.message}", file=sys.stderr)
+        print(f"{exc.reason.value}: {message}", file=sys.stderr)
         return exc.reason.exit_code
     write_summary(termination, {"result": summary.to_wire()})
     log.info("captured %s: %d bytes sha256=%s", report.format, report.bytes, report.sha256)

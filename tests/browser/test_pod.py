@@ -125,3 +125,26 @@ def test_refused_upload_is_an_internal_failure(
     code, summary = run_pod(tmp_path, request)
     assert code == 1 and summary["failure"]["reason"] == "Internal"
     assert "HTTP 403" in summary["failure"]["message"]
+
+
+def test_a_refusal_does_not_tell_the_job_what_a_name_resolves_to(
+    tmp_path: Path, site: TestSite, receiver: Receiver
+) -> None:
+    # `localhost` resolves to a loopback address: the CaptureJob's author (who reads its status
+    # and its pod's log) learns that the target was refused, not where the name points.
+    url = f"http://localhost:{site.port}/page"
+    policy = ScreenshotPolicySpec.model_validate({"network": {"allowedPorts": [site.port]}})
+    (tmp_path / "request.json").write_text(request_for(url, policy, receiver.url))
+    env = {
+        **os.environ,
+        "KUBESHOT_REQUEST": str(tmp_path / "request.json"),
+        "KUBESHOT_TERMINATION_LOG": str(tmp_path / "termination-log"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "kubeshot_capture"], env=env, capture_output=True, timeout=90
+    )
+    failure = json.loads((tmp_path / "termination-log").read_text())["failure"]
+    assert done.returncode == 3 and failure["reason"] == "BlockedByPolicy"
+    assert "localhost" in failure["message"] and "[address]" in failure["message"]
+    for text in (failure["message"], done.stderr.decode().splitlines()[-1]):
+        assert "127.0.0.1" not in text and "::1" not in text

@@ -183,7 +183,7 @@ def test_bad_query_parameters_are_400(params: list[tuple[str, str]]):
 
 
 def test_engine_messages_lose_internal_addresses_but_keep_the_callers():
-    from kubeshot.gateway.errors import redact_addresses
+    from kubeshot.api.reasons import redact_addresses
 
     text = "refused db.corp (10.0.0.5:5432), [fd00::1]:443, ::1 and 203.0.113.9 at 12:30 v1.2"
     assert redact_addresses(text, "http://203.0.113.9/") == (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from enum import IntEnum, StrEnum
 
 
@@ -100,3 +102,27 @@ class CaptureError(Exception):
 
     def __str__(self) -> str:
         return f"{self.reason.value}: {self.message}"
+
+
+_IPV4 = re.compile(r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?![\w])")
+_V6 = r"(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}"
+_IPV6 = re.compile(rf"\[{_V6}\]|(?<![\w:]){_V6}(?![\w:])")
+
+
+def redact_addresses(message: str, keep: str = "") -> str:
+    """Replace IP addresses in an engine message by `[address]`, except those the caller wrote
+    in `keep` (their own URL): where a name resolved inside our network is not theirs to learn.
+
+    Every boundary that hands a failure message to a caller applies it: the gateway's answers
+    and the capture pod's termination message (read by whoever may read the CaptureJob)."""
+
+    def replace(match: re.Match[str]) -> str:
+        text = match.group(0)
+        bare = text.strip("[]")
+        try:
+            ipaddress.ip_address(bare)
+        except ValueError:
+            return text
+        return text if bare in keep else "[address]"
+
+    return _IPV6.sub(replace, _IPV4.sub(replace, message))

@@ -33,6 +33,7 @@ from kubeshot.api import (
     ScreenshotPolicySpec,
 )
 from kubeshot.api.admission import admit, pixel_budget_fields
+from kubeshot.api.reasons import redact_addresses
 from kubeshot.gateway import keys
 from kubeshot.gateway.auth import (
     DEFAULT_IDENTITY,
@@ -50,7 +51,6 @@ from kubeshot.gateway.errors import (
     ApiError,
     forbidden,
     invalid,
-    redact_addresses,
     unauthorized,
 )
 from kubeshot.gateway.fairness import FairShare, Slot

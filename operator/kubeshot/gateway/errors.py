@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -61,24 +59,3 @@ def invalid(message: str, details: Any = None) -> ApiError:
 
 def overloaded(message: str, retry_after: int = 1) -> ApiError:
     return ApiError(503, "overloaded", message, headers={"Retry-After": str(retry_after)})
-
-
-_IPV4 = re.compile(r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?![\w])")
-_V6 = r"(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}"
-_IPV6 = re.compile(rf"\[{_V6}\]|(?<![\w:]){_V6}(?![\w:])")
-
-
-def redact_addresses(message: str, keep: str = "") -> str:
-    """Replace IP addresses in an engine message by `[address]`, except those the caller wrote
-    in `keep` (their own URL): where a name resolved inside our network is not theirs to learn."""
-
-    def replace(match: re.Match[str]) -> str:
-        text = match.group(0)
-        bare = text.strip("[]")
-        try:
-            ipaddress.ip_address(bare)
-        except ValueError:
-            return text
-        return text if bare in keep else "[address]"
-
-    return _IPV6.sub(replace, _IPV4.sub(replace, message))

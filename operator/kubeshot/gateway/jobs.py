@@ -24,9 +24,10 @@ from kubeshot.api import (
     ResultSummary,
     ScreenshotPolicy,
 )
+from kubeshot.api.reasons import redact_addresses
 from kubeshot.gateway.auth import Identity
 from kubeshot.gateway.backend import Backend
-from kubeshot.gateway.errors import ApiError, overloaded, redact_addresses
+from kubeshot.gateway.errors import ApiError, overloaded
 from kubeshot.gateway.metrics import Metrics
 from kubeshot.gateway.models import CaptureJobView
 from kubeshot.gateway.store import ResultStore, expiring
