@@ -312,7 +312,7 @@ def schema_body() -> Schema:
                         "type": "array",
                         "items": string(pattern=r"^[0-9a-fA-F:.]+/\d{1,3}$"),
                     },
-                    "apiServerPorts": {"type": "array", "items": PORT, "minItems": 1},
+                    "apiServerPorts": {"type": "array", "items": PORT},
                     "gatewayIngressFrom": K8S_LIST,
                     "metricsFrom": K8S_LIST,
                 }

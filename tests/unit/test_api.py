@@ -15,8 +15,11 @@ from kubeshot.api import (
     FailureReason,
     ScreenshotPolicy,
     ScreenshotPolicySpec,
+    is_object_name,
 )
 from kubeshot.api.admission import admit, effective_timeout, violations
+from kubeshot.api.crds import capturejob_crd, screenshotpolicy_crd
+from kubeshot.api.names import DNS1123_SUBDOMAIN
 from kubeshot.api.quantity import quantity_bytes
 
 URL = "https://example.com/"
@@ -212,3 +215,44 @@ def test_one_error_vocabulary(reason: FailureReason, exit_code: int, http: int) 
 )
 def test_quantities(text: str, value: int) -> None:
     assert quantity_bytes(text) == value
+
+
+BAD_NAMES = [".", "..", "", "a/b", "../x", "UPPER", "-a", "a-", "a..b", "a_b", "a" * 254, "a\n"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_every_object_name_field_is_a_dns_1123_subdomain(name: str) -> None:
+    # A name such as "." is folded away in an API path, which then names the whole collection.
+    html = {"html": "<p>x</p>"}
+    with pytest.raises(ValidationError, match="policyRef"):
+        CaptureJobSpec.model_validate({**html, "policyRef": name})
+    proxy = {"server": "http://proxy:3128", "credentialsSecretRef": {"name": name}}
+    with pytest.raises(ValidationError, match=r"credentialsSecretRef\.name"):
+        ScreenshotPolicySpec.model_validate({"network": {"proxy": proxy}})
+    with pytest.raises(ValidationError, match="runtimeClassName"):
+        ScreenshotPolicySpec.model_validate({"runtime": {"runtimeClassName": name}})
+    assert not is_object_name(name)
+
+
+def test_valid_object_names_pass() -> None:
+    for name in ("default", "a", "team-a.policy-1", "x" * 253):
+        assert CaptureJobSpec.model_validate({"html": "x", "policyRef": name}).policy_ref == name
+        assert is_object_name(name)
+    bad_key = {"name": "px", "usernameKey": "a/b"}
+    proxy = {"server": "http://proxy:3128", "credentialsSecretRef": bad_key}
+    with pytest.raises(ValidationError, match="usernameKey"):
+        ScreenshotPolicySpec.model_validate({"network": {"proxy": proxy}})
+
+
+def test_the_crds_carry_the_name_patterns() -> None:
+    job = capturejob_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    policy = screenshotpolicy_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    spec = policy["properties"]["spec"]["properties"]
+    secret_ref = spec["network"]["properties"]["proxy"]["properties"]["credentialsSecretRef"]
+    fields = [
+        job["properties"]["spec"]["properties"]["policyRef"],
+        secret_ref["properties"]["name"],
+        spec["runtime"]["properties"]["runtimeClassName"],
+    ]
+    for field in fields:
+        assert (field["pattern"], field["maxLength"]) == (DNS1123_SUBDOMAIN, 253)

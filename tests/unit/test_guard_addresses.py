@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from ipaddress import ip_address, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
 import pytest
 
+from kubeshot.api.networks import IPV4_MAPPED, METADATA, unreachable_networks
 from kubeshot_capture.guard import classify_address, embedded_ipv4, refusal_reason
 
 BLOCKED: list[tuple[str, str]] = [
@@ -157,3 +158,39 @@ def test_allowed_networks_are_explicit_exceptions(
         allowed_networks=[ip_network(c) for c in cidrs],
     )
     assert (reason is None) is allowed, reason
+
+
+def _samples(network: IPv4Network | IPv6Network) -> list[IPv4Address | IPv6Address]:
+    first, last = int(network.network_address), int(network.broadcast_address)
+    make = IPv4Address if network.version == 4 else IPv6Address
+    return [make(a) for a in (first, (first + last) // 2, last)]
+
+
+@pytest.mark.parametrize("block_private", [True, False])
+def test_network_policies_except_exactly_what_the_guard_refuses(block_private: bool) -> None:
+    """One table (kubeshot.api.networks) for the guard and the operator's NetworkPolicies:
+    every range the NetworkPolicy excepts is refused by the guard, and every address the guard
+    refuses whatever the port and name (BLOCKED above) is excepted by the NetworkPolicy."""
+    unreachable = unreachable_networks(block_private_networks=block_private)
+    for network in unreachable:
+        for address in _samples(network):
+            assert refusal_reason(address, block_private_networks=block_private), address
+    mapped = ip_network(IPV4_MAPPED)  # never on the wire, and refused in an ipBlock: left out
+    for address_text, _ in BLOCKED:
+        address = ip_address(address_text)
+        if (
+            address in mapped
+            or refusal_reason(address, block_private_networks=block_private) is None
+        ):
+            continue
+        assert any(address in n for n in unreachable if n.version == address.version), address
+    assert not any(n.version == 6 and n.subnet_of(mapped) for n in unreachable)  # type: ignore[arg-type]
+
+
+def test_every_metadata_address_stays_excepted_with_private_networks_open() -> None:
+    unreachable = unreachable_networks(block_private_networks=False)
+    for cidr, _ in METADATA:
+        network = ip_network(cidr)
+        assert any(network.subnet_of(n) for n in unreachable if n.version == network.version)  # type: ignore[arg-type]
+    assert ip_network("168.63.129.16/32") in unreachable
+    assert ip_network("100.100.100.200/32") in unreachable

@@ -20,7 +20,13 @@ from kubeshot.operator import (
     build_request,
     build_secret,
 )
-from kubeshot.operator.building import pod_name, request_json
+from kubeshot.operator.building import (
+    confinement_problem,
+    owning_job,
+    pod_name,
+    request_json,
+    selects,
+)
 from kubeshot.operator.labels import dns_name, label_value
 
 JOB = JobRef(name="shot", namespace="team-a", uid="1111-2222")
@@ -242,14 +248,83 @@ GATEWAY_RULE = {
     ],
     "ports": [{"protocol": "TCP", "port": 8081}],
 }
+# What the egress guard refuses by address (kubeshot.api.networks), excepted from "anywhere".
 PRIVATE_V4 = [
     "0.0.0.0/8",
     "10.0.0.0/8",
     "100.64.0.0/10",
     "127.0.0.0/8",
+    "168.63.129.16/32",  # Azure WireServer: a public address
     "169.254.0.0/16",
     "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.0.2.0/24",
+    "192.31.196.0/24",
+    "192.52.193.0/24",
+    "192.88.99.0/24",
     "192.168.0.0/16",
+    "192.175.48.0/24",
+    "198.18.0.0/15",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
+    "224.0.0.0/3",
+]
+PRIVATE_V6 = [
+    "::/96",
+    "::ffff:0:0:0/96",
+    # NAT64 forms of the IPv4 ranges above: a NAT64 gateway leads nowhere the guard refuses.
+    "64:ff9b::/104",
+    "64:ff9b::a00:0/104",
+    "64:ff9b::6440:0/106",
+    "64:ff9b::7f00:0/104",
+    "64:ff9b::a83f:8110/128",
+    "64:ff9b::a9fe:0/112",
+    "64:ff9b::ac10:0/108",
+    "64:ff9b::c000:0/120",
+    "64:ff9b::c000:200/120",
+    "64:ff9b::c01f:c400/120",
+    "64:ff9b::c034:c100/120",
+    "64:ff9b::c058:6300/120",
+    "64:ff9b::c0a8:0/112",
+    "64:ff9b::c0af:3000/120",
+    "64:ff9b::c612:0/111",
+    "64:ff9b::c633:6400/120",
+    "64:ff9b::cb00:7100/120",
+    "64:ff9b::e000:0/99",
+    "64:ff9b:1::/48",
+    "100::/64",
+    "2001::/23",
+    "2001:db8::/32",
+    "2002::/16",
+    "3fff::/20",
+    "4000::/2",
+    "8000::/1",
+]
+METADATA_V4 = [
+    "0.0.0.0/32",
+    "100.100.100.200/32",
+    "168.63.129.16/32",
+    "169.254.169.123/32",
+    "169.254.169.254/32",
+    "169.254.170.2/32",
+    "224.0.0.0/4",
+    "255.255.255.255/32",
+]
+METADATA_V6 = [
+    "::/128",
+    # (no IPv4-mapped forms: the API server refuses them in an ipBlock) the NAT64 forms of the
+    # IPv4 addresses above
+    "64:ff9b::/128",
+    "64:ff9b::6464:64c8/128",
+    "64:ff9b::a83f:8110/128",
+    "64:ff9b::a9fe:a97b/128",
+    "64:ff9b::a9fe:a9fe/128",
+    "64:ff9b::a9fe:aa02/128",
+    "64:ff9b::e000:0/100",
+    "64:ff9b::ffff:ffff/128",
+    "fd00:ec2::23/128",
+    "fd00:ec2::254/128",
+    "ff00::/8",
 ]
 
 
@@ -294,7 +369,7 @@ def test_network_policy_of_the_default_policy() -> None:
     internet = {
         "to": [
             {"ipBlock": {"cidr": "0.0.0.0/0", "except": PRIVATE_V4}},
-            {"ipBlock": {"cidr": "::/0", "except": ["::1/128", "fc00::/7", "fe80::/10"]}},
+            {"ipBlock": {"cidr": "::/0", "except": PRIVATE_V6}},
         ],
         "ports": [{"protocol": "TCP", "port": 80}, {"protocol": "TCP", "port": 443}],
     }
@@ -308,7 +383,7 @@ def test_network_policy_with_allowed_cidrs_and_ports() -> None:
     internet = {
         "to": [
             {"ipBlock": {"cidr": "0.0.0.0/0", "except": PRIVATE_V4}},
-            {"ipBlock": {"cidr": "::/0", "except": ["::1/128", "fc00::/7", "fe80::/10"]}},
+            {"ipBlock": {"cidr": "::/0", "except": PRIVATE_V6}},
         ],
         "ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 8443}],
     }
@@ -322,8 +397,8 @@ def test_network_policy_without_private_blocking_still_excepts_metadata() -> Non
     spec = policy(network={"blockPrivateNetworks": False})
     egress = build_network_policy(POLICY, spec, SETTINGS)["spec"]["egress"]
     assert egress[2]["to"] == [
-        {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]}},
-        {"ipBlock": {"cidr": "::/0", "except": ["fd00:ec2::254/128"]}},
+        {"ipBlock": {"cidr": "0.0.0.0/0", "except": METADATA_V4}},
+        {"ipBlock": {"cidr": "::/0", "except": METADATA_V6}},
     ]
 
 
@@ -362,3 +437,86 @@ def test_gateway_cidrs_must_be_networks() -> None:
     with pytest.raises(ValueError, match=r"10\.203\.0\.1/24"):
         OperatorSettings(gateway_cidrs=["10.203.0.1/24"])  # host bits set: a typo, not a range
     assert OperatorSettings(gateway_cidrs=["10.203.0.1"]).gateway_cidrs == ["10.203.0.1/32"]
+
+
+POD_LABELS = {
+    "app.kubernetes.io/name": "kubeshot",
+    "app.kubernetes.io/component": "capture",
+    "app.kubernetes.io/managed-by": "kubeshot-operator",
+    "kubeshot.dev/policy": "default",
+}
+
+
+def as_stored(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What the API server returns of a NetworkPolicy: empty lists left out."""
+    stored = json.loads(json.dumps(manifest))
+    del stored["spec"]["ingress"]
+    return stored
+
+
+def test_a_network_policy_confines_a_pod_only_as_built_and_selecting_it() -> None:
+    wanted = build_network_policy(POLICY, policy(), SETTINGS)
+    assert confinement_problem(as_stored(wanted), wanted, POD_LABELS) is None
+    assert confinement_problem(None, wanted, POD_LABELS) == (
+        "NetworkPolicy kubeshot-capture-default does not exist"
+    )
+    wider = as_stored(wanted)
+    wider["spec"]["egress"].append({"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]})
+    narrower = as_stored(wanted)
+    narrower["spec"]["podSelector"]["matchExpressions"] = [
+        {"key": "kubeshot.dev/never", "operator": "Exists"}
+    ]
+    for changed in (wider, narrower):
+        assert confinement_problem(changed, wanted, POD_LABELS) == (
+            "NetworkPolicy kubeshot-capture-default is not the one its ScreenshotPolicy asks for"
+        )
+    other_policy = {**POD_LABELS, "kubeshot.dev/policy": "a1b2c3d4e5f6"}  # a hashed label value
+    assert confinement_problem(as_stored(wanted), wanted, other_policy) == (
+        "NetworkPolicy kubeshot-capture-default does not select the capture pod"
+    )
+
+
+@pytest.mark.parametrize(
+    ("selector", "selected"),
+    [
+        ({}, True),
+        ({"matchLabels": {"app.kubernetes.io/component": "capture"}}, True),
+        ({"matchLabels": {"app.kubernetes.io/component": "gateway"}}, False),
+        ({"matchExpressions": [{"key": "kubeshot.dev/policy", "operator": "Exists"}]}, True),
+        ({"matchExpressions": [{"key": "x", "operator": "DoesNotExist"}]}, True),
+        (
+            {
+                "matchExpressions": [
+                    {"key": "kubeshot.dev/policy", "operator": "In", "values": ["a", "default"]}
+                ]
+            },
+            True,
+        ),
+        (
+            {
+                "matchExpressions": [
+                    {"key": "kubeshot.dev/policy", "operator": "NotIn", "values": ["default"]}
+                ]
+            },
+            False,
+        ),
+        ({"matchExpressions": [{"key": "x", "operator": "Unknown"}]}, False),
+    ],
+)
+def test_label_selectors(selector: dict[str, Any], selected: bool) -> None:
+    assert selects(selector, POD_LABELS) is selected
+
+
+def test_only_a_controller_reference_to_a_capture_job_names_the_owner() -> None:
+    pod = build_pod(
+        JOB, 1, "default", policy(), CaptureOptions(url="https://example.com/"), SETTINGS
+    )
+    assert owning_job(pod) == ("shot", "1111-2222")
+    not_controller = json.loads(json.dumps(pod))
+    not_controller["metadata"]["ownerReferences"][0]["controller"] = False
+    other_kind = json.loads(json.dumps(pod))
+    other_kind["metadata"]["ownerReferences"][0]["kind"] = "ReplicaSet"
+    no_name = json.loads(json.dumps(pod))  # would address the list of jobs
+    no_name["metadata"]["ownerReferences"][0]["name"] = "."
+    for manifest in (not_controller, other_kind, no_name, {"metadata": {"name": "shot-1"}}):
+        assert owning_job(manifest) is None

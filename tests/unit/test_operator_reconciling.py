@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from kubeshot.kube import Conflict, NotFound
+from kubeshot.kube import ApiError, Conflict, NotFound, NotOwned, controller_uid
 from kubeshot.operator.queueing import JobView
 from kubeshot.operator.reconciling import Reconciler
 from kubeshot.operator.settings import OperatorSettings
@@ -21,6 +21,8 @@ JOBS = f"/apis/kubeshot.dev/v1alpha1/namespaces/{NS}/capturejobs"
 POLICIES = f"/apis/kubeshot.dev/v1alpha1/namespaces/{NS}/screenshotpolicies"
 PODS = f"/api/v1/namespaces/{NS}/pods"
 SECRETS = f"/api/v1/namespaces/{NS}/secrets"
+NETPOLS = f"/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies"
+NETPOL = f"{NETPOLS}/kubeshot-capture-default"
 
 
 def merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
@@ -56,6 +58,7 @@ class FakeApi:
         full = f"{path}/{body['metadata']['name']}"
         if full in self.objects:
             raise Conflict(409, "AlreadyExists", full)
+        body["metadata"]["uid"] = f"uid-{uuid.uuid4().hex[:8]}"
         if "stringData" in body:
             body["data"] = {
                 k: base64.b64encode(v.encode()).decode() for k, v in body.pop("stringData").items()
@@ -64,11 +67,14 @@ class FakeApi:
         self.writes.append(("create", full))
         return body
 
-    async def create_or_keep(self, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    async def create_or_adopt(self, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         try:
             return await self.create(path, body), True
         except Conflict:
-            return await self.get(f"{path}/{body['metadata']['name']}"), False
+            existing = await self.get(f"{path}/{body['metadata']['name']}")
+        if controller_uid(existing) != controller_uid(body):
+            raise NotOwned(409, "AlreadyExists", path)
+        return existing, False
 
     async def merge_patch(self, path: str, patch: dict[str, Any]) -> dict[str, Any]:
         target = path.removesuffix("/status")
@@ -82,7 +88,10 @@ class FakeApi:
         self.writes.append(("apply", path))
         return body
 
-    async def delete(self, path: str, *, missing_ok: bool = True) -> None:
+    async def delete(self, path: str, *, missing_ok: bool = True, uid: str | None = None) -> None:
+        found = self.objects.get(path)
+        if found is not None and uid is not None and found["metadata"].get("uid") != uid:
+            raise Conflict(409, "Conflict", f"precondition failed: uid {uid}")
         self.writes.append(("delete", path))
         self.objects.pop(path, None)
 
@@ -164,6 +173,7 @@ async def test_an_admitted_job_gets_its_secret_and_a_status_naming_the_pod_befor
     await reconciler.job_event("ADDED", body)
     writes = [w for w in api.writes if "/events" not in w[1]]
     assert writes == [  # a free slot: no Queued status in between
+        ("apply", NETPOL),  # no pod before its NetworkPolicy (the policy's event is yet to come)
         ("create", f"{SECRETS}/shot-request"),
         ("patch", f"{JOBS}/shot/status"),  # Running, naming the pod before it exists
         ("create", f"{PODS}/shot-1"),
@@ -231,13 +241,7 @@ async def test_proxy_credentials_are_resolved_into_the_request(
         api,
         network={"proxy": {"server": "http://proxy:3128", "credentialsSecretRef": {"name": "px"}}},
     )
-    api.objects[f"{SECRETS}/px"] = {
-        "metadata": {"name": "px"},
-        "data": {
-            "username": base64.b64encode(b"user").decode(),
-            "password": base64.b64encode(b"s3cret").decode(),
-        },
-    }
+    add_proxy_secret(api, labels={"kubeshot.dev/proxy-credentials": "true"})
     body = add_job(api, "proxied")
     reindex(reconciler, api)
     await reconciler.job_event("ADDED", body)
@@ -251,6 +255,42 @@ async def test_proxy_credentials_are_resolved_into_the_request(
     }
 
 
+def add_proxy_secret(api: FakeApi, labels: dict[str, str]) -> None:
+    api.objects[f"{SECRETS}/px"] = {
+        "metadata": {"name": "px", "labels": labels},
+        "data": {
+            "username": base64.b64encode(b"user").decode(),
+            "password": base64.b64encode(b"s3cret").decode(),
+        },
+    }
+
+
+REFUSED_PROXY_SECRET = {
+    "reason": "InvalidSpec",
+    "message": "proxy credentials Secret 'px' not found, or not labelled"
+    ' kubeshot.dev/proxy-credentials: "true"',
+}
+
+
+@pytest.mark.parametrize("label", [None, "false", "True"])
+async def test_a_proxy_secret_that_has_not_opted_in_is_never_read(
+    api: FakeApi, reconciler: Reconciler, label: str | None
+) -> None:
+    # Whoever writes a policy must not send any Secret of the namespace to a proxy they chose.
+    add_policy(
+        api,
+        network={"proxy": {"server": "http://proxy:3128", "credentialsSecretRef": {"name": "px"}}},
+    )
+    add_proxy_secret(api, labels={} if label is None else {"kubeshot.dev/proxy-credentials": label})
+    body = add_job(api, "proxied")
+    reindex(reconciler, api)
+    await reconciler.job_event("ADDED", body)
+    status = api.objects[f"{JOBS}/proxied"]["status"]
+    assert (status["phase"], status["failure"]) == ("Failed", REFUSED_PROXY_SECRET)
+    assert f"{SECRETS}/proxied-request" not in api.objects
+    assert f"{PODS}/proxied-1" not in api.objects
+
+
 async def test_a_missing_proxy_secret_fails_the_job(api: FakeApi, reconciler: Reconciler) -> None:
     add_policy(
         api,
@@ -261,10 +301,7 @@ async def test_a_missing_proxy_secret_fails_the_job(api: FakeApi, reconciler: Re
     await reconciler.job_event("ADDED", body)
     status = api.objects[f"{JOBS}/proxied"]["status"]
     assert status["phase"] == "Failed"
-    assert status["failure"] == {
-        "reason": "InvalidSpec",
-        "message": "proxy credentials Secret 'px' not found",
-    }
+    assert status["failure"] == REFUSED_PROXY_SECRET
     assert f"{PODS}/proxied-1" not in api.objects
 
 
@@ -328,6 +365,7 @@ async def test_a_job_is_admitted_once_however_often_it_is_seen_pending(
     await reconciler.admit(JobView.from_body(stale), stale)
     writes = [w for w in api.writes if "/events" not in w[1]]
     assert writes == [
+        ("apply", NETPOL),
         ("create", f"{SECRETS}/twice-request"),
         ("patch", f"{JOBS}/twice/status"),
         ("create", f"{PODS}/twice-1"),
@@ -335,19 +373,193 @@ async def test_a_job_is_admitted_once_however_often_it_is_seen_pending(
     assert api.objects[f"{JOBS}/twice"]["status"]["phase"] == "Running"
 
 
-async def test_a_start_interrupted_after_its_secret_keeps_that_secrets_token(
-    api: FakeApi, reconciler: Reconciler
-) -> None:
-    add_policy(api)
-    body = add_job(api, "again")
-    request = {"options": {"html": "<p>x</p>"}, "upload": {"url": "http://gw/x", "token": "t" * 43}}
-    api.objects[f"{SECRETS}/again-request"] = {
-        "metadata": {"name": "again-request"},
+def request_secret(name: str, token: str, owner_uid: str | None) -> dict[str, Any]:
+    request = {"options": {"html": "<p>x</p>"}, "upload": {"url": "http://gw/x", "token": token}}
+    meta: dict[str, Any] = {"name": name, "uid": f"uid-{name}"}
+    if owner_uid is not None:
+        meta["ownerReferences"] = [
+            {
+                "apiVersion": "kubeshot.dev/v1alpha1",
+                "kind": "CaptureJob",
+                "name": name.removesuffix("-request"),
+                "uid": owner_uid,
+                "controller": True,
+            }
+        ]
+    return {
+        "metadata": meta,
         "data": {"request.json": base64.b64encode(json.dumps(request).encode()).decode()},
     }
+
+
+@pytest.mark.parametrize("owner", [None, "uid-someone-else"])
+async def test_a_request_secret_made_before_the_job_fails_it_and_is_left_alone(
+    api: FakeApi, reconciler: Reconciler, owner: str | None
+) -> None:
+    # Someone who may create Secrets but not read the job's: their request and upload token
+    # must never become the job's.
+    add_policy(api)
+    body = add_job(api, "victim")
+    planted = request_secret("victim-request", "t" * 43, owner)
+    api.objects[f"{SECRETS}/victim-request"] = planted
+    reindex(reconciler, api)
+    await reconciler.job_event("ADDED", body)
+    status = api.objects[f"{JOBS}/victim"]["status"]
+    assert status["phase"] == "Failed"
+    assert status["failure"] == {
+        "reason": "InvalidSpec",
+        "message": "a Secret named victim-request exists already and does not belong to this"
+        " CaptureJob (its ownerReference is not this job): delete it, or create the CaptureJob"
+        " under another name",
+    }
+    assert status.get("uploadTokenSha256") != hashlib.sha256(b"t" * 43).hexdigest()
+    assert f"{PODS}/victim-1" not in api.objects
+    assert api.objects[f"{SECRETS}/victim-request"] == planted  # not ours to delete
+
+
+async def test_a_secret_the_job_owns_but_cannot_vouch_for_is_replaced(
+    api: FakeApi, reconciler: Reconciler
+) -> None:
+    # Left by a start interrupted before its status was written, or made in the job's name by
+    # someone who read its uid: the job's status (the operator's alone) never named its token.
+    add_policy(api)
+    body = add_job(api, "again")
+    api.objects[f"{SECRETS}/again-request"] = request_secret("again-request", "t" * 43, "uid-again")
     reindex(reconciler, api)
     await reconciler.job_event("ADDED", body)
     status = api.objects[f"{JOBS}/again"]["status"]
-    assert status["uploadTokenSha256"] == hashlib.sha256(b"t" * 43).hexdigest()
+    token = upload_token_of(api, "again")
+    assert token != "t" * 43
+    assert status["uploadTokenSha256"] == hashlib.sha256(token.encode()).hexdigest()
     assert status["podName"] == "again-1"
     assert f"{PODS}/again-1" in api.objects
+
+
+def upload_token_of(api: FakeApi, job: str) -> str:
+    data = api.objects[f"{SECRETS}/{job}-request"]["data"]["request.json"]
+    return str(json.loads(base64.b64decode(data))["upload"]["token"])
+
+
+async def test_a_retry_keeps_the_secret_only_while_its_token_is_the_one_in_the_status(
+    api: FakeApi, reconciler: Reconciler
+) -> None:
+    add_policy(api)
+    body = add_job(api, "shot")
+    reindex(reconciler, api)
+    await reconciler.job_event("ADDED", body)
+    first = upload_token_of(api, "shot")
+    # Replaced by someone in the job's name (Secrets are immutable: deleted and made again).
+    api.objects[f"{SECRETS}/shot-request"] = request_secret("shot-request", "t" * 43, "uid-shot")
+    await reconciler.start(JobView.from_body(api.objects[f"{JOBS}/shot"]))
+    token = upload_token_of(api, "shot")
+    assert token not in {first, "t" * 43}
+    status = api.objects[f"{JOBS}/shot"]["status"]
+    assert status["uploadTokenSha256"] == hashlib.sha256(token.encode()).hexdigest()
+    assert status["podName"] == "shot-2"
+
+
+def planted_pod(name: str, owner_uid: str | None, message: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": NS,
+        "uid": f"uid-pod-{name}",
+        "labels": {
+            "app.kubernetes.io/component": "capture",
+            "app.kubernetes.io/managed-by": "kubeshot-operator",
+        },
+        "annotations": {"kubeshot.dev/job": name.rsplit("-", 1)[0]},
+    }
+    if owner_uid is not None:
+        meta["ownerReferences"] = [
+            {
+                "apiVersion": "kubeshot.dev/v1alpha1",
+                "kind": "CaptureJob",
+                "name": name.rsplit("-", 1)[0],
+                "uid": owner_uid,
+                "controller": True,
+            }
+        ]
+    terminated = {"exitCode": 0, "message": message}
+    return {
+        "metadata": meta,
+        "status": {
+            "phase": "Succeeded",
+            "containerStatuses": [{"state": {"terminated": terminated}}],
+        },
+    }
+
+
+FAKE_RESULT = json.dumps({"result": {"contentType": "image/png", "bytes": 3, "sha256": "f" * 64}})
+
+
+async def test_a_pod_made_before_the_job_under_its_pod_name_fails_it_and_is_left_alone(
+    api: FakeApi, reconciler: Reconciler
+) -> None:
+    add_policy(api)
+    body = add_job(api, "victim")
+    planted = planted_pod("victim-1", None, FAKE_RESULT)
+    api.objects[f"{PODS}/victim-1"] = planted
+    reindex(reconciler, api)
+    await reconciler.job_event("ADDED", body)
+    # The planted pod "ends" (its status written by whoever made it): never the job's result.
+    await reconciler.pod_event("MODIFIED", planted)
+    status = api.objects[f"{JOBS}/victim"]["status"]
+    assert status["phase"] == "Failed"
+    assert status["failure"]["reason"] == "InvalidSpec"
+    assert status["failure"]["message"].startswith("a Pod named victim-1 exists already")
+    assert "result" not in status
+    assert api.objects[f"{PODS}/victim-1"] == planted
+    assert f"{SECRETS}/victim-request" not in api.objects  # the job's own, removed at its end
+
+
+async def test_a_pod_is_a_jobs_attempt_by_its_owner_reference_only(
+    api: FakeApi, reconciler: Reconciler
+) -> None:
+    add_policy(api)
+    body = add_job(api, "shot")
+    reindex(reconciler, api)
+    await reconciler.job_event("ADDED", body)
+    # A stranger's pod that ended, carrying the job's name (annotation) and the operator's
+    # labels, or even the name of the attempt's pod: ignored, never deleted.
+    for stranger in (planted_pod("shot-1", None, FAKE_RESULT), planted_pod("x-1", None, "")):
+        api.writes.clear()
+        await reconciler.pod_event("MODIFIED", stranger)
+        await reconciler.pod_event("DELETED", stranger)
+        assert [w for w in api.writes if "/events" not in w[1]] == []
+    assert api.objects[f"{JOBS}/shot"]["status"]["phase"] == "Running"
+
+
+async def test_a_job_waits_for_its_network_policy_and_starts_once_it_confines_the_pod(
+    api: FakeApi, reconciler: Reconciler
+) -> None:
+    add_policy(api)
+    body = add_job(api, "shot")
+    reindex(reconciler, api)
+    applied = api.apply
+
+    async def refused(path: str, manifest: dict[str, Any], field_manager: str) -> dict[str, Any]:
+        raise ApiError(403, "Forbidden", "exceeded quota: networkpolicies=0")
+
+    api.apply = refused  # type: ignore[method-assign]
+    await reconciler.job_event("ADDED", body)
+    status = api.objects[f"{JOBS}/shot"]["status"]
+    assert status["phase"] == "Queued"
+    started = next(c for c in status["conditions"] if c["type"] == "Started")
+    assert (started["status"], started["reason"]) == ("False", "NetworkPolicyPending")
+    assert started["message"] == (
+        "waiting for the NetworkPolicy of ScreenshotPolicy default: NetworkPolicy"
+        " kubeshot-capture-default does not exist, and applying it failed: exceeded quota:"
+        " networkpolicies=0"
+    )
+    assert not any(p.startswith((PODS, SECRETS)) for p in api.objects)
+    # A NetworkPolicy of that name that someone else made, selecting nothing of ours: no better.
+    api.objects[NETPOL] = {"metadata": {"name": "kubeshot-capture-default"}, "spec": {}}
+    reindex(reconciler, api)
+    await reconciler.dispatch((NS, "default"))  # as every sweep does
+    assert not any(p.startswith((PODS, SECRETS)) for p in api.objects)
+    api.apply = applied  # type: ignore[method-assign]
+    await reconciler.dispatch((NS, "default"))
+    assert api.objects[f"{JOBS}/shot"]["status"]["phase"] == "Running"
+    pod = api.objects[f"{PODS}/shot-1"]
+    selector = api.objects[NETPOL]["spec"]["podSelector"]["matchLabels"]
+    assert selector.items() <= pod["metadata"]["labels"].items()

@@ -142,6 +142,20 @@ app.kubernetes.io/component: {{ .component }}
 {{- toJson $namespaces -}}
 {{- end -}}
 
+{{/*
+What the egress guard refuses by address whatever the port (private, loopback, link-local, CGNAT,
+cloud metadata and every other special-purpose range, with their NAT64 forms): the
+ranges kubeshot.api.networks.unreachable_networks(block_private_networks=True) returns, which the
+operator's capture-pod NetworkPolicies except too. tests/cluster/chart/test_chart_render.py fails
+when these lists drift from that table.
+*/}}
+{{- define "kubeshot.unreachableIPv4" -}}
+["0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "168.63.129.16/32", "169.254.0.0/16", "172.16.0.0/12", "192.0.0.0/24", "192.0.2.0/24", "192.31.196.0/24", "192.52.193.0/24", "192.88.99.0/24", "192.168.0.0/16", "192.175.48.0/24", "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/3"]
+{{- end -}}
+{{- define "kubeshot.unreachableIPv6" -}}
+["::/96", "::ffff:0:0:0/96", "64:ff9b::/104", "64:ff9b::a00:0/104", "64:ff9b::6440:0/106", "64:ff9b::7f00:0/104", "64:ff9b::a83f:8110/128", "64:ff9b::a9fe:0/112", "64:ff9b::ac10:0/108", "64:ff9b::c000:0/120", "64:ff9b::c000:200/120", "64:ff9b::c01f:c400/120", "64:ff9b::c034:c100/120", "64:ff9b::c058:6300/120", "64:ff9b::c0a8:0/112", "64:ff9b::c0af:3000/120", "64:ff9b::c612:0/111", "64:ff9b::c633:6400/120", "64:ff9b::cb00:7100/120", "64:ff9b::e000:0/99", "64:ff9b:1::/48", "100::/64", "2001::/23", "2001:db8::/32", "2002::/16", "3fff::/20", "4000::/2", "8000::/1"]
+{{- end -}}
+
 {{/* The restricted Pod Security Standard, for every container the chart runs. */}}
 {{- define "kubeshot.podSecurityContext" -}}
 runAsNonRoot: true

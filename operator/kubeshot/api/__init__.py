@@ -24,7 +24,10 @@ from kubeshot.api.job import (
     Timings,
     UploadTarget,
 )
+from kubeshot.api.names import DataKey, ObjectName, is_object_name
+from kubeshot.api.networks import unreachable_networks
 from kubeshot.api.policy import (
+    PROXY_CREDENTIALS_LABEL,
     Features,
     Limits,
     NetworkRules,
@@ -39,6 +42,7 @@ from kubeshot.api.reasons import CaptureError, ExitCode, FailureReason
 
 __all__ = [
     "CROSS_FIELD_RULES",
+    "PROXY_CREDENTIALS_LABEL",
     "CaptureError",
     "CaptureJobSpec",
     "CaptureJobStatus",
@@ -46,6 +50,7 @@ __all__ = [
     "CaptureReport",
     "CaptureRequest",
     "Cookie",
+    "DataKey",
     "ExitCode",
     "Failure",
     "FailureReason",
@@ -54,6 +59,7 @@ __all__ = [
     "Geolocation",
     "Limits",
     "NetworkRules",
+    "ObjectName",
     "PaperFormat",
     "PdfOptions",
     "Phase",
@@ -68,6 +74,8 @@ __all__ = [
     "UploadTarget",
     "Viewport",
     "WaitUntil",
+    "is_object_name",
     "normalise_domain",
     "normalise_url",
+    "unreachable_networks",
 ]

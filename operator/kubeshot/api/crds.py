@@ -150,7 +150,8 @@ def capturejob_crd() -> Schema:
     return _crd(
         kind="CaptureJob",
         plural="capturejobs",
-        short_names=["cj"],
+        # Not "cj": kubectl resolves that to the built-in CronJobs (found by tests/e2e).
+        short_names=["cjob"],
         schema=schema,
         columns=[
             {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from kubeshot.api._base import Model
 from kubeshot.api.capture import CaptureOptions
+from kubeshot.api.names import ObjectName
 from kubeshot.api.policy import Condition, ProxyCredentials, ScreenshotPolicySpec
 from kubeshot.api.reasons import FailureReason
 
@@ -15,7 +16,7 @@ from kubeshot.api.reasons import FailureReason
 class CaptureJobSpec(CaptureOptions):
     """A capture to run in a short-lived, locked-down pod under a ScreenshotPolicy."""
 
-    policy_ref: str | None = Field(default=None, max_length=253)
+    policy_ref: ObjectName | None = None
     """Name of the ScreenshotPolicy in this namespace; `default` when unset."""
     retries: int = Field(default=2, ge=0, le=10)
     """Further attempts after a retriable failure (pod lost, internal error)."""
@@ -112,7 +113,7 @@ class CaptureJobStatus(Model):
     """Conditions."""
     observed_generation: int | None = None
     """The generation last reconciled."""
-    pod_name: str | None = None
+    pod_name: ObjectName | None = None
     """The capture pod of the current attempt."""
     attempts: int = 0
     """Attempts started."""

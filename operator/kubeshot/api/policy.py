@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from kubeshot.api._base import Model
 from kubeshot.api.capture import MAX_VIEWPORT_SIDE, Format, normalise_domain
+from kubeshot.api.names import DataKey, ObjectName
 from kubeshot.api.quantity import QUANTITY_PATTERN, quantity_bytes
 
 MiB = 1024 * 1024
@@ -16,14 +17,22 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 Domain = Annotated[str, Field(min_length=1, max_length=253)]
 
 
-class SecretKeyRef(Model):
-    """A Secret in the policy's namespace holding proxy credentials."""
+PROXY_CREDENTIALS_LABEL = "kubeshot.dev/proxy-credentials"
+"""The label (value "true") by which a Secret lets the operator hand it to capture pods."""
 
-    name: str = Field(min_length=1, max_length=253)
-    """Name of the Secret."""
-    username_key: str = "username"
+
+class SecretKeyRef(Model):
+    """A Secret in the policy's namespace holding proxy credentials.
+
+    The operator reads it only when it carries the label `kubeshot.dev/proxy-credentials: "true"`:
+    whoever may write a ScreenshotPolicy cannot send any other Secret of the namespace to a proxy.
+    """
+
+    name: ObjectName
+    """Name of the Secret; it must be labelled `kubeshot.dev/proxy-credentials: "true"`."""
+    username_key: DataKey = "username"
     """Key of the user name in the Secret."""
-    password_key: str = "password"  # noqa: S105 - the name of a key, not a password
+    password_key: DataKey = "password"  # noqa: S105 - the name of a key, not a password
     """Key of the password in the Secret."""
 
 
@@ -149,7 +158,7 @@ class Toleration(Model):
 class Runtime(Model):
     """Where and how capture pods run."""
 
-    runtime_class_name: str | None = None
+    runtime_class_name: ObjectName | None = None
     """RuntimeClass for capture pods, e.g. gvisor, for a sandbox below the container."""
     node_selector: dict[str, str] = Field(default_factory=dict)
     """Node labels capture pods must run on."""
@@ -205,7 +214,7 @@ class ScreenshotPolicyStatus(Model):
     """The generation last reconciled."""
     active_jobs: int = 0
     """CaptureJobs of this policy running now."""
-    network_policy_name: str | None = None
+    network_policy_name: ObjectName | None = None
     """The NetworkPolicy that confines this policy's capture pods."""
 
 

@@ -7,18 +7,17 @@ Both use the model's camelCase names. In a query string, nested objects use dott
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from kubeshot.api import CaptureOptions
+from kubeshot.api.names import is_object_name
 from kubeshot.gateway.errors import ApiError, invalid
 from kubeshot.gateway.signing import RESERVED
 
 POLICY_PARAM = "policy"
-_POLICY_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _JSON_FIELDS = frozenset({"headers", "cookies"})
 
 
@@ -106,6 +105,6 @@ def options_from_query(params: Iterable[tuple[str, str]]) -> CaptureOptions:
 def policy_name(value: str | None) -> str | None:
     if value is None:
         return None
-    if not _POLICY_NAME.match(value):
+    if not is_object_name(value):
         raise invalid("parameter 'policy' is not a valid policy name", [{"field": "policy"}])
     return value

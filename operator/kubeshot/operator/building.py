@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from kubeshot.api import CaptureOptions, CaptureRequest, ProxyCredentials, ScreenshotPolicySpec
+from kubeshot.api import (
+    CaptureOptions,
+    CaptureRequest,
+    ProxyCredentials,
+    ScreenshotPolicySpec,
+    is_object_name,
+    unreachable_networks,
+)
 from kubeshot.api.admission import effective_timeout
 from kubeshot.api.crds import API_VERSION
 from kubeshot.operator import labels
@@ -23,23 +31,8 @@ Manifest = dict[str, Any]
 REQUEST_KEY = "request.json"
 REQUEST_DIR = "/var/run/kubeshot"
 CONTAINER = "capture"
-
-# Never reachable from a capture pod, whatever the page asks for: RFC 1918 private ranges,
-# loopback, link-local (with the cloud metadata address 169.254.169.254), CGNAT, "this network",
-# and their IPv6 counterparts (ULA, link-local). `allowedCIDRs` re-opens ranges explicitly.
-PRIVATE_IPV4 = (
-    "0.0.0.0/8",
-    "10.0.0.0/8",
-    "100.64.0.0/10",
-    "127.0.0.0/8",
-    "169.254.0.0/16",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-)
-PRIVATE_IPV6 = ("::1/128", "fc00::/7", "fe80::/10")
-# With blockPrivateNetworks off, the cloud metadata endpoints still stay out of reach.
-METADATA_IPV4 = ("169.254.169.254/32",)
-METADATA_IPV6 = ("fd00:ec2::254/128",)
+# The internet a capture pod may reach, less what the egress guard refuses (below).
+ANYWHERE = (ipaddress.IPv4Network("0.0.0.0/0"), ipaddress.IPv6Network("::/0"))
 
 
 @dataclass(frozen=True)
@@ -70,6 +63,21 @@ def owner_reference(kind: str, name: str, uid: str) -> Manifest:
         "controller": True,
         "blockOwnerDeletion": True,
     }
+
+
+def owning_job(manifest: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(name, uid) of the CaptureJob controlling an object (its controller ownerReference)."""
+    for owner in (manifest.get("metadata") or {}).get("ownerReferences") or []:
+        if (
+            isinstance(owner, dict)
+            and owner.get("controller") is True
+            and owner.get("apiVersion") == API_VERSION
+            and owner.get("kind") == "CaptureJob"
+            and is_object_name(str(owner.get("name", "")))
+            and owner.get("uid")
+        ):
+            return str(owner["name"]), str(owner["uid"])
+    return None
 
 
 def secret_name(job: JobRef) -> str:
@@ -244,12 +252,22 @@ def _egress_ports(ports: list[int]) -> list[Manifest]:
 
 
 def _internet(policy: ScreenshotPolicySpec) -> list[Manifest]:
-    private = policy.network.block_private_networks
-    v4 = PRIVATE_IPV4 if private else METADATA_IPV4
-    v6 = PRIVATE_IPV6 if private else METADATA_IPV6
+    # Never reachable, whatever the page asks for: what the egress guard refuses by address
+    # (kubeshot.api.networks, one table for both): with blockPrivateNetworks every private,
+    # loopback, link-local, CGNAT, metadata and other special range; without, the cloud metadata
+    # endpoints (Azure's and Alibaba's included) and non-unicast addresses still.
+    # `allowedCIDRs` re-open ranges in a rule of their own.
+    refused = unreachable_networks(block_private_networks=policy.network.block_private_networks)
     return [
-        {"ipBlock": {"cidr": "0.0.0.0/0", "except": list(v4)}},
-        {"ipBlock": {"cidr": "::/0", "except": list(v6)}},
+        {
+            "ipBlock": {
+                "cidr": str(anywhere),
+                "except": [
+                    str(n) for n in refused if n.version == anywhere.version and n != anywhere
+                ],
+            }
+        }
+        for anywhere in ANYWHERE
     ]
 
 
@@ -278,6 +296,51 @@ def _gateway_peers(settings: OperatorSettings) -> list[Manifest]:
             "podSelector": {"matchLabels": dict(settings.gateway_pod_labels)},
         }
     ]
+
+
+def _normalised(value: Any) -> Any:
+    """value without empty lists, maps and nulls: how the API server returns what it stored."""
+    if isinstance(value, dict):
+        kept = {k: _normalised(v) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if v not in (None, [], {})}
+    if isinstance(value, list):
+        return [_normalised(v) for v in value]
+    return value
+
+
+def selects(selector: Mapping[str, Any], pod_labels: Mapping[str, str]) -> bool:
+    """Whether a label selector (matchLabels, matchExpressions) selects these labels."""
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if pod_labels.get(key) != value:
+            return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator = expression.get("key"), expression.get("operator")
+        values = set(expression.get("values") or [])
+        present = key in pod_labels
+        holds = {
+            "In": present and pod_labels.get(key) in values,
+            "NotIn": not present or pod_labels.get(key) not in values,
+            "Exists": present,
+            "DoesNotExist": not present,
+        }.get(str(operator), False)
+        if not holds:
+            return False
+    return True
+
+
+def confinement_problem(
+    live: Manifest | None, wanted: Manifest, pod_labels: Mapping[str, str]
+) -> str | None:
+    """Why the NetworkPolicy the API server has does not confine a capture pod with these labels
+    as `wanted` (the one built for its ScreenshotPolicy) would; None when it does."""
+    name = wanted["metadata"]["name"]
+    if live is None:
+        return f"NetworkPolicy {name} does not exist"
+    if _normalised(live.get("spec")) != _normalised(wanted["spec"]):
+        return f"NetworkPolicy {name} is not the one its ScreenshotPolicy asks for"
+    if not selects(live["spec"].get("podSelector") or {}, pod_labels):
+        return f"NetworkPolicy {name} does not select the capture pod"
+    return None
 
 
 def build_network_policy(

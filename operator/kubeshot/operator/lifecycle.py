@@ -176,7 +176,10 @@ def queued_status(
     generation: int | None,
     at: str,
     message: str = "waiting for a free slot",
+    *,
+    reason: str = "Queued",
 ) -> Manifest:
+    """Admitted and waiting: for a free slot (reason Queued) or for what `reason` names."""
     conditions = set_condition(
         list(status.get("conditions") or []),
         ADMITTED,
@@ -186,7 +189,7 @@ def queued_status(
         generation,
         at,
     )
-    conditions = set_condition(conditions, STARTED, False, "Queued", message, generation, at)
+    conditions = set_condition(conditions, STARTED, False, reason, message, generation, at)
     return {"phase": Phase.QUEUED.value, "observedGeneration": generation, "conditions": conditions}
 
 

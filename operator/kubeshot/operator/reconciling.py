@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from kubeshot.api import (
+    PROXY_CREDENTIALS_LABEL,
     CaptureError,
     CaptureJobSpec,
     Failure,
@@ -32,10 +33,19 @@ from kubeshot.api import (
     Phase,
     ProxyCredentials,
     ScreenshotPolicySpec,
+    is_object_name,
 )
 from kubeshot.api.admission import admit
 from kubeshot.api.crds import API_VERSION
-from kubeshot.kube import ApiError, KubeClient, NotFound, resource_path
+from kubeshot.kube import (
+    ApiError,
+    Conflict,
+    KubeClient,
+    NotFound,
+    NotOwned,
+    controller_uid,
+    resource_path,
+)
 from kubeshot.operator import building, labels, lifecycle, metrics
 from kubeshot.operator.events import EventPoster
 from kubeshot.operator.lifecycle import Outcome
@@ -48,6 +58,8 @@ JOB = "CaptureJob"
 # A job still Pending this long after its creation had its admission interrupted: redo it.
 STUCK_ADMISSION = timedelta(seconds=10)
 POLICY = "ScreenshotPolicy"
+# The Started condition's reason while a job waits for its policy's NetworkPolicy.
+NETWORK_POLICY_PENDING = "NetworkPolicyPending"
 
 
 class Index(Protocol):
@@ -64,6 +76,30 @@ def jobs_path(namespace: str, name: str | None = None) -> str:
 
 def policies_path(namespace: str, name: str | None = None) -> str:
     return resource_path(API_VERSION, "screenshotpolicies", namespace, name)
+
+
+def network_policies_path(namespace: str, name: str | None = None) -> str:
+    return resource_path("networking.k8s.io/v1", "networkpolicies", namespace, name)
+
+
+def not_ours(kind: str, name: str) -> Failure:
+    """A job whose Secret or Pod name is taken by an object the job does not own."""
+    message = (
+        f"a {kind} named {name} exists already and does not belong to this CaptureJob"
+        " (its ownerReference is not this job): delete it, or create the CaptureJob under"
+        " another name"
+    )
+    return Failure(reason=FailureReason.INVALID_SPEC, message=message)
+
+
+def upload_token(secret: Mapping[str, Any]) -> str:
+    """The upload token in a request Secret; empty when it holds none."""
+    try:
+        raw = base64.b64decode((secret.get("data") or {}).get(building.REQUEST_KEY, ""))
+        token = (json.loads(raw).get("upload") or {}).get("token", "")
+    except (ValueError, AttributeError):
+        return ""
+    return token if isinstance(token, str) else ""
 
 
 def describe(exc: ValidationError) -> str:
@@ -104,7 +140,13 @@ class Reconciler:
         return list(self.jobs[key])
 
     async def policy_body(self, namespace: str, name: str) -> Mapping[str, Any] | None:
-        """The ScreenshotPolicy: from the index, else (just created?) from the API server."""
+        """The ScreenshotPolicy: from the index, else (just created?) from the API server.
+
+        A name no object can have (".", "..", "a/b" from a job stored before the CRD checked
+        names) names no policy: it is never put into a URL, where it would address another one.
+        """
+        if not is_object_name(name):
+            return None
         if self.policies is not None and (namespace, name) in self.policies:
             for body in self.policies[(namespace, name)]:
                 return dict(body)
@@ -278,6 +320,12 @@ class Reconciler:
             job, attempt, view.policy, policy, spec.capture_options(), self.settings
         )
         pod_name = pod["metadata"]["name"]
+        # No capture pod without the NetworkPolicy of its ScreenshotPolicy around it: until that
+        # exists as built and selects the pod, the job waits (Queued, reason NetworkPolicyPending).
+        problem = await self.confinement_problem(view, policy, pod["metadata"]["labels"])
+        if problem is not None:
+            await self.wait_for_confinement(view, problem)
+            return
         proposed = secrets.token_urlsafe(32)
 
         def running_status(token: str) -> Manifest:
@@ -290,7 +338,8 @@ class Reconciler:
         # The status must say Running before the pod exists (a restarted operator then never
         # makes a second pod); the Secret may come in parallel on a first attempt, when it
         # almost never exists yet. Later attempts reuse the Secret, so it is read first.
-        secret = self.ensure_secret(job, view.policy, spec, policy, attempt, proposed)
+        kept = view.status.get("uploadTokenSha256") if attempt > 1 else None
+        secret = self.ensure_secret(job, view.policy, spec, policy, proposed, kept)
         if attempt == 1:
             status = running_status(proposed)
             token, patched = await asyncio.gather(
@@ -322,11 +371,11 @@ class Reconciler:
             return
         if isinstance(token, BaseException):
             raise token
-        if token != proposed and attempt == 1:  # an interrupted start had made the Secret
-            status = running_status(token)
-            await self.patch_status(view, status)
         try:
-            await self.client.create_or_keep(resource_path("v1", "pods", view.namespace), pod)
+            await self.client.create_or_adopt(resource_path("v1", "pods", view.namespace), pod)
+        except NotOwned:  # someone made a pod of that name first: never taken for the attempt's
+            await self.conclude(running, Outcome(failure=not_ours("Pod", pod_name)), None)
+            return
         except ApiError as exc:
             outcome = Outcome.failed(
                 FailureReason.INTERNAL, f"capture pod not created: {exc.message}"
@@ -345,24 +394,27 @@ class Reconciler:
         policy_name: str,
         spec: CaptureJobSpec,
         policy: ScreenshotPolicySpec,
-        attempt: int,
         token: str,
+        kept_sha256: str | None,
     ) -> str:
-        """The job's request Secret, created once; returns the job's upload token.
+        """The job's request Secret; returns the job's upload token.
 
-        A first attempt creates it (an existing one, left by an interrupted start, is kept);
-        later attempts reuse it, so the token and the proxy credentials stay the job's own.
+        Later attempts reuse the Secret of the first (`kept_sha256`: its token's hash, as the
+        job's status says, which only the operator writes), so that the token and the proxy
+        credentials stay the job's own. An existing Secret is used only when the job owns it (its
+        controller ownerReference) and its token is the one the status names; one the job owns
+        but cannot vouch for (left by a start interrupted before its status was written) is
+        replaced; one it does not own fails the job (CaptureError), and is left alone.
         """
         path = resource_path("v1", "secrets", job.namespace)
-        existing = None
-        if attempt > 1:
+        name = building.secret_name(job)
+        if kept_sha256 is not None:
             with contextlib.suppress(NotFound):
-                existing = await self.client.get(f"{path}/{building.secret_name(job)}")
-        if existing is not None:
-            raw = base64.b64decode(existing.get("data", {}).get(building.REQUEST_KEY, ""))
-            kept = str(json.loads(raw).get("upload", {}).get("token", ""))
-            if kept:
-                return kept
+                existing = await self.client.get(f"{path}/{name}")
+                kept = self._vouched_token(existing, job, kept_sha256)
+                if kept:
+                    return kept
+                await self._delete_owned(f"{path}/{name}", existing)
         proxy = await self.proxy_credentials(job.namespace, policy)
         request = building.build_request(
             spec.capture_options(),
@@ -371,29 +423,69 @@ class Reconciler:
             upload_token=token,
             proxy=proxy,
         )
-        created, fresh = await self.client.create_or_keep(
-            path, building.build_secret(job, policy_name, request)
-        )
-        if not fresh:
-            raw = base64.b64decode(created.get("data", {}).get(building.REQUEST_KEY, ""))
-            token = str(json.loads(raw).get("upload", {}).get("token", token))
-        return token
+        manifest = building.build_secret(job, policy_name, request)
+        for _ in range(2):
+            try:
+                existing, fresh = await self.client.create_or_adopt(path, manifest)
+            except NotOwned:
+                failure = not_ours("Secret", name)
+                raise CaptureError(failure.reason, failure.message) from None
+            if fresh:
+                return token
+            kept = self._vouched_token(existing, job, kept_sha256)
+            if kept:
+                return kept
+            await self._delete_owned(f"{path}/{name}", existing)
+        raise Conflict(409, "Conflict", f"the request Secret {name} was made again meanwhile")
+
+    @staticmethod
+    def _vouched_token(secret: Manifest, job: building.JobRef, sha256: str | None) -> str:
+        """The Secret's upload token if the job owns the Secret and its status names the token;
+        CaptureError when the job does not own it; empty when it cannot vouch for the token."""
+        if controller_uid(secret) != job.uid:
+            failure = not_ours("Secret", building.secret_name(job))
+            raise CaptureError(failure.reason, failure.message)
+        token = upload_token(secret)
+        if token and sha256 is not None and hashlib.sha256(token.encode()).hexdigest() == sha256:
+            return token
+        return ""
+
+    async def _delete_owned(self, path: str, existing: Manifest) -> None:
+        """Delete that very object (its uid), not one made under its name meanwhile."""
+        uid = (existing.get("metadata") or {}).get("uid")
+        with contextlib.suppress(Conflict):
+            await self.client.delete(path, uid=str(uid) if uid else None)
 
     async def proxy_credentials(
         self, namespace: str, policy: ScreenshotPolicySpec
     ) -> ProxyCredentials | None:
+        """The policy's upstream proxy with the credentials of its Secret.
+
+        Only a Secret that opts in (label `kubeshot.dev/proxy-credentials: "true"`) is read:
+        a policy's author must not be able to send any other Secret of the namespace (a service
+        account token, a registry password) to a proxy of their choosing. A missing Secret and
+        one that has not opted in are refused alike, so that the answer tells nothing about the
+        namespace's other Secrets.
+        """
         proxy = policy.network.proxy
         if proxy is None:
             return None
         if proxy.credentials_secret_ref is None:
             return ProxyCredentials(server=proxy.server)
         ref = proxy.credentials_secret_ref
+        refused = CaptureError(
+            FailureReason.INVALID_SPEC,
+            f"proxy credentials Secret {ref.name!r} not found, or not labelled"
+            f' {PROXY_CREDENTIALS_LABEL}: "true"',
+        )
         try:
             secret = await self.client.get(resource_path("v1", "secrets", namespace, ref.name))
         except NotFound:
-            raise CaptureError(
-                FailureReason.INVALID_SPEC, f"proxy credentials Secret {ref.name!r} not found"
-            ) from None
+            raise refused from None
+        if ((secret.get("metadata") or {}).get("labels") or {}).get(
+            PROXY_CREDENTIALS_LABEL
+        ) != "true":
+            raise refused
         data = secret.get("data") or {}
 
         def value(key: str) -> str | None:
@@ -407,32 +499,102 @@ class Reconciler:
             }
         )
 
+    async def confinement_problem(
+        self, view: JobView, policy: ScreenshotPolicySpec, pod_labels: Mapping[str, str]
+    ) -> str | None:
+        """Why the job's capture pod would not be confined by its policy's NetworkPolicy yet;
+        None when that exists as built and selects the pod.
+
+        Missing or different (the policy's own reconciliation has not run yet, or failed, or
+        someone changed the NetworkPolicy), it is applied again, from the ScreenshotPolicy as the
+        API server has it now, and looked at once more.
+        """
+        body = await self.policy_body(view.namespace, view.policy)
+        if body is None:
+            return f"ScreenshotPolicy {view.policy} not found"
+        wanted = self._network_policy(view.namespace, view.policy, body, policy)
+        path = network_policies_path(view.namespace, wanted["metadata"]["name"])
+        try:
+            live: Manifest | None = await self.client.get(path)
+        except NotFound:
+            live = None
+        problem = building.confinement_problem(live, wanted, pod_labels)
+        if problem is None:
+            return None
+        try:
+            fresh = await self.client.get(policies_path(view.namespace, view.policy))
+            current = ScreenshotPolicySpec.model_validate(dict(fresh.get("spec") or {}))
+        except NotFound:
+            return f"ScreenshotPolicy {view.policy} not found"
+        except ValidationError as exc:
+            return f"ScreenshotPolicy {view.policy} is invalid: {describe(exc)}"
+        wanted = self._network_policy(view.namespace, view.policy, fresh, current)
+        try:
+            live = await self.client.apply(path, wanted, labels.MANAGER)
+        except ApiError as exc:
+            return f"{problem}, and applying it failed: {exc.message}"
+        return building.confinement_problem(live, wanted, pod_labels)
+
+    def _network_policy(
+        self, namespace: str, name: str, body: Mapping[str, Any], spec: ScreenshotPolicySpec
+    ) -> Manifest:
+        uid = str((body.get("metadata") or {}).get("uid", ""))
+        ref = building.PolicyRef(name, namespace, uid)
+        return building.build_network_policy(ref, spec, self.settings)
+
+    async def wait_for_confinement(self, view: JobView, problem: str) -> None:
+        """The job waits, Queued, until its NetworkPolicy confines its pod: the policy's
+        reconciliation and every sweep try to start it again."""
+        self.queue.release(view.uid)
+        message = f"waiting for the NetworkPolicy of ScreenshotPolicy {view.policy}: {problem}"
+        message = message[:1024]
+        conditions = view.status.get("conditions") or []
+        started: Manifest = next((c for c in conditions if c.get("type") == lifecycle.STARTED), {})
+        if started.get("reason") == NETWORK_POLICY_PENDING and started.get("message") == message:
+            return
+        at = lifecycle.now()
+        status = lifecycle.queued_status(
+            view.status, view.generation, at, message, reason=NETWORK_POLICY_PENDING
+        )
+        with contextlib.suppress(NotFound):
+            await self.patch_status(view, status)
+            self.events.post(JOB, _body(view), "Warning", NETWORK_POLICY_PENDING, message)
+
     async def pod_event(self, event_type: str | None, pod: Mapping[str, Any]) -> None:
-        """A capture pod ended or vanished: record the attempt's outcome on its job."""
+        """A capture pod ended or vanished: record the attempt's outcome on its job.
+
+        A pod is a job's only by its controller ownerReference: labels and annotations are
+        anyone's to write, and a pod someone made under a job's pod name is never its attempt.
+        """
         meta = pod.get("metadata", {})
         namespace, pod_name = meta.get("namespace", ""), meta.get("name", "")
-        job_name = (meta.get("annotations") or {}).get(labels.JOB_NAME_ANNOTATION)
-        job_uid = (meta.get("labels") or {}).get(labels.JOB_UID)
+        owner = building.owning_job(pod)
+        if owner is None:
+            return
+        job_name, job_uid = owner
         if event_type == "DELETED":
             outcome: Outcome | None = Outcome.failed(
                 FailureReason.POD_LOST, f"the capture pod {pod_name} was deleted before it finished"
             )
         else:
             outcome = lifecycle.pod_outcome(dict(pod))
-        if outcome is None or not job_name:
+        if outcome is None:
             return
-        await self.record(namespace, job_name, job_uid, pod_name, outcome, event_type != "DELETED")
+        pod_uid = None if event_type == "DELETED" else str(meta.get("uid") or "") or None
+        await self.record(namespace, job_name, job_uid, pod_name, outcome, pod_uid)
 
     async def record(
         self,
         namespace: str,
         job_name: str,
-        job_uid: str | None,
+        job_uid: str,
         pod_name: str,
         outcome: Outcome,
-        pod_exists: bool,
+        pod_uid: str | None,
     ) -> None:
         """Record the outcome of the attempt in pod_name, once, if it is the job's current one.
+
+        pod_uid: the pod, when it still exists (it is removed once its outcome is recorded).
 
         The pod watch and the sweeper can both notice an attempt's end: a per-job lock and a
         fresh read of the job make the first one record it and the second one see that.
@@ -443,24 +605,32 @@ class Reconciler:
             except NotFound:
                 body = None
             view = JobView.from_body(body) if body is not None else None
+            ours = view is not None and view.uid == job_uid
             current = (
                 view is not None
-                and (job_uid is None or view.uid == job_uid)
+                and ours
                 and view.phase is Phase.RUNNING
                 and view.pod_name == pod_name
             )
             if view is None or not current:
-                if pod_exists:  # a leftover of an attempt already recorded
-                    await self.client.delete(resource_path("v1", "pods", namespace, pod_name))
+                if ours and pod_uid is not None:  # a leftover of an attempt already recorded
+                    await self.delete_pod(namespace, pod_name, pod_uid)
                 if view is None:
                     self._job_locks.pop((namespace, job_name), None)
                 return
-            await self.conclude(view, outcome, pod_name if pod_exists else None)
+            await self.conclude(view, outcome, pod_name, pod_uid=pod_uid)
 
     async def conclude(
-        self, view: JobView, outcome: Outcome, pod_name: str | None, attempted: int | None = None
+        self,
+        view: JobView,
+        outcome: Outcome,
+        pod_name: str | None,
+        attempted: int | None = None,
+        *,
+        pod_uid: str | None = None,
     ) -> None:
-        """Record an attempt's outcome: finished, or queued again for a retry; then clean up."""
+        """Record an attempt's outcome: finished, or queued again for a retry; then clean up
+        (the pod pod_uid, when it still exists; the job's request Secret when it finished)."""
         at = lifecycle.now()
         attempts = attempted if attempted is not None else max(view.attempts, 1)
         retries = int(view.spec.get("retries", 2))
@@ -494,13 +664,25 @@ class Reconciler:
                 self.events.post(JOB, _body(view), "Normal", "Succeeded", "the capture succeeded")
             else:
                 self.events.post(JOB, _body(view), "Warning", failure.reason.value, failure.message)
-            job = building.JobRef(view.name, view.namespace, view.uid)
-            await self.client.delete(
-                resource_path("v1", "secrets", view.namespace, building.secret_name(job))
-            )
-        if pod_name is not None:  # only now that its outcome is recorded
-            await self.client.delete(resource_path("v1", "pods", view.namespace, pod_name))
+            await self.delete_secret(building.JobRef(view.name, view.namespace, view.uid))
+        if pod_name is not None and pod_uid is not None:  # only now that its outcome is recorded
+            await self.delete_pod(view.namespace, pod_name, pod_uid)
         await self.dispatch(view.key)
+
+    async def delete_pod(self, namespace: str, name: str, uid: str) -> None:
+        """Delete that very pod (a precondition on its uid), never one made under its name."""
+        with contextlib.suppress(Conflict):
+            await self.client.delete(resource_path("v1", "pods", namespace, name), uid=uid)
+
+    async def delete_secret(self, job: building.JobRef) -> None:
+        """Delete the job's request Secret if the job owns it; a stranger's is left alone."""
+        path = resource_path("v1", "secrets", job.namespace, building.secret_name(job))
+        try:
+            secret = await self.client.get(path)
+        except NotFound:
+            return
+        if controller_uid(secret) == job.uid:
+            await self._delete_owned(path, secret)
 
     def _later(self, delay: float, key: PolicyKey) -> None:
         async def wake() -> None:
@@ -523,7 +705,7 @@ class Reconciler:
                 pass
             message = f"the capture pod {view.pod_name} disappeared"
             outcome = Outcome.failed(FailureReason.POD_LOST, message)
-            await self.record(view.namespace, view.name, view.uid, view.pod_name, outcome, False)
+            await self.record(view.namespace, view.name, view.uid, view.pod_name, outcome, None)
 
     # ------------------------------------------------------------------------- housekeeping
 
@@ -638,10 +820,9 @@ class Reconciler:
             )
             self.events.post(POLICY, body, "Warning", "InvalidSpec", message)
             return
-        ref = building.PolicyRef(name, namespace, str(meta.get("uid")))
-        manifest = building.build_network_policy(ref, spec, self.settings)
+        manifest = self._network_policy(namespace, name, body, spec)
         np_name = manifest["metadata"]["name"]
-        path = resource_path("networking.k8s.io/v1", "networkpolicies", namespace, np_name)
+        path = network_policies_path(namespace, np_name)
         try:
             await self.client.apply(path, manifest, labels.MANAGER)
         except ApiError as exc:

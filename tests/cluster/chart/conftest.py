@@ -30,6 +30,14 @@ from tests.conftest import ROOT
 CHART = ROOT / "charts" / "kubeshot"
 VALUES_DIR = Path(__file__).parent / "values"
 KUBESHOT = Path(sys.executable).parent / "kubeshot"
+# Rendered without a cluster, the chart cannot look up where the API server is (the `kubernetes`
+# Service's endpoints) and refuses to render unless told, as `helm template` users must tell it.
+OFFLINE_API_SERVER = {
+    "networkPolicy": {"apiServerCIDRs": ["192.0.2.10/32"], "apiServerPorts": [6443]}
+}
+# What a real cluster's `kubernetes` Service leads to; the test control plane's apiserver writes
+# no endpoints (it listens on loopback), so installs get one of these, for the test's duration.
+API_SERVER_ENDPOINT = ("192.0.2.20", 6443)
 
 
 class Helm:
@@ -85,9 +93,12 @@ class Helm:
         namespace: str = "kubeshot",
         release: str = "ks",
         check: bool = True,
+        offline: bool = True,
     ) -> Rendered:
+        """`helm template`; unless offline=False with the API server named (OFFLINE_API_SERVER),
+        which the values given override."""
         key = json.dumps([str(values) if isinstance(values, Path) else values, args, namespace,
-                          release], sort_keys=True, default=str)  # fmt: skip
+                          release, offline], sort_keys=True, default=str)  # fmt: skip
         if key in self._rendered:
             return self._rendered[key]
         proc = self(
@@ -96,6 +107,7 @@ class Helm:
             str(CHART),
             "--namespace",
             namespace,
+            *(self.values_args(OFFLINE_API_SERVER) if offline else []),
             *self.values_args(values),
             *args,
             check=check,
@@ -175,8 +187,41 @@ class Release:
 
 
 @pytest.fixture
+def api_server_endpoints(control_plane: Any) -> Iterator[tuple[str, int]]:
+    """An EndpointSlice of the `kubernetes` Service (API_SERVER_ENDPOINT), as every real cluster
+    has one, for the chart to look up; removed after the test (the node tier writes its own)."""
+    address, port = API_SERVER_ENDPOINT
+    name = f"kubernetes-test-{secrets.token_hex(3)}"
+    path = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
+    body = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name,
+            "labels": {
+                "kubernetes.io/service-name": "kubernetes",
+                "endpointslice.kubernetes.io/managed-by": "kubeshot-tests",
+            },
+        },
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [address], "conditions": {"ready": True}}],
+        "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+    }
+    status, created = control_plane.request("POST", path, body)
+    assert status == 201, created
+    try:
+        yield API_SERVER_ENDPOINT
+    finally:
+        control_plane.request("DELETE", f"{path}/{name}")
+
+
+@pytest.fixture
 def install(
-    helm: Helm, kubeconfig: Path, namespace: str, kubeshot_crds: list[str]
+    helm: Helm,
+    kubeconfig: Path,
+    namespace: str,
+    kubeshot_crds: list[str],
+    api_server_endpoints: tuple[str, int],
 ) -> Iterator[Callable[..., Release]]:
     """install(values) → a Release of the chart in the test's namespace; uninstalled afterwards."""
     bound = helm.bound(kubeconfig)

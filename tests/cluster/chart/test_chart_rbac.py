@@ -45,6 +45,7 @@ def operator_checks(
         ("create", "secrets", *ns),
         ("get", "secrets", *ns),
         ("patch", "networkpolicies.networking.k8s.io", *ns),
+        ("get", "networkpolicies.networking.k8s.io", *ns),  # checked before each capture pod
         ("create", "events", *ns),
         ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
     ]
