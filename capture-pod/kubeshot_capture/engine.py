@@ -302,12 +302,7 @@ class CaptureEngine:
     ) -> None:
         page.on("dialog", _dismiss_dialog)
         context.on("page", _close_popup)
-        if options.headers:
-            if options.url is None:
-                raise CaptureError(
-                    FailureReason.INVALID_SPEC,
-                    "headers need a url: they are sent to the target's origin only",
-                )
+        if options.headers and options.url is not None:  # the model refuses headers without url
             await _send_headers_to_origin(context, page, options.url, options.headers)
         if options.geolocation is not None:
             await context.grant_permissions(["geolocation"])

@@ -92,6 +92,11 @@ def test_explain_shows_field_descriptions(kubectl: Kubectl) -> None:
             id="quality-with-png",
         ),
         pytest.param(
+            {"html": "<p>hi</p>", "format": "png", "headers": {"X-Key": "k"}},
+            ["headers apply to url input only"],
+            id="headers-without-url",
+        ),
+        pytest.param(
             {"url": "https://example.com/", "format": "png", "viewport": {"width": "wide"}},
             ["spec.viewport.width", "must be of type integer"],
             id="viewport-width-not-integer",

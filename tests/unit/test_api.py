@@ -83,6 +83,7 @@ def test_bad_urls_are_refused(url: str, message: str) -> None:
         ({"url": URL, "format": "gif"}, "format"),
         ({"url": URL, "viewport": {"width": 0, "height": 10}}, "viewport.width"),
         ({"url": URL, "headers": {"Host": "evil"}}, "may not be set"),
+        ({"html": "<p>", "headers": {"X-Key": "k"}}, "headers apply to url input only"),
         ({"url": URL, "headers": {"X-A": "b\r\nX-B: c"}}, "line break"),
         ({"url": URL, "headers": {"bad name": "x"}}, "invalid header name"),
         ({"url": URL, "headers": {f"x-{i}": "v" for i in range(40)}}, "at most 32"),

@@ -234,7 +234,8 @@ class CaptureOptions(Model):
     user_agent: str | None = Field(default=None, min_length=1, max_length=512)
     """User-Agent header and navigator.userAgent."""
     headers: dict[str, HeaderValue] = Field(default_factory=dict, max_length=MAX_HEADERS)
-    """Extra HTTP headers sent with every request of the page."""
+    """Extra HTTP headers, sent only with requests to the target URL's origin (never to third
+    parties, nor across a redirect to another origin); needs `url`."""
     cookies: list[Cookie] = Field(default_factory=list, max_length=MAX_COOKIES)
     """Cookies set before navigation."""
     locale: str | None = Field(default=None, max_length=35)
@@ -357,5 +358,10 @@ CROSS_FIELD_RULES: tuple[CrossFieldRule, ...] = (
         " || !has(self.format) || self.format in ['png', 'jpeg', 'webp']",
         "deviceScaleFactor applies to image formats only",
         lambda o: o.device_scale_factor == 1.0 or o.format.is_image,
+    ),
+    CrossFieldRule(
+        "!has(self.headers) || size(self.headers) == 0 || has(self.url)",
+        "headers apply to url input only (they are sent to the target's origin only)",
+        lambda o: not o.headers or o.url is not None,
     ),
 )
