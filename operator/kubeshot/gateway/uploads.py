@@ -35,6 +35,7 @@ _MAGIC: dict[Format, tuple[bytes, ...]] = {
     Format.PDF: (b"%PDF-",),
 }
 BACKEND = web.AppKey("backend", KubernetesBackend)
+BODY_TIMEOUT = web.AppKey("body_timeout", float)
 
 
 def has_format(fmt: Format, data: bytes) -> bool:
@@ -86,7 +87,14 @@ async def upload(request: web.Request) -> web.StreamResponse:
     claimed = request.headers.get("X-Kubeshot-Sha256", "").lower()
     if not _SHA256.match(claimed):
         raise ApiError(400, "invalid_request", "X-Kubeshot-Sha256 must be a hex sha256")
-    data = await request.read()
+    timeout = request.app[BODY_TIMEOUT]
+    try:
+        async with asyncio.timeout(timeout):
+            data = await request.read()
+    except TimeoutError:
+        raise ApiError(
+            408, "request_timeout", f"the upload did not arrive within {timeout:g} seconds"
+        ) from None
     if not hmac.compare_digest(hashlib.sha256(data).hexdigest(), claimed):
         raise ApiError(422, "sha256_mismatch", "the body does not match X-Kubeshot-Sha256")
     fmt = job_format(job)
@@ -126,5 +134,6 @@ def create_upload_app(gateway: web.Application, max_bytes: int) -> web.Applicati
         raise ValueError("the upload endpoint serves the kubernetes backend only")
     app = web.Application(middlewares=[_errors], client_max_size=max_bytes)
     app[BACKEND] = backend
+    app[BODY_TIMEOUT] = gateway[keys.SETTINGS].body_timeout
     app.router.add_put(UPLOAD_PATH, upload, name="upload")
     return app

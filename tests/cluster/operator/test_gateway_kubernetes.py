@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import re
+import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -20,6 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from PIL import Image
@@ -118,7 +120,12 @@ def gateway(
     ]
     tokens.write_text(json.dumps({"tokens": entries}))
     proc, log_path, port, _ = launch_gateway(
-        control_plane, namespace, tokens, tmp_path, upload_port=upload_port
+        control_plane,
+        namespace,
+        tokens,
+        tmp_path,
+        upload_port=upload_port,
+        env={"KUBESHOT_BODY_TIMEOUT": str(BODY_TIMEOUT)},
     )
     served = Gateway(
         proc,
@@ -137,6 +144,9 @@ def gateway(
     wait_for(ready, 60, "the gateway's CaptureJob watch")
     yield served
     stop_gateway(proc, log_path)
+
+
+BODY_TIMEOUT = 3
 
 
 def gateway_jobs(cluster: Cluster, count: int) -> list[dict[str, Any]]:
@@ -430,3 +440,23 @@ def test_concurrent_sync_requests_share_one_watch(
         responses = [a.result(timeout=300) for a in answers]
     assert [r.status for r in responses] == [403] * count
     assert gateway.watch_connections() == 1
+
+
+def test_an_upload_whose_body_never_arrives_is_408_and_closed(
+    operator: Operator, gateway: Gateway, cluster: Cluster, upload_port: int
+) -> None:
+    """A pod (or whatever holds its token) cannot hold the upload port open by trickling."""
+    _, name, _ = running_async_job(gateway, cluster, "png")
+    path = urlsplit(f"{gateway.upload_url}/{name}").path
+    head = (
+        f"PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {upload_token(cluster, name)}\r\n"
+        f"X-Kubeshot-Sha256: {'0' * 64}\r\nContent-Length: 100000\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", upload_port), timeout=BODY_TIMEOUT * 10) as conn:
+        conn.sendall(head.encode() + b"x" * 10)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"request_timeout" in answer
