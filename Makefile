@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CHROMIUM ?= /usr/bin/chromium
 PYTEST_ARGS ?=
 
-.PHONY: setup packages run test test-unit test-browser test-gateway test-cluster test-node lint crds openapi chart bench bench-operator bench-e2e testenv testenv-up testenv-down e2e-kind images clean
+.PHONY: setup packages run test test-unit test-browser test-gateway test-cluster test-node test-e2e lint crds openapi chart bench bench-operator bench-e2e bench-throughput testenv testenv-up testenv-down e2e-kind images clean
 
 setup: $(STAMP) packages
 
@@ -58,11 +58,16 @@ chart: $(STAMP)
 openapi: $(STAMP)
 	$(BIN)/kubeshot openapi --write operator/kubeshot/gateway/openapi.json
 
-# Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kubectl, helm) from Go modules.
+# Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kubectl, helm) and the
+# node tier (kubelet, kube-proxy, kube-scheduler, kube-router, CoreDNS) from Go modules; as root,
+# the capture and operator images (the node tier and the e2e suite import them), built while Go
+# compiles (debootstrap, apt and pip mostly wait on the network: a cold run saves ~10 minutes).
 testenv:
-	testenv/build.sh
-	@if [ "$$(id -u)" = 0 ]; then testenv/image.sh >/dev/null; \
-	else echo "testenv: not root, so no node tier: the capture image is not built"; fi
+	@images=; if [ "$$(id -u)" = 0 ]; then testenv/image.sh --operator >/dev/null & images=$$!; \
+	else echo "testenv: not root, so no node tier: the images are not built"; fi; \
+	status=0; testenv/build.sh || status=$$?; \
+	if [ -n "$$images" ]; then wait $$images || status=$$?; fi; \
+	exit $$status
 
 testenv-up: testenv
 	testenv/up.sh
@@ -70,8 +75,11 @@ testenv-up: testenv
 testenv-down:
 	testenv/down.sh
 
+# Every tier, then the e2e suite in a session of its own (the Helm-installed release on the node
+# tier; on a machine without root it is skipped, and fails with CI=true).
 test: setup lint testenv
 	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -m e2e $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(BIN)/pytest -m unit $(PYTEST_ARGS)
@@ -99,8 +107,16 @@ bench-e2e: setup testenv
 bench-operator: setup testenv
 	$(BIN)/python bench/operator.py
 
-# For machines with Docker: a kind cluster with NetworkPolicy enforcement, the images, the chart.
-e2e-kind:
+bench-throughput: setup
+	$(BIN)/python bench/throughput.py
+
+# The e2e suite (tests/e2e): on KUBECONFIG's cluster when it is set, else on the node tier (root).
+test-e2e: setup testenv
+	$(BIN)/pytest -m e2e $(PYTEST_ARGS)
+
+# For machines with Docker: a kind cluster with NetworkPolicy enforcement and the images loaded,
+# then the same tests/e2e suite on it.
+e2e-kind: setup
 	hack/e2e-kind.sh
 
 images:

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the cluster-tier binaries from their Go modules: kube-apiserver, kube-controller-manager,
 # kubectl (k8s.io/kubernetes), etcd (go.etcd.io/etcd/server/v3) and helm (helm.sh/helm/v3), at the
-# versions pinned in testenv/versions.env, into .testenv/bin/<versions>/ (git-ignored).
+# versions pinned in testenv/versions.env, into .testenv/bin/<versions>/ (git-ignored); and the
+# node tier's cluster DNS, CoreDNS (testenv/coredns/, its own module with a few plugins), into
+# .testenv/bin/coredns-<version>/, a separate small build.
 #
 # Idempotent: exits at once when the binaries for the pinned versions are there. One `go build`
 # compiles all five, so the packages they share are compiled once. Go's own module and build
@@ -10,7 +12,8 @@
 #
 #   testenv/build.sh                  build (or reuse) and print the binary folder
 #   testenv/build.sh --print-bin-dir  print the binary folder only (no build)
-#   testenv/build.sh --update-gomod   regenerate testenv/gomod/go.mod + go.sum from versions.env
+#   testenv/build.sh --update-gomod   regenerate testenv/gomod/go.mod + go.sum (and
+#                                     testenv/coredns/'s) from versions.env
 #
 # KUBESHOT_TESTENV_BIN=/some/dir uses binaries from elsewhere instead (the same five names, any
 # versions the contributor vouches for); nothing is built then.
@@ -19,6 +22,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
 GOMOD_DIR="$HERE/gomod"
+COREDNS_DIR="$HERE/coredns"
 # The Go packages built, one binary each (go names .../server/v3's binary "server"; renamed etcd).
 PACKAGES=(
   go.etcd.io/etcd/server/v3
@@ -49,6 +53,10 @@ bin_dir() {
   else
     echo "$ROOT/.testenv/bin/kubernetes-$KUBERNETES_VERSION+etcd-$ETCD_VERSION+helm-$HELM_VERSION+kube-router-$KUBE_ROUTER_VERSION"
   fi
+}
+
+coredns_dir() {
+  echo "$ROOT/.testenv/bin/coredns-$COREDNS_VERSION"
 }
 
 have_all() {
@@ -95,6 +103,9 @@ update_gomod() {
   rm -f "$GOMOD_DIR/go.sum"
   (cd "$GOMOD_DIR" && GOFLAGS=-mod=mod go mod tidy)
   say "wrote $GOMOD_DIR/go.mod and go.sum"
+  (cd "$COREDNS_DIR" && GOFLAGS=-mod=mod go mod edit -require="github.com/coredns/coredns@$COREDNS_VERSION" \
+    && GOFLAGS=-mod=mod go mod tidy)
+  say "wrote $COREDNS_DIR/go.mod and go.sum"
 }
 
 check_gomod() { # the checked-in go.mod must be the one for versions.env
@@ -104,6 +115,8 @@ check_gomod() { # the checked-in go.mod must be the one for versions.env
     grep -qF "	$m" "$GOMOD_DIR/go.mod" \
       || die "testenv/gomod/go.mod does not match versions.env ($m); run: testenv/build.sh --update-gomod"
   done
+  grep -qF "require github.com/coredns/coredns $COREDNS_VERSION" "$COREDNS_DIR/go.mod" \
+    || die "testenv/coredns/go.mod does not match versions.env (CoreDNS $COREDNS_VERSION); run: testenv/build.sh --update-gomod"
 }
 
 require_go() { # without Go the cluster tier is skipped (tests/conftest.py `need`); in CI it fails
@@ -151,6 +164,23 @@ build() {
   say "built in $((SECONDS - start))s"
 }
 
+# CoreDNS with the plugins testenv/coredns/main.go imports: minutes cold, not the hour its full
+# plugin set (cloud DNS providers, etcd, ...) would take.
+build_coredns() {
+  local dest="$1" tmp start
+  tmp="$dest.partial.$$"
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  trap 'rm -rf "$tmp"' EXIT
+  say "building CoreDNS $COREDNS_VERSION (testenv/coredns: a few plugins) with $(go env GOVERSION)"
+  start=$SECONDS
+  (cd "$COREDNS_DIR" && go build -trimpath \
+    -ldflags="-s -w -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" \
+    -o "$tmp/coredns" .)
+  rm -rf "$dest"; mv "$tmp" "$dest"
+  trap - EXIT
+  say "built CoreDNS in $((SECONDS - start))s"
+}
+
 case "${1:-}" in
   --print-bin-dir) bin_dir; exit 0 ;;
   --update-gomod) update_gomod; exit 0 ;;
@@ -171,5 +201,11 @@ else
   for b in "${BINARIES[@]}"; do
     printf '  %-24s %s\n' "$b" "$(du -h "$dest/$b" | cut -f1)" >&2
   done
+fi
+# CoreDNS: beside the binaries of KUBESHOT_TESTENV_BIN if it is there, else built (and kept) apart.
+if [[ -z "${KUBESHOT_TESTENV_BIN:-}" || ! -x "$dest/coredns" ]] && [[ ! -x "$(coredns_dir)/coredns" ]]; then
+  check_gomod
+  require_go
+  build_coredns "$(coredns_dir)"
 fi
 echo "$dest"

@@ -181,6 +181,8 @@ class Pki:
         pki.issue("apiserver", "/CN=kube-apiserver", "server")
         pki.issue("admin", "/O=system:masters/CN=kubeshot-admin", "client")
         pki.issue("controller-manager", "/CN=system:kube-controller-manager", "client")
+        # The API server's identity towards kubelets (logs, exec, port-forward).
+        pki.issue("apiserver-kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client")
         _openssl(
             "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
             "-out", str(pki.service_account_key),
@@ -406,13 +408,18 @@ class ControlPlane:
                 f"--etcd-servers={etcd_url}",
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
-                # The endpoints of the `kubernetes` Service may not be loopback; no pod runs here.
+                # The endpoints of the `kubernetes` Service may not be loopback: the node tier
+                # (testenv/node.py) writes them when it joins, with an address pods can reach.
                 "--endpoint-reconciler-type=none",
                 f"--secure-port={apiserver}",
                 f"--cert-dir={self.work_dir / 'apiserver-certs'}",
                 f"--tls-cert-file={pki.cert('apiserver')}",
                 f"--tls-private-key-file={pki.key('apiserver')}",
                 f"--client-ca-file={pki.ca_cert}",
+                f"--kubelet-client-certificate={pki.cert('apiserver-kubelet-client')}",
+                f"--kubelet-client-key={pki.key('apiserver-kubelet-client')}",
+                # The node tier's kubelet registers no resolvable hostname: dial its InternalIP.
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
                 "--authorization-mode=Node,RBAC",
                 "--enable-admission-plugins=PodSecurity,NamespaceLifecycle,ServiceAccount",
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",

@@ -20,14 +20,26 @@ What it runs:
   `queue` statement, which this host's kernel lacks (CONFIG_NFT_QUEUE is not set): nft answers
   "Error: Could not process rule: No such file or directory" to `queue num 100 bypass`;
 - a relay from 127.0.0.1:<apiserver port> in the node's namespace to the API server on the
-  host's loopback, so the node's components use the control plane's own kubeconfigs.
+  host's loopback, so the node's components use the control plane's own kubeconfigs;
+- what pods of a real cluster rely on: the `kubernetes` Service reaching the API server (its
+  endpoint is HOST_ADDRESS:6443 on the veth, relayed to the API server on the host's loopback),
+  cluster DNS (CoreDNS, built by testenv/build.sh, as the Deployment `coredns` and the Service
+  `kube-dns` in kube-system with the conventional `k8s-app: kube-dns` labels) and a default
+  StorageClass with local PersistentVolumes made ahead (no dynamic provisioner).
 
-Images are imported, never pulled: the pause image is made here from Kubernetes' pause.c (gcc,
-static) as an OCI archive; the capture image comes from testenv/image.sh.
+By hand (root): `python testenv/node.py --dir DIR [ARCHIVE ...]` runs a control plane and a node
+with these image archives imported (e.g. `testenv/image.sh --operator`'s) until SIGTERM or
+SIGINT, and writes DIR/kubeconfig once the node is ready: `helm install` works on it as on any
+cluster.
+
+Images are imported, never pulled: the pause and CoreDNS images are made here as OCI archives
+(Kubernetes' pause.c compiled with gcc; the CoreDNS binary testenv/build.sh built); the capture
+and operator images come from testenv/image.sh.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import fcntl
@@ -37,8 +49,10 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -50,10 +64,12 @@ from typing import Any
 from controlplane import (
     ROOT,
     SERVICE_CLUSTER_IP_RANGE,
+    TESTENV,
     ControlPlane,
     ControlPlaneError,
     _Process,
     _terminate,
+    find_bin_dir,
     launch,
     wait_ready,
     write_kubeconfig,
@@ -74,10 +90,19 @@ PRIVATE_CANARY = "10.250.0.10"  # RFC 1918: capture pods must never reach it
 METADATA_ADDRESS = "169.254.169.254"  # the cloud metadata address
 PAUSE_VERSION = "3.10.2"
 PAUSE_IMAGE = f"kubeshot.local/pause:{PAUSE_VERSION}"
+# The `kubernetes` Service's endpoint, as pods reach it: the host's veth address on the API
+# server's conventional port, relayed to the API server on the host's loopback.
+API_SERVICE_PORT = 6443
+# Cluster DNS: the conventional tenth address of the Service range (kubeadm's choice too).
+DNS_SERVICE_IP = "10.0.0.10"
+CLUSTER_DOMAIN = "cluster.local"
+STORAGE_CLASS = "standard"  # kind's name for its default class
+LOCAL_VOLUMES = 4  # made ahead; each claim binds one for good (no provisioner recycles them)
 CNI_BIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
 HOST_TOOLS = ("containerd", "containerd-shim-runc-v2", "runc", "ctr", "iptables", "ipset", "ip",
               "nsenter", "gcc")  # fmt: skip
 NODE_BINARIES = ("kubelet", "kube-scheduler", "kube-proxy", "kube-router")
+SYSTEM_LABELS = {"app.kubernetes.io/managed-by": "kubeshot-testenv-node"}
 _CLONE_NEWNET = 0x40000000
 LOCK_FILE = "/run/kubeshot-node.lock"
 
@@ -103,6 +128,8 @@ def missing_requirements(bin_dir: Path) -> list[str]:
         missing.append("root (the kubelet, containerd and network namespaces need it)")
     missing += [t for t in HOST_TOOLS if shutil.which(t) is None]
     missing += [b for b in NODE_BINARIES if not os.access(bin_dir / b, os.X_OK)]
+    if not os.access(coredns_binary(bin_dir), os.X_OK):
+        missing.append(f"coredns ({coredns_binary(bin_dir)}; testenv/build.sh builds it)")
     if cni_bin_dir() is None:
         missing.append(f"CNI plugins (bridge in one of {', '.join(CNI_BIN_DIRS)})")
     if (
@@ -111,6 +138,23 @@ def missing_requirements(bin_dir: Path) -> list[str]:
     ):
         missing.append("a memory cgroup controller")
     return missing
+
+
+def pinned(name: str) -> str:
+    """A version pinned in testenv/versions.env (KUBERNETES_VERSION, COREDNS_VERSION, ...)."""
+    for line in (TESTENV / "versions.env").read_text().splitlines():
+        if line.startswith(f"{name}="):
+            return line.split("=", 1)[1].strip()
+    raise NodeError(f"testenv/versions.env pins no {name}")
+
+
+def coredns_binary(bin_dir: Path) -> Path:
+    """CoreDNS beside the other binaries ($KUBESHOT_TESTENV_BIN), else where build.sh puts it
+    (a folder of its own: a CoreDNS update never rebuilds Kubernetes)."""
+    beside = bin_dir / "coredns"
+    if beside.exists():
+        return beside
+    return ROOT / ".testenv" / "bin" / f"coredns-{pinned('COREDNS_VERSION')}" / "coredns"
 
 
 def _run(*argv: str, netns: bool = False, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -331,10 +375,7 @@ def pause_archive(cache_dir: Path) -> Path:
         if os.access(go, os.X_OK)
         else str(Path.home() / "go" / "pkg" / "mod")
     )
-    versions = (ROOT / "testenv" / "versions.env").read_text()
-    k8s = next(
-        line.split("=", 1)[1] for line in versions.splitlines() if line.startswith("KUBERNETES_")
-    )
+    k8s = pinned("KUBERNETES_VERSION")
     source = Path(modcache) / f"k8s.io/kubernetes@{k8s}" / "build/pause/linux/pause.c"
     if not source.exists():
         raise NodeError(f"{source} is missing: run testenv/build.sh (it fetches k8s.io/kubernetes)")
@@ -350,6 +391,251 @@ def pause_archive(cache_dir: Path) -> Path:
     )
 
 
+def coredns_archive(cache_dir: Path, binary: Path) -> tuple[Path, str]:
+    """The CoreDNS image (the one binary, as user 65532) and its name; cached by the binary's
+    hash."""
+    data = binary.read_bytes()
+    ref = f"kubeshot.local/coredns:{pinned('COREDNS_VERSION')}"
+    path = cache_dir / f"coredns-{hashlib.sha256(data).hexdigest()[:12]}.oci.tar"
+    if not path.exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        for old in cache_dir.glob("coredns-*.oci.tar"):
+            old.unlink()
+        oci_archive(
+            path,
+            ref,
+            {"coredns": (data, 0o755)},
+            {"Entrypoint": ["/coredns"], "User": "65532:65532", "ExposedPorts": {"53/udp": {}}},
+        )
+    return path, ref
+
+
+# ------------------------------------------------------------------------------ cluster add-ons
+
+_COREFILE = """\
+.:53 {{
+    errors
+    health :8080
+    ready :8181
+    kubernetes {domain} in-addr.arpa ip6.arpa {{
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+        ttl 30
+    }}
+    cache 30
+    loadbalance
+}}
+"""
+
+
+def addon_manifests(image: str, volume_dir: Path) -> list[dict[str, Any]]:
+    """What a real cluster's pods find beside the API server: the `kubernetes` Service's
+    endpoint, cluster DNS (CoreDNS as kubeadm deploys it: Deployment `coredns`, Service
+    `kube-dns`, labels `k8s-app: kube-dns`), a default StorageClass with local volumes."""
+    meta = {"labels": dict(SYSTEM_LABELS)}
+    dns_labels = {"k8s-app": "kube-dns"}
+    system = {"namespace": "kube-system"}
+    api_port = {"name": "https", "port": API_SERVICE_PORT, "protocol": "TCP"}
+    manifests: list[dict[str, Any]] = [
+        # The apiserver runs with --endpoint-reconciler-type=none (it listens on loopback): the
+        # endpoint is written here, with the label that keeps the mirroring controller off it.
+        {
+            "apiVersion": "v1",
+            "kind": "Endpoints",
+            "metadata": {
+                "name": "kubernetes",
+                "namespace": "default",
+                "labels": {"endpointslice.kubernetes.io/skip-mirror": "true", **SYSTEM_LABELS},
+            },
+            "subsets": [{"addresses": [{"ip": HOST_ADDRESS}], "ports": [api_port]}],
+        },
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": "kubernetes",
+                "namespace": "default",
+                "labels": {
+                    "kubernetes.io/service-name": "kubernetes",
+                    "endpointslice.kubernetes.io/managed-by": "kubeshot-testenv-node",
+                },
+            },
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [HOST_ADDRESS], "conditions": {"ready": True}}],
+            "ports": [api_port],
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": "coredns", **system, **meta},
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "system:coredns", **meta},
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["endpoints", "services", "pods", "namespaces"],
+                    "verbs": ["list", "watch"],
+                },
+                {
+                    "apiGroups": ["discovery.k8s.io"],
+                    "resources": ["endpointslices"],
+                    "verbs": ["list", "watch"],
+                },
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "system:coredns", **meta},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "system:coredns",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": "coredns", **system}],
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "coredns", **system, **meta},
+            "data": {"Corefile": _COREFILE.format(domain=CLUSTER_DOMAIN)},
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "coredns", **system, "labels": {**dns_labels, **SYSTEM_LABELS}},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": dns_labels},
+                "template": {
+                    "metadata": {"labels": dns_labels},
+                    "spec": {
+                        "serviceAccountName": "coredns",
+                        "priorityClassName": "system-cluster-critical",
+                        "dnsPolicy": "Default",
+                        "securityContext": {
+                            "runAsNonRoot": True,
+                            "runAsUser": 65532,
+                            "runAsGroup": 65532,
+                            "seccompProfile": {"type": "RuntimeDefault"},
+                            # Port 53 without any capability: a namespaced, "safe" sysctl.
+                            "sysctls": [
+                                {"name": "net.ipv4.ip_unprivileged_port_start", "value": "53"}
+                            ],
+                        },
+                        "containers": [
+                            {
+                                "name": "coredns",
+                                "image": image,
+                                "imagePullPolicy": "Never",
+                                "args": ["-conf", "/etc/coredns/Corefile"],
+                                "ports": [
+                                    {"name": "dns", "containerPort": 53, "protocol": "UDP"},
+                                    {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
+                                ],
+                                "livenessProbe": {
+                                    "httpGet": {"path": "/health", "port": 8080},
+                                    "periodSeconds": 10,
+                                },
+                                "readinessProbe": {
+                                    "httpGet": {"path": "/ready", "port": 8181},
+                                    "periodSeconds": 1,
+                                },
+                                "resources": {
+                                    "requests": {"cpu": "10m", "memory": "32Mi"},
+                                    "limits": {"memory": "170Mi"},
+                                },
+                                "securityContext": {
+                                    "allowPrivilegeEscalation": False,
+                                    "capabilities": {"drop": ["ALL"]},
+                                    "readOnlyRootFilesystem": True,
+                                },
+                                "volumeMounts": [{"name": "config", "mountPath": "/etc/coredns"}],
+                            }
+                        ],
+                        "volumes": [{"name": "config", "configMap": {"name": "coredns"}}],
+                    },
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": "kube-dns",
+                **system,
+                "labels": {**dns_labels, "kubernetes.io/name": "CoreDNS", **SYSTEM_LABELS},
+            },
+            "spec": {
+                "clusterIP": DNS_SERVICE_IP,
+                "selector": dns_labels,
+                "ports": [
+                    {"name": "dns", "port": 53, "protocol": "UDP"},
+                    {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+                ],
+            },
+        },
+        {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {
+                "name": STORAGE_CLASS,
+                "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+                **meta,
+            },
+            "provisioner": "kubernetes.io/no-provisioner",
+            "volumeBindingMode": "Immediate",
+            "reclaimPolicy": "Retain",
+        },
+    ]
+    for index in range(LOCAL_VOLUMES):
+        manifests.append(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": f"{NODE_NAME}-volume-{index}", **meta},
+                "spec": {
+                    "capacity": {"storage": "100Gi"},  # nominal: a folder of the work folder
+                    "accessModes": ["ReadWriteOnce"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "storageClassName": STORAGE_CLASS,
+                    "local": {"path": str(volume_dir / str(index))},
+                    "nodeAffinity": {
+                        "required": {
+                            "nodeSelectorTerms": [
+                                {
+                                    "matchExpressions": [
+                                        {
+                                            "key": "kubernetes.io/hostname",
+                                            "operator": "In",
+                                            "values": [NODE_NAME],
+                                        }
+                                    ]
+                                }
+                            ]
+                        }
+                    },
+                },
+            }
+        )
+    return manifests
+
+
+def api_path(manifest: dict[str, Any]) -> str:
+    """The collection path a manifest is POSTed to."""
+    group, _, version = manifest["apiVersion"].rpartition("/")
+    base = f"/apis/{group}/{version}" if group else f"/api/{version}"
+    namespace = manifest["metadata"].get("namespace")
+    if namespace:
+        base += f"/namespaces/{namespace}"
+    kind = manifest["kind"].lower()
+    plural = {"endpoints": "endpoints", "storageclass": "storageclasses"}.get(kind, kind + "s")
+    return f"{base}/{plural}"
+
+
 # ------------------------------------------------------------------------------ the node
 
 
@@ -363,6 +649,7 @@ class Node:
     start_timeout: float = 120.0
     processes: list[_Process] = field(default_factory=list)
     relay: Relay | None = None
+    api_relay: Relay | None = None
     lock: int | None = None
 
     @property
@@ -394,9 +681,12 @@ class Node:
             self._network()
             self._credentials()
             self._containerd(deadline)
-            self.import_images([pause_archive(ROOT / ".testenv" / "images"), *images])
+            cache = ROOT / ".testenv" / "images"
+            dns_archive, dns_image = coredns_archive(cache, coredns_binary(self.bin_dir))
+            self.import_images([pause_archive(cache), dns_archive, *images])
             self._kubelet(deadline)
             self._services(deadline)
+            self._addons(deadline, dns_image)
         except BaseException:
             self.stop()
             raise
@@ -411,9 +701,10 @@ class Node:
             with contextlib.suppress(ValueError, ProcessLookupError, OSError):
                 os.kill(int(pid_file.read_text()), 9)
         _kill_shims(self.work_dir)
-        if self.relay is not None:
-            self.relay.close()
-            self.relay = None
+        for relay in (self.relay, self.api_relay):
+            if relay is not None:
+                relay.close()
+        self.relay = self.api_relay = None
         _unmount_below(self.work_dir)
         # The Node object goes too: the control plane may outlive the node (a later tier).
         with contextlib.suppress(OSError):
@@ -463,6 +754,11 @@ class Node:
         listen.bind(("127.0.0.1", port))
         listen.listen(64)
         self.relay = Relay(listen, ("127.0.0.1", port))
+        # Pods reach the API server through the `kubernetes` Service: its endpoint is here.
+        self.api_relay = Relay(
+            socket.create_server((HOST_ADDRESS, API_SERVICE_PORT), backlog=64),
+            ("127.0.0.1", port),
+        )
 
     def _credentials(self) -> None:
         pki = self.control_plane.pki
@@ -568,7 +864,8 @@ class Node:
                     "podCIDR": POD_CIDR,
                     "podLogsDir": str(self.work_dir / "pod-logs"),
                     "resolvConf": str(resolv),
-                    "clusterDomain": "cluster.local",
+                    "clusterDomain": CLUSTER_DOMAIN,
+                    "clusterDNS": [DNS_SERVICE_IP],
                     # A test machine's disk is whatever it is: evict on memory only.
                     "evictionHard": {"memory.available": "100Mi"},
                     "imageGCHighThresholdPercent": 100,
@@ -667,6 +964,24 @@ class Node:
         for proc in self.processes:
             if proc.popen.poll() is not None:
                 raise NodeError(f"{proc.name} exited; {proc.log}:\n{proc.log_tail()}")
+
+    def _addons(self, deadline: float, dns_image: str) -> None:
+        volumes = self.work_dir / "volumes"
+        for index in range(LOCAL_VOLUMES):
+            (volumes / str(index)).mkdir(parents=True, exist_ok=True)
+            (volumes / str(index)).chmod(0o777)  # any pod user may write (local volumes: fsGroup)
+        for manifest in addon_manifests(dns_image, volumes):
+            status, body = self.control_plane.request("POST", api_path(manifest), manifest)
+            if status not in (201, 409):  # 409: left by an earlier node of this control plane
+                raise NodeError(f"creating {manifest['kind']} failed ({status}): {body}")
+        kubelet = next(p for p in self.processes if p.name == "kubelet")
+        self._wait(kubelet, deadline, self.dns_ready)
+
+    def dns_ready(self) -> bool:
+        deployment = self.control_plane.get(
+            "/apis/apps/v1/namespaces/kube-system/deployments/coredns"
+        )
+        return bool(((deployment or {}).get("status") or {}).get("readyReplicas"))
 
     # -- helpers
 
@@ -783,3 +1098,40 @@ def _remove_cgroups() -> None:
                     directory.rmdir()
         with contextlib.suppress(OSError):
             top.rmdir()
+
+
+# ------------------------------------------------------------------------------ by hand
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="A control plane and a node, until SIGTERM.")
+    parser.add_argument("--dir", type=Path, required=True, help="work folder (kubeconfig, logs)")
+    parser.add_argument("images", nargs="*", type=Path, help="image archives to import")
+    args = parser.parse_args(argv)
+    work: Path = args.dir.resolve()
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    bin_dir = find_bin_dir()
+    control_plane = ControlPlane(bin_dir, work / "controlplane")
+    node = Node(control_plane, bin_dir, work / "node")
+    try:
+        started = time.monotonic()
+        control_plane.start()
+        node.start(images=args.images)
+        shutil.copy(control_plane.kubeconfig, work / "kubeconfig")
+        print(f"ready in {time.monotonic() - started:.1f}s: KUBECONFIG={work / 'kubeconfig'}",
+              flush=True)  # fmt: skip
+        stop.wait()
+        return 0
+    except ControlPlaneError as err:
+        print(err, file=sys.stderr, flush=True)
+        return 1
+    finally:
+        (work / "kubeconfig").unlink(missing_ok=True)
+        node.stop()
+        control_plane.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

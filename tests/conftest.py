@@ -13,7 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-_TIERS = ("unit", "browser", "gateway", "cluster")
+_TIERS = ("unit", "browser", "gateway", "cluster", "e2e")
+_deselected_e2e: list[int] = []
 
 
 def need(condition: object, reason: str) -> None:
@@ -35,3 +36,32 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # The node tier last: once its kubelet and scheduler run, pods run, and the rest of the
     # cluster tier (which plays the kubelet itself) must not share a session with them.
     items.sort(key=lambda item: item.get_closest_marker("node") is not None)
+
+
+class _E2EAlone:
+    """The e2e suite brings up a control plane and a node of its own (or takes KUBECONFIG's
+    cluster) and installs the chart cluster-wide: it runs in a session of its own
+    (`pytest -m e2e`), never beside the tiers that share their control plane. Runs after `-m`
+    and `-k` have selected (trylast), on what is left."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(
+        self, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
+        e2e = [item for item in items if item.get_closest_marker("e2e")]
+        if e2e and len(e2e) < len(items):
+            config.hook.pytest_deselected(items=e2e)
+            items[:] = [item for item in items if not item.get_closest_marker("e2e")]
+            _deselected_e2e.append(len(e2e))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(_E2EAlone(), "kubeshot-e2e-alone")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for count in _deselected_e2e:
+        terminalreporter.write_line(
+            f"e2e: {count} tests deselected; the suite runs in a session of its own: "
+            "pytest -m e2e (make test runs it after the other tiers)"
+        )

@@ -1,10 +1,11 @@
 """Node tier: real capture pods on a real kubelet (testenv/node.py), beside the control plane.
 
 The node runs containerd, runc and the CNI bridge in a network namespace of its own, with
-kube-router enforcing NetworkPolicies; the capture image is the one `testenv/image.sh` builds from
-capture-pod/Dockerfile, imported into containerd (never pulled). The operator and the gateway run
-as local processes on this host (the gateway on the node link's host address, where capture pods
-upload), not from the Helm chart: see testenv/README.md for why.
+kube-router enforcing NetworkPolicies, CoreDNS and the `kubernetes` Service; the capture image is
+the one `testenv/image.sh` builds from capture-pod/Dockerfile, imported into containerd (never
+pulled). Here the operator and the gateway run as local processes on this host (the gateway on
+the node link's host address, where capture pods upload), for fast restarts and logs at hand;
+tests/e2e installs them with the Helm chart on the same node instead (its fixtures are these).
 
 Pages for the pods live on the node's target addresses, inside its namespace: nothing a test does
 leaves this machine.
