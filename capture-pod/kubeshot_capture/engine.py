@@ -55,6 +55,9 @@ DEFAULT_POLICY = ScreenshotPolicySpec()
 # them gets a context of its own instead of a spare one.
 _CREATION_ONLY = ("user_agent", "locale", "timezone")
 _SPARE_VIEWPORT: Any = {"width": 1280, "height": 720}
+# A waiting spare context (its renderer, about:blank) takes a few tens of MiB; a policy may
+# have one spare per this much of its memory limit.
+SPARE_MEMORY_SHARE = 512 * 2**20
 
 
 @dataclass(frozen=True)
@@ -77,8 +80,9 @@ class CaptureEngine:
     """Captures pages in one Chromium. Use as an async context manager; one capture at a time.
 
     Args:
-        spare_contexts: contexts opened ahead of time (each used once, then closed). 0 opens
-            every context on demand.
+        spare_contexts: contexts kept open ahead of time (each used once, then closed, and
+            replaced as soon as a capture takes it). 0 opens every context on demand. Each
+            costs a renderer process's memory (tens of MiB) while it waits.
         guard: the egress guard; a new one by default. Passing one is for tests.
     """
 
@@ -156,6 +160,9 @@ class CaptureEngine:
                 async with asyncio.timeout(seconds):
                     started = time.perf_counter()
                     spare = await self._take_spare(options, policy)
+                    if spare is not None and self._pending() < self._spares_for(policy):
+                        # Its replacement opens while this capture runs, not after it.
+                        self._refill()
                     # The session takes the login of the context the capture will run in.
                     session = self._guard.session(
                         policy.network,
@@ -173,8 +180,6 @@ class CaptureEngine:
             finally:
                 if session is not None:
                     session.close()
-                if spare is not None:
-                    self._refill()
 
     async def _capture(
         self,
@@ -230,6 +235,15 @@ class CaptureEngine:
 
     # -- contexts ---------------------------------------------------------------------------
 
+    def _pending(self) -> int:
+        """Spare contexts ready or being opened."""
+        return self._spares.qsize() + len(self._refills)
+
+    def _spares_for(self, policy: ScreenshotPolicySpec) -> int:
+        """How many spares to keep under this policy: each counts against the memory limit of
+        the capture that runs beside it, so one per SPARE_MEMORY_SHARE of it, at least one."""
+        return min(self._spare_target, max(1, policy.limits.memory_bytes // SPARE_MEMORY_SHARE))
+
     def _refill(self) -> None:
         task = asyncio.get_running_loop().create_task(self._open_spare())
         self._refills.add(task)
@@ -257,13 +271,17 @@ class CaptureEngine:
     ) -> _Spare | None:
         """A spare context for this capture, or None when it needs a context of its own.
 
-        The spare is replaced once the capture is over, not while it runs: every request of a
-        context with a proxy login goes through Playwright's driver (its Fetch interception
-        answers the guard's challenge), and a context being opened meanwhile holds it up.
+        The caller opens its replacement at once (`_refill`): back to back, the next capture
+        finds a spare ready instead of waiting for one to open after this capture. Opening a
+        context meanwhile slows this capture's requests down a little (each goes through
+        Playwright's driver, whose Fetch interception answers the guard's challenge), far less
+        than the next capture would wait; see docs/performance.md.
         """
         fresh = policy.network.ignore_https_errors or self._spare_target == 0
         fresh = fresh or any(getattr(options, f) is not None for f in _CREATION_ONLY)
         if fresh or options.device_scale_factor != 1.0:
+            return None
+        if self._spares.empty() and not self._refills:  # a spare failed to open: none coming
             return None
         return await self._spares.get()
 

@@ -26,7 +26,7 @@ from kubeshot.gateway.errors import ApiError
 from kubeshot.gateway.fairness import FairShare
 from kubeshot.gateway.redaction import install, redact
 from kubeshot.gateway.security import client_key
-from kubeshot.gateway.settings import Settings
+from kubeshot.gateway.settings import Settings, default_workers
 from kubeshot.gateway.validation import options_from_query
 
 TOKENS = f"""
@@ -131,7 +131,8 @@ def test_abuse_limits_have_sane_defaults():
     assert settings.max_connections_per_address == 32
     assert settings.rate_limit_signed_global == "10 per second"
     assert settings.max_captures_per_identity == 4 and settings.fair_share
-    assert settings.capture_capacity == settings.workers + settings.queue_size == 18
+    assert settings.queue_size == 16 and settings.workers == default_workers()
+    assert settings.capture_capacity == settings.workers + settings.queue_size
     assert settings.max_pixels == MAX_CAPTURE_PIXELS
     with pytest.raises(ValueError, match=r"max_pixels|KUBESHOT_MAX_PIXELS"):
         Settings(max_pixels=MAX_CAPTURE_PIXELS + 1)  # the engine would refuse it anyway
@@ -361,3 +362,16 @@ def test_the_pixel_budget(options: dict[str, Any], fields: list[str] | None):
     assert f"over the limit of {MAX_CAPTURE_PIXELS}" in found[1]
     # The operator and the engine refuse it too (PolicyViolation), by the same rule.
     assert found[1] in violations(capture, policy)
+
+
+@pytest.mark.parametrize(
+    ("cpus", "memory", "expected"),
+    [
+        (2, 24 * 2**30, 2),  # one per CPU
+        (8, 3 * 2**30, 3),  # as many as fit at 1 GiB each
+        (4, 2**29, 1),  # at least one
+        (64, 2**50, 16),  # bounded
+    ],
+)
+def test_default_workers_are_what_the_machine_can_carry(cpus: int, memory: int, expected: int):
+    assert default_workers(cpus, memory) == expected

@@ -42,7 +42,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--no-auth", action="store_true", help="run WITHOUT authentication (logged as a warning)"
     )
-    parser.add_argument("--workers", type=int, help="capture worker processes (default 2)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="capture worker processes (default: one per CPU, 1 GiB of available memory each)",
+    )
     parser.add_argument("--queue-size", type=int, help="captures that may wait (default 16)")
     parser.add_argument(
         "--captures-per-worker", type=int, help="recycle a worker after N captures (default 50)"

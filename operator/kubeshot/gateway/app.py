@@ -568,6 +568,7 @@ def default_backend(settings: Settings, metrics: Metrics, store: ResultStore) ->
         shutdown_grace=settings.shutdown_grace,
         metrics=metrics,
         worker_user=settings.worker_user,
+        spare_contexts=settings.spare_contexts,
     )
 
 

@@ -52,7 +52,14 @@ from kubeshot.gateway.errors import overloaded
 from kubeshot.gateway.metrics import Metrics
 from kubeshot.gateway.policies import PolicySet
 from kubeshot.gateway.settings import SECRET_ENVIRONMENT
-from kubeshot.gateway.worker import RUN_AS, capture_request, encode_frame, read_frame_async
+from kubeshot.gateway.worker import (
+    DEFAULT_SPARES,
+    RUN_AS,
+    SPARES,
+    capture_request,
+    encode_frame,
+    read_frame_async,
+)
 
 log = logging.getLogger("kubeshot.gateway.pool")
 # Time a capture gets beyond its own timeout before its worker is killed: the engine reports
@@ -141,14 +148,16 @@ def resolve_worker_user(spec: str | None, euid: int | None = None) -> WorkerUser
     return WorkerUser(uid, gid)
 
 
-def worker_environment(tag: str, home: str, user: WorkerUser | None = None) -> dict[str, str]:
+def worker_environment(
+    tag: str, home: str, user: WorkerUser | None = None, spares: int = DEFAULT_SPARES
+) -> dict[str, str]:
     """The gateway's environment without its secrets (a page must never find a token in
     /proc/self/environ), with the worker's private home and temp directory, the user it drops
-    to, and the tag that finds every process of this worker."""
+    to, its number of spare contexts, and the tag that finds every process of this worker."""
     secret = set(SECRET_ENVIRONMENT)
     # XDG_* name the gateway's own directories; under HOME the defaults are the worker's.
     env = {k: v for k, v in os.environ.items() if k not in secret and not k.startswith("XDG_")}
-    env.update({"HOME": home, "TMPDIR": home})
+    env.update({"HOME": home, "TMPDIR": home, SPARES: str(spares)})
     if user is not None:
         env[RUN_AS] = str(user)
     name, _, value = tag.partition("=")
@@ -195,9 +204,14 @@ class Worker:
 
     @classmethod
     async def start(
-        cls, command: Sequence[str], start_timeout: float, user: WorkerUser | None = None
+        cls,
+        command: Sequence[str],
+        start_timeout: float,
+        user: WorkerUser | None = None,
+        spares: int = DEFAULT_SPARES,
     ) -> Worker:
-        """Start a worker; `user`: the one it drops to before it starts a browser."""
+        """Start a worker; `user`: the one it drops to before it starts a browser; `spares`:
+        the contexts its engine keeps open ahead of captures."""
         tag = f"{WORKER_TAG}={uuid.uuid4().hex}"
         home = private_directory(user)
         try:
@@ -207,7 +221,7 @@ class Worker:
                 stdout=asyncio.subprocess.PIPE,
                 start_new_session=True,
                 limit=STREAM_LIMIT,
-                env=worker_environment(tag, home, user),
+                env=worker_environment(tag, home, user, spares),
             )
         except BaseException:
             shutil.rmtree(home, ignore_errors=True)
@@ -320,8 +334,10 @@ class LocalBackend(Backend):
         policies: PolicySet | None = None,
         proxy: ProxyCredentials | None = None,
         worker_user: str | None = None,
+        spare_contexts: int = DEFAULT_SPARES,
     ) -> None:
         self.user = resolve_worker_user(worker_user)
+        self.spare_contexts = spare_contexts
         self.policies = policies or PolicySet([])
         self.proxy = proxy
         self.size = workers
@@ -374,7 +390,9 @@ class LocalBackend(Backend):
         delay = 0.5
         while not self._closing:
             try:
-                worker = await Worker.start(self.command, self.start_timeout, self.user)
+                worker = await Worker.start(
+                    self.command, self.start_timeout, self.user, self.spare_contexts
+                )
             except (OSError, WorkerLost, TimeoutError) as exc:
                 log.error("a capture worker failed to start (%s); retrying in %.1fs", exc, delay)
                 self.metrics.worker_restarts.labels(reason="start_failed").inc()

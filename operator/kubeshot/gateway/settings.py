@@ -7,6 +7,7 @@ everything else is prefixed `KUBESHOT_`. `kubeshot serve` flags override the env
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -25,6 +26,51 @@ SECRET_ENVIRONMENT = (
     "PROXY_PASSWORD",
     "TOKENS_FILE",
 )
+
+
+# What one capture worker may take at most by default: the default policy's memory limit.
+WORKER_MEMORY = 2**30
+MAX_DEFAULT_WORKERS = 16
+
+
+def _available_memory() -> int | None:
+    """Bytes this process could still use: MemAvailable, or less under a cgroup limit."""
+    found: list[int] = []
+    try:
+        with open("/proc/meminfo") as f:
+            found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+        with open("/sys/fs/cgroup/memory.max") as f, open("/sys/fs/cgroup/memory.current") as g:
+            limit = f.read().strip()
+            if limit.isdigit():
+                found.append(int(limit) - int(g.read().strip()))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def _available_cpus() -> int:
+    """CPUs this process may run on, fewer under a cgroup CPU quota (a pod's CPU limit)."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
+def default_workers(cpus: int | None = None, memory: int | None = None) -> int:
+    """Capture workers this machine can carry: one per CPU this process may use (a capture
+    is CPU-bound in Chromium; more workers than cores only queue inside the kernel), no more
+    than `WORKER_MEMORY` each fits in the available memory, at least one."""
+    if cpus is None:
+        cpus = _available_cpus()
+    if memory is None:
+        memory = _available_memory()
+    fitting = cpus if memory is None else min(cpus, memory // WORKER_MEMORY)
+    return max(1, min(fitting, MAX_DEFAULT_WORKERS))
 
 
 def _alias(name: str) -> AliasChoices:
@@ -201,8 +247,16 @@ class Settings(BaseSettings):
     """Seconds a synchronous request waits beyond the capture's timeout (queueing, pod start)."""
 
     # --- local backend ---------------------------------------------------------------------
-    workers: int = Field(default=2, ge=1, le=64, validation_alias=_alias("KUBESHOT_WORKERS"))
-    """Capture worker processes, each with its own Chromium."""
+    workers: int = Field(
+        default_factory=default_workers, ge=1, le=64, validation_alias=_alias("KUBESHOT_WORKERS")
+    )
+    """Capture worker processes, each with its own Chromium. Default: one per CPU, as many as
+    fit in the available memory at 1 GiB each (`default_workers`)."""
+    spare_contexts: int = Field(
+        default=2, ge=0, le=4, validation_alias=_alias("KUBESHOT_SPARE_CONTEXTS")
+    )
+    """Browser contexts each worker keeps open ahead of captures (each used once, then closed),
+    at most one per 512 MiB of the capture's memory limit. 0: open each on demand."""
     captures_per_worker: int = Field(
         default=50, ge=1, validation_alias=_alias("KUBESHOT_CAPTURES_PER_WORKER")
     )

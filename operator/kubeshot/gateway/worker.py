@@ -112,11 +112,23 @@ def capture_request(
     }
 
 
+# How many spare contexts the worker's engine keeps (set by the gateway; at most MAX_SPARES).
+SPARES = "KUBESHOT_WORKER_SPARE_CONTEXTS"
+DEFAULT_SPARES = 2
+MAX_SPARES = 4
+
+
+def spare_contexts(environ: dict[str, str] | None = None) -> int:
+    value = (os.environ if environ is None else environ).get(SPARES, "")
+    return min(int(value), MAX_SPARES) if value.isdigit() else DEFAULT_SPARES
+
+
 def _load_engine_factory(spec: str | None) -> Callable[[], Any]:
     if spec is None:
         from kubeshot_capture.engine import CaptureEngine
 
-        return lambda: CaptureEngine(spare_contexts=1)
+        spares = spare_contexts()
+        return lambda: CaptureEngine(spare_contexts=spares)
     module, _, attr = spec.partition(":")
     factory: Callable[[], Any] = getattr(importlib.import_module(module), attr)
     return factory
