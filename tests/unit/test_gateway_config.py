@@ -190,6 +190,10 @@ def test_engine_messages_lose_internal_addresses_but_keep_the_callers():
     assert redact_addresses(text, "http://203.0.113.9/") == (
         "refused db.corp ([address]:5432), [address]:443, [address] and 203.0.113.9 at 12:30 v1.2"
     )
+    # Only the address the caller's URL names is theirs; one that merely stands inside it is not.
+    assert redact_addresses("10.0.0.1 refused", "http://110.0.0.12/") == "[address] refused"
+    assert redact_addresses("::1 refused", "http://[::1]:8080/") == "::1 refused"
+    assert redact_addresses("10.0.0.1 refused", "(html input)") == "[address] refused"
 
 
 def _settings_with_tokens(tmp_path: Path, text: str, **values: Any) -> Settings:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from enum import IntEnum, StrEnum
+from urllib.parse import urlsplit
 
 
 class ExitCode(IntEnum):
@@ -116,13 +117,23 @@ def redact_addresses(message: str, keep: str = "") -> str:
     Every boundary that hands a failure message to a caller applies it: the gateway's answers
     and the capture pod's termination message (read by whoever may read the CaptureJob)."""
 
+    named = _named_address(keep)
+
     def replace(match: re.Match[str]) -> str:
         text = match.group(0)
-        bare = text.strip("[]")
         try:
-            ipaddress.ip_address(bare)
+            address = ipaddress.ip_address(text.strip("[]"))
         except ValueError:
             return text
-        return text if bare in keep else "[address]"
+        return text if address == named else "[address]"
 
     return _IPV6.sub(replace, _IPV4.sub(replace, message))
+
+
+def _named_address(url: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a URL names as its host (compared as an address, never as a substring)."""
+    try:
+        host = urlsplit(url).hostname
+        return ipaddress.ip_address(host) if host else None
+    except ValueError:
+        return None

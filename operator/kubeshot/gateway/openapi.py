@@ -32,11 +32,15 @@ _ERRORS = {
     "401": _error("Missing, malformed or invalid token (with WWW-Authenticate)"),
     "403": _error("Blocked by policy, or a signed URL that does not verify"),
     "413": _error("Request body too large"),
-    "429": _error("Rate limit reached (Retry-After, RateLimit-* headers)"),
-    "503": _error("Overloaded or shutting down (Retry-After)"),
+    "429": _error(
+        "Rate limit reached (`rate_limited`, RateLimit-* headers), or the caller already holds"
+        " its share of the captures in flight (`concurrency_limited`); Retry-After either way"
+    ),
+    "503": _error("Overloaded, shutting down, or the capture backend unavailable (Retry-After)"),
 }
 _CAPTURE_ERRORS = {
     **_ERRORS,
+    "408": _error("The request body did not arrive in time (`request_timeout`)"),
     "415": _error("Body is not application/json"),
     "422": _error("A resource limit was exceeded (memory, download, result size)"),
     "502": _error("The page could not be captured"),
