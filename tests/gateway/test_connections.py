@@ -93,3 +93,24 @@ async def test_one_address_holds_at_most_its_share_of_connections(capped_gateway
         w.close()
     metrics = capped_gateway.app[keys.METRICS].exposition().decode()
     assert 'kubeshot_connections_refused_total{reason="per_address"} 1.0' in metrics
+
+
+async def test_a_request_aiohttp_cannot_parse_gets_the_json_error_envelope(edge_gateway: Gateway):
+    # aiohttp answers these itself, before any middleware; it used to send text/plain.
+    for request in (
+        b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nBad Header Line <script>\r\n\r\n",
+    ):
+        reader, writer = await _connect(edge_gateway)
+        writer.write(request)
+        await writer.drain()
+        answer = await _until_closed(reader)
+        writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.split(b" ", 2)[1] == b"400", answer[:200]
+        assert b"Content-Type: application/json" in head
+        assert b"X-Content-Type-Options: nosniff" in head
+        error = json.loads(body)["error"]
+        assert error["code"] == "invalid_request"
+        assert b"<script>" not in body and b"aaaa" not in body and b"bbbb" not in body

@@ -20,7 +20,6 @@ from kubeshot.api import (
 from kubeshot.api.admission import admit, effective_timeout, violations
 from kubeshot.api.crds import capturejob_crd, screenshotpolicy_crd
 from kubeshot.api.names import DNS1123_SUBDOMAIN
-from kubeshot.api.quantity import quantity_bytes
 
 URL = "https://example.com/"
 
@@ -209,13 +208,6 @@ def test_one_error_vocabulary(reason: FailureReason, exit_code: int, http: int) 
     assert reason.exit_code == exit_code
     assert reason.http_status == http
     assert FailureReason.from_exit_code(reason.exit_code).exit_code == exit_code
-
-
-@pytest.mark.parametrize(
-    ("text", "value"), [("1Gi", 1024**3), ("512Mi", 512 * 1024**2), ("1.5G", 1_500_000_000)]
-)
-def test_quantities(text: str, value: int) -> None:
-    assert quantity_bytes(text) == value
 
 
 BAD_NAMES = [".", "..", "", "a/b", "../x", "UPPER", "-a", "a-", "a..b", "a_b", "a" * 254, "a\n"]

@@ -21,7 +21,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.web_protocol import RequestHandler
 
+from kubeshot.gateway.errors import ApiError
 from kubeshot.gateway.metrics import Metrics
 from kubeshot.gateway.security import SECURE_HEADERS, client_key
 from kubeshot.gateway.settings import Network
@@ -101,7 +104,48 @@ class ConnectionGuard:
 
     def protocol(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
         """A protocol factory whose connections are counted (and refused over the limit)."""
-        return lambda: _Guarded(self, factory())
+        return lambda: _Guarded(self, _json_errors(factory()))
+
+
+def _json_errors(protocol: asyncio.Protocol) -> asyncio.Protocol:
+    """aiohttp answers a request it cannot parse (a request line over 8,190 bytes, a malformed
+    header) itself, before any middleware, in text/plain and quoting the bytes it choked on;
+    this makes that answer the gateway's JSON error envelope. aiohttp's only hook for it is the
+    handler's `handle_error`, and its handlers are slotted: the handler the server made becomes
+    a _JsonErrorHandler (same slots, one method overridden)."""
+    if type(protocol) is RequestHandler:
+        protocol.__class__ = _JsonErrorHandler
+    return protocol
+
+
+class _JsonErrorHandler(RequestHandler):
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status == 500:
+            log.error("error handling request from %s", request.remote, exc_info=exc)
+        else:
+            log.debug("unparseable request from %s: %r", request.remote, exc)
+        if request.writer.output_size > 0:  # as aiohttp: an answer is already on its way
+            raise ConnectionError("response already sent, cannot send the error")
+        if isinstance(exc, LineTooLong):
+            error = ApiError(status, "invalid_request", "request line or header field too long")
+        elif isinstance(exc, BadHttpMessage) or status == 400:
+            # The parser's message quotes the bytes it choked on: never echoed back.
+            error = ApiError(status, "invalid_request", "malformed HTTP request")
+        elif status == 504:
+            error = ApiError(status, "timeout", "the request was not answered in time")
+        else:
+            error = ApiError(status, "internal", "internal error")
+        response = web.json_response(error.body(), status=status, headers=SECURE_HEADERS)
+        response.force_close()
+        return response
 
 
 class _Guarded(asyncio.Protocol):
