@@ -52,3 +52,13 @@ def test_cel_rules_come_from_the_model() -> None:
     assert [r["rule"] for r in rules[:-1]] == [r.cel for r in CROSS_FIELD_RULES]
     assert [r["message"] for r in rules[:-1]] == [r.message for r in CROSS_FIELD_RULES]
     assert rules[-1]["rule"] == "self == oldSelf"
+
+
+def test_yaml_1_1_booleans_are_quoted_for_go_yaml() -> None:
+    # go-yaml (kubectl, helm) reads an unquoted `y` as true: `clip.required: [x, y]` broke the CRD.
+    from kubeshot.cli.crds import render
+
+    text = render({"required": ["x", "y", "n", "on", "off", "width"]})
+    for word in ("y", "n", "on", "off"):
+        assert f'- "{word}"' in text
+    assert "- x\n" in text and "- width\n" in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,25 @@ def register(subparsers: Any) -> None:
     p.set_defaults(run=run)
 
 
+# YAML 1.1 booleans that PyYAML (which resolves only the long forms) writes unquoted, while
+# go-yaml — kubectl, helm, the API server's apply — reads them as true/false: a field named `y`
+# in a `required` list would become `true`.
+_YAML11_BOOL = re.compile(r"^(y|Y|n|N|yes|Yes|YES|no|No|NO|on|On|ON|off|Off|OFF)$")
+
+
+class _Dumper(yaml.SafeDumper):
+    def represent_str(self, data: str) -> yaml.ScalarNode:
+        if _YAML11_BOOL.match(data):
+            return self.represent_scalar("tag:yaml.org,2002:str", data, style='"')
+        return super().represent_str(data)
+
+
+_Dumper.add_representer(str, _Dumper.represent_str)
+
+
 def render(document: dict[str, Any]) -> str:
-    return HEADER + yaml.safe_dump(document, sort_keys=False, width=100, allow_unicode=True)
+    body = yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=100, allow_unicode=True)
+    return HEADER + body
 
 
 def rendered() -> dict[str, str]:

@@ -2,13 +2,21 @@
 
 Replicas that do not hold the Lease wait; the leader renews it every third of its duration and
 stops (the process exits, Kubernetes restarts it as a follower) when it cannot.
+
+Expiry is judged as client-go's leaderelection judges it: by this process's own monotonic clock,
+from the moment it last saw the Lease's record change, never by comparing the holder's
+`renewTime` with the local wall clock. Replicas whose clocks disagree therefore never both
+lead: a follower takes over only after it has watched the record stay unchanged for a whole
+lease duration.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime, timedelta
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 from kubeshot.kube import ApiError, Conflict, KubeClient, NotFound, resource_path
 
@@ -20,22 +28,19 @@ def _micro_time(at: datetime) -> str:
     return at.strftime(_FORMAT)
 
 
-def _parse(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    for fmt in (_FORMAT, "%Y-%m-%dT%H:%M:%SZ"):
-        try:
-            return datetime.strptime(text, fmt).replace(tzinfo=UTC)
-        except ValueError:
-            continue
-    return None
-
-
 class LeaderLease:
     """The Lease `namespace/name`, held by `identity`."""
 
     def __init__(
-        self, client: KubeClient, namespace: str, name: str, identity: str, duration: float
+        self,
+        client: KubeClient,
+        namespace: str,
+        name: str,
+        identity: str,
+        duration: float,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.client = client
         self.namespace = namespace
@@ -43,6 +48,10 @@ class LeaderLease:
         self.identity = identity
         self.duration = duration
         self._path = resource_path("coordination.k8s.io/v1", "leases", namespace)
+        self._monotonic = monotonic
+        self._wall = wall  # only written into the Lease for people to read, never compared
+        self._observed: tuple[object, ...] | None = None
+        self._observed_at = 0.0
 
     def _spec(self, at: datetime, transitions: int, acquired: str | None) -> dict[str, object]:
         return {
@@ -54,8 +63,8 @@ class LeaderLease:
         }
 
     async def try_acquire(self) -> bool:
-        """Take or renew the Lease; False while another live holder has it."""
-        at = datetime.now(UTC)
+        """Take or renew the Lease; False while another holder has it and has not let it lapse."""
+        at = self._wall()
         try:
             lease = await self.client.get(f"{self._path}/{self.name}")
         except NotFound:
@@ -72,10 +81,18 @@ class LeaderLease:
             return True
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity")
-        renewed = _parse(spec.get("renewTime"))
         duration = float(spec.get("leaseDurationSeconds") or self.duration)
-        alive = renewed is not None and at < renewed + timedelta(seconds=duration)
-        if holder and holder != self.identity and alive:
+        record = (
+            holder,
+            spec.get("renewTime"),
+            spec.get("acquireTime"),
+            spec.get("leaseTransitions"),
+            spec.get("leaseDurationSeconds"),
+        )
+        if record != self._observed:
+            self._observed, self._observed_at = record, self._monotonic()
+        lapsed = self._monotonic() >= self._observed_at + duration
+        if holder and holder != self.identity and not lapsed:
             return False
         transitions = int(spec.get("leaseTransitions") or 0) + (holder != self.identity)
         acquired = spec.get("acquireTime") if holder == self.identity else None
