@@ -7,16 +7,21 @@ STAMP := $(VENV)/.installed
 CHROMIUM ?= /usr/bin/chromium
 PYTEST_ARGS ?=
 
-.PHONY: setup packages run test test-unit test-browser test-gateway test-cluster test-node test-e2e lint crds openapi chart bench bench-operator bench-e2e bench-throughput testenv testenv-up testenv-down e2e-kind images clean
+.PHONY: setup packages run test test-unit test-browser test-gateway test-cluster test-node test-e2e lint crds openapi chart bench bench-operator bench-e2e bench-throughput testenv testenv-up testenv-down e2e-kind images gallery clean
 
 setup: $(STAMP) packages
 
 # Debian's packages: Chromium (Playwright drives it through executable_path; its own downloads
-# are not used) with fonts, shellcheck for the scripts; for the node tier containerd, runc, the
-# CNI plugins, iptables/ipset/conntrack (kube-proxy, kube-router), debootstrap and buildah (the
-# capture image), gcc and libc6-dev (the static pause binary).
-DEBIAN_PACKAGES = chromium fonts-liberation shellcheck containerd runc containernetworking-plugins \
-	iptables ipset conntrack debootstrap buildah gcc libc6-dev
+# are not used) with fonts (Latin, CJK, colour emoji), the maintained filter lists blockAds reads
+# (uBlock Origin's EasyList/EasyPrivacy/uBlock filters), shellcheck for the scripts; for the node
+# tier containerd, runc, the CNI plugins, iptables/ipset/conntrack (kube-proxy, kube-router),
+# debootstrap and buildah (the capture image), gcc and libc6-dev (the static pause binary);
+# prometheus for its promtool (the tests check both daemons' /metrics and the chart's alerts).
+# Its daemon does not run in containers (no init system); on a host with systemd Debian starts
+# the prometheus service: `systemctl disable --now prometheus` if it is not wanted.
+DEBIAN_PACKAGES = chromium fonts-liberation fonts-noto-cjk fonts-noto-color-emoji \
+	webext-ublock-origin-chromium shellcheck containerd runc containernetworking-plugins \
+	iptables ipset conntrack debootstrap buildah gcc libc6-dev prometheus
 # A containerd or runc already on PATH counts (Docker's containerd.io conflicts with Debian's).
 packages:
 	@missing=; for p in $(DEBIAN_PACKAGES); do \
@@ -119,9 +124,16 @@ test-e2e: setup testenv
 e2e-kind: setup
 	hack/e2e-kind.sh
 
+# The images' org.opencontainers.image.version label: pyproject.toml's version, the one source.
+VERSION = $(shell sed -n 's/^version = "\([^"]*\)".*/\1/p' pyproject.toml | head -n1)
 images:
-	docker build -f operator/Dockerfile -t kubeshot/kubeshot:dev .
-	docker build -f capture-pod/Dockerfile -t kubeshot/capture:dev .
+	docker build --build-arg KUBESHOT_VERSION=$(VERSION) -f operator/Dockerfile -t kubeshot/kubeshot:dev .
+	docker build --build-arg KUBESHOT_VERSION=$(VERSION) -f capture-pod/Dockerfile -t kubeshot/capture:dev .
+
+# Captures of local test pages (CJK/emoji, lazy images, a cookie banner and ads, a long page, a
+# PDF with a footer) into build/gallery/index.html, to look at instead of read about.
+gallery: setup
+	$(BIN)/python hack/gallery.py --out build/gallery
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

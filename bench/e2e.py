@@ -243,6 +243,7 @@ def local_backend(jobs: int, work: Path) -> list[float]:
     env = {**os.environ, "RATE_LIMIT_ENABLED": "false", "PYTHONUNBUFFERED": "1"}
     log = (work / "gateway.log").open("wb")
     argv = [str(KUBESHOT), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--metrics-port", "0"]  # an ephemeral port: nothing here scrapes it
     argv += ["--tokens-file", str(tokens)]
     gateway = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Generate the chart's values.schema.json and docs/helm.md's values reference from values.yaml.
 
+Chart.yaml's appVersion is written too, from pyproject.toml's version: the one source of the
+release's version (the CLI, the images and kubeshot_build_info read it from the package metadata).
+
 values.yaml is the one source: each value's prose comment becomes its schema `description` and its
 entry in docs/helm.md (between the `values:begin` and `values:end` markers; the rest of that file
 is prose). The types and bounds are below; `defaultPolicy.spec` is the ScreenshotPolicy CRD's own
@@ -17,6 +20,7 @@ import copy
 import json
 import re
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,9 @@ CHART = ROOT / "charts" / "kubeshot"
 VALUES = CHART / "values.yaml"
 SCHEMA = CHART / "values.schema.json"
 DOCS = ROOT / "docs" / "helm.md"
+CHART_YAML = CHART / "Chart.yaml"
+PYPROJECT = ROOT / "pyproject.toml"
+_APP_VERSION = re.compile(r"^appVersion:.*$", re.MULTILINE)
 POLICY_CRD = ROOT / "crds" / "kubeshot.dev_screenshotpolicies.yaml"
 BEGIN = "<!-- values:begin -->"
 END = "<!-- values:end -->"
@@ -105,6 +112,7 @@ STRING_MAP: Schema = {"type": "object", "additionalProperties": {"type": "string
 K8S_OBJECT: Schema = {"type": "object"}
 K8S_LIST: Schema = {"type": "array", "items": {"type": "object"}}
 RATE = string(pattern=r"^\s*\d+\s*(/|per)\s*\d*\s*(second|minute|hour|day|month|year)s?\s*$")
+FRACTION: Schema = {"type": "number", "exclusiveMinimum": 0, "maximum": 1}
 INT_OR_PERCENT = {"oneOf": [integer(0), string(pattern=r"^\d+%$")]}
 PDB = obj(
     {
@@ -225,6 +233,7 @@ def schema_body() -> Schema:
                     "watchNamespaces": namespaces,
                     "port": PORT,
                     "uploadPort": PORT,
+                    "metricsPort": PORT,
                     "httpsOnly": BOOL,
                     "trustedProxies": {
                         "type": "array",
@@ -303,6 +312,27 @@ def schema_body() -> Schema:
                     "serviceAccount": SERVICE_ACCOUNT,
                     "podDisruptionBudget": PDB,
                     **pod_placement(),
+                    "autoscaling": obj(
+                        {
+                            "enabled": BOOL,
+                            "minReplicas": integer(1, 100),
+                            "maxReplicas": integer(1, 100),
+                            "targetCPUUtilizationPercentage": integer(1, 1000),
+                            "queueDepthPerPod": integer(0, 10000),
+                        }
+                    ),
+                    "keda": obj(
+                        {
+                            "enabled": BOOL,
+                            # 0 would stop every gateway: nothing would report a queue to wake on
+                            "minReplicaCount": integer(1, 100),
+                            "maxReplicaCount": integer(1, 100),
+                            "serverAddress": string(pattern=r"^(https?://[^\s]+)?$"),
+                            "queueDepthThreshold": integer(1, 10000),
+                            "pollingInterval": integer(1, 3600),
+                            "cooldownPeriod": integer(0, 86400),
+                        }
+                    ),
                 }
             ),
             "networkPolicy": obj(
@@ -320,12 +350,42 @@ def schema_body() -> Schema:
             "defaultPolicy": obj(
                 {"enabled": BOOL, "namespaces": namespaces, "spec": policy_spec_schema()}
             ),
+            "metrics": obj(
+                {
+                    "prometheusRule": obj(
+                        {
+                            "enabled": BOOL,
+                            "labels": STRING_MAP,
+                            "runbookBaseUrl": string(pattern=r"^https?://[^\s#]+$"),
+                            "errorRatio": FRACTION,
+                            "queueSaturation": FRACTION,
+                            "jobWaitSeconds": integer(1, 86400),
+                            "leaderlessFor": string(pattern=r"^(\d+(s|m|h))+$"),
+                        }
+                    ),
+                    "grafanaDashboard": obj(
+                        {
+                            "enabled": BOOL,
+                            "namespace": {"oneOf": [string(maxLength=0), DNS_LABEL]},
+                            "labels": STRING_MAP,
+                            "annotations": STRING_MAP,
+                        }
+                    ),
+                }
+            ),
             "serviceMonitor": obj(
                 {
                     "enabled": BOOL,
                     "interval": string(pattern=r"^(\d+(ms|s|m|h))+$"),
                     "scrapeTimeout": string(pattern=r"^(\d+(ms|s|m|h))+$"),
                     "labels": STRING_MAP,
+                }
+            ),
+            "telemetry": obj(
+                {
+                    "logFormat": string(enum=["json", "text"]),
+                    "otlpEndpoint": string(maxLength=2048, pattern=r"^(https?://[^\s]+)?$"),
+                    "collectorPeers": K8S_LIST,
                 }
             ),
         }
@@ -376,6 +436,7 @@ _OPAQUE = {
     "gateway.resources",
     "operator.dns.podLabels",
     "defaultPolicy.spec",
+    "metrics.grafanaDashboard.labels",
 }
 
 
@@ -428,9 +489,22 @@ def undocumented(values_text: str) -> list[str]:
     return [path for path, _ in _leaves(values) if not comments.get(path)]
 
 
+def project_version() -> str:
+    """pyproject.toml's version: the release the chart's images default to."""
+    return str(tomllib.loads(PYPROJECT.read_text())["project"]["version"])
+
+
+def with_app_version(chart_yaml: str, version: str) -> str:
+    """Chart.yaml with `appVersion` set to `version` (the line must exist)."""
+    if not _APP_VERSION.search(chart_yaml):
+        raise ValueError("charts/kubeshot/Chart.yaml has no appVersion line")
+    return _APP_VERSION.sub(f'appVersion: "{version}"', chart_yaml, count=1)
+
+
 def outputs() -> dict[Path, str]:
     text = VALUES.read_text()
     return {
+        CHART_YAML: with_app_version(CHART_YAML.read_text(), project_version()),
         SCHEMA: json.dumps(build_schema(text), indent=2) + "\n",
         DOCS: with_values_reference(DOCS.read_text() if DOCS.exists() else "", build_docs(text)),
     }

@@ -3,7 +3,9 @@
 # kubectl (k8s.io/kubernetes), etcd (go.etcd.io/etcd/server/v3) and helm (helm.sh/helm/v3), at the
 # versions pinned in testenv/versions.env, into .testenv/bin/<versions>/ (git-ignored); and the
 # node tier's cluster DNS, CoreDNS (testenv/coredns/, its own module with a few plugins), into
-# .testenv/bin/coredns-<version>/, a separate small build.
+# .testenv/bin/coredns-<version>/, a separate small build; and a minimal OpenTelemetry Collector
+# (testenv/otelcol/: OTLP receiver + file exporter, for the tracing tests) into
+# .testenv/bin/otelcol-<version>/, another (about 2 minutes cold).
 #
 # Idempotent: exits at once when the binaries for the pinned versions are there. One `go build`
 # compiles all five, so the packages they share are compiled once. Go's own module and build
@@ -12,6 +14,7 @@
 #
 #   testenv/build.sh                  build (or reuse) and print the binary folder
 #   testenv/build.sh --print-bin-dir  print the binary folder only (no build)
+#   testenv/build.sh --print-otelcol  print the test collector's path only (no build)
 #   testenv/build.sh --update-gomod   regenerate testenv/gomod/go.mod + go.sum (and
 #                                     testenv/coredns/'s) from versions.env
 #
@@ -23,6 +26,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
 GOMOD_DIR="$HERE/gomod"
 COREDNS_DIR="$HERE/coredns"
+OTELCOL_DIR="$HERE/otelcol"
 # The Go packages built, one binary each (go names .../server/v3's binary "server"; renamed etcd).
 PACKAGES=(
   go.etcd.io/etcd/server/v3
@@ -57,6 +61,15 @@ bin_dir() {
 
 coredns_dir() {
   echo "$ROOT/.testenv/bin/coredns-$COREDNS_VERSION"
+}
+
+# The collector's release: the one testenv/otelcol/go.mod requires (its only pin).
+otelcol_version() {
+  sed -n 's|^[[:space:]]*go\.opentelemetry\.io/collector/otelcol \(v[0-9.]*\)$|\1|p' "$OTELCOL_DIR/go.mod"
+}
+
+otelcol_dir() {
+  echo "$ROOT/.testenv/bin/otelcol-$(otelcol_version)"
 }
 
 have_all() {
@@ -181,8 +194,22 @@ build_coredns() {
   say "built CoreDNS in $((SECONDS - start))s"
 }
 
+build_otelcol() {
+  local dest="$1" tmp start
+  tmp="$dest.partial.$$"
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  trap 'rm -rf "$tmp"' EXIT
+  say "building the OpenTelemetry Collector $(otelcol_version) (testenv/otelcol: OTLP in, file out)"
+  start=$SECONDS
+  (cd "$OTELCOL_DIR" && go build -trimpath -ldflags="-s -w" -o "$tmp/otelcol" .)
+  rm -rf "$dest"; mv "$tmp" "$dest"
+  trap - EXIT
+  say "built the collector in $((SECONDS - start))s"
+}
+
 case "${1:-}" in
   --print-bin-dir) bin_dir; exit 0 ;;
+  --print-otelcol) echo "$(otelcol_dir)/otelcol"; exit 0 ;;
   --update-gomod) update_gomod; exit 0 ;;
   "") ;;
   *) die "unknown argument: $1 (see the header of $0)" ;;
@@ -207,5 +234,9 @@ if [[ -z "${KUBESHOT_TESTENV_BIN:-}" || ! -x "$dest/coredns" ]] && [[ ! -x "$(co
   check_gomod
   require_go
   build_coredns "$(coredns_dir)"
+fi
+if [[ ! -x "$(otelcol_dir)/otelcol" ]]; then
+  require_go
+  build_otelcol "$(otelcol_dir)"
 fi
 echo "$dest"

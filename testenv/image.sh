@@ -10,7 +10,7 @@
 #   3. a smoke check as user 10001: the engine imports, and a real capture of a page served on
 #      127.0.0.2 by this script writes a PNG;
 #   4. `buildah push` to .testenv/images/capture-<sha12>.tar, <sha12> a hash of the inputs (the
-#      Dockerfile, pyproject.toml, capture-pod/, operator/kubeshot/{__init__.py,py.typed,api/},
+#      Dockerfile, pyproject.toml, capture-pod/, operator/kubeshot/{__init__.py,py.typed,logs.py,api/},
 #      this script, the image name; not README.md, which only fills the package's metadata).
 #
 # Idempotent: when the archive for the current inputs exists it prints its path and exits at once.
@@ -23,9 +23,11 @@
 #   testenv/image.sh --operator    also build operator/Dockerfile into operator-<sha12>.tar
 #   testenv/image.sh --no-smoke    skip the smoke check
 #
-# The image is named as the operator's default capture image (capture_image in
-# operator/kubeshot/operator/settings.py, today ghcr.io/kubeshot/capture:0.1.0) so that pods with
-# imagePullPolicy IfNotPresent run it without a pull; KUBESHOT_CAPTURE_IMAGE names it otherwise.
+# The image is named as the operator's default capture image (CAPTURE_REPOSITORY in
+# operator/kubeshot/operator/settings.py, tagged with pyproject.toml's version: today
+# ghcr.io/kubeshot/capture:0.1.0) so that pods with imagePullPolicy IfNotPresent run it without a
+# pull; KUBESHOT_CAPTURE_IMAGE names it otherwise. Both images carry that version as their
+# org.opencontainers.image.version label.
 # The operator image is named as the chart's default, ghcr.io/kubeshot/kubeshot:<appVersion>
 # (KUBESHOT_OPERATOR_IMAGE names it otherwise).
 # KUBESHOT_DEBIAN_MIRROR / KUBESHOT_DEBIAN_SECURITY_MIRROR override the mirrors found in
@@ -44,18 +46,25 @@ BASE_TAR="$IMAGES/debian-$SUITE-minbase.tar"
 STORAGE_DRIVER="${KUBESHOT_STORAGE_DRIVER:-overlay}"
 # What the capture image is built from (the .dockerignore excludes caches).
 CAPTURE_INPUTS=(capture-pod pyproject.toml operator/kubeshot/__init__.py operator/kubeshot/py.typed
-  operator/kubeshot/api testenv/image.sh)
+  operator/kubeshot/logs.py operator/kubeshot/api testenv/image.sh)
 OPERATOR_INPUTS=(operator capture-pod pyproject.toml testenv/image.sh)
 
 say() { printf 'image: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
-capture_ref() {
+project_version() { # pyproject.toml's version: the one source of the release's version
+  local version
+  version="$(sed -n 's/^version = "\([^"]*\)".*/\1/p' "$ROOT/pyproject.toml" | head -n1)"
+  [[ -n "$version" ]] || die "no version in pyproject.toml"
+  echo "$version"
+}
+
+capture_ref() { # the operator's default: CAPTURE_REPOSITORY:<version>
   if [[ -n "${KUBESHOT_CAPTURE_IMAGE:-}" ]]; then echo "$KUBESHOT_CAPTURE_IMAGE"; return; fi
-  local ref
-  ref="$(sed -n 's/^ *capture_image: str = "\([^"]*\)".*/\1/p' "$ROOT/operator/kubeshot/operator/settings.py")"
-  [[ -n "$ref" ]] || die "no capture_image default in operator/kubeshot/operator/settings.py; set KUBESHOT_CAPTURE_IMAGE"
-  echo "$ref"
+  local repository
+  repository="$(sed -n 's/^CAPTURE_REPOSITORY = "\([^"]*\)".*/\1/p' "$ROOT/operator/kubeshot/operator/settings.py")"
+  [[ -n "$repository" ]] || die "no CAPTURE_REPOSITORY in operator/kubeshot/operator/settings.py; set KUBESHOT_CAPTURE_IMAGE"
+  echo "$repository:$(project_version)"
 }
 
 operator_ref() { # the chart's default: image.registry/image.repository:appVersion
@@ -175,7 +184,7 @@ import_base() { # the rootfs tarball as $BASE_REF
 # existing folder leaves nothing in the layers) and handed to the Dockerfiles' `ARG PIP_CERT`.
 build_args() {
   local mnt="$IMAGES/build-mnt" bundle=/etc/ssl/certs/ca-certificates.crt
-  BUILD_ARGS=(--build-arg "BASE_IMAGE=$BASE_REF")
+  BUILD_ARGS=(--build-arg "BASE_IMAGE=$BASE_REF" --build-arg "KUBESHOT_VERSION=$(project_version)")
   rm -rf "$mnt"; mkdir -p "$mnt"
   if [[ -f "$bundle" ]]; then
     cp -L "$bundle" "$mnt/ca.crt"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -38,22 +39,31 @@ from kubeshot.api import (
     FailureReason,
     Format,
     PdfOptions,
+    PhaseTiming,
     ProxyCredentials,
     ScreenshotPolicySpec,
     Timings,
 )
 from kubeshot.api.admission import admit, effective_timeout
-from kubeshot_capture import artifacts
-from kubeshot_capture.blocklists import COOKIE_BANNER_CSS, is_ad_request
+from kubeshot.api.capture import MAX_URL_LENGTH, http_status_matches
+from kubeshot.api.job import CapturePhase
+from kubeshot_capture import actions, artifacts, emulation
+from kubeshot_capture.actions import first_line as _first_line
+from kubeshot_capture.actions import selector_error as _selector_error
+from kubeshot_capture.blocklists import (
+    AdBlocker,
+    BlockingUnavailable,
+    ad_blocker_async,
+    autoconsent_script,
+    dismiss_cookie_banners,
+    hide_ad_elements,
+)
 from kubeshot_capture.browser import chromium_args, chromium_executable
 from kubeshot_capture.guard import LOGIN_URL, EgressGuard, EgressSession, ProxyLogin
 
 log = logging.getLogger(__name__)
 
 DEFAULT_POLICY = ScreenshotPolicySpec()
-# Context options that can only be chosen when a context is created; a capture that sets any of
-# them gets a context of its own instead of a spare one.
-_CREATION_ONLY = ("user_agent", "locale", "timezone")
 _SPARE_VIEWPORT: Any = {"width": 1280, "height": 720}
 # A waiting spare context (its renderer, about:blank) takes a few tens of MiB; a policy may
 # have one spare per this much of its memory limit.
@@ -159,6 +169,7 @@ class CaptureEngine:
             try:
                 async with asyncio.timeout(seconds):
                     started = time.perf_counter()
+                    deadline = actions.Deadline.after(seconds)
                     spare = await self._take_spare(options, policy)
                     if spare is not None and self._pending() < self._spares_for(policy):
                         # Its replacement opens while this capture runs, not after it.
@@ -170,7 +181,7 @@ class CaptureEngine:
                         upstream=proxy,
                         login=spare.login if spare is not None else None,
                     )
-                    return await self._capture(options, policy, session, spare, started)
+                    return await self._capture(options, policy, session, spare, started, deadline)
             except TimeoutError as exc:
                 if session is not None:
                     self._raise_if_guard_stopped(session)
@@ -188,18 +199,36 @@ class CaptureEngine:
         session: EgressSession,
         spare: _Spare | None,
         started: float,
+        deadline: actions.Deadline,
     ) -> Artifact:
         context = spare.context if spare is not None else None
+        partial = False
         try:
             if options.url is not None:
                 await session.preflight(options.url)
             context, page = await self._open(options, policy, session, spare)
-            await self._configure(context, page, options)
+            await self._configure(context, page, options, session)
             setup_done = time.perf_counter()
-            final_url = await self._load(page, options, session)
-            await self._prepare(page, options)
+            response: Response | None = None
+            navigated: float | None = None
+            answered = _MainDocument(page) if options.best_attempt and options.url else None
+            try:
+                async with actions.preparing(deadline, options.best_attempt):
+                    response = await self._load(page, options, session)
+                    navigated = time.perf_counter()
+                    await self._prepare(page, options, policy, deadline)
+            except (TimeoutError, CaptureError) as exc:
+                if not options.best_attempt or not _timed_out(exc):
+                    raise
+                await self._salvage(page, options, session, deadline, exc)
+                partial = True
+                if response is None and answered is not None:
+                    response = answered.last
+                    _raise_if_target_failed(options, response)
+            title = await page.title()
             loaded = time.perf_counter()
             data = await self._render(page, options, policy)
+            rendered = time.perf_counter()
             self._raise_if_guard_stopped(session)
             if len(data) > policy.limits.max_result_bytes:
                 raise CaptureError(
@@ -221,7 +250,10 @@ class CaptureEngine:
             width=verified.width,
             height=verified.height,
             pages=verified.pages,
-            final_url=final_url,
+            final_url=_reportable_url(response.url) if response is not None else None,
+            http_status=response.status if response is not None else None,
+            title=title,
+            partial=partial or None,  # absent unless partial
             blocked_requests=session.blocked_requests,
             bytes_transferred=session.bytes_transferred,
             timings=Timings(
@@ -229,6 +261,7 @@ class CaptureEngine:
                 setup_ms=_ms(setup_done - started),
                 navigation_ms=_ms(loaded - setup_done),
                 render_ms=_ms(done - loaded),
+                phases=_phases(started, setup_done, navigated or loaded, loaded, rendered, done),
             ),
         )
         return Artifact(data=data, report=report)
@@ -258,7 +291,7 @@ class CaptureEngine:
                 **_base_context_options(),
                 proxy=self._guard.context_proxy(login),  # type: ignore[arg-type]
                 viewport=_SPARE_VIEWPORT,
-                color_scheme="light",
+                color_scheme=emulation.SPARE_COLOR_SCHEME.value,
             )
             page = await context.new_page()
         except PlaywrightError as exc:  # browser closing: nothing to keep
@@ -278,8 +311,7 @@ class CaptureEngine:
         than the next capture would wait; see docs/performance.md.
         """
         fresh = policy.network.ignore_https_errors or self._spare_target == 0
-        fresh = fresh or any(getattr(options, f) is not None for f in _CREATION_ONLY)
-        if fresh or options.device_scale_factor != 1.0:
+        if fresh or emulation.needs_own_context(options):
             return None
         if self._spares.empty() and not self._refills:  # a spare failed to open: none coming
             return None
@@ -297,26 +329,21 @@ class CaptureEngine:
             context = await self.browser.new_context(
                 **_base_context_options(),
                 proxy=self._guard.context_proxy(session.login),  # type: ignore[arg-type]
-                viewport=viewport,  # type: ignore[arg-type]
-                color_scheme="dark" if options.dark_mode else "light",
-                user_agent=options.user_agent,
-                locale=options.locale,
-                timezone_id=options.timezone,
-                device_scale_factor=options.device_scale_factor,
+                **emulation.context_options(options),
                 ignore_https_errors=policy.network.ignore_https_errors,
             )
             page = await context.new_page()
         else:
             context, page = spare.context, spare.page
-            # A spare was opened with the default viewport and a light colour scheme.
+            # A spare was opened with the default viewport (and colour scheme: page_media).
             if viewport != _SPARE_VIEWPORT:
                 await page.set_viewport_size(viewport)  # type: ignore[arg-type]
-            if options.dark_mode:
-                await page.emulate_media(color_scheme="dark")
+        if media := emulation.page_media(options):
+            await page.emulate_media(**media)  # type: ignore[arg-type]
         return context, page
 
     async def _configure(
-        self, context: BrowserContext, page: Page, options: CaptureOptions
+        self, context: BrowserContext, page: Page, options: CaptureOptions, session: EgressSession
     ) -> None:
         page.on("dialog", _dismiss_dialog)
         context.on("page", _close_popup)
@@ -331,13 +358,20 @@ class CaptureEngine:
         if options.cookies:
             await context.add_cookies([_cookie(c, options) for c in options.cookies])
         if options.block_ads:
-            await context.route(is_ad_request, _abort_ad)
+            try:
+                blocker = await ad_blocker_async()
+            except BlockingUnavailable as exc:
+                raise CaptureError(FailureReason.INVALID_SPEC, str(exc)) from exc
+            await context.route("**/*", functools.partial(_block_ad, blocker, session))
+        if options.hide_cookie_banners:  # before navigation: it hides banners as they appear
+            await context.add_init_script(script=autoconsent_script())
 
     # -- loading ----------------------------------------------------------------------------
 
     async def _load(
         self, page: Page, options: CaptureOptions, session: EgressSession
-    ) -> str | None:
+    ) -> Response | None:
+        """Navigate; the main document's final response (after redirects), None for html."""
         wait_until = options.wait_until.value
         # Redirect hops inside a TLS tunnel are invisible to the guard's URL bookkeeping; the
         # watch records every main-frame URL the navigation went through.
@@ -365,17 +399,19 @@ class CaptureEngine:
                 FailureReason.NAVIGATION_FAILED, f"navigation failed: {_first_line(exc.message)}"
             ) from exc
         self._raise_if_guard_stopped(session)
+        _raise_if_target_failed(options, response)
         if options.wait_for_selector is not None:
             try:
-                await page.wait_for_selector(options.wait_for_selector, state="visible")
+                state = options.wait_for_selector_state.value
+                await page.wait_for_selector(options.wait_for_selector, state=state)  # type: ignore[arg-type]
             except PlaywrightTimeout as exc:
                 raise CaptureError(
                     FailureReason.TIMEOUT,
-                    f"no element matching waitForSelector {options.wait_for_selector!r} appeared",
+                    f"waitForSelector {options.wait_for_selector!r} was not {state} in time",
                 ) from exc
             except PlaywrightError as exc:
                 raise _selector_error("waitForSelector", exc) from exc
-        return response.url if response is not None else None
+        return response
 
     def _raise_if_blocked(
         self, session: EgressSession, urls: list[str], response: Response | None
@@ -398,11 +434,20 @@ class CaptureEngine:
                 "the page fetched more than the policy's maxDownloadBytes",
             )
 
-    async def _prepare(self, page: Page, options: CaptureOptions) -> None:
+    async def _prepare(
+        self,
+        page: Page,
+        options: CaptureOptions,
+        policy: ScreenshotPolicySpec,
+        deadline: actions.Deadline,
+    ) -> None:
         if options.hide_cookie_banners:
-            await page.add_style_tag(content=COOKIE_BANNER_CSS)
-        if options.custom_css is not None:
-            await page.add_style_tag(content=options.custom_css)
+            await dismiss_cookie_banners(page, until=deadline.prepare_by)
+        if options.block_ads:
+            await hide_ad_elements(page, await ad_blocker_async())
+        await self._style(page, options)
+        if options.click_selectors:
+            await actions.click(page, options.click_selectors, deadline)
         if options.custom_java_script is not None:
             try:
                 await page.evaluate(options.custom_java_script)
@@ -411,8 +456,43 @@ class CaptureEngine:
                     FailureReason.INVALID_SPEC,
                     f"customJavaScript failed: {_first_line(exc.message)}",
                 ) from exc
+        if options.scroll_to_load:
+            max_height = policy.limits.max_full_page_height
+            await actions.scroll_to_load(page, max_height=max_height, deadline=deadline)
         if options.delay_ms:
             await asyncio.sleep(options.delay_ms / 1000)
+
+    async def _style(self, page: Page, options: CaptureOptions) -> None:
+        """The options that only add style: cheap, so a partial capture gets them too."""
+        if options.custom_css is not None:
+            await page.add_style_tag(content=options.custom_css)
+        if options.hide_selectors:
+            await actions.hide(page, options.hide_selectors)
+
+    async def _salvage(
+        self,
+        page: Page,
+        options: CaptureOptions,
+        session: EgressSession,
+        deadline: actions.Deadline,
+        exc: TimeoutError | CaptureError,
+    ) -> None:
+        """bestAttempt after loading or preparing timed out: return when what the page
+        rendered may be captured (with the styles applied; the rest of the preparation is
+        skipped), else raise why not."""
+        self._raise_if_guard_stopped(session)
+        if options.url is not None:
+            committed = page.url.startswith(("http://", "https://"))
+            self._raise_if_blocked(
+                session, [options.url, page.url] if committed else [options.url], None
+            )
+        if not await actions.has_rendered(page, options.url is not None):
+            raise CaptureError(
+                FailureReason.TIMEOUT,
+                f"capture did not finish within {deadline.seconds:g} s, and the page had "
+                "rendered nothing to capture (bestAttempt)",
+            ) from exc
+        await self._style(page, options)
 
     # -- rendering --------------------------------------------------------------------------
 
@@ -422,15 +502,13 @@ class CaptureEngine:
         fmt = options.format
         if fmt is Format.PDF:
             pdf = options.pdf or PdfOptions()
-            kwargs: dict[str, Any] = {
-                "format": pdf.format.value,
-                "landscape": pdf.landscape,
-                "print_background": pdf.print_background,
-                "scale": pdf.scale,
-            }
-            if pdf.page_ranges:
-                kwargs["page_ranges"] = pdf.page_ranges
-            return await page.pdf(**kwargs)
+            try:
+                return await page.pdf(**emulation.pdf_options(pdf))
+            except PlaywrightError as exc:
+                why = emulation.pdf_failure(pdf, exc.message)
+                if why is not None:
+                    raise CaptureError(FailureReason.INVALID_SPEC, why) from exc
+                raise
         if fmt is Format.HTML:
             if options.selector is not None:
                 locator = await self._element(page, options.selector)
@@ -450,12 +528,11 @@ class CaptureEngine:
             element = await self._element(page, options.selector)
             data = await element.screenshot(**shot)
         else:
+            if options.clip is not None:  # the model keeps it inside the viewport
+                shot["clip"] = options.clip.model_dump()
             if options.full_page:
                 shot["full_page"] = True
-                height = await page.evaluate(
-                    "Math.max(document.documentElement.scrollHeight, document.body ? "
-                    "document.body.scrollHeight : 0)"
-                )
+                height = await page.evaluate(actions.PAGE_HEIGHT)
                 cap = policy.limits.max_full_page_height
                 if int(height) > cap:
                     shot["clip"] = {"x": 0, "y": 0, "width": options.viewport.width, "height": cap}
@@ -475,6 +552,43 @@ class CaptureEngine:
                 FailureReason.NAVIGATION_FAILED, f"selector {selector!r} matched no element"
             )
         return locator
+
+
+class _MainDocument:
+    """The main frame's latest document response, seen as it arrives. A bestAttempt capture
+    that times out before `goto` returns still reports (and `failOnHttpStatus` judges) what the
+    target answered: this response."""
+
+    def __init__(self, page: Page) -> None:
+        self.last: Response | None = None
+        self._frame = page.main_frame
+        page.on("response", self._seen)
+
+    def _seen(self, response: Response) -> None:
+        request = response.request
+        if request.is_navigation_request() and request.frame == self._frame:
+            self.last = response
+
+
+def _timed_out(exc: TimeoutError | CaptureError) -> bool:
+    return isinstance(exc, TimeoutError) or exc.reason is FailureReason.TIMEOUT
+
+
+def _raise_if_target_failed(options: CaptureOptions, response: Response | None) -> None:
+    """`failOnHttpStatus`: the target's final answer (after redirects) is one the caller
+    refuses to capture. The URL in the message is redacted where messages leave us."""
+    if response is not None and http_status_matches(options.fail_on_http_status, response.status):
+        raise CaptureError(
+            FailureReason.TARGET_HTTP_ERROR,
+            f"the target answered HTTP {response.status} at {response.url[:500]}"
+            " (failOnHttpStatus)",
+        )
+
+
+def _reportable_url(url: str) -> str | None:
+    """The final URL as results carry it; longer than the API's URL limit it is not reported
+    (a URL cut short would name another page)."""
+    return url if len(url) <= MAX_URL_LENGTH else None
 
 
 def _base_context_options() -> dict[str, Any]:
@@ -502,12 +616,6 @@ def _cookie(cookie: Any, options: CaptureOptions) -> Any:
             FailureReason.INVALID_SPEC, f"cookie {cookie.name!r} needs a domain with html input"
         )
     return entry
-
-
-def _selector_error(field: str, exc: PlaywrightError) -> CaptureError:
-    return CaptureError(
-        FailureReason.INVALID_SPEC, f"{field} is not a valid selector: {_first_line(exc.message)}"
-    )
 
 
 async def _log_in(page: Page) -> None:
@@ -558,12 +666,25 @@ async def _send_headers_to_origin(
     await session.send("Fetch.enable", {"patterns": [{"urlPattern": pattern}]})
 
 
-async def _abort_ad(route: Route) -> None:
+async def _block_ad(blocker: AdBlocker, session: EgressSession, route: Route) -> None:
+    """Abort what the filter lists call an ad or a tracker, judged against the document that
+    asks for it (a subframe's own document against its parent), so first-party rules hold."""
     request = route.request
-    if request.is_navigation_request() and request.frame.parent_frame is None:
-        await route.fallback()  # the page the caller asked for is never an ad
-    else:
+    try:
+        frame = request.frame
+        source = frame.url
+        if request.is_navigation_request():
+            if frame.parent_frame is None:
+                await route.fallback()  # the page the caller asked for is never an ad
+                return
+            source = frame.parent_frame.url
+    except PlaywrightError:  # a service worker's request: no frame, judged as first-party
+        source = request.url
+    if blocker.blocks(request.url, source, request.resource_type):
+        session.blocked_requests += 1
         await route.abort("blockedbyclient")
+    else:
+        await route.fallback()
 
 
 async def _dismiss_dialog(dialog: Any) -> None:
@@ -578,8 +699,19 @@ async def _close_popup(page: Page) -> None:
             await page.close()
 
 
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0][:300] if text.strip() else "unknown error"
+def _phases(*marks: float) -> list[PhaseTiming]:
+    """setup, navigate (with waitForSelector), wait (delays, scrolling, styles, scripts), render
+    and verify between `time.perf_counter()` marks, on the wall clock: the trace puts them beside
+    spans that other processes recorded."""
+    offset = time.time_ns() - int(time.perf_counter() * 1e9)
+    return [
+        PhaseTiming(
+            name=name,
+            start_unix_nano=offset + int(start * 1e9),
+            end_unix_nano=offset + int(end * 1e9),
+        )
+        for name, start, end in zip(CapturePhase, marks, marks[1:], strict=False)
+    ]
 
 
 def _ms(seconds: float) -> float:

@@ -4,8 +4,10 @@ Inputs come from the environment the operator sets:
   KUBESHOT_REQUEST           JSON CaptureRequest (mounted from the job's Secret)
   KUBESHOT_TERMINATION_LOG   where the result summary goes (default /dev/termination-log)
   KUBESHOT_OUTPUT            artifact path when the request has no upload target
-The summary written to the termination log is at most 4 KiB of JSON:
+The summary written to the termination log is at most 4 KiB of JSON (UTF-8):
   {"result": {...ResultSummary...}} or {"failure": {"reason": ..., "message": ...}}
+A result carries the target's final URL, HTTP status and page title beside the artifact's
+identity; the operator copies it into the CaptureJob's `status.result`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from kubeshot import logs
 from kubeshot.api import (
     CaptureError,
     CaptureReport,
@@ -38,12 +41,42 @@ UPLOAD_ATTEMPTS = 3
 
 
 def write_summary(path: Path, summary: dict[str, object]) -> None:
-    text = json.dumps(summary, separators=(",", ":"))
-    if len(text.encode()) > MAX_TERMINATION_MESSAGE:  # only a long failure message can do this
-        failure = dict(summary.get("failure", {}))  # type: ignore[call-overload]
+    path.write_text(termination_message(summary), encoding="utf-8")
+
+
+def termination_message(summary: dict[str, object]) -> str:
+    """The summary as JSON of at most MAX_TERMINATION_MESSAGE bytes: the kubelet cuts a longer
+    message, which would then not parse. What may be long gives way, never what identifies the
+    artifact: a failure's message; a result's page title, then its final URL. The phases'
+    timings (for traces) give way first."""
+    text = _json(summary)
+    if "phases" in summary and not _fits(text):
+        summary = {k: v for k, v in summary.items() if k != "phases"}
+        text = _json(summary)
+    if "failure" in summary and not _fits(text):
+        failure = dict(summary["failure"])  # type: ignore[call-overload]
         failure["message"] = str(failure.get("message", ""))[:1000]
-        text = json.dumps({"failure": failure}, separators=(",", ":"))
-    path.write_text(text, encoding="utf-8")
+        text = _json({"failure": failure})
+    if "result" in summary and not _fits(text):
+        result = dict(summary["result"])  # type: ignore[call-overload]
+        title = str(result.pop("title", None) or "")
+        # Every character cut saves at least a byte: one cut by the excess is enough.
+        title = title[: max(0, len(title) - (len(text.encode()) - MAX_TERMINATION_MESSAGE))]
+        if title.strip():
+            result["title"] = title.rstrip()
+        text = _json({"result": result})
+        if not _fits(text):
+            result.pop("finalUrl", None)
+            text = _json({"result": result})
+    return text
+
+
+def _json(document: dict[str, object]) -> str:
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+
+
+def _fits(text: str) -> bool:
+    return len(text.encode()) <= MAX_TERMINATION_MESSAGE
 
 
 def upload(target: UploadTarget, data: bytes, report: CaptureReport) -> str:
@@ -86,7 +119,8 @@ async def run(request: CaptureRequest) -> tuple[bytes, CaptureReport]:
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # JSON lines with the job's request id, job, policy and trace id (set by the operator).
+    logs.setup(logs.log_format(None, "json"), static=logs.context_from_env())
     termination = Path(os.environ.get("KUBESHOT_TERMINATION_LOG", "/dev/termination-log"))
     try:
         raw = Path(os.environ.get("KUBESHOT_REQUEST", "/var/run/kubeshot/request.json")).read_text()
@@ -112,6 +146,9 @@ def main() -> int:
         )
         print(f"{exc.reason.value}: {message}", file=sys.stderr)
         return exc.reason.exit_code
-    write_summary(termination, {"result": summary.to_wire()})
+    # When each phase ran: the operator records them as this pod's spans in the job's trace
+    # (the pod itself exports nothing: its NetworkPolicy lets it reach no collector).
+    phases = [phase.to_wire() for phase in report.timings.phases]
+    write_summary(termination, {"result": summary.to_wire(), "phases": phases})
     log.info("captured %s: %d bytes sha256=%s", report.format, report.bytes, report.sha256)
     return ExitCode.OK

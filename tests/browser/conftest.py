@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import struct
 import threading
 import time
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -58,15 +60,58 @@ PAGES: dict[str, str] = {
         </body></html>""",
     "/banner": """<!doctype html><html><head><style>html,body{margin:0;background:#fff}
         #onetrust-banner-sdk{position:fixed;left:0;top:0;width:100%;height:100%;background:#f00}
-        </style></head><body><div id="onetrust-banner-sdk">We use cookies</div></body></html>""",
+        </style></head><body><div id="onetrust-banner-sdk">We use cookies
+        <button id="onetrust-reject-all-handler" onclick="this.parentNode.remove()">Reject</button>
+        </div></body></html>""",
     "/alert": """<!doctype html><html><body><script>alert('hi'); window.open('/page');</script>
         <p id="after">after</p></body></html>""",
+    # Page actions (test_actions.py): images below the fold that load only when scrolled to,
+    # a "load more" button, a spinner that goes away, a load event that never fires.
+    "/lazy": """<!doctype html><html><head><style>html,body{margin:0;background:#fff}
+        .gap{height:3000px} img{display:block;width:200px;height:200px}</style></head><body>
+        <div class="gap"></div><img id="observed" data-src="/color/00ff00.png" alt="">
+        <div class="gap"></div><img id="native" loading="lazy" src="/color/0000ff.png" alt="">
+        <div style="height:500px"></div><script>
+        const io = new IntersectionObserver(entries => { for (const e of entries) {
+          if (e.isIntersecting) { e.target.src = e.target.dataset.src; io.unobserve(e.target); }
+        } });
+        io.observe(document.getElementById('observed'));</script></body></html>""",
+    "/load-more": """<!doctype html><html><head><style>html,body{margin:0;background:#fff}
+        #more{position:absolute;left:0;top:0;width:200px;height:50px}
+        #content{position:absolute;left:0;top:100px;width:300px;height:200px;background:#0f0;
+                 display:none}</style></head><body>
+        <button id="more" onclick="fetch('/slow?s=0.5').then(r => r.text()).then(() => {
+          document.getElementById('content').style.display = 'block'; })">Load more</button>
+        <div id="content"></div></body></html>""",
+    "/spinner": """<!doctype html><html><head><style>html,body{margin:0;background:#fff}
+        #spinner{position:absolute;left:0;top:0;width:200px;height:200px;background:#f00}
+        </style></head><body><div id="spinner"></div><script>
+        setTimeout(() => document.getElementById('spinner').remove(), 1000);</script>
+        </body></html>""",
+    "/never-loads": """<!doctype html><html><head><style>html,body{margin:0;background:#fff}
+        #shown{position:absolute;left:0;top:0;width:300px;height:300px;background:#0f0}
+        #ad{position:absolute;left:400px;top:0;width:100px;height:100px;background:#f00}
+        </style></head><body><div id="shown"></div><div id="ad"></div>
+        <img src="/slow?s=60" alt=""></body></html>""",
 }
 PIXEL_PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
     "1f15c4890000000d49444154789c6360f8cfc0f01f0005000201e2b0d5"
     "3d0000000049454e44ae426082"
 )
+
+
+def solid_png(rgb_hex: str) -> bytes:
+    """A 1x1 opaque PNG of this colour (RRGGBB), stretched by the page to any size."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+    pixels = zlib.compress(b"\x00" + bytes.fromhex(rgb_hex))
+    end = chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + end
 
 
 class TestSite:
@@ -95,6 +140,8 @@ class TestSite:
                     self._send(200, "text/html", f"<pre id='out'>{body}</pre>".encode())
                 elif path in PAGES:
                     self._send(200, "text/html; charset=utf-8", PAGES[path].encode())
+                elif path.startswith("/color/") and path.endswith(".png"):
+                    self._send(200, "image/png", solid_png(path[len("/color/") : -len(".png")]))
                 elif path.endswith((".png", ".gif")):
                     self._send(200, "image/png", PIXEL_PNG)
                 else:

@@ -172,3 +172,65 @@ def test_no_chromium_outlives_an_interrupted_capture(
         time.sleep(0.2)
     assert not (chromium_pids() - before), "Chromium outlived the capture"
     assert not (tmp_path / "o.png").exists()
+
+
+def test_options_json_reaches_every_field_and_flags_win(
+    tmp_path: Path, site: TestSite, policy_file: Path
+) -> None:
+    options = tmp_path / "options.json"
+    options.write_text(
+        json.dumps({"clickSelectors": [{"selector": "#more"}], "viewport": {"width": 400}})
+    )
+    out = tmp_path / "more.png"
+    done = capture(
+        site.url("/load-more"),
+        "-o",
+        str(out),
+        "--policy",
+        str(policy_file),
+        "--options",
+        f"@{options}",
+        "--height",
+        "300",  # merged into --options' viewport
+    )
+    assert done.returncode == 0, done.stderr
+    with Image.open(out) as img:
+        assert img.size == (400, 300)
+        assert img.convert("RGB").getpixel((150, 200)) == (0, 255, 0)  # revealed by the click
+
+
+def test_hide_and_clip_flags(tmp_path: Path, site: TestSite, policy_file: Path) -> None:
+    out = tmp_path / "clip.png"
+    done = capture(
+        site.url("/page"),
+        "-o",
+        str(out),
+        "--policy",
+        str(policy_file),
+        "--clip",
+        "180,40,160,100",
+        "--hide",
+        "#box",
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "partial" not in json.loads(done.stdout)  # a complete capture
+    with Image.open(out) as img:
+        assert img.size == (160, 100)
+        assert img.convert("RGB").getpixel((30, 20)) == (255, 255, 255)  # #box is hidden
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--options", "[]"], "--options must be a JSON object"),
+        (["--options", '{"clickSelector": []}'], "clickSelector"),
+        (["--clip", "1,2,3"], "--clip X,Y,W,H expects 4"),
+        (["--clip", "0,0,2000,10"], "clip must lie within the viewport"),
+        (["--scroll-to-load"], "scrollToLoad applies to fullPage"),
+    ],
+)
+def test_invalid_action_flags_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    done = capture("https://example.invalid/", "-o", str(tmp_path / "o.png"), *args, timeout=30)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1

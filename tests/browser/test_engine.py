@@ -306,18 +306,6 @@ async def test_custom_javascript_needs_the_policy(
     assert info.value.reason is FailureReason.POLICY_VIOLATION
 
 
-async def test_block_ads_keeps_ad_requests_off_the_wire(
-    engine: Any, local_policy: Any, site: TestSite
-) -> None:
-    site.requests.clear()
-    await shot(engine, local_policy, url=site.url("/ads"), blockAds=True)
-    assert "/content/photo.png" in site.requests
-    assert "/ads/banner.png" not in site.requests and "/pagead/track.gif" not in site.requests
-    site.requests.clear()
-    await shot(engine, local_policy, url=site.url("/ads"))
-    assert "/ads/banner.png" in site.requests
-
-
 async def test_hide_cookie_banners(engine: Any, local_policy: Any, site: TestSite) -> None:
     shown, _ = await shot(engine, local_policy, url=site.url("/banner"))
     hidden, _ = await shot(engine, local_policy, url=site.url("/banner"), hideCookieBanners=True)

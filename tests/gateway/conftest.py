@@ -28,6 +28,7 @@ from aiohttp import ClientSession, TCPConnector, web
 from kubeshot.gateway import Settings, create_app, keys
 from kubeshot.gateway.auth import hash_token
 from kubeshot.gateway.backend import Backend
+from kubeshot.gateway.metrics import metrics_app
 from kubeshot.gateway.policies import PolicySet
 from kubeshot.gateway.pool import WORKER_TAG, LocalBackend
 from kubeshot.gateway.serving import GatewaySite
@@ -149,6 +150,12 @@ class Gateway:
     runner: web.AppRunner
     settings: Settings
     plain_url: str | None = None
+    metrics_runner: web.AppRunner | None = None
+
+    @property
+    def metrics_url(self) -> str:
+        """The metrics port's /metrics (not served on the callers' port)."""
+        return f"http://127.0.0.1:{self.settings.metrics_port}/metrics"
 
     @property
     def backend(self) -> LocalBackend:
@@ -170,6 +177,8 @@ class Gateway:
         pytest.fail("gateway never became ready", pytrace=False)
 
     async def stop(self) -> None:
+        if self.metrics_runner is not None:
+            await self.metrics_runner.cleanup()
         await self.runner.cleanup()
 
 
@@ -178,9 +187,13 @@ async def start_gateway(
     ssl_context: ssl.SSLContext | None = None,
     backend: Backend | None = None,
 ) -> Gateway:
-    """Serve create_app(settings) on 127.0.0.1:settings.port (and the plain redirect port) as
-    `kubeshot serve` does: through GatewaySites and their connection guard."""
+    """Serve create_app(settings) on 127.0.0.1:settings.port (and the plain redirect port, and
+    /metrics on settings.metrics_port) as `kubeshot serve` does: through GatewaySites and their
+    connection guard."""
     app = create_app(settings, backend=backend)
+    metrics_runner = web.AppRunner(metrics_app(app[keys.METRICS]))
+    await metrics_runner.setup()
+    await web.TCPSite(metrics_runner, "127.0.0.1", settings.metrics_port).start()
     runner = web.AppRunner(app, shutdown_timeout=settings.http_shutdown_timeout)
     await runner.setup()
     guard = app[keys.CONNECTIONS]
@@ -193,7 +206,13 @@ async def start_gateway(
         handshake_timeout=settings.header_timeout,
     ).start()
     scheme = "https" if ssl_context else "http"
-    gateway = Gateway(f"{scheme}://127.0.0.1:{settings.port}", app, runner, settings)
+    gateway = Gateway(
+        f"{scheme}://127.0.0.1:{settings.port}",
+        app,
+        runner,
+        settings,
+        metrics_runner=metrics_runner,
+    )
     if settings.http_redirect_port is not None:
         await GatewaySite(runner, "127.0.0.1", settings.http_redirect_port, guard=guard).start()
         gateway.plain_url = f"http://127.0.0.1:{settings.http_redirect_port}"
@@ -215,6 +234,7 @@ def base_settings(policy_file: Path, tokens_file: Path, **overrides: Any) -> Set
         "workers": 2,
         "shutdown_grace": 5,
         "port": free_port(),
+        "metrics_port": free_port(),
     }
     values.update(overrides)
     return Settings(**values)

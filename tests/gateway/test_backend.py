@@ -104,7 +104,7 @@ async def test_worker_over_its_memory_limit_is_killed_and_replaced(
     assert await wait_until(lambda: len(backend._workers) == backend.size, within=60)
     status, data, _ = await _capture(gateway, session, {"url": pages.base + "/"})
     assert status == 200
-    async with session.get(f"{gateway.url}/metrics") as r:
+    async with session.get(gateway.metrics_url) as r:
         text = await r.text()
     assert metric_value(text, "kubeshot_worker_restarts_total", reason="memory_limit") >= 1
 
@@ -141,7 +141,7 @@ async def test_workers_are_recycled_after_n_captures(
     backend = small_gateway.backend
     await small_gateway.wait_ready(session, within=60)
     first = {w.tag for w in backend._workers}
-    async with session.get(f"{small_gateway.url}/metrics") as r:
+    async with session.get(small_gateway.metrics_url) as r:
         before = metric_value(await r.text(), "kubeshot_worker_restarts_total", reason="recycled")
     for _ in range(2):
         async with session.post(
@@ -150,7 +150,7 @@ async def test_workers_are_recycled_after_n_captures(
             headers=small_gateway.auth(),
         ) as r:
             assert r.status == 200
-    async with session.get(f"{small_gateway.url}/metrics") as r:
+    async with session.get(small_gateway.metrics_url) as r:
         after = metric_value(await r.text(), "kubeshot_worker_restarts_total", reason="recycled")
     assert after >= before + 1
     # The retired worker exits with its whole tree; a fresh one takes over.

@@ -42,6 +42,7 @@ async def _serve(*args: str, env: dict[str, str] | None = None) -> Served:
         "serve",
         "--port",
         str(port),
+        *([] if "--metrics-port" in args else ["--metrics-port", str(free_port())]),
         "--workers",
         "1",
         *args,

@@ -74,7 +74,7 @@ async def test_one_identity_cannot_take_the_queue_from_the_others(
 async def test_a_render_over_the_pixel_budget_is_refused_before_any_worker(
     gateway: Gateway, session: ClientSession, pages: Pages
 ):
-    async with session.get(f"{gateway.url}/metrics") as r:
+    async with session.get(gateway.metrics_url) as r:
         before = await r.text()
     cases = [
         # 3840x2160 at scale 4: 133 M device pixels from a 150-byte request.
@@ -92,7 +92,7 @@ async def test_a_render_over_the_pixel_budget_is_refused_before_any_worker(
         assert error["code"] == "invalid_request"  # type: ignore[index]
         assert field in {d["field"] for d in error["details"]}  # type: ignore[index]
         assert "33554432" in error["message"]  # type: ignore[index]
-    async with session.get(f"{gateway.url}/metrics") as r:
+    async with session.get(gateway.metrics_url) as r:
         after = await r.text()
     for metric in ("kubeshot_captures_total", "kubeshot_worker_restarts_total"):
         assert _total(after, metric) == _total(before, metric), metric

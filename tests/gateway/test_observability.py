@@ -1,4 +1,5 @@
-"""/healthz, /readyz, /metrics and the OpenAPI document (served, checked in, not drifted)."""
+"""/healthz, /readyz, /metrics (its own port) and the OpenAPI document (served, checked in,
+not drifted)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ async def test_metrics_count_what_the_issue_asks_for(gateway: Gateway, session: 
         headers=gateway.auth(),
     ) as r:
         assert r.status == 403
-    async with session.get(f"{gateway.url}/metrics") as r:
+    async with session.get(gateway.metrics_url) as r:
         assert r.status == 200
         assert r.content_type == "text/plain"
         text = await r.text()
@@ -39,7 +40,10 @@ async def test_metrics_count_what_the_issue_asks_for(gateway: Gateway, session: 
     assert metric_value(text, "kubeshot_admission_rejections_total", reason="PolicyViolation") >= 1
     for name in (
         "kubeshot_rate_limited_total",
-        "kubeshot_capture_duration_seconds_bucket",
+        "kubeshot_capture_duration_seconds",
+        "kubeshot_queue_wait_seconds",
+        "kubeshot_build_info",
+        "process_cpu_seconds_total",
         "kubeshot_queue_depth",
         "kubeshot_worker_restarts_total",
         "kubeshot_workers",

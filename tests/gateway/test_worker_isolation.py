@@ -213,7 +213,7 @@ async def test_serve_removes_its_secrets_from_its_environment(
     with (tmp_path / "serve.log").open("wb") as log:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "kubeshot.cli", "serve", "--port", str(port),
-            "--workers", "1", "--policy", str(policy_file),
+            "--metrics-port", "0", "--workers", "1", "--policy", str(policy_file),
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"

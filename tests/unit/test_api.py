@@ -66,6 +66,10 @@ def test_bad_urls_are_refused(url: str, message: str) -> None:
     assert message in refused({"url": url})
 
 
+CLIP = {"x": 0, "y": 0, "width": 10, "height": 10}
+CLIP_800x600_CORNER = {"x": 700, "y": 550, "width": 100, "height": 51}
+
+
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
@@ -93,10 +97,55 @@ def test_bad_urls_are_refused(url: str, message: str) -> None:
         ({"url": URL, "delayMs": 60000}, "delayMs"),
         ({"url": URL, "unknownOption": True}, "Extra inputs are not permitted"),
         ({"url": URL, "cookies": [{"name": "a;b", "value": "c"}]}, "cookies.0.name"),
+        # Page actions: each bounded, and only where it means something.
+        ({"url": URL, "scrollToLoad": True}, "scrollToLoad applies to fullPage image captures"),
+        ({"url": URL, "format": "html", "scrollToLoad": True}, "scrollToLoad applies to"),
+        ({"url": URL, "hideSelectors": ["p"] * 33}, "at most 32"),
+        ({"url": URL, "hideSelectors": [""]}, "hideSelectors.0"),
+        ({"url": URL, "hideSelectors": ["a" * 1025]}, "hideSelectors.0"),
+        ({"url": URL, "clickSelectors": [{"selector": "#a"}] * 11}, "at most 10"),
+        ({"url": URL, "clickSelectors": ["#a"]}, "clickSelectors.0"),
+        ({"url": URL, "clickSelectors": [{"selector": "#a", "force": True}]}, "force"),
+        ({"url": URL, "clip": {"x": 0, "y": 0, "width": 0, "height": 10}}, "clip.width"),
+        ({"url": URL, "clip": {"x": -1, "y": 0, "width": 10, "height": 10}}, "clip.x"),
+        ({"url": URL, "clip": {"x": 0, "y": 0, "width": 10}}, "clip.height"),
+        ({"url": URL, "clip": {"x": 1200, "y": 0, "width": 100, "height": 10}}, "within the view"),
+        (
+            {"url": URL, "viewport": {"width": 800, "height": 600}, "clip": CLIP_800x600_CORNER},
+            "within the viewport",
+        ),
+        ({"url": URL, "format": "pdf", "clip": CLIP}, "clip applies to image formats only"),
+        ({"url": URL, "fullPage": True, "clip": CLIP}, "clip cannot be combined"),
+        ({"url": URL, "selector": "p", "clip": CLIP}, "clip cannot be combined"),
+        ({"url": URL, "waitForSelectorState": "hidden"}, "waitForSelectorState needs"),
+        ({"url": URL, "waitForSelector": "p", "waitForSelectorState": "gone"}, "visible"),
+        ({"url": URL, "bestAttempt": "sometimes"}, "bestAttempt"),
     ],
 )
 def test_invalid_options_name_the_field(raw: dict[str, Any], message: str) -> None:
     assert message in refused(raw)
+
+
+def test_page_actions_within_their_bounds_are_accepted() -> None:
+    raw = {
+        "url": URL,
+        "fullPage": True,
+        "scrollToLoad": True,
+        "hideSelectors": ["#ad", ".banner, .popup"],
+        "clickSelectors": [{"selector": "#more"}, {"selector": "#consent", "optional": True}],
+        "waitForSelector": "#spinner",
+        "waitForSelectorState": "detached",
+        "bestAttempt": True,
+    }
+    options = CaptureOptions.model_validate(raw)
+    assert options.click_selectors[1].optional and not options.click_selectors[0].optional
+    assert CaptureOptions.model_validate(options.to_wire()) == options
+    clip = {"x": 1180, "y": 620, "width": 100, "height": 100}  # the default viewport's corner
+    assert CaptureOptions.model_validate({"url": URL, "clip": clip}).clip is not None
+    pdf = CaptureOptions.model_validate({"url": URL, "format": "pdf", "scrollToLoad": True})
+    assert pdf.scroll_to_load
+    # Page actions run our fixed scripts: a policy without customJavaScript allows them.
+    admit(options, ScreenshotPolicySpec())
 
 
 def test_wire_round_trip_keeps_camel_case() -> None:
@@ -197,6 +246,7 @@ def test_timeout_is_capped_by_the_policy() -> None:
         (FailureReason.BLOCKED_BY_POLICY, 3, 403),
         (FailureReason.POLICY_VIOLATION, 3, 403),
         (FailureReason.NAVIGATION_FAILED, 4, 502),
+        (FailureReason.TARGET_HTTP_ERROR, 4, 502),
         (FailureReason.TIMEOUT, 4, 504),
         (FailureReason.MEMORY_LIMIT_EXCEEDED, 5, 422),
         (FailureReason.DOWNLOAD_LIMIT_EXCEEDED, 5, 422),

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from kubeshot.api import NetworkRules
+from kubeshot.api.admission import matching_domain
 from kubeshot_capture.guard.addresses import IPAddress, embedded_ipv4, refusal_reason
 from kubeshot_capture.guard.targets import WEB_SCHEMES, InvalidTarget, Target, parse_url
 
@@ -46,13 +47,6 @@ async def system_resolver(host: str, port: int) -> list[IPAddress]:
         if address not in addresses:
             addresses.append(address)
     return addresses
-
-
-def _suffix_match(host: str, domains: Sequence[str]) -> str | None:
-    for domain in domains:
-        if host == domain or host.endswith("." + domain):
-            return domain
-    return None
 
 
 class CompiledRules:
@@ -109,10 +103,10 @@ class CompiledRules:
                 return reason
         if target.host in METADATA_NAMES and target.host not in self.allowed_domains:
             return f"{target.host}: cloud metadata host name"
-        blocked = _suffix_match(target.host, self.blocked_domains)
+        blocked = matching_domain(target.host, self.blocked_domains)
         if blocked is not None:
             return f"{target.host} is in blocked domain {blocked}"
-        if self.allowed_domains and _suffix_match(target.host, self.allowed_domains) is None:
+        if self.allowed_domains and matching_domain(target.host, self.allowed_domains) is None:
             return f"{target.host} is not in the allowed domains"
         return None
 

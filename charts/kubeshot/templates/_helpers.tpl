@@ -208,6 +208,31 @@ seccompProfile:
 {{- if eq (int $gw.port) (int $gw.uploadPort) -}}
 {{- fail "gateway.port and gateway.uploadPort must differ: the upload port is reachable by capture pods only" -}}
 {{- end -}}
+{{- if has (int $gw.metricsPort) (list (int $gw.port) (int $gw.uploadPort)) -}}
+{{- fail "gateway.metricsPort must differ from gateway.port and gateway.uploadPort: /metrics has a port of its own, off the callers' Service" -}}
+{{- end -}}
+{{- if and $gw.autoscaling.enabled $gw.keda.enabled -}}
+{{- fail "gateway.autoscaling and gateway.keda both scale the gateway: enable one (KEDA makes its own HorizontalPodAutoscaler)" -}}
+{{- end -}}
+{{- $scaledMax := ternary (int $gw.autoscaling.maxReplicas) (ternary (int $gw.keda.maxReplicaCount) 0 $gw.keda.enabled) $gw.autoscaling.enabled -}}
+{{- if and $gw.enabled $gw.persistence.enabled (gt $scaledMax 1) (not (has "ReadWriteMany" $gw.persistence.accessModes)) -}}
+{{- fail "gateway autoscaling to more than one replica shares one result store, as gateway.replicaCount > 1 does: set gateway.persistence.accessModes to [ReadWriteMany] (or disable persistence)" -}}
+{{- end -}}
+{{- if and $gw.autoscaling.enabled (gt (int $gw.autoscaling.minReplicas) (int $gw.autoscaling.maxReplicas)) -}}
+{{- fail "gateway.autoscaling.minReplicas is larger than gateway.autoscaling.maxReplicas" -}}
+{{- end -}}
+{{- if and $gw.keda.enabled (gt (int $gw.keda.minReplicaCount) (int $gw.keda.maxReplicaCount)) -}}
+{{- fail "gateway.keda.minReplicaCount is larger than gateway.keda.maxReplicaCount" -}}
+{{- end -}}
+{{- if and $gw.autoscaling.enabled (not (dig "requests" "cpu" "" $gw.resources)) -}}
+{{- fail "gateway.autoscaling targets a share of the CPU request: set gateway.resources.requests.cpu" -}}
+{{- end -}}
+{{- if and (eq $gw.backend "kubernetes") (or $gw.keda.enabled (and $gw.autoscaling.enabled (gt (int $gw.autoscaling.queueDepthPerPod) 0))) -}}
+{{- fail "gateway.keda and gateway.autoscaling.queueDepthPerPod scale on kubeshot_queue_depth, the local backend's queue: with backend kubernetes captures wait in the operator, per policy, and more gateways do not drain them (scale on CPU instead)" -}}
+{{- end -}}
+{{- if and $gw.keda.enabled (not $gw.keda.serverAddress) -}}
+{{- fail "gateway.keda.serverAddress is required with gateway.keda.enabled: the Prometheus KEDA queries for kubeshot_queue_depth" -}}
+{{- end -}}
 {{- if and (not $gw.httpsOnly) (or $gw.ingress.enabled (eq $gw.service.type "LoadBalancer")) -}}
 {{- fail "gateway.httpsOnly=false with an Ingress or LoadBalancer would accept tokens over plain HTTP; keep httpsOnly and terminate TLS (gateway.tls or the Ingress with trustedProxies)" -}}
 {{- end -}}

@@ -1,5 +1,6 @@
 """The models shared by all of kubeshot. This package imports no other kubeshot package."""
 
+from kubeshot.api._base import describe_validation_error, validation_problems
 from kubeshot.api.capture import (
     CROSS_FIELD_RULES,
     CaptureOptions,
@@ -20,6 +21,7 @@ from kubeshot.api.job import (
     CaptureRequest,
     Failure,
     Phase,
+    PhaseTiming,
     ResultSummary,
     Timings,
     UploadTarget,
@@ -37,6 +39,7 @@ from kubeshot.api.policy import (
     ScreenshotPolicy,
     ScreenshotPolicySpec,
     ScreenshotPolicyStatus,
+    load_policy_file,
 )
 from kubeshot.api.reasons import CaptureError, ExitCode, FailureReason
 
@@ -63,6 +66,7 @@ __all__ = [
     "PaperFormat",
     "PdfOptions",
     "Phase",
+    "PhaseTiming",
     "ProxyConfig",
     "ProxyCredentials",
     "ResultSummary",
@@ -74,8 +78,11 @@ __all__ = [
     "UploadTarget",
     "Viewport",
     "WaitUntil",
+    "describe_validation_error",
     "is_object_name",
+    "load_policy_file",
     "normalise_domain",
     "normalise_url",
     "unreachable_networks",
+    "validation_problems",
 ]

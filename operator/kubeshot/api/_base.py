@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 
 
@@ -23,3 +23,17 @@ class Model(BaseModel):
     def to_wire(self) -> dict[str, object]:
         """The document as the CRD and the HTTP API spell it (camelCase, unset fields omitted)."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
+    """(field, message) per problem of a ValidationError: the field by its wire path (empty for
+    the whole document), pydantic's "Value error, " prefix dropped, the input never echoed."""
+    return [
+        (".".join(str(p) for p in error["loc"]), str(error["msg"]).removeprefix("Value error, "))
+        for error in exc.errors(include_url=False, include_input=False, include_context=False)
+    ]
+
+
+def describe_validation_error(exc: ValidationError, whole: str = "input") -> str:
+    """A ValidationError in one line; `whole` names the document when a problem is not a field's."""
+    return "; ".join(f"{field or whole}: {message}" for field, message in validation_problems(exc))

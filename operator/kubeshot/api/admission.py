@@ -7,6 +7,7 @@ PolicyViolation, and the engine re-checks before it captures (defence in depth).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from kubeshot.api.capture import CaptureOptions, normalise_domain
@@ -20,9 +21,17 @@ from kubeshot.api.reasons import CaptureError, FailureReason
 MAX_CAPTURE_PIXELS = 2**25
 
 
-def domain_matches(host: str, suffixes: list[str]) -> bool:
+def matching_domain(host: str, domains: Sequence[str]) -> str | None:
+    """The first of the domains that host is or is a subdomain of (both IDNA-normalised)."""
+    for domain in domains:
+        if host == domain or host.endswith("." + domain):
+            return domain
+    return None
+
+
+def domain_matches(host: str, domains: Sequence[str]) -> bool:
     """Whether host is one of the domains or a subdomain of one (both IDNA-normalised)."""
-    return any(host == s or host.endswith("." + s) for s in suffixes)
+    return matching_domain(host, domains) is not None
 
 
 def rendered_size(options: CaptureOptions, policy: ScreenshotPolicySpec) -> tuple[int, int]:
@@ -51,7 +60,9 @@ def pixel_budget_fields(
         fields.append("deviceScaleFactor")
     if options.full_page:
         fields.append("fullPage")
-    what = f"viewport {options.viewport.width}x{options.viewport.height}"
+    if options.device is not None:  # the device set the viewport and scale the caller left out
+        fields.append("device")
+    what = f"viewport {options.viewport.width}x{options.viewport.height}{_of_device(options)}"
     if options.full_page:
         what += f" with fullPage (up to maxFullPageHeight {policy.limits.max_full_page_height})"
     if options.device_scale_factor != 1.0:
@@ -60,6 +71,10 @@ def pixel_budget_fields(
         f"{what} renders up to {width}x{height} = {width * height} device pixels, over the "
         f"limit of {budget}; lower {' or '.join(fields)}"
     )
+
+
+def _of_device(options: CaptureOptions) -> str:
+    return "" if options.device is None else f" (device {options.device!r})"
 
 
 def violations(options: CaptureOptions, policy: ScreenshotPolicySpec) -> list[str]:
@@ -77,10 +92,15 @@ def violations(options: CaptureOptions, policy: ScreenshotPolicySpec) -> list[st
         found.append("customJavaScript is not allowed by the policy")
     if options.html is not None and not features.allow_html_input:
         found.append("html input is not allowed by the policy")
+    device = _of_device(options)
     if options.viewport.width > limits.max_viewport.width:
-        found.append(f"viewport width {options.viewport.width} > {limits.max_viewport.width}")
+        found.append(
+            f"viewport width {options.viewport.width}{device} > {limits.max_viewport.width}"
+        )
     if options.viewport.height > limits.max_viewport.height:
-        found.append(f"viewport height {options.viewport.height} > {limits.max_viewport.height}")
+        found.append(
+            f"viewport height {options.viewport.height}{device} > {limits.max_viewport.height}"
+        )
     if options.timeout_seconds is not None and options.timeout_seconds > limits.timeout_seconds:
         found.append(f"timeoutSeconds {options.timeout_seconds} > {limits.timeout_seconds}")
     too_large = pixel_budget_fields(options, policy)

@@ -6,12 +6,13 @@ import re
 import zoneinfo
 from enum import StrEnum
 from functools import cache
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator, model_validator
 
 from kubeshot.api._base import Model
+from kubeshot.api.devices import MAX_DEVICE_NAME_LENGTH, devices, find_device
 
 MAX_URL_LENGTH = 2048
 MAX_SCRIPT_BYTES = 64 * 1024
@@ -182,11 +183,76 @@ class Geolocation(Model):
     """Accuracy in metres."""
 
 
+class MediaType(StrEnum):
+    """CSS media type a page is rendered with."""
+
+    SCREEN = "screen"
+    PRINT = "print"
+
+
+class ColorScheme(StrEnum):
+    """Emulated prefers-color-scheme."""
+
+    LIGHT = "light"
+    DARK = "dark"
+    NO_PREFERENCE = "no-preference"
+
+
+class ReducedMotion(StrEnum):
+    """Emulated prefers-reduced-motion."""
+
+    REDUCE = "reduce"
+    NO_PREFERENCE = "no-preference"
+
+
+# PDF layout. Lengths are CSS lengths in the units Chromium's printing takes; a page is at most
+# 200 inches a side (14400 points, the PDF format's own limit).
+MAX_PDF_TEMPLATE_BYTES = 16 * 1024
+MAX_PAGE_SIDE_INCHES = 200.0
+CssLength = Annotated[str, Field(max_length=16, pattern=r"^\d{1,5}(\.\d{1,4})?(px|in|cm|mm)$")]
+_INCHES_PER_UNIT = {"px": 1 / 96, "in": 1.0, "cm": 1 / 2.54, "mm": 1 / 25.4}
+# Chromium's (and Playwright's) paper sizes in inches, portrait.
+PAPER_INCHES: dict[PaperFormat, tuple[float, float]] = {
+    PaperFormat.LETTER: (8.5, 11),
+    PaperFormat.LEGAL: (8.5, 14),
+    PaperFormat.TABLOID: (11, 17),
+    PaperFormat.LEDGER: (17, 11),
+    PaperFormat.A0: (33.1, 46.8),
+    PaperFormat.A1: (23.4, 33.1),
+    PaperFormat.A2: (16.54, 23.4),
+    PaperFormat.A3: (11.7, 16.54),
+    PaperFormat.A4: (8.27, 11.7),
+    PaperFormat.A5: (5.83, 8.27),
+    PaperFormat.A6: (4.13, 5.83),
+}
+# Margin a header or footer template gets when its margin is not given: Chromium draws the
+# templates inside the margins, so at 0 (the default) they would not show.
+TEMPLATE_MARGIN = "1cm"
+
+
+def css_inches(length: str) -> float:
+    """A CssLength ("2.5cm", "96px") in inches."""
+    return float(length[:-2]) * _INCHES_PER_UNIT[length[-2:]]
+
+
+class PdfMargin(Model):
+    """PDF page margins as CSS lengths (px, in, cm or mm)."""
+
+    top: CssLength | None = None
+    """Top margin (0 unless a headerTemplate is given: then 1cm)."""
+    right: CssLength | None = None
+    """Right margin (0)."""
+    bottom: CssLength | None = None
+    """Bottom margin (0 unless a footerTemplate is given: then 1cm)."""
+    left: CssLength | None = None
+    """Left margin (0)."""
+
+
 class PdfOptions(Model):
     """PDF output options (format pdf only)."""
 
-    format: PaperFormat = PaperFormat.A4
-    """Paper size."""
+    format: PaperFormat | None = None
+    """Paper size (A4 when neither format nor width and height are given)."""
     landscape: bool = False
     """Landscape orientation."""
     print_background: bool = True
@@ -196,10 +262,130 @@ class PdfOptions(Model):
     page_ranges: str | None = Field(
         default=None, max_length=256, pattern=r"^\s*\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*\s*$"
     )
-    """Pages to print, e.g. "1-3, 5"."""
+    """Pages to print, e.g. "1-3, 5"; a page past the document's end fails the capture
+    (InvalidSpec)."""
+    width: CssLength | None = None
+    """Custom paper width, e.g. "8in" or "210mm" (with height, instead of format)."""
+    height: CssLength | None = None
+    """Custom paper height (with width, instead of format)."""
+    margin: PdfMargin | None = None
+    """Page margins; the page's content area must stay non-empty."""
+    prefer_css_page_size: bool = Field(default=False, alias="preferCSSPageSize")
+    """Let the page's CSS @page size win over format, width and height."""
+    header_template: str | None = Field(default=None, max_length=MAX_PDF_TEMPLATE_BYTES)
+    """HTML of each page's header (at most 16 KiB). Chromium fills elements of the classes
+    pageNumber, totalPages, title, url and date. It is rendered without network access (images
+    only as data: URLs) and without the page's styles: give it its own font-size."""
+    footer_template: str | None = Field(default=None, max_length=MAX_PDF_TEMPLATE_BYTES)
+    """HTML of each page's footer, like headerTemplate; e.g. `<div style="font-size:10px">Page
+    <span class="pageNumber"></span> of <span class="totalPages"></span></div>`."""
+    emulate_media: MediaType | None = None
+    """CSS media the PDF is rendered with: print (the default) or screen."""
+
+    @field_validator("header_template", "footer_template")
+    @classmethod
+    def _check_template_size(cls, template: str | None) -> str | None:
+        if template is not None and len(template.encode("utf-8")) > MAX_PDF_TEMPLATE_BYTES:
+            raise ValueError(f"template longer than {MAX_PDF_TEMPLATE_BYTES} bytes")
+        return template
+
+    @field_validator("page_ranges")
+    @classmethod
+    def _check_page_ranges(cls, ranges: str | None) -> str | None:
+        for part in (ranges or "").split(","):
+            if not part.strip():
+                continue
+            first, _, last = part.partition("-")
+            start, end = int(first), int(last or first)
+            if start < 1 or end < start:
+                raise ValueError(f"page range {part.strip()!r} must count up from page 1")
+        return ranges
+
+    @model_validator(mode="after")
+    def _check_page_box(self) -> PdfOptions:
+        width, height = self.paper_inches()
+        for side in (width, height):
+            if not 0 < side <= MAX_PAGE_SIDE_INCHES:
+                raise ValueError(f"paper width and height must be within {MAX_PAGE_SIDE_INCHES} in")
+        if self.landscape:
+            width, height = height, width
+        margins = {side: css_inches(value) for side, value in self.margins().items()}
+        if width - margins["left"] - margins["right"] <= 0:
+            raise ValueError("margin left + right leave no room on the page")
+        if height - margins["top"] - margins["bottom"] <= 0:
+            raise ValueError("margin top + bottom leave no room on the page")
+        return self
+
+    def paper_inches(self) -> tuple[float, float]:
+        """Portrait width and height in inches: width and height when given, else the format."""
+        if self.width is not None and self.height is not None:
+            return css_inches(self.width), css_inches(self.height)
+        return PAPER_INCHES[self.format or PaperFormat.A4]
+
+    def margins(self) -> dict[str, str]:
+        """Every margin as Chromium gets it: unset ones 0, or 1cm beside a header or footer."""
+        given = self.margin or PdfMargin()
+        header = TEMPLATE_MARGIN if self.header_template is not None else "0px"
+        footer = TEMPLATE_MARGIN if self.footer_template is not None else "0px"
+        return {
+            "top": given.top or header,
+            "right": given.right or "0px",
+            "bottom": given.bottom or footer,
+            "left": given.left or "0px",
+        }
 
 
 HeaderValue = Annotated[str, Field(max_length=8192)]
+
+MAX_HTTP_STATUS_RULES = 16
+# Strings only, so that the CRD (a structural schema: one type per field) and the API accept the
+# same documents.
+HttpStatusRule = Annotated[str, Field(max_length=3, pattern=r"^[2-5]([0-9]{2}|xx)$")]
+
+
+def http_status_matches(rules: list[str], status: int) -> bool:
+    """Whether an HTTP status matches one of the `failOnHttpStatus` rules ("404", "4xx")."""
+    code = str(status)
+    return len(code) == 3 and any(rule in {code, code[0] + "xx"} for rule in rules)
+
+
+# Declarative page actions: bounded so that a request cannot make a capture click or style
+# without end.
+MAX_SELECTOR_LENGTH = 1024
+MAX_HIDE_SELECTORS = 32
+MAX_CLICK_SELECTORS = 10
+Selector = Annotated[str, Field(min_length=1, max_length=MAX_SELECTOR_LENGTH)]
+
+
+class WaitForSelectorState(StrEnum):
+    """What `waitForSelector` waits for (Playwright's element states)."""
+
+    VISIBLE = "visible"
+    HIDDEN = "hidden"
+    ATTACHED = "attached"
+    DETACHED = "detached"
+
+
+class ClickAction(Model):
+    """A click on the first element matching a CSS selector, before capture."""
+
+    selector: Selector
+    """CSS selector of the element to click."""
+    optional: bool = False
+    """Skip the click when nothing matches; otherwise the capture fails (NavigationFailed)."""
+
+
+class Clip(Model):
+    """A rectangle of the viewport, in CSS pixels."""
+
+    x: int = Field(ge=0, le=MAX_VIEWPORT_SIDE)
+    """Left edge."""
+    y: int = Field(ge=0, le=MAX_VIEWPORT_SIDE)
+    """Top edge."""
+    width: int = Field(ge=1, le=MAX_VIEWPORT_SIDE)
+    """Width."""
+    height: int = Field(ge=1, le=MAX_VIEWPORT_SIDE)
+    """Height."""
 
 
 class CaptureOptions(Model):
@@ -219,7 +405,9 @@ class CaptureOptions(Model):
     """Capture only the first element matching this CSS selector (images and html)."""
     viewport: Viewport = Field(default_factory=Viewport)
     """Browser viewport."""
-    device_scale_factor: float = Field(default=1.0, ge=0.1, le=4.0)
+    # At most 4.5: the densest device of Playwright's list (Galaxy S9+); the pixel budget bounds
+    # what a scale may cost.
+    device_scale_factor: float = Field(default=1.0, ge=0.1, le=4.5)
     """Device pixel ratio: 2 gives an image twice the viewport size (images only)."""
     wait_until: WaitUntil = WaitUntil.LOAD
     """Navigation event to wait for: load, domcontentloaded or networkidle."""
@@ -251,13 +439,56 @@ class CaptureOptions(Model):
     )
     """JavaScript run in the page before capture (only when the policy allows it)."""
     block_ads: bool = False
-    """Abort requests to known ad and tracker hosts and paths."""
+    """Abort the requests that maintained filter lists (EasyList, EasyPrivacy, uBlock) call ads
+    or trackers, judged first- versus third-party, and hide the lists' ad slots."""
     hide_cookie_banners: bool = False
-    """Hide common cookie-consent banners before capture."""
+    """Decline cookie consent through DuckDuckGo's autoconsent rules (hides the banner, presses
+    its reject button) before capture."""
+    wait_for_selector_state: WaitForSelectorState = WaitForSelectorState.VISIBLE
+    """What `waitForSelector` waits for: visible, hidden, attached or detached."""
+    click_selectors: list[ClickAction] = Field(default_factory=list, max_length=MAX_CLICK_SELECTORS)
+    """Elements to click, in order, before capture ("load more", consent buttons); needs no
+    customJavaScript. Each click waits at most 5 s, then for the network to settle."""
+    hide_selectors: list[Selector] = Field(default_factory=list, max_length=MAX_HIDE_SELECTORS)
+    """CSS selectors of elements to hide (visibility: hidden) before capture, also elements that
+    appear later; needs no customJavaScript."""
+    clip: Clip | None = None
+    """Capture only this rectangle of the viewport (images; not with fullPage or selector)."""
+    scroll_to_load: bool = False
+    """Scroll through the page a viewport at a time before capture, letting lazy content load,
+    then back to the top (fullPage images and pdf). Stops at the policy's maxFullPageHeight and
+    in time to render within the capture's time limit."""
+    best_attempt: bool = False
+    """On a timeout after the page rendered something, capture what is there and report the
+    result as partial, instead of failing. The last quarter of the time limit (2-10 s) is kept
+    for rendering."""
     pdf: PdfOptions | None = None
     """PDF options (format pdf only)."""
+    device: str | None = Field(default=None, min_length=1, max_length=MAX_DEVICE_NAME_LENGTH)
+    """Emulate a device of Playwright's device list, e.g. "iPhone 13" (rendered by Chromium
+    whatever its usual browser): it sets viewport, deviceScaleFactor (images only), userAgent,
+    isMobile and hasTouch, each only when not given explicitly (explicit values win)."""
+    is_mobile: bool | None = None
+    """Mobile emulation: the page's meta viewport tag is honoured (default: the device's, else
+    false). Needs a context of its own."""
+    has_touch: bool | None = None
+    """Touch emulation: touch events, (pointer: coarse), navigator.maxTouchPoints (default: the
+    device's, else false)."""
+    color_scheme: ColorScheme | None = None
+    """Emulated prefers-color-scheme: light, dark or no-preference (default light; darkMode
+    true means dark)."""
+    reduced_motion: ReducedMotion | None = None
+    """Emulated prefers-reduced-motion: reduce or no-preference."""
+    media_type: MediaType | None = None
+    """CSS media type of image and html captures: screen (the default) or print. For pdf see
+    pdf.emulateMedia."""
     timeout_seconds: int | None = Field(default=None, ge=1, le=900)
     """Time limit of this capture; at most the policy's limit (which applies when unset)."""
+    fail_on_http_status: list[HttpStatusRule] = Field(
+        default_factory=list, max_length=MAX_HTTP_STATUS_RULES
+    )
+    """Fail with TargetHttpError when the target's final HTTP status (after redirects) matches
+    one of these: a code ("404") or a class ("4xx", "5xx"), 200-599; needs `url`."""
 
     @field_validator("url")
     @classmethod
@@ -289,6 +520,43 @@ class CaptureOptions(Model):
         if timezone is not None and timezone not in _timezones():
             raise ValueError(f"unknown IANA time zone: {timezone!r}")
         return timezone
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_device(cls, data: Any) -> Any:
+        """A device fills in the fields the caller left out: it is resolved here, once, so that
+        admission and every entry point see the effective viewport and scale."""
+        name = data.get("device") if isinstance(data, dict) else None
+        preset = devices().get(name) if isinstance(name, str) else None
+        if preset is None:  # no device, or an unknown one: `_check_device` names it
+            return data
+        try:
+            is_image = Format(data.get("format", Format.PNG)).is_image
+        except ValueError:
+            is_image = False  # the format's own error is reported
+        filled = dict(data)
+        viewport = dict(zip(("width", "height"), preset.viewport, strict=True))
+        if isinstance(data.get("viewport"), dict):  # a side left out is the device's
+            filled["viewport"] = {**viewport, **data["viewport"]}
+        defaults: dict[str, tuple[str, object]] = {
+            "viewport": ("viewport", viewport),
+            "user_agent": ("userAgent", preset.user_agent),
+            "is_mobile": ("isMobile", preset.is_mobile),
+            "has_touch": ("hasTouch", preset.has_touch),
+        }
+        if is_image:  # deviceScaleFactor applies to images only
+            defaults["device_scale_factor"] = ("deviceScaleFactor", preset.device_scale_factor)
+        for field, (alias, value) in defaults.items():
+            if field not in data and alias not in data:
+                filled[alias] = value
+        return filled
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, name: str | None) -> str | None:
+        if name is not None:
+            find_device(name)
+        return name
 
     @model_validator(mode="after")
     def _check_combinations(self) -> CaptureOptions:
@@ -363,5 +631,72 @@ CROSS_FIELD_RULES: tuple[CrossFieldRule, ...] = (
         "!has(self.headers) || size(self.headers) == 0 || has(self.url)",
         "headers apply to url input only (they are sent to the target's origin only)",
         lambda o: not o.headers or o.url is not None,
+    ),
+    CrossFieldRule(
+        "!has(self.failOnHttpStatus) || size(self.failOnHttpStatus) == 0 || has(self.url)",
+        "failOnHttpStatus applies to url input only (html input has no HTTP status)",
+        lambda o: not o.fail_on_http_status or o.url is not None,
+    ),
+    CrossFieldRule(
+        "!has(self.waitForSelectorState) || self.waitForSelectorState == 'visible'"
+        " || has(self.waitForSelector)",
+        "waitForSelectorState needs waitForSelector",
+        lambda o: (
+            o.wait_for_selector_state is WaitForSelectorState.VISIBLE
+            or o.wait_for_selector is not None
+        ),
+    ),
+    CrossFieldRule(
+        "!has(self.scrollToLoad) || !self.scrollToLoad || (has(self.fullPage) && self.fullPage)"
+        " || (has(self.format) && self.format == 'pdf')",
+        "scrollToLoad applies to fullPage image captures and to pdf",
+        lambda o: not o.scroll_to_load or o.full_page or o.format is Format.PDF,
+    ),
+    CrossFieldRule(
+        "!has(self.clip) || !has(self.format) || self.format in ['png', 'jpeg', 'webp']",
+        "clip applies to image formats only",
+        lambda o: o.clip is None or o.format.is_image,
+    ),
+    CrossFieldRule(
+        "!has(self.clip) || ((!has(self.fullPage) || !self.fullPage) && !has(self.selector))",
+        "clip cannot be combined with fullPage or selector",
+        lambda o: o.clip is None or not (o.full_page or o.selector is not None),
+    ),
+    CrossFieldRule(
+        # With a device the viewport is the device's (resolved by the model, which checks it).
+        "!has(self.clip) || has(self.device)"
+        " || (self.clip.x + self.clip.width <= (has(self.viewport)"
+        f" && has(self.viewport.width) ? self.viewport.width : {Viewport().width})"
+        " && self.clip.y + self.clip.height <= (has(self.viewport)"
+        f" && has(self.viewport.height) ? self.viewport.height : {Viewport().height}))",
+        "clip must lie within the viewport",
+        lambda o: (
+            o.clip is None
+            or (
+                o.clip.x + o.clip.width <= o.viewport.width
+                and o.clip.y + o.clip.height <= o.viewport.height
+            )
+        ),
+    ),
+    CrossFieldRule(
+        "!has(self.darkMode) || !self.darkMode || !has(self.colorScheme)"
+        " || self.colorScheme == 'dark'",
+        "darkMode true means colorScheme dark: give one of them, or both alike",
+        lambda o: not o.dark_mode or o.color_scheme in {None, ColorScheme.DARK},
+    ),
+    CrossFieldRule(
+        "!has(self.mediaType) || !has(self.format) || self.format != 'pdf'",
+        "mediaType applies to image and html captures; for pdf use pdf.emulateMedia",
+        lambda o: o.media_type is None or o.format is not Format.PDF,
+    ),
+    CrossFieldRule(
+        "!has(self.pdf) || has(self.pdf.width) == has(self.pdf.height)",
+        "pdf.width and pdf.height go together",
+        lambda o: o.pdf is None or (o.pdf.width is None) == (o.pdf.height is None),
+    ),
+    CrossFieldRule(
+        "!has(self.pdf) || !has(self.pdf.format) || !has(self.pdf.width)",
+        "pdf.format and pdf.width/height cannot be combined: give a paper format or a custom size",
+        lambda o: o.pdf is None or o.pdf.format is None or o.pdf.width is None,
     ),
 )

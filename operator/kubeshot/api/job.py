@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
+from typing import Annotated
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field, model_validator
 
 from kubeshot.api._base import Model
-from kubeshot.api.capture import CaptureOptions
+from kubeshot.api.capture import MAX_URL_LENGTH, CaptureOptions
 from kubeshot.api.names import ObjectName
 from kubeshot.api.policy import Condition, ProxyCredentials, ScreenshotPolicySpec
 from kubeshot.api.reasons import FailureReason
@@ -43,8 +45,32 @@ class Phase(StrEnum):
         return self in {Phase.SUCCEEDED, Phase.FAILED}
 
 
+MAX_TITLE_LENGTH = 512
+# Control characters (C0, DEL, C1), line and paragraph separators, and the bidirectional
+# embedding, override and isolate controls: a title is the page's text, shown in headers, logs
+# and terminals, where these would break lines or reorder what a reader sees.
+_UNSHOWABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def page_title(text: object) -> str | None:
+    """A page title as results carry it: unshowable characters removed, whitespace collapsed,
+    at most MAX_TITLE_LENGTH characters; None when nothing is left.
+
+    The title is written by the (hostile) page, and the capture pod that reports it runs that
+    page: whoever reads a title from a report applies this again (the model does)."""
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise ValueError("a title is a string")
+    cleaned = " ".join(_UNSHOWABLE.sub(" ", text[: MAX_TITLE_LENGTH * 8]).split())
+    return cleaned[:MAX_TITLE_LENGTH].rstrip() or None
+
+
+PageTitle = Annotated[str | None, BeforeValidator(page_title)]
+
+
 class ResultSummary(Model):
-    """The verified artifact of a capture."""
+    """The verified artifact of a capture, and what the target answered."""
 
     content_type: str
     """MIME type of the artifact."""
@@ -58,6 +84,15 @@ class ResultSummary(Model):
     """Image height in pixels (images), or first page height in points (pdf)."""
     url: str | None = None
     """Where to download the artifact."""
+    final_url: str | None = Field(default=None, max_length=MAX_URL_LENGTH)
+    """The target's URL after redirects (url input only)."""
+    http_status: int | None = Field(default=None, ge=100, le=999)
+    """HTTP status of the target's final response, after redirects (url input only)."""
+    title: PageTitle = Field(default=None, max_length=MAX_TITLE_LENGTH)
+    """The page's title: at most 512 characters, control characters removed."""
+    partial: bool | None = None
+    """True when the capture timed out and `bestAttempt` captured what the page had rendered by
+    then; absent for a complete capture."""
 
 
 class Failure(Model):
@@ -67,6 +102,41 @@ class Failure(Model):
     """One of the closed set of failure reasons."""
     message: str = Field(max_length=1024)
     """What happened, in words a user understands."""
+
+
+class CapturePhase(StrEnum):
+    """The phases of a capture, as traces show them."""
+
+    SETUP = "setup"
+    NAVIGATE = "navigate"
+    WAIT = "wait"
+    RENDER = "render"
+    VERIFY = "verify"
+
+
+# 2200-01-01 in Unix nanoseconds: no phase of a capture ends later.
+MAX_UNIX_NANO = 7_258_118_400 * 10**9
+
+
+class PhaseTiming(Model):
+    """When one phase of a capture started and ended, by the clock of the process that ran it.
+
+    Reported by capture workers and capture pods (which export no traces themselves); the
+    gateway and the operator record them as spans. A pod runs hostile pages: its report is
+    bounded like any input."""
+
+    name: CapturePhase
+    """The phase."""
+    start_unix_nano: int = Field(ge=0, le=MAX_UNIX_NANO)
+    """Start, in nanoseconds since the Unix epoch."""
+    end_unix_nano: int = Field(ge=0, le=MAX_UNIX_NANO)
+    """End, in nanoseconds since the Unix epoch (not before the start)."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PhaseTiming:
+        if self.end_unix_nano < self.start_unix_nano:
+            raise ValueError("a phase ends before it starts")
+        return self
 
 
 class Timings(Model):
@@ -80,6 +150,8 @@ class Timings(Model):
     """Navigation and waits."""
     render_ms: float = 0
     """Rendering, encoding and verification of the artifact."""
+    phases: list[PhaseTiming] = Field(default_factory=list, max_length=len(CapturePhase))
+    """Start and end of each phase that ran, in order (traces are made of them)."""
 
 
 class CaptureReport(ResultSummary):
@@ -89,10 +161,8 @@ class CaptureReport(ResultSummary):
     """Output format."""
     pages: int | None = None
     """Number of pages (pdf)."""
-    final_url: str | None = None
-    """The page's URL after redirects."""
     blocked_requests: int = 0
-    """Requests the egress guard refused."""
+    """Requests the egress guard or blockAds refused."""
     bytes_transferred: int = 0
     """Bytes the page fetched through the egress guard."""
     timings: Timings = Field(default_factory=Timings)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+import yaml
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 
-from kubeshot.api._base import Model
+from kubeshot.api._base import Model, describe_validation_error
 from kubeshot.api.capture import MAX_VIEWPORT_SIDE, Format, normalise_domain
 from kubeshot.api.names import DataKey, ObjectName
 from kubeshot.api.quantity import QUANTITY_PATTERN, quantity_bytes
@@ -237,3 +239,16 @@ class ScreenshotPolicy(Model):
     @property
     def name(self) -> str:
         return str(self.metadata.get("name", "default"))
+
+
+def load_policy_file(path: Path) -> list[ScreenshotPolicy]:
+    """Every ScreenshotPolicy document of a YAML file (empty documents skipped); ValueError
+    naming the file and each offending field when it is not one."""
+    try:
+        documents = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
+        return [ScreenshotPolicy.model_validate(d) for d in documents]
+    except ValidationError as exc:
+        problems = describe_validation_error(exc, "(document)")
+        raise ValueError(f"{path}: not a valid ScreenshotPolicy: {problems}") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: not a valid ScreenshotPolicy: {exc}") from exc

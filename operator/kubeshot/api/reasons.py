@@ -27,6 +27,7 @@ class FailureReason(StrEnum):
     POLICY_VIOLATION = "PolicyViolation"
     BLOCKED_BY_POLICY = "BlockedByPolicy"
     NAVIGATION_FAILED = "NavigationFailed"
+    TARGET_HTTP_ERROR = "TargetHttpError"
     TIMEOUT = "Timeout"
     MEMORY_LIMIT_EXCEEDED = "MemoryLimitExceeded"
     DOWNLOAD_LIMIT_EXCEEDED = "DownloadLimitExceeded"
@@ -70,6 +71,7 @@ _EXIT_CODES: dict[FailureReason, ExitCode] = {
     FailureReason.POLICY_VIOLATION: ExitCode.BLOCKED,
     FailureReason.BLOCKED_BY_POLICY: ExitCode.BLOCKED,
     FailureReason.NAVIGATION_FAILED: ExitCode.CAPTURE_FAILED,
+    FailureReason.TARGET_HTTP_ERROR: ExitCode.CAPTURE_FAILED,
     FailureReason.TIMEOUT: ExitCode.CAPTURE_FAILED,
     FailureReason.MEMORY_LIMIT_EXCEEDED: ExitCode.RESOURCE_LIMIT,
     FailureReason.DOWNLOAD_LIMIT_EXCEEDED: ExitCode.RESOURCE_LIMIT,
@@ -84,6 +86,9 @@ _HTTP: dict[FailureReason, tuple[int, str]] = {
     FailureReason.POLICY_VIOLATION: (403, "blocked_by_policy"),
     FailureReason.BLOCKED_BY_POLICY: (403, "blocked_by_policy"),
     FailureReason.NAVIGATION_FAILED: (502, "capture_failed"),
+    # The target answered, with a status the caller chose to treat as a failure
+    # (`failOnHttpStatus`): a bad answer from upstream, as 502 says, with a code of its own.
+    FailureReason.TARGET_HTTP_ERROR: (502, "target_http_error"),
     FailureReason.TIMEOUT: (504, "timeout"),
     FailureReason.MEMORY_LIMIT_EXCEEDED: (422, "resource_limit"),
     FailureReason.DOWNLOAD_LIMIT_EXCEEDED: (422, "resource_limit"),

@@ -7,6 +7,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from kubeshot import __version__
+
 # Subcommand modules import their heavy dependencies inside their run function, so that
 # `kubeshot capture` never loads the gateway or the operator.
 SUBCOMMANDS = ("capture", "serve", "sign", "operator", "crds", "openapi")
@@ -17,6 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kubeshot",
         description="Capture web pages (PNG, JPEG, WebP, PDF, HTML) safely, standalone or on "
         "Kubernetes.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"kubeshot {__version__}", help="print the version"
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 from typing import Any
 
 
@@ -29,17 +30,28 @@ def register(subparsers: Any) -> None:
     p.add_argument("--upload-url", help="base URL of the gateway's upload endpoint")
     p.add_argument("--capture-image", help="image of the capture pods")
     p.add_argument("-v", "--verbose", action="store_true", help="log every decision")
+    p.add_argument(
+        "--log-format",
+        choices=["json", "text"],
+        help="log lines as JSON (default) or text; else $KUBESHOT_LOG_FORMAT",
+    )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from kubeshot import logs, tracing
     from kubeshot.operator import running
     from kubeshot.operator.settings import OperatorSettings
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    try:
+        logs.setup(
+            logs.log_format(args.log_format, "json"),
+            logging.DEBUG if args.verbose else logging.INFO,
+        )
+        tracing.setup("kubeshot-operator")
+    except ValueError as exc:
+        print(f"kubeshot operator: {exc}", file=sys.stderr)
+        return 2
     overrides: dict[str, object] = {}
     if args.namespace:
         overrides["namespaces"] = args.namespace

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from typing import Any
@@ -25,6 +26,9 @@ def register(subparsers: Any) -> None:
         "--upload-port",
         type=int,
         help="kubernetes backend: plain-HTTP port of the internal upload endpoint (default 8081)",
+    )
+    parser.add_argument(
+        "--metrics-port", type=int, help="plain-HTTP port of /metrics (Prometheus; default 9090)"
     )
     parser.add_argument("--backend", choices=["local", "kubernetes"], help="where captures run")
     parser.add_argument(
@@ -53,6 +57,11 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--result-dir", metavar="DIR", help="where async artifacts are kept")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument(
+        "--log-format",
+        choices=["json", "text"],
+        help="log lines as JSON (default) or text; else $KUBESHOT_LOG_FORMAT",
+    )
     parser.set_defaults(run=run)
 
 
@@ -61,6 +70,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "host": args.host,
         "port": args.port,
         "upload_port": args.upload_port,
+        "metrics_port": args.metrics_port,
         "backend": args.backend,
         "policy_files": args.policy,
         "tls_cert": args.tls_cert,
@@ -84,12 +94,18 @@ def run(args: argparse.Namespace) -> int:
 
     from pydantic import SecretStr, ValidationError
 
+    from kubeshot import logs, tracing
     from kubeshot.gateway import Settings, create_app
     from kubeshot.gateway.auth import hash_token
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    try:
+        log_format = logs.log_format(args.log_format, "json")
+        logs.setup(log_format, args.log_level)
+        tracing.setup("kubeshot-gateway")
+    except ValueError as exc:
+        print(f"kubeshot serve: {exc}", file=sys.stderr)
+        return 2
+    os.environ[logs.FORMAT_ENV] = log_format  # the capture workers log alike
     try:
         settings = Settings(**_overrides(args))
     except ValidationError as exc:
@@ -149,6 +165,7 @@ async def _serve(app: Any, settings: Any, ssl_context: Any) -> None:
     from aiohttp import web
 
     from kubeshot.gateway import keys
+    from kubeshot.gateway.metrics import metrics_app
     from kubeshot.gateway.redaction import AccessLogger
     from kubeshot.gateway.serving import ConnectionGuard, GatewaySite
 
@@ -161,7 +178,21 @@ async def _serve(app: Any, settings: Any, ssl_context: Any) -> None:
     await runner.setup()
     guard = app[keys.CONNECTIONS]
     upload_runner = None
+    # /metrics has its own listener (and its own connection cap): never the callers' port.
+    metrics_runner = web.AppRunner(
+        metrics_app(app[keys.METRICS]), access_log=None, keepalive_timeout=settings.header_timeout
+    )
+    await metrics_runner.setup()
     try:
+        metrics_guard = ConnectionGuard(settings.max_connections_per_address)
+        for host in settings.host:
+            site = GatewaySite(metrics_runner, host, settings.metrics_port, guard=metrics_guard)
+            await site.start()
+            print(
+                f"kubeshot metrics at http://{_authority(host)}:{settings.metrics_port}/metrics",
+                file=sys.stderr,
+                flush=True,
+            )
         scheme = "https" if ssl_context else "http"
         for host in settings.host:
             site = GatewaySite(
@@ -209,6 +240,7 @@ async def _serve(app: Any, settings: Any, ssl_context: Any) -> None:
     finally:
         if upload_runner is not None:
             await upload_runner.cleanup()
+        await metrics_runner.cleanup()
         await runner.cleanup()
 
 

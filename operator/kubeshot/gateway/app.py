@@ -17,18 +17,20 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager
+from urllib.parse import quote
 
 from aiohttp import web
 
+from kubeshot import logs, tracing
 from kubeshot.api import (
     CaptureError,
     CaptureOptions,
     Format,
     ProxyCredentials,
+    ResultSummary,
     ScreenshotPolicy,
     ScreenshotPolicySpec,
 )
@@ -55,12 +57,12 @@ from kubeshot.gateway.errors import (
 )
 from kubeshot.gateway.fairness import FairShare, Slot
 from kubeshot.gateway.jobs import JobRegistry
-from kubeshot.gateway.metrics import CONTENT_TYPE_LATEST, Metrics
+from kubeshot.gateway.metrics import Metrics
 from kubeshot.gateway.models import CaptureJobView, Health
 from kubeshot.gateway.openapi import openapi_document
 from kubeshot.gateway.policies import PolicySet
 from kubeshot.gateway.ratelimit import Decision, RateLimiter
-from kubeshot.gateway.redaction import AccessLogger
+from kubeshot.gateway.redaction import LOG_CONTEXT, AccessLogger
 from kubeshot.gateway.redaction import install as redact_logs
 from kubeshot.gateway.security import SECURE_HEADERS, client_address, client_key, is_https
 from kubeshot.gateway.serving import ConnectionGuard
@@ -78,7 +80,8 @@ from kubeshot.gateway.validation import (
 log = logging.getLogger("kubeshot.gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-PUBLIC_ROUTES = frozenset({"healthz", "readyz", "metrics", "openapi"})
+# /metrics is not among them: it is served on its own port (metrics.metrics_app), never here.
+PUBLIC_ROUTES = frozenset({"healthz", "readyz", "openapi"})
 SIGNED_ROUTES = frozenset({"screenshot_signed"})
 CAPTURE_ROUTES = frozenset({"screenshot", "captures_create"})
 # Places a token does not belong: it would end up in logs, browser history and Referer headers.
@@ -92,6 +95,40 @@ def _route_name(request: web.Request) -> str:
 
 
 # --- middlewares, outermost first -------------------------------------------------------------
+
+
+@web.middleware
+async def telemetry_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The request id (X-Request-Id), the request's span and the log context of everything it
+    does. A caller's `traceparent` becomes a link, never the parent: the gateway starts the trace
+    (a caller must not choose trace ids, nor what is sampled). No query string goes on the span:
+    a signed URL's signature is a credential."""
+    request_id = uuid.uuid4().hex
+    request[LOG_CONTEXT] = {"request_id": request_id}
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else None
+    attributes = {"http.request.method": request.method, "kubeshot.request_id": request_id}
+    if route is not None:
+        attributes["http.route"] = route
+    with (
+        logs.bound(request_id=request_id),
+        tracing.span(
+            f"{request.method} {route}" if route else request.method,
+            attributes,
+            kind=tracing.SpanKind.SERVER,
+            parent=tracing.new_trace(),
+            links=tracing.links_to(request.headers.get("traceparent")),
+        ) as span,
+    ):
+        try:
+            response = await handler(request)
+            span.set_attribute("http.response.status_code", response.status)
+            if response.status >= 500:
+                span.set_status(tracing.StatusCode.ERROR)
+            return response
+        finally:
+            # The access line is written after this scope: it reads the context from here.
+            request[LOG_CONTEXT] = logs.context()
 
 
 @web.middleware
@@ -227,6 +264,9 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     identity = request.get(keys.IDENTITY)
     if identity is None:
         return await handler(request)
+    # Authenticated from here on: the identity's name (never a credential) on lines and span.
+    logs.bind(identity=identity.name)
+    tracing.set_attributes(identity=identity.name)
     settings = request.app[keys.SETTINGS]
     limiter = request.app[keys.RATE_LIMITER]
     route = _route_name(request)
@@ -272,7 +312,8 @@ async def _on_response_prepare(request: web.Request, response: web.StreamRespons
     settings = request.app[keys.SETTINGS]
     response.headers.update(SECURE_HEADERS)
     response.headers["Server"] = "kubeshot"
-    response.headers.setdefault("X-Request-Id", uuid.uuid4().hex)
+    request_id = request.get(LOG_CONTEXT, {}).get("request_id") or uuid.uuid4().hex
+    response.headers.setdefault("X-Request-Id", request_id)
     if request.path.startswith("/v1/") or keys.IDENTITY in request:
         response.headers["Cache-Control"] = "no-store"
     if settings.https_only and is_https(request, settings.trusted_proxies):
@@ -306,6 +347,8 @@ async def _admitted_policy(
                 f"this token may not use the policy {policy.name!r}",
                 {"reason": "PolicyViolation"},
             )
+        logs.bind(policy=policy.name)
+        tracing.set_attributes(policy=policy.name)
         _check_pixel_budget(options, policy.spec, request.app[keys.SETTINGS].max_pixels)
         admit(options, policy.spec)
     except CaptureError as exc:
@@ -360,18 +403,21 @@ async def _run_capture(
     app = request.app
     identity = request[keys.IDENTITY]
     request[keys.TARGET] = options.url or ""
-    policy = await _admitted_policy(request, identity, options, name)
+    with tracing.span("admission"):
+        policy = await _admitted_policy(request, identity, options, name)
     metrics = app[keys.METRICS]
-    with _capture_slot(request, identity):
-        started = time.monotonic()
+    with (
+        _capture_slot(request, identity),
+        tracing.span("capture", {"kubeshot.format": options.format.value}),
+    ):
         try:
             result = await app[keys.BACKEND].capture(identity, policy, options)
         except CaptureError as exc:
             metrics.captures.labels(outcome=exc.reason.value).inc()
+            tracing.set_attributes(outcome=exc.reason.value)
             raise
-        finally:
-            metrics.capture_duration.observe(time.monotonic() - started)
-    _verify_artifact(options, policy.spec, result)
+    with tracing.span("response", {"kubeshot.bytes": len(result.data)}):
+        _verify_artifact(options, policy.spec, result)
     metrics.captures.labels(outcome="Succeeded").inc()
     return result, policy
 
@@ -387,7 +433,35 @@ def _artifact_response(options_format: Format, result: CaptureResult) -> web.Res
     response.headers["X-Kubeshot-Sha256"] = report.sha256
     if report.width is not None and report.height is not None:
         response.headers["X-Kubeshot-Size"] = f"{report.width}x{report.height}"
+    response.headers.update(target_headers(report))
     return response
+
+
+# Printable ASCII: what a header value may hold as is (leading and trailing spaces aside, which
+# a page title never has).
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F))
+
+
+def target_headers(result: ResultSummary) -> dict[str, str]:
+    """What the target answered, as headers beside its artifact: X-Kubeshot-Final-Url,
+    X-Kubeshot-Http-Status and X-Kubeshot-Title, each only when known, and X-Kubeshot-Partial
+    for a `bestAttempt` capture that timed out.
+
+    The URL and the title are the (hostile) page's: every character outside printable ASCII is
+    percent-encoded as UTF-8, so no CR, LF or other byte a header may not carry gets through.
+    In the title `%` is encoded too, so `urllib.parse.unquote` (`decodeURIComponent`) gives it
+    back exactly; the URL is sent as it is spelt (already percent-encoded), with only stray
+    characters encoded."""
+    headers: dict[str, str] = {}
+    if result.final_url is not None:
+        headers["X-Kubeshot-Final-Url"] = quote(result.final_url, safe=_HEADER_SAFE)
+    if result.http_status is not None:
+        headers["X-Kubeshot-Http-Status"] = str(result.http_status)
+    if result.title is not None:
+        headers["X-Kubeshot-Title"] = quote(result.title, safe=_HEADER_SAFE.replace("%", ""))
+    if result.partial:
+        headers["X-Kubeshot-Partial"] = "true"
+    return headers
 
 
 async def _json_body(request: web.Request) -> bytes:
@@ -439,9 +513,12 @@ async def captures_create(request: web.Request) -> web.StreamResponse:
     """POST /v1/captures: accept a capture to run in the background (202)."""
     options = options_from_json(await _json_body(request))
     identity = request[keys.IDENTITY]
-    policy = await _admitted_policy(request, identity, options, _policy_param(request))
+    with tracing.span("admission"):
+        policy = await _admitted_policy(request, identity, options, _policy_param(request))
     with _capture_slot(request, identity) as slot:
         view = await request.app[keys.JOBS].submit(identity, policy, options)
+        logs.bind(job=view.id)
+        tracing.set_attributes(job=view.id)
         if slot is not None:
             slot.keep(view.id)
     response = web.json_response(view.to_wire(), status=202)
@@ -470,6 +547,7 @@ async def captures_artifact(request: web.Request) -> web.StreamResponse:
         raise ApiError(404, "not_found", "the artifact has expired")
     response = web.Response(body=data, content_type=job.result.content_type.split(";")[0])
     response.headers["X-Kubeshot-Sha256"] = job.result.sha256
+    response.headers.update(target_headers(job.result))
     if job.result.content_type.startswith("text/html"):
         response.headers["Content-Disposition"] = 'attachment; filename="capture.html"'
     return response
@@ -484,13 +562,6 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     ready = backend.ready
     body = Health(status="ok" if ready else "not_ready", queue_depth=backend.queue_depth)
     return web.json_response(body.to_wire(), status=200 if ready else 503)
-
-
-async def metrics(request: web.Request) -> web.StreamResponse:
-    body = request.app[keys.METRICS].exposition()
-    response = web.Response(body=body)
-    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
-    return response
 
 
 async def openapi(request: web.Request) -> web.StreamResponse:
@@ -584,7 +655,13 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
         )
     redact_logs(_secrets(settings))
     app = web.Application(
-        middlewares=[error_middleware, https_middleware, auth_middleware, rate_limit_middleware],
+        middlewares=[
+            telemetry_middleware,
+            error_middleware,
+            https_middleware,
+            auth_middleware,
+            rate_limit_middleware,
+        ],
         client_max_size=settings.max_body_bytes,
         handler_args={
             # aiohttp arms its keep-alive timer when a connection opens and again after each
@@ -635,7 +712,6 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
 
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/readyz", readyz, name="readyz")
-    app.router.add_get("/metrics", metrics, name="metrics")
     app.router.add_get("/v1/openapi.json", openapi, name="openapi")
     app.router.add_post("/v1/screenshot", screenshot, name="screenshot")
     app.router.add_get(

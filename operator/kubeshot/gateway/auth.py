@@ -21,6 +21,8 @@ import yaml
 from limits import parse as parse_rate_limit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from kubeshot.api import describe_validation_error
+
 ANY_POLICY = "*"
 # Identity names the gateway gives callers itself; a token of the same name would share their
 # rate limits, their asynchronous jobs and (kubernetes backend) their CaptureJobs' caller label.
@@ -116,11 +118,7 @@ def parse_tokens_file(text: str) -> list[TokenEntry]:
     try:
         return TokensFile.model_validate(document).tokens
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(file)'}: "
-            + e["msg"].removeprefix("Value error, ")
-            for e in exc.errors(include_url=False, include_input=False)
-        )
+        problems = describe_validation_error(exc, "(file)")
         raise ValueError(f"invalid tokens file: {problems}") from None
 
 

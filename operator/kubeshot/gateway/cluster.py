@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from kubeshot import logs, tracing
 from kubeshot.api import (
     CaptureError,
     CaptureOptions,
@@ -51,6 +52,18 @@ def caller_label(caller: Identity) -> str:
     if _LABEL_VALUE.match(caller.name):
         return caller.name
     return hashlib.sha256(caller.name.encode()).hexdigest()[:32]
+
+
+def trace_annotations() -> dict[str, str]:
+    """The active span's traceparent and the request's id, for the CaptureJob (none when off)."""
+    annotations = {}
+    traceparent = tracing.traceparent()
+    if traceparent is not None:
+        annotations[tracing.TRACEPARENT_ANNOTATION] = traceparent
+    request_id = logs.context().get("request_id")
+    if request_id is not None:
+        annotations[tracing.REQUEST_ID_ANNOTATION] = request_id
+    return annotations
 
 
 def store_id(job: Manifest) -> str:
@@ -149,22 +162,27 @@ class KubernetesBackend(Backend):
             raise ApiError(
                 503, "overloaded", "the gateway is shutting down", headers={"Retry-After": "5"}
             )
-        body = {
-            "apiVersion": API_VERSION,
-            "kind": "CaptureJob",
-            "metadata": {
-                "name": f"capture-{uuid.uuid4().hex[:16]}",
-                "namespace": caller.namespace,
-                "labels": {MANAGED_BY: GATEWAY, CALLER: caller_label(caller)},
-            },
-            "spec": {**options.to_wire(), "policyRef": policy_name},
-        }
-        try:
-            created = await self.client.request(
-                "POST", kubeshot_path("capturejobs", caller.namespace), body
-            )
-        except KubeError as exc:
-            raise _unavailable(exc, f"creating a CaptureJob in {caller.namespace}") from None
+        name = f"capture-{uuid.uuid4().hex[:16]}"
+        logs.bind(job=f"{caller.namespace}/{name}")
+        with tracing.span("create CaptureJob", {"kubeshot.job": f"{caller.namespace}/{name}"}):
+            body = {
+                "apiVersion": API_VERSION,
+                "kind": "CaptureJob",
+                "metadata": {
+                    "name": name,
+                    "namespace": caller.namespace,
+                    "labels": {MANAGED_BY: GATEWAY, CALLER: caller_label(caller)},
+                    # The operator continues this trace, and logs with this request id.
+                    "annotations": trace_annotations(),
+                },
+                "spec": {**options.to_wire(), "policyRef": policy_name},
+            }
+            try:
+                created = await self.client.request(
+                    "POST", kubeshot_path("capturejobs", caller.namespace), body
+                )
+            except KubeError as exc:
+                raise _unavailable(exc, f"creating a CaptureJob in {caller.namespace}") from None
         self.watch.observe(created, initial=True)
         return created
 

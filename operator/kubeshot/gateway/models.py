@@ -15,8 +15,8 @@ class ErrorDetail(Model):
 
     code: str
     """Machine-readable: unauthorized, forbidden, rate_limited, invalid_request, payload_too_large,
-    blocked_by_policy, resource_limit, timeout, capture_failed, overloaded, unavailable, not_found,
-    internal, ..."""
+    blocked_by_policy, resource_limit, timeout, capture_failed, target_http_error, overloaded,
+    unavailable, not_found, internal, ..."""
     message: str
     """What happened, for a person."""
     details: Any = None

@@ -43,11 +43,36 @@ _CAPTURE_ERRORS = {
     "408": _error("The request body did not arrive in time (`request_timeout`)"),
     "415": _error("Body is not application/json"),
     "422": _error("A resource limit was exceeded (memory, download, result size)"),
-    "502": _error("The page could not be captured"),
+    "502": _error(
+        "The page could not be captured (`capture_failed`), or the target answered with a"
+        " status listed in `failOnHttpStatus` (`target_http_error`)"
+    ),
     "504": _error("The capture timed out"),
 }
+_TEXT_HEADER = {"schema": {"type": "string"}}
 _ARTIFACT = {
     "description": "The verified artifact",
+    "headers": {
+        "X-Kubeshot-Sha256": {"description": "SHA-256 of the artifact, hex", **_TEXT_HEADER},
+        "X-Kubeshot-Final-Url": {
+            "description": "The target's URL after redirects (url input); characters outside"
+            " printable ASCII percent-encoded",
+            **_TEXT_HEADER,
+        },
+        "X-Kubeshot-Http-Status": {
+            "description": "HTTP status of the target's final response (url input)",
+            "schema": {"type": "integer"},
+        },
+        "X-Kubeshot-Title": {
+            "description": "The page's title, percent-encoded UTF-8 (`%` included): decode"
+            " with decodeURIComponent or urllib.parse.unquote",
+            **_TEXT_HEADER,
+        },
+        "X-Kubeshot-Partial": {
+            "description": "`true` for a bestAttempt capture that timed out; absent otherwise",
+            **_TEXT_HEADER,
+        },
+    },
     "content": {
         f.content_type.split(";")[0]: {"schema": {"type": "string", "format": "binary"}}
         for f in Format
@@ -223,18 +248,6 @@ def _document() -> str:
                     "responses": {
                         "200": json_ok("Health", "A worker can take a capture"),
                         "503": json_ok("Health", "Not ready"),
-                    },
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "operationId": "metrics",
-                    "security": [],
-                    "responses": {
-                        "200": {
-                            "description": "Prometheus metrics",
-                            "content": {"text/plain": {"schema": {"type": "string"}}},
-                        }
                     },
                 }
             },

@@ -5,10 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-import yaml
-from pydantic import ValidationError
-
 from kubeshot.api import CaptureError, FailureReason, ScreenshotPolicy, ScreenshotPolicySpec
+from kubeshot.api.policy import load_policy_file
 
 DEFAULT_POLICY = "default"
 
@@ -47,12 +45,3 @@ class PolicySet:
                 FailureReason.POLICY_NOT_FOUND, f"no ScreenshotPolicy named {name!r}"
             )
         return policy
-
-
-def load_policy_file(path: Path) -> list[ScreenshotPolicy]:
-    """Every ScreenshotPolicy document of a YAML file; ValueError naming the file when invalid."""
-    try:
-        documents = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
-        return [ScreenshotPolicy.model_validate(d) for d in documents]
-    except (OSError, yaml.YAMLError, ValidationError) as exc:
-        raise ValueError(f"{path}: not a valid ScreenshotPolicy: {exc}") from exc

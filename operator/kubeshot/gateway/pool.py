@@ -35,6 +35,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from kubeshot import logs, tracing
 from kubeshot.api import (
     CaptureError,
     CaptureOptions,
@@ -348,6 +349,7 @@ class LocalBackend(Backend):
         self.poll_interval = poll_interval
         self.shutdown_grace = shutdown_grace
         self.metrics = metrics or Metrics()
+        self.metrics.queue_capacity.set(queue_size)
         self.command = list(worker_command or [sys.executable, "-m", "kubeshot.gateway.worker"])
         self._idle: asyncio.Queue[Worker] = asyncio.Queue()
         self._workers: set[Worker] = set()
@@ -442,26 +444,29 @@ class LocalBackend(Backend):
         if self._idle.qsize() == 0 and self._waiting >= self.queue_size:
             self.metrics.overloaded.inc()
             raise overloaded("every capture worker is busy and the queue is full")
-        self._waiting += 1
-        self._update_gauges()
-        try:
-            worker = await asyncio.wait_for(self._idle.get(), self.queue_timeout)
-        except TimeoutError:
-            self.metrics.overloaded.inc()
-            raise overloaded("no capture worker became free in time") from None
-        finally:
-            self._waiting -= 1
+        with self.metrics.timing(options.format) as clock:  # queue wait, then capture time
+            self._waiting += 1
             self._update_gauges()
-        self._busy += 1
-        self._drained.clear()
-        self._update_gauges()
-        try:
-            return await self._run(worker, options, policy.spec, self._proxy_for(policy.spec))
-        finally:
-            self._busy -= 1
-            if self._busy == 0:
-                self._drained.set()
+            try:
+                with tracing.span("queue wait"):
+                    worker = await asyncio.wait_for(self._idle.get(), self.queue_timeout)
+            except TimeoutError:
+                self.metrics.overloaded.inc()
+                raise overloaded("no capture worker became free in time") from None
+            finally:
+                self._waiting -= 1
+                self._update_gauges()
+            clock.start()
+            self._busy += 1
+            self._drained.clear()
             self._update_gauges()
+            try:
+                return await self._run(worker, options, policy.spec, self._proxy_for(policy.spec))
+            finally:
+                self._busy -= 1
+                if self._busy == 0:
+                    self._drained.set()
+                self._update_gauges()
 
     async def _run(
         self,
@@ -471,12 +476,13 @@ class LocalBackend(Backend):
         proxy: ProxyCredentials | None,
     ) -> CaptureResult:
         deadline = time.monotonic() + effective_timeout(options, policy) + DEADLINE_GRACE
-        request = capture_request(options, policy, proxy)
         healthy = False
         try:
-            header, payload = await worker.capture(
-                request, policy.limits.memory_bytes, deadline, self.poll_interval
-            )
+            with tracing.span("worker capture", {"kubeshot.worker.pid": worker.pid}) as span:
+                request = capture_request(options, policy, proxy, logs.context())
+                header, payload = await worker.capture(
+                    request, policy.limits.memory_bytes, deadline, self.poll_interval
+                )
             healthy = True
         except CaptureError as exc:
             reason = {
@@ -505,6 +511,7 @@ class LocalBackend(Backend):
             reason = FailureReason(str(header.get("reason", FailureReason.INTERNAL.value)))
             raise CaptureError(reason, str(header.get("message", "capture failed")))
         report = CaptureReport.model_validate(header["report"])
+        tracing.record_phases(report.timings.phases, parent=span)  # the worker's own clock
         return CaptureResult(payload, report)
 
     async def _replace(self, worker: Worker, reason: str) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiohttp.abc import AbstractAccessLogger
-from aiohttp.web import BaseRequest, StreamResponse
+from aiohttp.web import BaseRequest, RequestKey, StreamResponse
 
 MASK = "***"
 # Query parameters whose value is a credential. `keyId` and `expires` of a signed URL are not.
@@ -77,6 +77,10 @@ _SCHEME = re.compile(
     r"|\b(Basic|basic)\s+(?=[A-Za-z0-9+/]*[0-9+/=])[A-Za-z0-9+/]+=*"
 )
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@\"']*:)[^@\s/\"']*@")
+
+# A request's log context (request id, identity, policy, job, trace ids), kept by the gateway's
+# first middleware: the access line is written after the request's own scope has ended.
+LOG_CONTEXT = RequestKey("log_context", dict[str, str])
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
@@ -146,9 +150,19 @@ class AccessLogger(AbstractAccessLogger):
     """One line per request: client, request line (credentials masked), status, size, time.
 
     No headers: Authorization, cookies and Referer (which may hold a signed URL) stay out.
+    The request's log context and the same facts go on the record as fields (JSON logs).
     """
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        fields = {
+            **request.get(LOG_CONTEXT, {}),
+            "client": request.remote or "-",
+            "method": request.method,
+            "path": redact_target(request.raw_path),
+            "status": response.status,
+            "bytes": response.body_length,
+            "duration_seconds": round(time, 6),
+        }
         self.logger.info(
             '%s "%s %s HTTP/%d.%d" %d %d %.3fs',
             request.remote or "-",
@@ -159,4 +173,5 @@ class AccessLogger(AbstractAccessLogger):
             response.status,
             response.body_length,
             time,
+            extra=fields,
         )

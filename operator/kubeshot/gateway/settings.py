@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from limits import parse as parse_rate_limit
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kubeshot.api.admission import MAX_CAPTURE_PIXELS
@@ -110,6 +110,11 @@ class Settings(BaseSettings):
     )
     """Kubernetes backend: plain-HTTP port of the internal upload endpoint capture pods PUT
     their artifacts to (nothing else is served there)."""
+    metrics_port: int = Field(
+        default=9090, ge=0, le=65535, validation_alias=_alias("KUBESHOT_METRICS_PORT")
+    )
+    """Plain-HTTP port of /metrics (Prometheus), on the same addresses as `port`; nothing else
+    is served there, and /metrics is not served on `port` (keep it off the callers' Service)."""
 
     # --- connections (slowloris) -----------------------------------------------------------
     header_timeout: float = Field(
@@ -335,6 +340,20 @@ class Settings(BaseSettings):
         """How long the HTTP server waits for handlers on shutdown: longer than the backend's
         grace, so captures still running then are failed with a 503 rather than cut off."""
         return self.shutdown_grace + 10
+
+    @model_validator(mode="after")
+    def _metrics_port_of_its_own(self) -> Settings:
+        """/metrics never shares a listener with callers or capture pods (0 picks a free one)."""
+        others = {
+            "KUBESHOT_PORT": self.port,
+            "KUBESHOT_HTTP_REDIRECT_PORT": self.http_redirect_port,
+        }
+        if self.backend == "kubernetes":
+            others["KUBESHOT_UPLOAD_PORT"] = self.upload_port
+        clash = [name for name, port in others.items() if port and port == self.metrics_port]
+        if clash:
+            raise ValueError(f"KUBESHOT_METRICS_PORT must differ from {', '.join(clash)}")
+        return self
 
     @property
     def capture_capacity(self) -> int:

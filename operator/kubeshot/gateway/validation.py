@@ -1,24 +1,30 @@
 """Turning requests into CaptureOptions: JSON bodies and (signed) query strings.
 
 Both use the model's camelCase names. In a query string, nested objects use dotted names
-(`viewport.width=800`, `pdf.landscape=true`) and `headers`/`cookies` carry JSON.
+(`viewport.width=800`, `pdf.landscape=true`) and lists and maps (`headers`, `cookies`,
+`failOnHttpStatus`, ...) carry JSON.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from kubeshot.api import CaptureOptions
+from kubeshot.api import CaptureOptions, validation_problems
 from kubeshot.api.names import is_object_name
 from kubeshot.gateway.errors import ApiError, invalid
 from kubeshot.gateway.signing import RESERVED
 
 POLICY_PARAM = "policy"
-_JSON_FIELDS = frozenset({"headers", "cookies"})
+# Lists and maps (`headers`, `cookies`, `failOnHttpStatus`, ...) come as JSON in a query string.
+_JSON_FIELDS = frozenset(
+    info.alias or name
+    for name, info in CaptureOptions.model_fields.items()
+    if get_origin(info.annotation) in {list, dict}
+)
 
 
 def _nested_fields() -> dict[str, type[BaseModel]]:
@@ -36,11 +42,10 @@ _NESTED = _nested_fields()
 
 def field_errors(exc: ValidationError) -> list[dict[str, str]]:
     """The offending fields of a ValidationError, without echoing the input back."""
-    errors = []
-    for error in exc.errors(include_url=False, include_input=False, include_context=False):
-        path = ".".join(str(part) for part in error["loc"])
-        errors.append({"field": path or "(request)", "message": error["msg"]})
-    return errors
+    return [
+        {"field": field or "(request)", "message": message}
+        for field, message in validation_problems(exc)
+    ]
 
 
 def invalid_options(exc: ValidationError) -> ApiError:

@@ -20,9 +20,10 @@ import logging
 import os
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import IO, Any
 
+from kubeshot import logs
 from kubeshot.api import (
     CaptureError,
     CaptureOptions,
@@ -94,9 +95,13 @@ async def read_frame_async(reader: asyncio.StreamReader) -> tuple[dict[str, Any]
 
 
 def capture_request(
-    options: CaptureOptions, policy: ScreenshotPolicySpec, proxy: ProxyCredentials | None
+    options: CaptureOptions,
+    policy: ScreenshotPolicySpec,
+    proxy: ProxyCredentials | None,
+    log_context: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The frame header asking a worker for one capture (the proxy password in clear: a pipe)."""
+    """The frame header asking a worker for one capture (the proxy password in clear: a pipe);
+    `log_context`: the request's log fields (request id, trace ids, ...) for the worker's lines."""
     proxy_doc = None
     if proxy is not None:
         proxy_doc = {
@@ -109,6 +114,7 @@ def capture_request(
         "options": options.to_wire(),
         "policy": policy.to_wire(),
         "proxy": proxy_doc,
+        "log": dict(log_context or {}),
     }
 
 
@@ -146,34 +152,41 @@ async def serve(engine_factory: Callable[[], Any], out: IO[bytes]) -> None:
             if frame is None or frame[0].get("op") != "capture":
                 break
             request = frame[0]
-            try:
-                proxy = request.get("proxy")
-                artifact = await engine.capture(
-                    CaptureOptions.model_validate(request["options"]),
-                    ScreenshotPolicySpec.model_validate(request["policy"]),
-                    ProxyCredentials.model_validate(proxy) if proxy else None,
-                )
-                report = artifact.report.model_dump(mode="json", by_alias=True)
-                send({"op": "result", "ok": True, "report": report}, bytes(artifact.data))
-            except CaptureError as exc:
-                send(
-                    {
-                        "op": "result",
-                        "ok": False,
-                        "reason": exc.reason.value,
-                        "message": exc.message,
-                    }
-                )
-            except Exception:
-                log.exception("capture failed with an unexpected error")
-                send(
-                    {
-                        "op": "result",
-                        "ok": False,
-                        "reason": FailureReason.INTERNAL.value,
-                        "message": "internal error in the capture worker",
-                    }
-                )
+            with logs.bound(**_log_fields(request.get("log"))):
+                await _capture(engine, request, send)
+
+
+def _log_fields(value: object) -> dict[str, str]:
+    """The log fields the gateway sent with a request (unknown ones dropped)."""
+    if not isinstance(value, dict):
+        return {}
+    known = {*logs.CONTEXT_FIELDS, *logs.TRACE_FIELDS}
+    return {k: v for k, v in value.items() if k in known and isinstance(v, str)}
+
+
+async def _capture(engine: Any, request: dict[str, Any], send: Callable[..., None]) -> None:
+    """Run one capture request and send its result frame."""
+    try:
+        proxy = request.get("proxy")
+        artifact = await engine.capture(
+            CaptureOptions.model_validate(request["options"]),
+            ScreenshotPolicySpec.model_validate(request["policy"]),
+            ProxyCredentials.model_validate(proxy) if proxy else None,
+        )
+        report = artifact.report.model_dump(mode="json", by_alias=True)
+        send({"op": "result", "ok": True, "report": report}, bytes(artifact.data))
+    except CaptureError as exc:
+        send({"op": "result", "ok": False, "reason": exc.reason.value, "message": exc.message})
+    except Exception:
+        log.exception("capture failed with an unexpected error")
+        send(
+            {
+                "op": "result",
+                "ok": False,
+                "reason": FailureReason.INTERNAL.value,
+                "message": "internal error in the capture worker",
+            }
+        )
 
 
 def parse_run_as(value: str) -> tuple[int, int]:
@@ -205,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", help="module:factory of an engine (tests)")
     args = parser.parse_args(argv)
     set_parent_death_signal()
-    logging.basicConfig(level=logging.INFO, format="worker %(process)d %(levelname)s %(message)s")
+    # The gateway's format (KUBESHOT_LOG_FORMAT in the environment it passes on); the lines of a
+    # capture carry the request's fields (`log` in the request frame).
+    logs.setup(logs.log_format(None, "text"))
     redaction.install()  # the engine logs URLs and guard decisions: credentials masked here too
     factory = _load_engine_factory(args.engine)
     run_as = os.environ.pop(RUN_AS, None)

@@ -156,8 +156,12 @@ def build_pod(
     policy: ScreenshotPolicySpec,
     options: CaptureOptions,
     settings: OperatorSettings,
+    log_context: Mapping[str, str] | None = None,
 ) -> Manifest:
-    """The capture pod of one attempt: restricted Pod Security Standard, and then some."""
+    """The capture pod of one attempt: restricted Pod Security Standard, and then some.
+
+    `log_context`: request id, job, policy and trace ids for the pod's log lines
+    (KUBESHOT_LOG_CONTEXT); nothing secret goes there, the pod's environment is no secret."""
     runtime = policy.runtime
     spec: Manifest = {
         "restartPolicy": "Never",
@@ -223,6 +227,10 @@ def build_pod(
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": policy.limits.memory}},
         ],
     }
+    if log_context:
+        spec["containers"][0]["env"].append(
+            {"name": "KUBESHOT_LOG_CONTEXT", "value": json.dumps(dict(log_context), sort_keys=True)}
+        )
     if runtime.runtime_class_name is not None:
         spec["runtimeClassName"] = runtime.runtime_class_name
     if runtime.node_selector:

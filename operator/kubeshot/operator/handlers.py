@@ -73,7 +73,7 @@ async def capturejob_event(
     **kwargs: Any,
 ) -> None:
     reconciler = _reconciler(memo, kwargs)
-    with metrics.RECONCILE_SECONDS.labels("CaptureJob").time(), _unfinished_is_swept("CaptureJob"):
+    with _unfinished_is_swept("CaptureJob"), metrics.reconciling("CaptureJob"):
         await reconciler.job_event(event["type"], body)
 
 
@@ -85,10 +85,7 @@ async def screenshotpolicy_event(
     **kwargs: Any,
 ) -> None:
     reconciler = _reconciler(memo, kwargs)
-    with (
-        metrics.RECONCILE_SECONDS.labels("ScreenshotPolicy").time(),
-        _unfinished_is_swept("ScreenshotPolicy"),
-    ):
+    with _unfinished_is_swept("ScreenshotPolicy"), metrics.reconciling("ScreenshotPolicy"):
         await reconciler.policy_event(event["type"], body)
 
 
@@ -100,5 +97,5 @@ async def pod_event(
     **kwargs: Any,
 ) -> None:
     reconciler = _reconciler(memo, kwargs)
-    with metrics.RECONCILE_SECONDS.labels("Pod").time(), _unfinished_is_swept("Pod"):
+    with _unfinished_is_swept("Pod"), metrics.reconciling("Pod"):
         await reconciler.pod_event(event["type"], body)

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from kubeshot.api import ExitCode, Failure, FailureReason, Phase, ResultSummary
+from kubeshot.api import ExitCode, Failure, FailureReason, Phase, PhaseTiming, ResultSummary
+from kubeshot.api.job import CapturePhase
 
 Manifest = dict[str, Any]
 
@@ -36,10 +37,26 @@ def parse_time(text: str) -> datetime:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How an attempt ended: exactly one of result and failure."""
+    """How an attempt ended: exactly one of result and failure.
+
+    `phases` (what the pod reported of a successful capture) and `started`/`finished` (the
+    container's, Unix nanoseconds) are for the trace only: they never change the job's status.
+    """
 
     result: ResultSummary | None = None
     failure: Failure | None = None
+    phases: tuple[PhaseTiming, ...] = ()
+    started: int | None = None
+    finished: int | None = None
+
+    def pod_span(self) -> tuple[int, int] | None:
+        """Start and end of the pod's span: its phases, else its container's run; None when
+        neither is known."""
+        if self.phases:
+            return self.phases[0].start_unix_nano, self.phases[-1].end_unix_nano
+        if self.started is not None and self.finished is not None:
+            return self.started, max(self.started, self.finished)
+        return None
 
     @classmethod
     def failed(cls, reason: FailureReason, message: str) -> Outcome:
@@ -63,12 +80,53 @@ def _from_termination_message(text: str) -> Outcome | None:
         return None
     try:
         if "result" in document:
-            return Outcome(result=ResultSummary.model_validate(document["result"]))
+            result = ResultSummary.model_validate(document["result"])
+            return Outcome(result=result, phases=_phases(document.get("phases")))
         if "failure" in document:
             return Outcome(failure=Failure.model_validate(document["failure"]))
     except ValidationError:
         return None
     return None
+
+
+_PHASES = TypeAdapter(list[PhaseTiming])
+
+
+def _phases(value: object) -> tuple[PhaseTiming, ...]:
+    """The phases a capture pod reported (it runs hostile pages): bounded and checked by the
+    model, in order, and dropped whole when anything is off (they only feed a trace)."""
+    if not isinstance(value, list) or len(value) > len(CapturePhase):
+        return ()
+    try:
+        phases = _PHASES.validate_python(value)
+    except ValidationError:
+        return ()
+    ends = [p.end_unix_nano for p in phases]
+    starts = [p.start_unix_nano for p in phases]
+    if any(start < end for start, end in zip(starts[1:], ends, strict=False)):
+        return ()  # overlapping phases were never a capture's
+    return tuple(phases)
+
+
+def _unix_nano(text: object) -> int | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return int(parse_time(text).timestamp()) * 10**9
+    except ValueError:
+        return None
+
+
+def with_container_times(outcome: Outcome | None, pod: Manifest) -> Outcome | None:
+    """The outcome with its container's start and end, when the pod's state has them."""
+    terminated = _container_state(pod)
+    if outcome is None or terminated is None:
+        return outcome
+    return replace(
+        outcome,
+        started=_unix_nano(terminated.get("startedAt")),
+        finished=_unix_nano(terminated.get("finishedAt")),
+    )
 
 
 def pod_outcome(pod: Manifest) -> Outcome | None:

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubeshot.api import Phase
+from kubeshot.tracing import REQUEST_ID_ANNOTATION, TRACEPARENT_ANNOTATION
 
 PolicyKey = tuple[str, str]  # (namespace, policy name)
+TRACE_ANNOTATIONS = (TRACEPARENT_ANNOTATION, REQUEST_ID_ANNOTATION)
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,8 @@ class JobView:
     phase: Phase
     spec: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     status: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    annotations: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    """Those the operator reads: the gateway's traceparent and request id (tracing, logs)."""
 
     @property
     def key(self) -> PolicyKey:
@@ -66,6 +70,11 @@ class JobView:
             phase=phase,
             spec=dict(spec),
             status=dict(status),
+            annotations={
+                k: v
+                for k, v in (meta.get("annotations") or {}).items()
+                if k in TRACE_ANNOTATIONS and isinstance(v, str)
+            },
         )
 
 

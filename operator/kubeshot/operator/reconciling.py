@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from kubeshot import logs, tracing
 from kubeshot.api import (
     PROXY_CREDENTIALS_LABEL,
     CaptureError,
@@ -32,7 +33,9 @@ from kubeshot.api import (
     FailureReason,
     Phase,
     ProxyCredentials,
+    Runtime,
     ScreenshotPolicySpec,
+    describe_validation_error,
     is_object_name,
 )
 from kubeshot.api.admission import admit
@@ -102,12 +105,9 @@ def upload_token(secret: Mapping[str, Any]) -> str:
     return token if isinstance(token, str) else ""
 
 
-def describe(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"]) or "spec"
-        parts.append(f"{where}: {str(error['msg']).removeprefix('Value error, ')}")
-    return "; ".join(parts)
+# The models' defaults, for specs read as documents (never repeated as literals).
+_DEFAULT_RETRIES: int = CaptureJobSpec.model_fields["retries"].default
+_DEFAULT_TTL: int = Runtime.model_fields["ttl_seconds_after_finished"].default
 
 
 class Reconciler:
@@ -171,7 +171,8 @@ class Reconciler:
         try:
             parsed = ScreenshotPolicySpec.model_validate(dict(body.get("spec") or {}))
         except ValidationError as exc:
-            message = f"ScreenshotPolicy {name!r} is invalid: {describe(exc)}"
+            problems = describe_validation_error(exc, "spec")
+            message = f"ScreenshotPolicy {name!r} is invalid: {problems}"
             parsed = Failure(reason=FailureReason.INVALID_SPEC, message=message[:1024])
         self._policies[(namespace, name)] = (version, parsed)
         return parsed
@@ -183,7 +184,8 @@ class Reconciler:
         try:
             spec = CaptureJobSpec.model_validate(dict(view.spec))
         except ValidationError as exc:
-            return Failure(reason=FailureReason.INVALID_SPEC, message=describe(exc)[:1024])
+            problems = describe_validation_error(exc, "spec")
+            return Failure(reason=FailureReason.INVALID_SPEC, message=problems[:1024])
         policy = await self.parsed_policy(view.namespace, view.policy)
         if policy is None:
             message = f"ScreenshotPolicy {view.policy!r} not found in namespace {view.namespace}"
@@ -220,7 +222,8 @@ class Reconciler:
             return
         self._admitting.add(view.uid)
         try:
-            await self._admit(view, body)
+            with _job_scope(view), _traced("admit CaptureJob", view):
+                await self._admit(view, body)
         finally:
             self._admitting.discard(view.uid)
 
@@ -292,14 +295,15 @@ class Reconciler:
         # A missing or broken policy: start them anyway, one by one, to fail them with a reason.
         limit = policy.limits.max_concurrent_jobs if isinstance(policy, ScreenshotPolicySpec) else 1
         chosen = self.queue.plan(jobs, limit, time.monotonic())
-        metrics.QUEUE_DEPTH.labels(*key).set(len(self.queue.waiting(jobs)))
+        metrics.WORKQUEUE_DEPTH.labels(*key).set(len(self.queue.waiting(jobs)))
         return chosen
 
     async def start(self, view: JobView) -> None:
         """Secret (kept across attempts), status Running, then the attempt's pod."""
         self._starting.add(view.uid)
         try:
-            await self._start(view)
+            with _job_scope(view), _traced("start capture pod", view):
+                await self._start(view)
         finally:
             self._starting.discard(view.uid)
 
@@ -317,7 +321,13 @@ class Reconciler:
         job = building.JobRef(view.name, view.namespace, view.uid)
         attempt = view.attempts + 1
         pod = building.build_pod(
-            job, attempt, view.policy, policy, spec.capture_options(), self.settings
+            job,
+            attempt,
+            view.policy,
+            policy,
+            spec.capture_options(),
+            self.settings,
+            log_context=logs.context(),
         )
         pod_name = pod["metadata"]["name"]
         # No capture pod without the NetworkPolicy of its ScreenshotPolicy around it: until that
@@ -383,6 +393,8 @@ class Reconciler:
             await self.conclude(running, outcome, None)
             return
         metrics.PODS_CREATED.inc()
+        if attempt == 1:
+            metrics.left_queue(view.created)
         log.info("%s/%s: attempt %d in pod %s", view.namespace, view.name, attempt, pod_name)
         self.events.post(
             JOB, _body(view), "Normal", "Started", f"attempt {attempt}: pod {pod_name}"
@@ -527,7 +539,8 @@ class Reconciler:
         except NotFound:
             return f"ScreenshotPolicy {view.policy} not found"
         except ValidationError as exc:
-            return f"ScreenshotPolicy {view.policy} is invalid: {describe(exc)}"
+            problems = describe_validation_error(exc, "spec")
+            return f"ScreenshotPolicy {view.policy} is invalid: {problems}"
         wanted = self._network_policy(view.namespace, view.policy, fresh, current)
         try:
             live = await self.client.apply(path, wanted, labels.MANAGER)
@@ -577,7 +590,7 @@ class Reconciler:
                 FailureReason.POD_LOST, f"the capture pod {pod_name} was deleted before it finished"
             )
         else:
-            outcome = lifecycle.pod_outcome(dict(pod))
+            outcome = lifecycle.with_container_times(lifecycle.pod_outcome(dict(pod)), dict(pod))
         if outcome is None:
             return
         pod_uid = None if event_type == "DELETED" else str(meta.get("uid") or "") or None
@@ -618,7 +631,9 @@ class Reconciler:
                 if view is None:
                     self._job_locks.pop((namespace, job_name), None)
                 return
-            await self.conclude(view, outcome, pod_name, pod_uid=pod_uid)
+            with _job_scope(view), _traced("record capture pod", view):
+                _record_pod_span(view, pod_name, outcome)
+                await self.conclude(view, outcome, pod_name, pod_uid=pod_uid)
 
     async def conclude(
         self,
@@ -633,7 +648,7 @@ class Reconciler:
         (the pod pod_uid, when it still exists; the job's request Secret when it finished)."""
         at = lifecycle.now()
         attempts = attempted if attempted is not None else max(view.attempts, 1)
-        retries = int(view.spec.get("retries", 2))
+        retries = int(view.spec.get("retries", _DEFAULT_RETRIES))
         failure = outcome.failure
         if failure is not None and lifecycle.may_retry(failure, attempts, retries):
             delay = lifecycle.backoff_seconds(
@@ -685,6 +700,8 @@ class Reconciler:
             await self._delete_owned(path, secret)
 
     def _later(self, delay: float, key: PolicyKey) -> None:
+        metrics.requeued()
+
         async def wake() -> None:
             await asyncio.sleep(delay + 0.01)
             await self.dispatch(key)
@@ -773,7 +790,7 @@ class Reconciler:
         if ttl is None:
             body = await self.policy_body(view.namespace, view.policy)
             runtime = ((body or {}).get("spec") or {}).get("runtime") or {}
-            ttl = runtime.get("ttlSecondsAfterFinished", 3600)
+            ttl = runtime.get("ttlSecondsAfterFinished", _DEFAULT_TTL)
         finished = lifecycle.parse_time(str(completed))
         return now >= finished + timedelta(seconds=int(ttl))
 
@@ -810,7 +827,7 @@ class Reconciler:
         try:
             spec = ScreenshotPolicySpec.model_validate(dict(body.get("spec") or {}))
         except ValidationError as exc:
-            message = describe(exc)
+            message = describe_validation_error(exc, "spec")
             conditions = lifecycle.set_condition(
                 conditions, lifecycle.READY, False, "InvalidSpec", message, generation, at
             )
@@ -861,6 +878,40 @@ class Reconciler:
         await self.dispatch((namespace, name))
 
 
+def _job_scope(view: JobView) -> contextlib.AbstractContextManager[None]:
+    """The job's fields on the log lines inside (the request id only as the gateway makes them:
+    an annotation is anyone's to write)."""
+    request_id = tracing.request_id(view.annotations.get(tracing.REQUEST_ID_ANNOTATION))
+    return logs.bound(
+        job=f"{view.namespace}/{view.name}", policy=view.policy, request_id=request_id
+    )
+
+
+def _traced(name: str, view: JobView) -> contextlib.AbstractContextManager[object]:
+    """A span of the job's trace: a child of the gateway's span its traceparent annotation names
+    (validated), else the root of a trace of its own."""
+    parent = tracing.remote_parent(view.annotations.get(tracing.TRACEPARENT_ANNOTATION))
+    attributes = {"kubeshot.job": f"{view.namespace}/{view.name}", "kubeshot.policy": view.policy}
+    return tracing.span(name, attributes, parent=parent)
+
+
+def _record_pod_span(view: JobView, pod_name: str, outcome: Outcome) -> None:
+    """The capture pod's span and its phases, with the times the pod reported (it exports no
+    spans itself), beside the operator's own in the job's trace."""
+    times = outcome.pod_span()
+    if times is None:
+        return
+    parent = tracing.remote_parent(view.annotations.get(tracing.TRACEPARENT_ANNOTATION))
+    pod = tracing.record_span(
+        "capture pod",
+        *times,
+        parent,
+        {"kubeshot.job": f"{view.namespace}/{view.name}", "kubeshot.pod": pod_name},
+        error=outcome.failure.reason.value if outcome.failure is not None else None,
+    )
+    tracing.record_phases(outcome.phases, parent=pod)
+
+
 def _body(view: JobView) -> Manifest:
     """Enough of a job's body to name it (in Events) and to rebuild a view from it."""
     return {
@@ -872,6 +923,7 @@ def _body(view: JobView) -> Manifest:
             "uid": view.uid,
             "creationTimestamp": view.created,
             "generation": view.generation,
+            "annotations": dict(view.annotations),
         },
         "spec": dict(view.spec),
         "status": dict(view.status),

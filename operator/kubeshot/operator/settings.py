@@ -11,6 +11,12 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kubeshot import __version__
+
+CAPTURE_REPOSITORY = "ghcr.io/kubeshot/capture"
+"""Where the capture image is published; its default tag is this package's version (testenv/
+image.sh reads this line and pyproject.toml's version to name the image it builds)."""
+
 
 class OperatorSettings(BaseSettings):
     """Everything `kubeshot operator` can be told."""
@@ -24,7 +30,7 @@ class OperatorSettings(BaseSettings):
     """Namespaces (or globs, `!` excludes) to reconcile; all namespaces when empty."""
 
     # --- capture pods ----------------------------------------------------------------------
-    capture_image: str = "ghcr.io/kubeshot/capture:0.1.0"
+    capture_image: str = f"{CAPTURE_REPOSITORY}:{__version__}"
     """Image of the capture pods (`python -m kubeshot_capture`)."""
     image_pull_policy: str = Field(default="IfNotPresent", pattern="^(Always|IfNotPresent|Never)$")
     """Pull policy of the capture image."""

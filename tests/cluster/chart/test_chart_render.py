@@ -62,7 +62,11 @@ def test_defaults_render_the_whole_install(helm: Helm) -> None:
     kinds = rendered.kinds()
     assert sorted(kinds["Deployment"]) == ["ks-kubeshot-gateway", "ks-kubeshot-operator"]
     assert sorted(kinds["ServiceAccount"]) == ["ks-kubeshot-gateway", "ks-kubeshot-operator"]
-    assert sorted(kinds["Service"]) == ["ks-kubeshot-gateway", "ks-kubeshot-operator-metrics"]
+    assert sorted(kinds["Service"]) == [
+        "ks-kubeshot-gateway",
+        "ks-kubeshot-gateway-metrics",
+        "ks-kubeshot-operator-metrics",
+    ]
     assert sorted(kinds["NetworkPolicy"]) == ["ks-kubeshot-gateway", "ks-kubeshot-operator"]
     assert sorted(kinds["PodDisruptionBudget"]) == ["ks-kubeshot-gateway", "ks-kubeshot-operator"]
     assert kinds["PersistentVolumeClaim"] == ["ks-kubeshot-results"]

@@ -176,6 +176,7 @@ def launch_gateway(
         "KUBESHOT_NAMESPACE": namespace,
         "RATE_LIMIT_ENABLED": "false",
         "PYTHONUNBUFFERED": "1",
+        "KUBESHOT_METRICS_PORT": str(free_port()),  # /metrics has a port of its own
         **(env or {}),
     }
     log_path = tmp_path / "gateway.log"

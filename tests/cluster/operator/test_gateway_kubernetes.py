@@ -79,6 +79,7 @@ class Gateway:
     log_path: Path
     url: str
     upload_url: str
+    metrics_url: str
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -92,7 +93,7 @@ class Gateway:
         return http(method, self.url + path, body, headers)
 
     def watch_connections(self) -> float:
-        text = http("GET", self.url + "/metrics").body.decode()
+        text = http("GET", self.metrics_url).body.decode()
         found = re.search(r"^kubeshot_watch_connections_total (\S+)$", text, re.MULTILINE)
         assert found, text
         return float(found.group(1))
@@ -119,19 +120,24 @@ def gateway(
         for name, token in (("alice", ALICE), ("bob", BOB))
     ]
     tokens.write_text(json.dumps({"tokens": entries}))
+    metrics_port = free_port()
     proc, log_path, port, _ = launch_gateway(
         control_plane,
         namespace,
         tokens,
         tmp_path,
         upload_port=upload_port,
-        env={"KUBESHOT_BODY_TIMEOUT": str(BODY_TIMEOUT)},
+        env={
+            "KUBESHOT_BODY_TIMEOUT": str(BODY_TIMEOUT),
+            "KUBESHOT_METRICS_PORT": str(metrics_port),
+        },
     )
     served = Gateway(
         proc,
         log_path,
         f"http://127.0.0.1:{port}",
         f"http://127.0.0.1:{upload_port}/v1/internal/uploads/{namespace}",
+        f"http://127.0.0.1:{metrics_port}/metrics",
     )
 
     def ready() -> bool:
@@ -177,7 +183,9 @@ def test_sync_capture_runs_as_a_capturejob_and_answers_with_the_artifact(
         answer = in_background(
             pool,
             lambda: gateway.call(
-                "POST", "/v1/screenshot", {"html": "<h1>hello</h1>", "format": "png"}
+                "POST",
+                "/v1/screenshot",
+                {"html": "<title>Hello ✓</title><h1>hello</h1>", "format": "png"},
             ),
         )
         [job] = gateway_jobs(cluster, 1)
@@ -197,13 +205,19 @@ def test_sync_capture_runs_as_a_capturejob_and_answers_with_the_artifact(
     digest = hashlib.sha256(response.body).hexdigest()
     assert result["sha256"] == digest == response.headers["X-Kubeshot-Sha256"]
     assert result["url"] == f"/v1/captures/{meta['uid'].replace('-', '')}/artifact"
+    # The page's title, from the job's status.result, percent-encoded in a header.
+    assert result["title"] == "Hello ✓"
+    assert response.headers["X-Kubeshot-Title"] == "Hello %E2%9C%93"
+    assert "X-Kubeshot-Http-Status" not in response.headers
 
 
 def test_async_capture_follows_its_capturejob(
     operator: Operator, gateway: Gateway, cluster: Cluster, kubelet: FakeKubelet
 ) -> None:
     cluster.create_policy(**POLICY)
-    accepted = gateway.call("POST", "/v1/captures", {"html": "<p>later</p>", "format": "png"})
+    accepted = gateway.call(
+        "POST", "/v1/captures", {"html": "<title>Later</title><p>later</p>", "format": "png"}
+    )
     assert accepted.status == 202, accepted.body
     view = accepted.json()
     assert view["phase"] in {"Pending", "Queued", "Running"}
@@ -224,6 +238,7 @@ def test_async_capture_follows_its_capturejob(
 
     state = wait_for(succeeded, 60, "the async capture to succeed")
     assert state["result"]["url"] == f"/v1/captures/{view['id']}/artifact"
+    assert state["result"]["title"] == "Later"
     artifact = gateway.call("GET", state["result"]["url"])
     assert artifact.status == 200
     assert hashlib.sha256(artifact.body).hexdigest() == state["result"]["sha256"]
@@ -235,6 +250,7 @@ def test_async_capture_follows_its_capturejob(
     [
         (3, "BlockedByPolicy", 403, "blocked_by_policy"),
         (4, "NavigationFailed", 502, "capture_failed"),
+        (4, "TargetHttpError", 502, "target_http_error"),
     ],
 )
 def test_a_failed_job_answers_with_its_reasons_http_status(

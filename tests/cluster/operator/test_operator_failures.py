@@ -74,6 +74,13 @@ ENDINGS = [
     ),
     ("too-large", 5, "Error", failure("ResultTooLarge", "over 25 MiB"), "ResultTooLarge"),
     ("engine-timeout", 4, "Error", failure("Timeout", "no load in 30s"), "Timeout"),
+    (
+        "target-status",
+        4,
+        "Error",
+        failure("TargetHttpError", "the target answered HTTP 404 at https://example.com/"),
+        "TargetHttpError",
+    ),
     ("exit-2", 2, "Error", "", "InvalidSpec"),
     ("exit-5", 5, "Error", "", "DownloadLimitExceeded"),
     ("oom", 137, "OOMKilled", "", "MemoryLimitExceeded"),

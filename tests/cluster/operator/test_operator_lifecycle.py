@@ -244,13 +244,13 @@ def test_metrics_and_liveness(operator: Operator, cluster: Cluster) -> None:
     assert operator.healthz() == {"status": "ok", "leader": True}
     text = operator.metrics()
     assert "kubeshot_operator_pods_created_total 1.0" in text
-    assert "kubeshot_operator_reconcile_seconds_bucket" in text
+    assert "kubeshot_operator_reconcile_time_seconds_bucket" in text
     assert "kubeshot_operator_leader 1.0" in text
     wait_for(
         lambda: 'kubeshot_operator_jobs{phase="Running"} 1.0' in operator.metrics(),
         what="the jobs gauge",
     )
     assert (
-        f'kubeshot_operator_queue_depth{{namespace="{cluster.namespace}",policy="default"}} 0.0'
+        f'kubeshot_operator_workqueue_depth{{namespace="{cluster.namespace}",policy="default"}} 0.0'
         in text
     )
