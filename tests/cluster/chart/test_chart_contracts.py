@@ -12,20 +12,30 @@ from pathlib import Path
 
 import pytest
 
+from kubeshot import logs
 from kubeshot.gateway.settings import Settings
 from kubeshot.operator.settings import OperatorSettings
+from kubeshot.tracing import TracingSettings
 from tests.cluster.chart.conftest import VALUES_DIR, Helm
 from tests.conftest import ROOT, need
 
 VALUES_FILES = [None, *sorted(VALUES_DIR.glob("*.yaml"))]
 
 
-def gateway_env_names() -> set[str]:
+def _env_names(model: type[Settings] | type[TracingSettings]) -> set[str]:
     names: set[str] = set()
-    for field in Settings.model_fields.values():
+    for field in model.model_fields.values():
         alias = field.validation_alias
-        names.update(getattr(alias, "choices", []))
+        names.update([alias] if isinstance(alias, str) else getattr(alias, "choices", []))
     return names
+
+
+# What both daemons read besides their own settings: the log format and OpenTelemetry's variables.
+COMMON_ENV = {logs.FORMAT_ENV} | _env_names(TracingSettings)
+
+
+def gateway_env_names() -> set[str]:
+    return _env_names(Settings) | COMMON_ENV
 
 
 @pytest.mark.parametrize("values", VALUES_FILES, ids=lambda v: v.stem if v else "default")
@@ -34,7 +44,7 @@ def test_gateway_environment_is_read_by_its_settings(helm: Helm, values: Path | 
     env = rendered.env("ks-kubeshot-gateway")
     unknown = set(env) - gateway_env_names()
     assert not unknown, f"the gateway reads no such settings: {unknown}"
-    plain = {k: v for k, v in env.items() if isinstance(v, str)}
+    plain = {k: v for k, v in env.items() if isinstance(v, str) and k not in COMMON_ENV}
     # Secrets (secretKeyRef) and downward-API values arrive at run time; stand-ins here.
     plain.update({"AUTH_TOKEN": "t", "URL_SIGNING_SECRET": "s", "KUBESHOT_NAMESPACE": "kubeshot"})
     settings = Settings(**plain)
@@ -58,12 +68,12 @@ def test_operator_environment_is_read_by_its_settings(helm: Helm, values: Path |
         pytest.skip("no operator in this values set")
     env = rendered.env("ks-kubeshot-operator")
     fields = {f"KUBESHOT_OPERATOR_{name.upper()}" for name in OperatorSettings.model_fields}
-    unknown = set(env) - fields
+    unknown = set(env) - fields - COMMON_ENV
     assert not unknown, f"the operator reads no such settings: {unknown}"
     plain = {
         k.removeprefix("KUBESHOT_OPERATOR_").lower(): v
         for k, v in env.items()
-        if isinstance(v, str)
+        if isinstance(v, str) and k not in COMMON_ENV
     }
     parsed = {
         k: json.loads(v) if k in {"namespaces", "gateway_pod_labels", "dns_pod_labels"} else v
