@@ -2,10 +2,10 @@
 
 A probe pod carrying the capture pods' labels of the policy `default` (so the operator's
 NetworkPolicy for that policy selects it) opens plain TCP connections from the capture image: it
-must not reach the metadata address, a private canary, the API server or the gateway's API port,
-while the gateway's upload port and the page the policy opens stay reachable (so a refusal is the
-policy, not a broken network). A control pod without those labels reaches what listens, and is
-itself kept off the upload port by the chart's gateway policy.
+must not reach the metadata address, a private canary, the API server, the gateway's API port or
+its metrics port, while the gateway's upload port and the page the policy opens stay reachable
+(so a refusal is the policy, not a broken network). A control pod without those labels reaches
+what listens, and is itself kept off the upload port by the chart's gateway policy.
 
 Enforcement may trail a pod's start (the node tier's kube-router writes a pod's chain a moment
 after the pod has its address; capture pods start Chromium first and the egress guard inside them
@@ -110,6 +110,7 @@ def targets(kubectl: Kubectl, pages: Pages, target: Target) -> dict[str, str]:
         "API server": api,
         "API server Service": f"{service['spec']['clusterIP']}:443",
         "gateway API port": f"{ip}:{ports['api']}",
+        "gateway metrics port": f"{ip}:{ports['metrics']}",
         "gateway upload port": f"{ip}:{ports['upload']}",
         "upload Service": f"{RELEASE}-gateway.{NAMESPACE}.svc.cluster.local:{ports['upload']}",
         "page": pages.url.split("//", 1)[1].split("/", 1)[0],
