@@ -187,7 +187,7 @@ def parse_traceparent(value: object) -> SpanContext | None:
     """
     if not isinstance(value, str) or len(value) != 55:
         return None
-    match = _TRACEPARENT.match(value)
+    match = _TRACEPARENT.fullmatch(value)
     if match is None:
         return None
     trace_id, span_id, flags = (int(group, 16) for group in match.groups())
@@ -217,7 +217,7 @@ def new_trace() -> otel_context.Context:
 
 def request_id(value: object) -> str | None:
     """A request id read from an annotation, if it is one the gateway could have made."""
-    return value if isinstance(value, str) and _REQUEST_ID.match(value) else None
+    return value if isinstance(value, str) and _REQUEST_ID.fullmatch(value) else None
 
 
 def record_phases(

@@ -255,7 +255,8 @@ def test_a_traceparent_is_parsed_strictly(value: object, valid: bool) -> None:
 
 def test_only_a_request_id_the_gateway_could_have_made_is_taken() -> None:
     assert tracing.request_id("5f2b1c0e9a8d4e6fb1c2d3e4f5a6b7c8") is not None
-    for forged in ("5F2B1C0E9A8D4E6FB1C2D3E4F5A6B7C8", "abc", "x" * 32, "a\nb", None, 1):
+    trailing = "5f2b1c0e9a8d4e6fb1c2d3e4f5a6b7c8\n"  # `$` would let the newline through
+    for forged in ("5F2B1C0E9A8D4E6FB1C2D3E4F5A6B7C8", "abc", "x" * 32, "a\nb", trailing, None, 1):
         assert tracing.request_id(forged) is None
 
 
