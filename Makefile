@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CHROMIUM ?= /usr/bin/chromium
 PYTEST_ARGS ?=
 
-.PHONY: setup packages run test test-unit test-browser test-gateway test-cluster test-node test-e2e lint crds openapi chart bench bench-operator bench-e2e bench-throughput testenv testenv-up testenv-down e2e-kind images gallery clean
+.PHONY: setup lock packages run test test-unit test-browser test-gateway test-cluster test-node test-e2e lint crds openapi chart bench bench-operator bench-e2e bench-throughput testenv testenv-up testenv-down e2e-kind images gallery clean
 
 setup: $(STAMP) packages
 
@@ -34,11 +34,25 @@ packages:
 	    $$missing >/dev/null; \
 	fi
 
-$(STAMP): pyproject.toml
+# The virtualenv: every dependency from the lock (each file checked against its hash), then
+# kubeshot itself, editable.
+$(STAMP): pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,operator,capture]'
+	$(BIN)/pip install -q --require-hashes -r requirements-dev.txt
+	$(BIN)/pip install -q --no-deps -e .
 	touch $@
+
+# The lock: uv.lock, resolved from pyproject.toml once for every extra, Python and platform, and
+# the requirements files pip installs from it (exported with hashes): the virtualenv's (every
+# extra), the capture image's ([capture]) and the operator image's ([operator]). Run it after
+# changing a dependency (tests/unit/test_lock.py fails until then); LOCK_ARGS=--upgrade moves
+# every pin to the newest release allowed.
+lock: $(STAMP)
+	$(BIN)/uv lock $(LOCK_ARGS)
+	$(BIN)/uv export -q --frozen --no-emit-project --all-extras -o requirements-dev.txt
+	$(BIN)/uv export -q --frozen --no-emit-project --extra capture -o capture-pod/requirements.txt
+	$(BIN)/uv export -q --frozen --no-emit-project --extra operator -o operator/requirements.txt
 
 run: setup
 	$(BIN)/kubeshot serve

@@ -22,7 +22,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,10 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo: tests.support
+
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 KUBESHOT = Path(sys.executable).parent / "kubeshot"
@@ -58,12 +61,6 @@ nodes = _load("testenv_node", ROOT / "testenv" / "node.py")
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Watch:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,16 +28,14 @@ from kubeshot.api import CaptureError, CaptureOptions, ScreenshotPolicySpec
 from kubeshot.gateway import Settings, create_app
 from kubeshot_capture.engine import CaptureEngine
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo: tests.support
+
+from tests.support import free_port
+
 TOKEN = "bench-token-0123456789abcdef"
 BENCH_DIR = str(Path(__file__).resolve().parent)
 PAGE = """<!doctype html><html><body style="margin:0;background:#fff">
 <div style="width:200px;height:100px;background:#c00"></div><p>kubeshot bench</p></body></html>"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def serve(app: web.Application, port: int) -> web.AppRunner:

@@ -31,7 +31,6 @@ import io
 import os
 import random
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,10 @@ from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 from kubeshot.api import CaptureOptions
 from kubeshot.gateway import Settings, create_app
 from kubeshot_capture.browser import chromium_args, chromium_executable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo: tests.support
+
+from tests.support import free_port
 
 TOKEN = "bench-token-0123456789abcdef"
 SMALL_HOST = "127.0.0.2"
@@ -273,12 +276,6 @@ async def unloaded(capture: Callable[[], Awaitable[bool]], rounds: int) -> float
         if await capture():
             times.append(time.perf_counter() - started)
     return statistics.median(times) * 1000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def load_average() -> str:

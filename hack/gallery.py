@@ -20,14 +20,15 @@ import asyncio
 import html
 import io
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
+
+# tests/support.py: the page server the browser tests use too
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from PIL import Image
 from pypdf import PdfReader
@@ -35,6 +36,7 @@ from pypdf import PdfReader
 from kubeshot.api import CaptureError, CaptureOptions, PdfOptions, ScreenshotPolicySpec
 from kubeshot_capture.engine import CaptureEngine
 from kubeshot_capture.guard import EgressGuard, IPAddress
+from tests.support import HostSite, host_site
 
 ROOT = Path(__file__).resolve().parent.parent
 ADDRESS = "127.0.0.9"
@@ -156,36 +158,6 @@ def routes(port: int) -> dict[tuple[str, str], tuple[str, bytes]]:
     return pages
 
 
-class Server:
-    """Serves `routes` by Host header and path on ADDRESS."""
-
-    def __init__(self) -> None:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                host = (self.headers.get("Host") or "").rsplit(":", 1)[0]
-                found = server.routes.get((host, self.path))
-                kind, body = found if found else ("text/plain", b"not found")
-                self.send_response(200 if found else 404)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.http = ThreadingHTTPServer((ADDRESS, 0), Handler)
-        self.http.daemon_threads = True
-        self.port = self.http.server_address[1]
-        self.routes = routes(self.port)
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
-
-    def url(self, path: str) -> str:
-        return f"http://{SITE}:{self.port}{path}"
-
-
 async def resolve(host: str, port: int) -> Sequence[IPAddress]:
     if host in NAMES:
         return [ip_address(ADDRESS)]
@@ -213,20 +185,20 @@ def supported(options: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     return kept, left_out
 
 
-def shots(server: Server) -> list[Shot]:
+def shots(server: HostSite) -> list[Shot]:
     viewport = {"width": 1000, "height": 700}
     return [
         Shot(
             "cjk-emoji",
             "CJK text and colour emoji",
-            {"url": server.url("/cjk"), "viewport": viewport},
+            {"url": server.url("/cjk", SITE), "viewport": viewport},
             "Noto CJK and Noto Color Emoji from Debian; tests/browser/test_fonts.py",
         ),
         Shot(
             "lazy-images",
             "Lazy images, full page (scrollToLoad)",
             {
-                "url": server.url("/lazy"),
+                "url": server.url("/lazy", SITE),
                 "viewport": viewport,
                 "fullPage": True,
                 "scrollToLoad": True,
@@ -236,13 +208,13 @@ def shots(server: Server) -> list[Shot]:
         Shot(
             "news-plain",
             "News page as served: banner, third-party ad and tracker",
-            {"url": server.url("/news"), "viewport": viewport},
+            {"url": server.url("/news", SITE), "viewport": viewport},
         ),
         Shot(
             "news-blocked",
             "Same page with blockAds and hideCookieBanners",
             {
-                "url": server.url("/news"),
+                "url": server.url("/news", SITE),
                 "viewport": viewport,
                 "blockAds": True,
                 "hideCookieBanners": True,
@@ -253,13 +225,13 @@ def shots(server: Server) -> list[Shot]:
         Shot(
             "long-page",
             "Long page, full page",
-            {"url": server.url("/long"), "viewport": viewport, "fullPage": True},
+            {"url": server.url("/long", SITE), "viewport": viewport, "fullPage": True},
         ),
         Shot(
             "report-pdf",
             "PDF with a footer (page x of y)",
             {
-                "url": server.url("/report"),
+                "url": server.url("/report", SITE),
                 "format": "pdf",
                 "pdf": {"format": "A4", "footerTemplate": FOOTER, "printBackground": True},
             },
@@ -309,12 +281,12 @@ h2{{font-size:16px;margin:0 0 8px}} .meta{{color:#666;font-size:13px}} .err{{col
 
 
 async def run(out: Path) -> list[Path]:
-    server = Server()
-    policy = ScreenshotPolicySpec.model_validate(
-        {"network": {"allowedCIDRs": [f"{ADDRESS}/32"], "allowedPorts": [server.port]}}
-    )
     cards, written = [], []
-    try:
+    with host_site(ADDRESS) as server:
+        server.routes.update(routes(server.port))
+        policy = ScreenshotPolicySpec.model_validate(
+            {"network": {"allowedCIDRs": [f"{ADDRESS}/32"], "allowedPorts": [server.port]}}
+        )
         async with CaptureEngine(spare_contexts=1, guard=EgressGuard(resolver=resolve)) as engine:
             for shot in shots(server):
                 raw, shot.left_out = supported(shot.options)
@@ -331,9 +303,6 @@ async def run(out: Path) -> list[Path]:
                     error = f"{exc.reason.value}: {exc.message}"
                 print(f"gallery: {shot.name}: {file or error}", file=sys.stderr)
                 cards.append(card(shot, file, report, error))
-    finally:
-        server.http.shutdown()
-        server.http.server_close()
     index = out / "index.html"
     made = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     index.write_text(INDEX.format(made=made, cards="\n".join(cards)), encoding="utf-8")

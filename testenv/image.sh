@@ -10,8 +10,9 @@
 #   3. a smoke check as user 10001: the engine imports, and a real capture of a page served on
 #      127.0.0.2 by this script writes a PNG;
 #   4. `buildah push` to .testenv/images/capture-<sha12>.tar, <sha12> a hash of the inputs (the
-#      Dockerfile, pyproject.toml, capture-pod/, operator/kubeshot/{__init__.py,py.typed,logs.py,api/},
-#      this script, the image name; not README.md, which only fills the package's metadata).
+#      Dockerfile, pyproject.toml, capture-pod/ (its requirements.txt is the image's lock),
+#      operator/kubeshot/{__init__.py,py.typed,logs.py,api/}, this script, the image name; not
+#      README.md, which only fills the package's metadata).
 #
 # Idempotent: when the archive for the current inputs exists it prints its path and exits at once.
 # The archive path is the last line on stdout; progress and timings go to stderr.

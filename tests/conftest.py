@@ -1,4 +1,5 @@
-"""Shared test plumbing: tier markers by folder, and `need()` for tier prerequisites.
+"""Shared test plumbing: tier markers by folder, `need()` for tier prerequisites and the
+`chromium` fixture (the rest is in tests/support.py).
 
 With CI=true a missing prerequisite fails the tier instead of skipping it, so a green CI means
 the tier really ran.
@@ -24,6 +25,18 @@ def need(condition: object, reason: str) -> None:
     if IN_CI:
         pytest.fail(f"prerequisite missing in CI: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The Chromium binary the engine, the gateway's workers and Playwright drive."""
+    from kubeshot_capture.browser import chromium_executable
+
+    path = chromium_executable()
+    need(
+        path, "Chromium not found: install Debian's chromium (make setup) or set KUBESHOT_CHROMIUM"
+    )
+    return str(path)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,4 +1,31 @@
 """The capture engine: Chromium through Playwright, behind the egress guard, verified output.
 
 Imports only `kubeshot.api` of kubeshot (never kopf, Kubernetes clients or the aiohttp server).
+`run` is the one way a capture runs: `kubeshot capture`, capture workers and capture pods.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kubeshot.api import CaptureError, CaptureOutcome, CaptureRequest
+
+if TYPE_CHECKING:
+    from kubeshot_capture.engine import CaptureEngine
+
+
+async def run(
+    request: CaptureRequest, engine: CaptureEngine | None = None
+) -> tuple[CaptureOutcome, bytes]:
+    """Run one capture: how it ended, and its artifact (empty when it failed). `engine`: one
+    already started (a worker's); without, one is started for this capture and closed after."""
+    try:
+        if engine is None:
+            from kubeshot_capture.engine import CaptureEngine
+
+            async with CaptureEngine(spare_contexts=0) as own:
+                return await run(request, own)
+        artifact = await engine.capture(request.options, request.policy, request.proxy)
+    except CaptureError as exc:
+        return CaptureOutcome.failed(exc), b""
+    return CaptureOutcome(result=artifact.report), artifact.data

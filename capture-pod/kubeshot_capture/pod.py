@@ -2,12 +2,13 @@
 
 Inputs come from the environment the operator sets:
   KUBESHOT_REQUEST           JSON CaptureRequest (mounted from the job's Secret)
-  KUBESHOT_TERMINATION_LOG   where the result summary goes (default /dev/termination-log)
+  KUBESHOT_TERMINATION_LOG   where the outcome goes (default /dev/termination-log)
   KUBESHOT_OUTPUT            artifact path when the request has no upload target
-The summary written to the termination log is at most 4 KiB of JSON (UTF-8):
-  {"result": {...ResultSummary...}} or {"failure": {"reason": ..., "message": ...}}
-A result carries the target's final URL, HTTP status and page title beside the artifact's
-identity; the operator copies it into the CaptureJob's `status.result`.
+The termination log holds the CaptureOutcome as JSON of at most 4 KiB (UTF-8):
+  {"result": {...CaptureReport...}} or {"failure": {"reason": ..., "message": ...}}
+The operator copies the result's summary into the CaptureJob's `status.result`, and records its
+timings' phases as this pod's spans (the pod itself exports nothing: its NetworkPolicy lets it
+reach no collector).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pydantic import ValidationError
 from kubeshot import logs
 from kubeshot.api import (
     CaptureError,
+    CaptureOutcome,
     CaptureReport,
     CaptureRequest,
     ExitCode,
@@ -34,45 +36,40 @@ from kubeshot.api import (
     UploadTarget,
 )
 from kubeshot.api.reasons import redact_addresses
+from kubeshot_capture import run
 
 log = logging.getLogger("kubeshot_capture.pod")
 MAX_TERMINATION_MESSAGE = 4096
 UPLOAD_ATTEMPTS = 3
 
 
-def write_summary(path: Path, summary: dict[str, object]) -> None:
-    path.write_text(termination_message(summary), encoding="utf-8")
-
-
-def termination_message(summary: dict[str, object]) -> str:
-    """The summary as JSON of at most MAX_TERMINATION_MESSAGE bytes: the kubelet cuts a longer
+def termination_message(outcome: CaptureOutcome) -> str:
+    """The outcome as JSON of at most MAX_TERMINATION_MESSAGE bytes: the kubelet cuts a longer
     message, which would then not parse. What may be long gives way, never what identifies the
-    artifact: a failure's message; a result's page title, then its final URL. The phases'
-    timings (for traces) give way first."""
-    text = _json(summary)
-    if "phases" in summary and not _fits(text):
-        summary = {k: v for k, v in summary.items() if k != "phases"}
-        text = _json(summary)
-    if "failure" in summary and not _fits(text):
-        failure = dict(summary["failure"])  # type: ignore[call-overload]
-        failure["message"] = str(failure.get("message", ""))[:1000]
-        text = _json({"failure": failure})
-    if "result" in summary and not _fits(text):
-        result = dict(summary["result"])  # type: ignore[call-overload]
-        title = str(result.pop("title", None) or "")
+    artifact: a failure's message; a result's phase timings (for traces), then its page title,
+    then its final URL."""
+    text = _json(outcome)
+    if outcome.failure is not None and not _fits(text):
+        failure = outcome.failure.model_copy(update={"message": outcome.failure.message[:1000]})
+        return _json(CaptureOutcome(failure=failure))
+    report = outcome.result
+    if report is None or _fits(text):
+        return text
+    report = report.model_copy(update={"timings": report.timings.model_copy(update={"phases": []})})
+    text = _json(CaptureOutcome(result=report))
+    if not _fits(text):
         # Every character cut saves at least a byte: one cut by the excess is enough.
+        title = report.title or ""
         title = title[: max(0, len(title) - (len(text.encode()) - MAX_TERMINATION_MESSAGE))]
-        if title.strip():
-            result["title"] = title.rstrip()
-        text = _json({"result": result})
-        if not _fits(text):
-            result.pop("finalUrl", None)
-            text = _json({"result": result})
+        report = report.model_copy(update={"title": title.rstrip() or None})
+        text = _json(CaptureOutcome(result=report))
+    if not _fits(text):
+        text = _json(CaptureOutcome(result=report.model_copy(update={"final_url": None})))
     return text
 
 
-def _json(document: dict[str, object]) -> str:
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+def _json(outcome: CaptureOutcome) -> str:
+    return outcome.model_dump_json(by_alias=True, exclude_none=True)
 
 
 def _fits(text: str) -> bool:
@@ -110,45 +107,39 @@ def upload(target: UploadTarget, data: bytes, report: CaptureReport) -> str:
     raise AssertionError("unreachable")
 
 
-async def run(request: CaptureRequest) -> tuple[bytes, CaptureReport]:
-    from kubeshot_capture.engine import CaptureEngine
-
-    async with CaptureEngine(spare_contexts=0) as engine:
-        artifact = await engine.capture(request.options, request.policy, request.proxy)
-    return artifact.data, artifact.report
-
-
 def main() -> int:
     # JSON lines with the job's request id, job, policy and trace id (set by the operator).
     logs.setup(logs.log_format(None, "json"), static=logs.context_from_env())
+    outcome = _outcome()
     termination = Path(os.environ.get("KUBESHOT_TERMINATION_LOG", "/dev/termination-log"))
+    termination.write_text(termination_message(outcome), encoding="utf-8")
+    try:
+        report = outcome.report()
+    except CaptureError as exc:
+        print(exc, file=sys.stderr)
+        return exc.reason.exit_code
+    log.info("captured %s: %d bytes sha256=%s", report.format, report.bytes, report.sha256)
+    return ExitCode.OK
+
+
+def _outcome() -> CaptureOutcome:
+    """Read the request, capture, deliver the artifact (upload, else KUBESHOT_OUTPUT)."""
     try:
         raw = Path(os.environ.get("KUBESHOT_REQUEST", "/var/run/kubeshot/request.json")).read_text()
         request = CaptureRequest.model_validate_json(raw)
     except (OSError, ValidationError) as exc:
         message = f"request unreadable: {exc}".splitlines()[0]
-        write_summary(termination, {"failure": {"reason": "InvalidSpec", "message": message}})
-        print(message, file=sys.stderr)
-        return ExitCode.INVALID_INPUT
+        return CaptureOutcome.failed(CaptureError(FailureReason.INVALID_SPEC, message))
+    outcome, data = asyncio.run(run(request))
     try:
-        data, report = asyncio.run(run(request))
-        summary = report.summary()
-        if request.upload is not None:
-            summary = summary.model_copy(update={"url": upload(request.upload, data, report)})
-        else:
+        report = outcome.report()
+        if request.upload is None:
             Path(os.environ.get("KUBESHOT_OUTPUT", "artifact")).write_bytes(data)
+            return outcome
+        url = upload(request.upload, data, report)
+        return CaptureOutcome(result=report.model_copy(update={"url": url}))
     except CaptureError as exc:
         # Whoever may read the CaptureJob (or the pod's log) learns the failure, not what our
         # resolver answered for a name: addresses the request did not name are redacted.
         message = redact_addresses(exc.message, request.options.url or "")
-        write_summary(
-            termination, {"failure": {"reason": exc.reason.value, "message": message[:1000]}}
-        )
-        print(f"{exc.reason.value}: {message}", file=sys.stderr)
-        return exc.reason.exit_code
-    # When each phase ran: the operator records them as this pod's spans in the job's trace
-    # (the pod itself exports nothing: its NetworkPolicy lets it reach no collector).
-    phases = [phase.to_wire() for phase in report.timings.phases]
-    write_summary(termination, {"result": summary.to_wire(), "phases": phases})
-    log.info("captured %s: %d bytes sha256=%s", report.format, report.bytes, report.sha256)
-    return ExitCode.OK
+        return CaptureOutcome.failed(CaptureError(exc.reason, message))

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import json
 import struct
-import threading
 import time
 import zlib
 from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 import pytest
 import pytest_asyncio
 
 from kubeshot.api import ScreenshotPolicySpec
-from kubeshot_capture.browser import chromium_executable
-from tests.conftest import need
+from tests.support import Handler, serving
 
 PAGES: dict[str, str] = {
     "/page": """<!doctype html><html><head><title>kubeshot test</title><style>
@@ -114,53 +112,14 @@ def solid_png(rgb_hex: str) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + end
 
 
+@dataclass
 class TestSite:
+    """The test pages on 127.0.0.2: every request's path and headers (lower-case names)."""
+
     __test__ = False
-    """A threaded HTTP server on 127.0.0.2 that records every request path it receives."""
-
-    def __init__(self) -> None:
-        self.requests: list[str] = []
-        self.headers: list[dict[str, str]] = []
-        site = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                site.requests.append(self.path)
-                site.headers.append({k.lower(): v for k, v in self.headers.items()})
-                path = urlsplit(self.path).path
-                query = parse_qs(urlsplit(self.path).query)
-                if path == "/slow":
-                    time.sleep(float(query.get("s", ["20"])[0]))
-                    self._send(200, "text/html", b"<p>late</p>")
-                elif path == "/headers":
-                    body = json.dumps({k.lower(): v for k, v in self.headers.items()})
-                    self._send(200, "text/html", f"<pre id='out'>{body}</pre>".encode())
-                elif path in PAGES:
-                    self._send(200, "text/html; charset=utf-8", PAGES[path].encode())
-                elif path.startswith("/color/") and path.endswith(".png"):
-                    self._send(200, "image/png", solid_png(path[len("/color/") : -len(".png")]))
-                elif path.endswith((".png", ".gif")):
-                    self._send(200, "image/png", PIXEL_PNG)
-                else:
-                    self._send(404, "text/plain", b"not found")
-
-            def _send(self, status: int, content_type: str, body: bytes) -> None:
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", content_type)
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.2", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+    port: int
+    requests: list[str] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.2:{self.port}{path}"
@@ -168,11 +127,31 @@ class TestSite:
 
 @pytest.fixture(scope="session")
 def site() -> Iterator[TestSite]:
-    server = TestSite()
-    server.thread.start()
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
+    holder: list[TestSite] = []
+
+    class Pages(Handler):
+        def do_GET(self) -> None:
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            holder[0].requests.append(self.path)
+            holder[0].headers.append(headers)
+            path, _, query = self.path.partition("?")
+            if path == "/slow":
+                time.sleep(float(parse_qs(query).get("s", ["20"])[0]))
+                self.reply(200, b"<p>late</p>")
+            elif path == "/headers":
+                self.reply(200, f"<pre id='out'>{json.dumps(headers)}</pre>".encode())
+            elif path in PAGES:
+                self.reply(200, PAGES[path].encode())
+            elif path.startswith("/color/") and path.endswith(".png"):
+                self.reply(200, solid_png(path[len("/color/") : -len(".png")]), "image/png")
+            elif path.endswith((".png", ".gif")):
+                self.reply(200, PIXEL_PNG, "image/png")
+            else:
+                self.reply(404, b"not found", "text/plain")
+
+    with serving(Pages, "127.0.0.2") as served:
+        holder.append(TestSite(served.port))
+        yield holder[0]
 
 
 @pytest.fixture(scope="session")
@@ -186,17 +165,8 @@ def local_policy(site: TestSite) -> ScreenshotPolicySpec:
     )
 
 
-@pytest.fixture(scope="session")
-def chromium() -> str | None:
-    path = chromium_executable()
-    need(
-        path, "Chromium not found: install Debian's chromium (make setup) or set KUBESHOT_CHROMIUM"
-    )
-    return path
-
-
 @pytest_asyncio.fixture(scope="session")
-async def engine(chromium: str | None) -> AsyncIterator[object]:
+async def engine(chromium: str) -> AsyncIterator[object]:
     from kubeshot_capture.engine import CaptureEngine
 
     async with CaptureEngine(spare_contexts=1) as running:

@@ -119,18 +119,28 @@ async def test_hidden_elements_stay_hidden_in_html_output(
     assert b"#box { visibility: hidden !important; }" in data
 
 
+async def changes(
+    engine: Any,
+    policy: ScreenshotPolicySpec,
+    url: str,
+    at: tuple[int, int],
+    before: tuple[int, int, int],
+    after: tuple[int, int, int],
+    **options: Any,
+) -> None:
+    """The pixel `at` is `before` in a capture of `url` without `options`, `after` with them."""
+    data, _ = await shot(engine, policy, url=url)
+    assert close(rgb(image(data), *at), before)
+    data, _ = await shot(engine, policy, url=url, **options)
+    assert close(rgb(image(data), *at), after)
+
+
 async def test_click_reveals_loaded_content(
     engine: Any, local_policy: ScreenshotPolicySpec, site: TestSite
 ) -> None:
-    data, _ = await shot(engine, local_policy, url=site.url("/load-more"))
-    assert close(rgb(image(data), 150, 200), WHITE)
-    data, _ = await shot(
-        engine,
-        local_policy,
-        url=site.url("/load-more"),
-        clickSelectors=[{"selector": "#consent", "optional": True}, {"selector": "#more"}],
-    )
-    assert close(rgb(image(data), 150, 200), GREEN)
+    clicks = [{"selector": "#consent", "optional": True}, {"selector": "#more"}]
+    await changes(engine, local_policy, site.url("/load-more"), (150, 200), WHITE, GREEN,
+                  clickSelectors=clicks)  # fmt: skip
 
 
 async def test_a_required_click_on_nothing_fails_naming_the_selector(
@@ -165,16 +175,8 @@ async def test_clip_gives_the_rectangle(
 async def test_wait_for_selector_state_waits_for_the_spinner_to_go(
     engine: Any, local_policy: ScreenshotPolicySpec, site: TestSite, state: str
 ) -> None:
-    data, _ = await shot(engine, local_policy, url=site.url("/spinner"))
-    assert close(rgb(image(data), 100, 100), RED)
-    data, _ = await shot(
-        engine,
-        local_policy,
-        url=site.url("/spinner"),
-        waitForSelector="#spinner",
-        waitForSelectorState=state,
-    )
-    assert close(rgb(image(data), 100, 100), WHITE)
+    await changes(engine, local_policy, site.url("/spinner"), (100, 100), RED, WHITE,
+                  waitForSelector="#spinner", waitForSelectorState=state)  # fmt: skip
 
 
 async def test_wait_for_selector_still_waits_for_visible(

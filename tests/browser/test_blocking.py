@@ -8,9 +8,7 @@ names to it, so nothing leaves the machine. Each response is recorded with the H
 from __future__ import annotations
 
 import io
-import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from kubeshot_capture.blocklists import (
 )
 from kubeshot_capture.guard import EgressGuard, IPAddress
 from tests.conftest import need
+from tests.support import HostSite, host_site
 
 HOST = "127.0.0.7"
 NEWS = "news.kubeshot.test"
@@ -76,38 +75,6 @@ def pages(port: int) -> dict[tuple[str, str], tuple[str, bytes]]:
     }
 
 
-class Server:
-    """Serves `pages` by Host and path on 127.0.0.7; `hits` records (host, path) of each."""
-
-    def __init__(self) -> None:
-        self.hits: list[tuple[str, str]] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                host = (self.headers.get("Host") or "").rsplit(":", 1)[0]
-                server.hits.append((host, self.path))
-                found = server.pages.get((host, self.path))
-                kind, body = found if found else ("text/plain", b"not found")
-                self.send_response(200 if found else 404)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.http = ThreadingHTTPServer((HOST, 0), Handler)
-        self.http.daemon_threads = True
-        self.port = self.http.server_address[1]
-        self.pages = pages(self.port)
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
-
-    def hosts(self) -> set[str]:
-        return {host for host, _ in self.hits}
-
-
 async def resolve(host: str, port: int) -> Sequence[IPAddress]:
     if host in {NEWS, AD, TRACKER}:
         return [ip_address(HOST)]
@@ -115,11 +82,11 @@ async def resolve(host: str, port: int) -> Sequence[IPAddress]:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
-    running = Server()
-    yield running
-    running.http.shutdown()
-    running.http.server_close()
+def server() -> Iterator[HostSite]:
+    """Serves `pages` by Host and path on 127.0.0.7; `hits` records (host, path) of each."""
+    with host_site(HOST) as running:
+        running.routes.update(pages(running.port))
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +100,7 @@ def lists() -> Path:
 
 
 @pytest_asyncio.fixture(scope="module")
-async def named_engine(chromium: str | None) -> AsyncIterator[Any]:
+async def named_engine(chromium: str) -> AsyncIterator[Any]:
     """An engine whose egress guard resolves the test's host names to 127.0.0.7."""
     from kubeshot_capture.engine import CaptureEngine
 
@@ -142,7 +109,7 @@ async def named_engine(chromium: str | None) -> AsyncIterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def policy(server: Server) -> ScreenshotPolicySpec:
+def policy(server: HostSite) -> ScreenshotPolicySpec:
     return ScreenshotPolicySpec.model_validate(
         {"network": {"allowedCIDRs": [f"{HOST}/32"], "allowedPorts": [server.port]}}
     )
@@ -173,9 +140,9 @@ def test_lists_judge_third_parties_by_the_page_that_asks(lists: Path) -> None:
 
 
 async def test_block_ads_blocks_third_party_ads_and_keeps_first_party_paths(
-    named_engine: Any, policy: ScreenshotPolicySpec, server: Server, lists: Path
+    named_engine: Any, policy: ScreenshotPolicySpec, server: HostSite, lists: Path
 ) -> None:
-    url = f"http://{NEWS}:{server.port}/"
+    url = server.url("/", NEWS)
     server.hits.clear()
     plain = await capture(named_engine, policy, url=url)
     assert {AD, TRACKER} <= server.hosts()  # the control: both load without blockAds
@@ -197,21 +164,21 @@ async def test_block_ads_blocks_third_party_ads_and_keeps_first_party_paths(
 async def test_block_ads_without_lists_is_refused(
     named_engine: Any,
     policy: ScreenshotPolicySpec,
-    server: Server,
+    server: HostSite,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv(FILTER_LISTS_ENV, str(tmp_path))
     with pytest.raises(CaptureError) as info:
-        await capture(named_engine, policy, url=f"http://{NEWS}:{server.port}/", blockAds=True)
+        await capture(named_engine, policy, url=server.url("/", NEWS), blockAds=True)
     assert info.value.reason is FailureReason.INVALID_SPEC
     assert "blockAds is unavailable" in info.value.message and str(tmp_path) in info.value.message
 
 
 async def test_hide_cookie_banners_rejects_a_onetrust_banner(
-    named_engine: Any, policy: ScreenshotPolicySpec, server: Server
+    named_engine: Any, policy: ScreenshotPolicySpec, server: HostSite
 ) -> None:
-    url = f"http://{NEWS}:{server.port}/consent"
+    url = server.url("/consent", NEWS)
     shown = await capture(named_engine, policy, url=url)
     assert near(colour_at(shown.data, 300, 100), RED)
     hidden = await capture(named_engine, policy, url=url, hideCookieBanners=True)
@@ -247,10 +214,10 @@ def test_a_compiled_engine_is_used_only_for_the_lists_it_was_made_from(tmp_path:
     assert build_ad_blocker(two, cache).blocks("http://ads.one.test/a.png", page, "image")
 
 
-async def test_hide_cookie_banners_in_html_input(named_engine: Any, server: Server) -> None:
+async def test_hide_cookie_banners_in_html_input(named_engine: Any, server: HostSite) -> None:
     # html input is written into about:blank, where the script added before navigation never
     # ran: the engine runs it in the written document.
-    consent = server.pages[(NEWS, "/consent")][1].decode()
+    consent = server.routes[(NEWS, "/consent")][1].decode()
     hidden = await capture(
         named_engine, ScreenshotPolicySpec(), html=consent, hideCookieBanners=True
     )

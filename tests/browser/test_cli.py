@@ -7,13 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from tests.browser.conftest import TestSite
+from tests.support import wait_for
 
 KUBESHOT = [sys.executable, "-m", "kubeshot.cli"]
 
@@ -22,6 +22,22 @@ def capture(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]
     return subprocess.run(
         [*KUBESHOT, "capture", *args], capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def written(out: Path, policy: Path) -> list[str]:
+    """The arguments that write `out` under `policy`."""
+    return ["-o", str(out), "--policy", str(policy)]
+
+
+def site_policy(tmp_path: Path, site: TestSite, more: str) -> Path:
+    """A ScreenshotPolicy file opening the test site, with `more` of its spec."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "apiVersion: kubeshot.dev/v1alpha1\nkind: ScreenshotPolicy\nmetadata: {name: p}\n"
+        f"spec:\n  network: {{allowedCIDRs: ['127.0.0.2/32'], allowedPorts: [{site.port}]}}\n"
+        f"  {more}\n"
+    )
+    return policy
 
 
 def chromium_pids() -> set[int]:
@@ -34,16 +50,7 @@ def test_capture_writes_a_verified_file_and_json(
 ) -> None:
     out = tmp_path / "page.webp"
     done = capture(
-        site.url("/page"),
-        "-o",
-        str(out),
-        "--policy",
-        str(policy_file),
-        "--width",
-        "800",
-        "--height",
-        "600",
-        "--json",
+        site.url("/page"), *written(out, policy_file), "--width", "800", "--height", "600", "--json"
     )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
@@ -101,35 +108,23 @@ def test_timeout_exits_4_and_leaves_no_file(
     tmp_path: Path, site: TestSite, policy_file: Path
 ) -> None:
     out = tmp_path / "out.png"
-    done = capture(
-        site.url("/slow?s=15"), "-o", str(out), "--policy", str(policy_file), "--timeout", "2"
-    )
+    done = capture(site.url("/slow?s=15"), *written(out, policy_file), "--timeout", "2")
     assert done.returncode == 4, done.stderr
     assert "Timeout" in done.stderr and list(tmp_path.iterdir()) == []
 
 
 def test_result_limit_exits_5(tmp_path: Path, site: TestSite) -> None:
-    policy = tmp_path / "tiny.yaml"
-    policy.write_text(
-        "apiVersion: kubeshot.dev/v1alpha1\nkind: ScreenshotPolicy\nmetadata: {name: tiny}\n"
-        f"spec:\n  network: {{allowedCIDRs: ['127.0.0.2/32'], allowedPorts: [{site.port}]}}\n"
-        "  limits: {maxResultBytes: 1024}\n"
-    )
+    policy = site_policy(tmp_path, site, "limits: {maxResultBytes: 1024}")
     out = tmp_path / "out.png"
-    done = capture(site.url("/page"), "-o", str(out), "--policy", str(policy), "--json")
+    done = capture(site.url("/page"), *written(out, policy), "--json")
     assert done.returncode == 5, done.stderr
     assert json.loads(done.stdout)["error"]["reason"] == "ResultTooLarge"
     assert not out.exists()
 
 
 def test_policy_file_is_enforced(tmp_path: Path, site: TestSite) -> None:
-    policy = tmp_path / "pngonly.yaml"
-    policy.write_text(
-        "apiVersion: kubeshot.dev/v1alpha1\nkind: ScreenshotPolicy\nmetadata: {name: p}\n"
-        f"spec:\n  network: {{allowedCIDRs: ['127.0.0.2/32'], allowedPorts: [{site.port}]}}\n"
-        "  features: {allowedFormats: [png]}\n"
-    )
-    done = capture(site.url("/page"), "-o", str(tmp_path / "x.pdf"), "--policy", str(policy))
+    policy = site_policy(tmp_path, site, "features: {allowedFormats: [png]}")
+    done = capture(site.url("/page"), *written(tmp_path / "x.pdf", policy))
     assert done.returncode == 3 and "format pdf is not allowed" in done.stderr
 
 
@@ -148,29 +143,15 @@ def test_no_chromium_outlives_an_interrupted_capture(
 ) -> None:
     before = chromium_pids()
     proc = subprocess.Popen(
-        [
-            *KUBESHOT,
-            "capture",
-            site.url("/slow?s=30"),
-            "-o",
-            str(tmp_path / "o.png"),
-            "--policy",
-            str(policy_file),
-        ],
+        [*KUBESHOT, "capture", site.url("/slow?s=30"), *written(tmp_path / "o.png", policy_file)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
-    deadline = time.monotonic() + 20
-    while not (chromium_pids() - before) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert chromium_pids() - before, "Chromium never started"
+    wait_for(lambda: chromium_pids() - before, 20, "Chromium to start", 0.2)
     os.kill(proc.pid, signal.SIGTERM)
     proc.wait(timeout=20)
-    deadline = time.monotonic() + 15
-    while (chromium_pids() - before) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not (chromium_pids() - before), "Chromium outlived the capture"
+    wait_for(lambda: not chromium_pids() - before, 15, "Chromium to go with the capture", 0.2)
     assert not (tmp_path / "o.png").exists()
 
 
@@ -182,17 +163,8 @@ def test_options_json_reaches_every_field_and_flags_win(
         json.dumps({"clickSelectors": [{"selector": "#more"}], "viewport": {"width": 400}})
     )
     out = tmp_path / "more.png"
-    done = capture(
-        site.url("/load-more"),
-        "-o",
-        str(out),
-        "--policy",
-        str(policy_file),
-        "--options",
-        f"@{options}",
-        "--height",
-        "300",  # merged into --options' viewport
-    )
+    flags = ["--options", f"@{options}", "--height", "300"]  # merged into its viewport
+    done = capture(site.url("/load-more"), *written(out, policy_file), *flags)
     assert done.returncode == 0, done.stderr
     with Image.open(out) as img:
         assert img.size == (400, 300)
@@ -201,18 +173,8 @@ def test_options_json_reaches_every_field_and_flags_win(
 
 def test_hide_and_clip_flags(tmp_path: Path, site: TestSite, policy_file: Path) -> None:
     out = tmp_path / "clip.png"
-    done = capture(
-        site.url("/page"),
-        "-o",
-        str(out),
-        "--policy",
-        str(policy_file),
-        "--clip",
-        "180,40,160,100",
-        "--hide",
-        "#box",
-        "--json",
-    )
+    flags = ["--clip", "180,40,160,100", "--hide", "#box", "--json"]
+    done = capture(site.url("/page"), *written(out, policy_file), *flags)
     assert done.returncode == 0, done.stderr
     assert "partial" not in json.loads(done.stdout)  # a complete capture
     with Image.open(out) as img:

@@ -127,21 +127,35 @@ async def test_selector_with_html_format_returns_the_element(
     assert report.content_type.startswith("text/html")
 
 
-async def test_selector_matching_nothing_fails(
-    engine: Any, local_policy: Any, site: TestSite
+@pytest.mark.parametrize(
+    ("path", "options", "reason", "message"),
+    [
+        ("/page", {"selector": "#missing"}, FailureReason.NAVIGATION_FAILED, "matched no element"),
+        ("/page", {"selector": "##("}, FailureReason.INVALID_SPEC, ""),
+        # A script that throws is the caller's error.
+        (
+            "/page",
+            {"customJavaScript": "nope.nope()"},
+            FailureReason.INVALID_SPEC,
+            "customJavaScript failed",
+        ),
+        ("/slow?s=10", {"timeoutSeconds": 1}, FailureReason.TIMEOUT, ""),
+    ],
+    ids=["selector-matching-nothing", "invalid-selector", "failing-javascript", "timeout"],
+)
+async def test_a_capture_that_cannot_be_made_fails_with_its_reason(
+    engine: Any,
+    local_policy: Any,
+    site: TestSite,
+    path: str,
+    options: dict[str, Any],
+    reason: FailureReason,
+    message: str,
 ) -> None:
     with pytest.raises(CaptureError) as info:
-        await shot(engine, local_policy, url=site.url("/page"), selector="#missing")
-    assert info.value.reason is FailureReason.NAVIGATION_FAILED
-    assert "matched no element" in info.value.message
-
-
-async def test_invalid_selector_is_invalid_input(
-    engine: Any, local_policy: Any, site: TestSite
-) -> None:
-    with pytest.raises(CaptureError) as info:
-        await shot(engine, local_policy, url=site.url("/page"), selector="##(")
-    assert info.value.reason is FailureReason.INVALID_SPEC
+        await shot(engine, local_policy, url=site.url(path), **options)
+    assert info.value.reason is reason
+    assert message in info.value.message
 
 
 async def test_device_scale_factor(engine: Any, local_policy: Any, site: TestSite) -> None:
@@ -284,15 +298,6 @@ async def test_custom_css_and_javascript(engine: Any, local_policy: Any, site: T
     assert close(rgb(image(data), 50, 50), (0, 0, 255))
 
 
-async def test_failing_javascript_is_the_callers_error(
-    engine: Any, local_policy: Any, site: TestSite
-) -> None:
-    with pytest.raises(CaptureError) as info:
-        await shot(engine, local_policy, url=site.url("/page"), customJavaScript="nope.nope()")
-    assert info.value.reason is FailureReason.INVALID_SPEC
-    assert "customJavaScript failed" in info.value.message
-
-
 async def test_custom_javascript_needs_the_policy(
     engine: Any, local_policy: Any, site: TestSite
 ) -> None:
@@ -329,12 +334,6 @@ async def test_dialogs_and_popups_do_not_hang(
     data, _ = await shot(engine, local_policy, url=site.url("/alert"), format="html")
     assert b"after" in data
     assert len(engine.browser.contexts) <= 2  # the spare and nothing left over
-
-
-async def test_timeout(engine: Any, local_policy: Any, site: TestSite) -> None:
-    with pytest.raises(CaptureError) as info:
-        await shot(engine, local_policy, url=site.url("/slow?s=10"), timeoutSeconds=1)
-    assert info.value.reason is FailureReason.TIMEOUT
 
 
 async def test_result_too_large(engine: Any, local_policy: Any, site: TestSite) -> None:

@@ -15,7 +15,13 @@ from typing import Any
 
 import pytest
 
-from kubeshot.api import CaptureOptions, CaptureRequest, ScreenshotPolicySpec, UploadTarget
+from kubeshot.api import (
+    CaptureOptions,
+    CaptureOutcome,
+    CaptureRequest,
+    ScreenshotPolicySpec,
+    UploadTarget,
+)
 from tests.browser.conftest import TestSite
 
 TOKEN = "job-token-0123456789abcdef"
@@ -84,7 +90,7 @@ def request_for(url: str, policy: ScreenshotPolicySpec, upload_url: str, token: 
         options=CaptureOptions(url=url, format="jpeg"),
         policy=policy,
         upload=UploadTarget(url=upload_url, token=token),
-    ).model_dump_json(by_alias=True)
+    ).to_json()
 
 
 def test_success_uploads_and_reports(
@@ -98,6 +104,10 @@ def test_success_uploads_and_reports(
     assert upload["headers"]["X-Kubeshot-Sha256"] == result["sha256"]
     assert result["contentType"] == "image/jpeg" and result["bytes"] == len(upload["body"])
     assert result["url"] == "http://gateway.test/v1/internal/jobs/ns/job-1"
+    # The whole report, read back with the model the operator reads it with.
+    report = CaptureOutcome.model_validate(summary).report()
+    assert report.format == "jpeg" and report.timings.total_ms > 0
+    assert [p.name.value for p in report.timings.phases][:2] == ["setup", "navigate"]
 
 
 def test_blocked_target_reports_the_reason(

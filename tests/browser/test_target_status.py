@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ from PIL import Image
 
 from kubeshot.api import CaptureError, CaptureOptions, ExitCode, FailureReason, ScreenshotPolicySpec
 from tests.browser.test_cli import capture
+from tests.support import Handler, Site, serving
 
 LANDED_TITLE = "Landed — 中文 ✓"
 # Body colour per page, so that a capture shows which page it is.
@@ -30,57 +29,34 @@ PAGES: dict[str, tuple[int, str, str]] = {
 }
 
 
-class StatusSite:
-    """Pages answering 404, 500, 200 and a 302 to /landed, on 127.0.0.2."""
+class StatusPages(Handler):
+    """Pages answering 404, 500, 200 and a 302 to /landed."""
 
-    def __init__(self) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                if self.path == "/never.png":
-                    time.sleep(60)
-                    return
-                if self.path == "/moved":
-                    self.send_response(302)
-                    self.send_header("Location", "/landed")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                status, title, colour = PAGES.get(self.path, (404, "none", "#000000"))
-                stall = "<img src=/never.png>" if self.path == "/stalled" else ""
-                body = (
-                    f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
-                    f"<style>html,body{{margin:0;background:{colour}}}</style></head>"
-                    f"<body>{stall}</body></html>"
-                ).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.2", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.2:{self.port}{path}"
+    def do_GET(self) -> None:
+        if self.path == "/never.png":
+            time.sleep(60)
+            return
+        if self.path == "/moved":
+            self.reply(302, headers={"Location": "/landed"})
+            return
+        status, title, colour = PAGES.get(self.path, (404, "none", "#000000"))
+        stall = "<img src=/never.png>" if self.path == "/stalled" else ""
+        body = (
+            f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+            f"<style>html,body{{margin:0;background:{colour}}}</style></head>"
+            f"<body>{stall}</body></html>"
+        )
+        self.reply(status, body.encode())
 
 
 @pytest.fixture(scope="module")
-def status_site() -> Iterator[StatusSite]:
-    site = StatusSite()
-    thread = threading.Thread(target=site.server.serve_forever, daemon=True)
-    thread.start()
-    yield site
-    site.server.shutdown()
-    site.server.server_close()
+def status_site() -> Iterator[Site]:
+    with serving(StatusPages, "127.0.0.2") as site:
+        yield site
 
 
 @pytest.fixture(scope="module")
-def status_policy(status_site: StatusSite) -> ScreenshotPolicySpec:
+def status_policy(status_site: Site) -> ScreenshotPolicySpec:
     return ScreenshotPolicySpec.model_validate(
         {"network": {"allowedCIDRs": ["127.0.0.2/32"], "allowedPorts": [status_site.port]}}
     )
@@ -107,7 +83,7 @@ def corner(data: bytes) -> tuple[int, int, int]:
 async def test_an_error_page_is_captured_by_default_and_its_status_reported(
     engine: Any,
     status_policy: ScreenshotPolicySpec,
-    status_site: StatusSite,
+    status_site: Site,
     path: str,
     status: int,
     title: str,
@@ -123,7 +99,7 @@ async def test_an_error_page_is_captured_by_default_and_its_status_reported(
 
 
 async def test_a_redirect_reports_the_final_page(
-    engine: Any, status_policy: ScreenshotPolicySpec, status_site: StatusSite
+    engine: Any, status_policy: ScreenshotPolicySpec, status_site: Site
 ) -> None:
     # The 302 is not what counts: the final response is, for the report and failOnHttpStatus.
     data, report = await shot(
@@ -142,7 +118,7 @@ async def test_a_redirect_reports_the_final_page(
 async def test_fail_on_http_status_fails_with_target_http_error(
     engine: Any,
     status_policy: ScreenshotPolicySpec,
-    status_site: StatusSite,
+    status_site: Site,
     path: str,
     rules: list[str],
     status: int,
@@ -155,7 +131,7 @@ async def test_fail_on_http_status_fails_with_target_http_error(
 
 
 async def test_a_status_outside_the_rules_is_captured(
-    engine: Any, status_policy: ScreenshotPolicySpec, status_site: StatusSite
+    engine: Any, status_policy: ScreenshotPolicySpec, status_site: Site
 ) -> None:
     _, report = await shot(
         engine, status_policy, url=status_site.url("/broken"), failOnHttpStatus=["404", "4xx"]
@@ -172,7 +148,7 @@ async def test_html_input_has_a_title_and_no_status(
 
 
 async def test_a_hostile_title_is_bounded_and_stripped(
-    engine: Any, status_policy: ScreenshotPolicySpec, status_site: StatusSite
+    engine: Any, status_policy: ScreenshotPolicySpec, status_site: Site
 ) -> None:
     _, report = await shot(engine, status_policy, url=status_site.url("/tricky"))
     assert report.title.startswith("a evil long long")  # bidi controls gone
@@ -180,7 +156,7 @@ async def test_a_hostile_title_is_bounded_and_stripped(
     assert not any(c in report.title for c in "\u202e\u202c\r\n")
 
 
-def _policy_file(tmp_path: Path, site: StatusSite) -> Path:
+def _policy_file(tmp_path: Path, site: Site) -> Path:
     path = tmp_path / "policy.yaml"
     path.write_text(
         "apiVersion: kubeshot.dev/v1alpha1\nkind: ScreenshotPolicy\nmetadata: {name: test}\n"
@@ -189,7 +165,7 @@ def _policy_file(tmp_path: Path, site: StatusSite) -> Path:
     return path
 
 
-def test_cli_json_reports_status_and_title(tmp_path: Path, status_site: StatusSite) -> None:
+def test_cli_json_reports_status_and_title(tmp_path: Path, status_site: Site) -> None:
     out = tmp_path / "page.png"
     policy = _policy_file(tmp_path, status_site)
     done = capture(status_site.url("/missing"), "-o", str(out), "--policy", str(policy), "--json")
@@ -201,7 +177,7 @@ def test_cli_json_reports_status_and_title(tmp_path: Path, status_site: StatusSi
     assert out.exists()
 
 
-def test_cli_fail_on_http_status_exits_4(tmp_path: Path, status_site: StatusSite) -> None:
+def test_cli_fail_on_http_status_exits_4(tmp_path: Path, status_site: Site) -> None:
     out = tmp_path / "page.png"
     policy = _policy_file(tmp_path, status_site)
     done = capture(
@@ -220,7 +196,7 @@ def test_cli_fail_on_http_status_exits_4(tmp_path: Path, status_site: StatusSite
     assert not out.exists()
 
 
-def test_cli_refuses_a_malformed_rule(tmp_path: Path, status_site: StatusSite) -> None:
+def test_cli_refuses_a_malformed_rule(tmp_path: Path, status_site: Site) -> None:
     done = capture(
         status_site.url("/missing"), "-o", str(tmp_path / "x.png"), "--fail-on-http-status", "4XX"
     )
@@ -229,7 +205,7 @@ def test_cli_refuses_a_malformed_rule(tmp_path: Path, status_site: StatusSite) -
 
 
 async def test_best_attempt_reports_and_judges_the_status_it_got(
-    engine: Any, status_policy: ScreenshotPolicySpec, status_site: StatusSite
+    engine: Any, status_policy: ScreenshotPolicySpec, status_site: Site
 ) -> None:
     # The navigation never finishes (load never fires), yet the target had answered 404.
     raw = {"url": status_site.url("/stalled"), "timeoutSeconds": 4, "bestAttempt": True}

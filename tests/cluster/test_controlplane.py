@@ -4,21 +4,13 @@ service-account tokens, Pod Security admission, garbage collection by the contro
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from tests.support import wait_for
 
 if TYPE_CHECKING:
     from tests.cluster.conftest import Kubectl
-
-
-def _wait_until(predicate: Any, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def test_version_is_the_pinned_release(kubectl: Kubectl) -> None:
@@ -51,7 +43,7 @@ def test_service_account_token_is_authorized_by_rbac(
         "create", "rolebinding", "robot-reads", "--role=reader",
         f"--serviceaccount={namespace}:robot", "-n", namespace,
     )  # fmt: skip
-    assert _wait_until(lambda: can_list_configmaps() == "yes")
+    wait_for(lambda: can_list_configmaps() == "yes", what="RBAC to allow listing configmaps")
     robot("get", "configmaps", "-n", namespace)
 
 
@@ -119,6 +111,6 @@ def test_controller_manager_collects_garbage_and_publishes_root_ca(
         got = kubectl("get", "configmap", "dependent", "-n", namespace, check=False)
         return got.returncode != 0 and "NotFound" in got.stderr
 
-    assert _wait_until(dependent_gone, timeout=60), "the garbage collector kept the dependent"
+    wait_for(dependent_gone, 60, "the garbage collector to delete the dependent")
     root_ca = ("get", "configmap", "kube-root-ca.crt", "-n", namespace)
-    assert _wait_until(lambda: kubectl(*root_ca, check=False).returncode == 0)
+    wait_for(lambda: kubectl(*root_ca, check=False).returncode == 0, what="the root CA configmap")

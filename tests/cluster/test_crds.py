@@ -101,6 +101,16 @@ def test_explain_shows_field_descriptions(kubectl: Kubectl) -> None:
             ["spec.viewport.width", "must be of type integer"],
             id="viewport-width-not-integer",
         ),
+        pytest.param(
+            {"html": "<p>hi</p>", "format": "png", "timezone": "Mars/Olympus_Mons"},
+            ["spec.timezone", "Unsupported value", '"Mars/Olympus_Mons"'],
+            id="timezone-not-iana",
+        ),
+        pytest.param(
+            {"html": "<p>hi</p>", "format": "png", "device": "Nokia 3310"},
+            ["spec.device", "Unsupported value"],
+            id="device-unknown",
+        ),
     ],
 )
 def test_invalid_capture_jobs_are_rejected_with_clear_messages(

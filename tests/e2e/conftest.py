@@ -26,14 +26,12 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +46,7 @@ from tests.cluster.node.conftest import capture_image_archive as capture_image_a
 from tests.cluster.node.conftest import node as node
 from tests.cluster.node.conftest import nodes
 from tests.conftest import ROOT, need
+from tests.support import free_port, wait_for
 
 CHART = ROOT / "charts" / "kubeshot"
 RELEASE = "kubeshot"
@@ -55,27 +54,12 @@ NAMESPACE = "kubeshot"  # the release's; examples/ are applied here, as docs/hel
 PAGES_NAMESPACE = "kubeshot-e2e-pages"
 CRDS = ("capturejobs.kubeshot.dev", "screenshotpolicies.kubeshot.dev")
 WAIT = 300  # seconds for one thing to happen (a rollout, a capture)
+POLL = 0.5  # seconds between two looks (most look through kubectl)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RESTRICTED = {
     "pod-security.kubernetes.io/enforce": "restricted",
     "pod-security.kubernetes.io/warn": "restricted",
 }
-
-
-def wait_for(
-    predicate: Callable[[], Any], what: str | Callable[[], str], timeout: float = WAIT
-) -> Any:
-    """Poll until predicate() is truthy and return it, or fail the test naming `what` (a
-    callable is asked at the end, to say what was still missing)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            said = what() if callable(what) else what
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {said}", pytrace=False)
-        time.sleep(0.5)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -477,9 +461,7 @@ class Gateway:
         """(Re)start the port-forward: it follows one pod, so a restarted gateway needs a new
         one, as a user's `kubectl port-forward` would."""
         self.close()
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         log = (self.work / "port-forward.log").open("ab")
         self.proc = subprocess.Popen(
             [
@@ -504,7 +486,7 @@ class Gateway:
                 return self.request("GET", "/healthz", token=False)[0] == 200
             return False
 
-        wait_for(healthy, "the gateway through kubectl port-forward", 60)
+        wait_for(healthy, 60, "the gateway through kubectl port-forward", POLL)
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -560,7 +542,7 @@ def wait_finished(kubectl: Kubectl, name: str, timeout: float = WAIT) -> dict[st
         phase = ((job or {}).get("status") or {}).get("phase")
         return job if phase in {"Succeeded", "Failed"} else None
 
-    job: dict[str, Any] = wait_for(finished, f"CaptureJob {name} to finish", timeout)
+    job: dict[str, Any] = wait_for(finished, timeout, f"CaptureJob {name} to finish", POLL)
     return job
 
 

@@ -15,12 +15,14 @@ from tests.conftest import need
 from tests.e2e.conftest import (
     NAMESPACE,
     PNG_SIGNATURE,
+    POLL,
+    WAIT,
     Gateway,
     Kubectl,
     Pages,
     png_size,
-    wait_for,
 )
+from tests.support import wait_for
 
 MAGIC = {"png": PNG_SIGNATURE, "pdf": b"%PDF-", "jpeg": b"\xff\xd8\xff", "webp": b"RIFF"}
 
@@ -115,7 +117,7 @@ def test_the_async_api_returns_the_same_capture(
         view: dict[str, Any] = json.loads(answer)
         return view if view["phase"] in {"Succeeded", "Failed"} else None
 
-    view = wait_for(done, f"capture {job_id}")
+    view = wait_for(done, WAIT, f"capture {job_id}", POLL)
     assert view["phase"] == "Succeeded", view
     code, _, artifact = gateway.request("GET", view["result"]["url"])
     assert code == 200

@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 
-from kubeshot.operator.labels import capture_labels
-from tests.e2e.conftest import NAMESPACE, RELEASE, Kubectl, Pages, Target, wait_for
+from kubeshot.kube.names import capture_labels
+from tests.e2e.conftest import NAMESPACE, POLL, RELEASE, Kubectl, Pages, Target
+from tests.support import wait_for
 
 PROBE = """
 import json, socket, sys, time
@@ -87,7 +88,7 @@ def run_probe(kubectl: Kubectl, pod: dict[str, Any]) -> dict[str, Any]:
         phase = ((found or {}).get("status") or {}).get("phase")
         return found if phase in {"Succeeded", "Failed"} else None
 
-    done = wait_for(finished, f"probe pod {name}", 180)
+    done = wait_for(finished, 180, f"probe pod {name}", POLL)
     kubectl("delete", "pod", name, "-n", NAMESPACE, "--wait=false")
     terminated = done["status"]["containerStatuses"][0]["state"]["terminated"]
     assert done["status"]["phase"] == "Succeeded", terminated

@@ -5,14 +5,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from tests.e2e.conftest import (
-    NAMESPACE,
-    Gateway,
-    Kubectl,
-    Pages,
-    wait_finished,
-    wait_for,
-)
+from tests.e2e.conftest import NAMESPACE, POLL, WAIT, Gateway, Kubectl, Pages, wait_finished
+from tests.support import wait_for
 
 
 def _pods(kubectl: Kubectl, component: str) -> list[dict[str, Any]]:
@@ -31,7 +25,7 @@ def _replaced(kubectl: Kubectl, component: str, old: set[str]) -> None:
                 return True
         return False
 
-    wait_for(ready, f"a new Ready {component} pod")
+    wait_for(ready, WAIT, f"a new Ready {component} pod", POLL)
 
 
 def test_deleting_the_operator_pod_mid_run_loses_no_job(
@@ -55,7 +49,7 @@ def test_deleting_the_operator_pod_mid_run_loses_no_job(
             for n in names
         )
 
-    wait_for(running, "a CaptureJob to be Running")
+    wait_for(running, WAIT, "a CaptureJob to be Running", POLL)
     old = {p["metadata"]["name"] for p in _pods(kubectl, "operator")}
     kubectl("delete", "pod", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=operator",
             "--wait=false")  # fmt: skip

@@ -12,15 +12,17 @@ from tests.e2e.conftest import (
     CRDS,
     NAMESPACE,
     PAGES_NAMESPACE,
+    POLL,
     RELEASE,
+    WAIT,
     Gateway,
     Helm,
     Kubectl,
     Release,
     Target,
     container_env,
-    wait_for,
 )
+from tests.support import wait_for
 
 # Everything a release or its operator may leave in the release's namespace.
 NAMESPACED_KINDS = ",".join((
@@ -59,7 +61,9 @@ def test_helm_upgrade_with_a_changed_value_rolls_the_pods_and_keeps_the_jobs(
         lambda: (
             (names := _pod_names(kubectl)) and all(len(n) == 1 for n in names.values()) and names
         ),
+        WAIT,
         "one pod per component after the upgrade",
+        POLL,
     )
     for component in ("operator", "gateway"):
         assert not after[component] & before[component], f"the {component} pod was not replaced"
@@ -115,5 +119,5 @@ def test_helm_uninstall_and_removing_the_crds_leave_nothing_behind(
         remaining[:] = leftovers()
         return not remaining
 
-    wait_for(gone, lambda: f"the release's objects to be gone; left: {remaining}", 120)
+    wait_for(gone, 120, lambda: f"the release's objects to be gone; left: {remaining}", POLL)
     assert helm("list", "-n", NAMESPACE, "-q").stdout.strip() == ""

@@ -10,15 +10,15 @@ what is refused before any capture. Test pages are served on 127.0.0.1.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import socket
 import ssl
 import subprocess
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 import pytest_asyncio
@@ -32,8 +32,7 @@ from kubeshot.gateway.metrics import metrics_app
 from kubeshot.gateway.policies import PolicySet
 from kubeshot.gateway.pool import WORKER_TAG, LocalBackend
 from kubeshot.gateway.serving import GatewaySite
-from kubeshot_capture.browser import chromium_executable
-from tests.conftest import need
+from tests.support import Handler, free_port, serving, wait_until
 
 TOKEN = "gateway-test-token-0123456789abcdef"
 CI_TOKEN = "ci-token-0123456789abcdef0123456789"
@@ -55,24 +54,27 @@ for (let i = 0; i < {HOG_MIB // 64}; i++) {{ const a = new Float64Array(8 << 20)
   window.keep.push(a); }}
 </script><img src="/slow?s=20"><p>hog</p></body></html>"""
 
-
-async def _page(request: web.Request) -> web.StreamResponse:
-    return web.Response(text=PAGE, content_type="text/html")
-
-
-async def _hog(request: web.Request) -> web.StreamResponse:
-    return web.Response(text=HOG, content_type="text/html")
-
-
-async def _slow(request: web.Request) -> web.StreamResponse:
-    await asyncio.sleep(float(request.query.get("s", "2")))
-    return web.Response(text=PAGE, content_type="text/html")
+# What the target answered (test_target_status.py): a 404 with a title, a redirect.
+MISSING_TITLE = "Seite „nicht“ gefunden — 中文 100%"
+ROUTES: dict[str, tuple[int, str]] = {
+    "/": (200, PAGE),
+    "/hog": (200, HOG),
+    "/slow": (200, PAGE),  # after ?s= seconds (2 unless told)
+    "/missing": (404, f"<!doctype html><title>{MISSING_TITLE}</title><p>gone</p>"),
+    "/landed": (200, "<title>Landed</title><p>here</p>"),
+}
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+class _PageHandler(Handler):
+    def do_GET(self) -> None:
+        path, _, query = self.path.partition("?")
+        if path == "/moved":
+            self.reply(302, headers={"Location": "/landed"})
+            return
+        if path == "/slow":
+            time.sleep(float(parse_qs(query).get("s", ["2"])[0]))
+        status, body = ROUTES.get(path, (404, "not found"))
+        self.reply(status, body.encode())
 
 
 @dataclass
@@ -81,18 +83,10 @@ class Pages:
     port: int
 
 
-@pytest_asyncio.fixture(scope="session")
-async def pages() -> AsyncIterator[Pages]:
-    app = web.Application()
-    app.router.add_get("/", _page)
-    app.router.add_get("/hog", _hog)
-    app.router.add_get("/slow", _slow)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield Pages(f"http://127.0.0.1:{port}", port)
-    await runner.cleanup()
+@pytest.fixture(scope="session")
+def pages() -> Iterator[Pages]:
+    with serving(_PageHandler) as site:
+        yield Pages(site.url(""), site.port)
 
 
 @pytest.fixture(scope="session")
@@ -167,19 +161,35 @@ class Gateway:
         return {"Authorization": f"Bearer {token}"}
 
     async def wait_ready(self, session: ClientSession, within: float = 90) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        while loop.time() < deadline:
-            async with session.get(f"{self.url}/readyz") as response:
-                if response.status == 200:
-                    return
-            await asyncio.sleep(0.2)
-        pytest.fail("gateway never became ready", pytrace=False)
+        await wait_ready(session, self.url, within)
+
+    async def finished(self, session: ClientSession, job_id: str) -> dict[str, Any]:
+        """The async capture's job once it succeeded or failed."""
+        job: dict[str, Any] = {}
+
+        async def done() -> bool:
+            async with session.get(f"{self.url}/v1/captures/{job_id}", headers=self.auth()) as r:
+                assert r.status == 200
+                job.update(await r.json())
+            return job["phase"] in {"Succeeded", "Failed"}
+
+        assert await wait_until(done, 60), f"job {job_id} never finished: {job}"
+        return job
 
     async def stop(self) -> None:
         if self.metrics_runner is not None:
             await self.metrics_runner.cleanup()
         await self.runner.cleanup()
+
+
+async def wait_ready(session: ClientSession, url: str, within: float = 60) -> None:
+    """Until the gateway at `url` answers /readyz with 200."""
+
+    async def ready() -> bool:
+        async with session.get(f"{url}/readyz") as response:
+            return response.status == 200
+
+    assert await wait_until(ready, within, 0.2), f"the gateway at {url} never became ready"
 
 
 async def start_gateway(
@@ -238,13 +248,6 @@ def base_settings(policy_file: Path, tokens_file: Path, **overrides: Any) -> Set
     }
     values.update(overrides)
     return Settings(**values)
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    path = chromium_executable()
-    need(Path(path).exists(), f"Chromium not found at {path} (make chromium)")
-    return str(path)
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -421,16 +424,6 @@ def zombie_children() -> list[tuple[int, str]]:
         if state == "Z" and int(ppid) == os.getpid():
             found.append((int(name), comm))
     return found
-
-
-async def wait_until(predicate: Any, within: float = 30.0, interval: float = 0.1) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while loop.time() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(interval)
-    return bool(predicate())
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:

@@ -20,9 +20,9 @@ from tests.gateway.conftest import (
     metric_value,
     start_gateway,
     tagged_processes,
-    wait_until,
     zombie_children,
 )
+from tests.support import wait_until
 
 
 async def _capture(
@@ -32,6 +32,16 @@ async def _capture(
         f"{gateway.url}/v1/screenshot{query}", json=body, headers=gateway.auth()
     ) as r:
         return r.status, await r.read(), dict(r.headers)
+
+
+async def _one_worker(
+    policy_file: Path, tokens_file: Path, session: ClientSession, shutdown_grace: float
+) -> tuple[Gateway, set[str]]:
+    """A gateway of its own with one worker (to stop), and its workers' tags."""
+    settings = base_settings(policy_file, tokens_file, workers=1, shutdown_grace=shutdown_grace)
+    gateway = await start_gateway(settings)
+    await gateway.wait_ready(session)
+    return gateway, {w.tag for w in gateway.backend._workers}
 
 
 async def test_png_capture_is_verified_and_honours_options(
@@ -163,26 +173,12 @@ async def test_workers_are_recycled_after_n_captures(
 async def test_graceful_shutdown_finishes_in_flight_and_leaves_no_process(
     chromium: str, pages: Pages, policy_file: Path, tokens_file: Path, session: ClientSession
 ):
-    gateway = await start_gateway(
-        base_settings(policy_file, tokens_file, workers=1, shutdown_grace=20)
-    )
-    await gateway.wait_ready(session)
-    tags = {w.tag for w in gateway.backend._workers}
+    gateway, tags = await _one_worker(policy_file, tokens_file, session, shutdown_grace=20)
     assert tags and tags <= set(tagged_processes())
-
-    async def slow() -> int:
-        async with session.post(
-            f"{gateway.url}/v1/screenshot",
-            json={"url": pages.base + "/slow?s=2"},
-            headers=gateway.auth(),
-        ) as r:
-            await r.read()
-            return r.status
-
-    in_flight = asyncio.create_task(slow())
+    in_flight = asyncio.create_task(_capture(gateway, session, {"url": pages.base + "/slow?s=2"}))
     await asyncio.sleep(0.7)
     await gateway.stop()
-    assert await in_flight == 200
+    assert (await in_flight)[0] == 200
     assert not set(tagged_processes()) & tags
     assert await wait_until(lambda: not zombie_children(), within=10), zombie_children()
 
@@ -201,25 +197,12 @@ async def test_a_capture_over_its_time_limit_is_504(
 async def test_shutdown_fails_captures_still_running_after_the_grace_with_503(
     chromium: str, pages: Pages, policy_file: Path, tokens_file: Path, session: ClientSession
 ):
-    gateway = await start_gateway(
-        base_settings(policy_file, tokens_file, workers=1, shutdown_grace=1)
-    )
-    await gateway.wait_ready(session)
-    tags = {w.tag for w in gateway.backend._workers}
-
-    async def slow() -> tuple[int, bytes]:
-        async with session.post(
-            f"{gateway.url}/v1/screenshot",
-            json={"url": pages.base + "/slow?s=30"},
-            headers=gateway.auth(),
-        ) as r:
-            return r.status, await r.read()
-
-    in_flight = asyncio.create_task(slow())
+    gateway, tags = await _one_worker(policy_file, tokens_file, session, shutdown_grace=1)
+    in_flight = asyncio.create_task(_capture(gateway, session, {"url": pages.base + "/slow?s=30"}))
     await asyncio.sleep(1.0)
     started = asyncio.get_running_loop().time()
     await gateway.stop()
-    status, data = await in_flight
+    status, data, _ = await in_flight
     assert status == 503, data
     assert json.loads(data)["error"]["code"] == "unavailable"
     assert asyncio.get_running_loop().time() - started < 10

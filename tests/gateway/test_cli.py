@@ -17,7 +17,8 @@ from aiohttp import ClientSession
 
 from kubeshot.gateway.auth import hash_token
 from kubeshot.gateway.settings import SECRET_ENVIRONMENT
-from tests.gateway.conftest import SIGNING_SECRET, Gateway, Pages, free_port, tagged_processes
+from tests.gateway.conftest import SIGNING_SECRET, Gateway, Pages, tagged_processes, wait_ready
+from tests.support import free_port
 
 KUBESHOT = [sys.executable, "-m", "kubeshot.cli"]
 
@@ -82,15 +83,6 @@ async def cli_session() -> AsyncIterator[ClientSession]:
         yield client
 
 
-async def _wait_ready(session: ClientSession, url: str) -> None:
-    for _ in range(600):
-        async with session.get(f"{url}/readyz") as r:
-            if r.status == 200:
-                return
-        await asyncio.sleep(0.1)
-    pytest.fail("not ready")
-
-
 async def test_serve_without_a_token_generates_one_and_prints_it_once(
     chromium: str, policy_file: Path, pages: Pages, cli_session: ClientSession
 ):
@@ -101,7 +93,7 @@ async def test_serve_without_a_token_generates_one_and_prints_it_once(
     assert match, text
     token = match.group(1)
     assert text.count(token) == 1
-    await _wait_ready(cli_session, served.url)
+    await wait_ready(cli_session, served.url)
     headers = {"Authorization": f"Bearer {token}"}
     async with cli_session.post(
         f"{served.url}/v1/screenshot", json={"url": pages.base + "/"}, headers=headers
@@ -121,7 +113,7 @@ async def test_no_auth_runs_open_with_a_warning(
 ):
     served = await _serve("--policy", str(policy_file), "--no-auth")
     try:
-        await _wait_ready(cli_session, served.url)
+        await wait_ready(cli_session, served.url)
         async with cli_session.get(f"{served.url}/v1/captures/{'0' * 32}") as r:
             assert r.status == 404  # no 401: open
     finally:

@@ -7,7 +7,8 @@ import json
 from urllib.parse import urlsplit
 
 from kubeshot.gateway import keys
-from tests.gateway.conftest import CAPPED_CONNECTIONS, TOKEN, Gateway, wait_until
+from tests.gateway.conftest import CAPPED_CONNECTIONS, TOKEN, Gateway
+from tests.support import wait_until
 
 # Generous: the server closes these after its one-second timeouts; this only bounds the test.
 CLOSED_WITHIN = 30
@@ -23,6 +24,17 @@ async def _connect(
 async def _until_closed(reader: asyncio.StreamReader) -> bytes:
     """Everything the server sends until it closes the connection."""
     return await asyncio.wait_for(reader.read(), CLOSED_WITHIN)
+
+
+async def _answered_and_closed(
+    reader: asyncio.StreamReader, status: bytes, header: bytes, code: str
+) -> None:
+    """The server answers `status` with `header` and the error `code`, then hangs up."""
+    answer = await _until_closed(reader)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 " + status), answer
+    assert header in head
+    assert json.loads(body)["error"]["code"] == code
 
 
 async def test_a_connection_that_never_completes_its_request_head_is_closed(
@@ -54,11 +66,7 @@ async def test_a_body_that_does_not_arrive_is_408_and_the_connection_closed(
         + b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
     )
     await writer.drain()
-    answer = await _until_closed(reader)
-    head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 408"), answer
-    assert b"Connection: close" in head
-    assert json.loads(body)["error"]["code"] == "request_timeout"
+    await _answered_and_closed(reader, b"408", b"Connection: close", "request_timeout")
     writer.close()
 
 
@@ -67,11 +75,7 @@ async def test_one_address_holds_at_most_its_share_of_connections(capped_gateway
     # One more from the same address (accepted after those, in order): answered 503 at once and
     # closed, nothing read from it.
     reader, writer = await _connect(capped_gateway, "127.0.0.5")
-    answer = await _until_closed(reader)
-    head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 503"), answer
-    assert b"Retry-After: 1" in head
-    assert json.loads(body)["error"]["code"] == "too_many_connections"
+    await _answered_and_closed(reader, b"503", b"Retry-After: 1", "too_many_connections")
     writer.close()
 
     # Another address is not affected.

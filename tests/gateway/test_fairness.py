@@ -7,14 +7,8 @@ import asyncio
 
 from aiohttp import ClientSession
 
-from tests.gateway.conftest import (
-    CI_TOKEN,
-    MAX_CAPTURES_PER_IDENTITY,
-    TOKEN,
-    Gateway,
-    Pages,
-    wait_until,
-)
+from tests.gateway.conftest import CI_TOKEN, MAX_CAPTURES_PER_IDENTITY, TOKEN, Gateway, Pages
+from tests.support import wait_until
 
 
 def _total(text: str, name: str) -> float:

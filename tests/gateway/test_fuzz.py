@@ -13,9 +13,11 @@ import hashlib
 import io
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from aiohttp import web
 from hypothesis import HealthCheck, settings
 from PIL import Image
 from pypdf import PdfWriter
@@ -26,14 +28,16 @@ from kubeshot.api import (
     Format,
     ScreenshotPolicy,
 )
-from kubeshot.gateway import Settings, create_app
+from kubeshot.gateway import Settings, create_app, keys
 from kubeshot.gateway.auth import Identity
 from kubeshot.gateway.backend import Backend, CaptureResult
 from kubeshot.gateway.openapi import openapi_document
 from kubeshot.gateway.policies import PolicySet
+from kubeshot.gateway.serving import GatewaySite
 from kubeshot.gateway.signing import UrlSigner
 from tests.conftest import IN_CI
-from tests.gateway.conftest import SIGNING_SECRET, TOKEN, free_port
+from tests.gateway.conftest import SIGNING_SECRET, TOKEN
+from tests.support import free_port
 
 try:
     import schemathesis
@@ -92,9 +96,10 @@ class StandInBackend(Backend):
 BACKEND = StandInBackend()
 
 
-@pytest.fixture(scope="module")
-def fuzz_gateway() -> Iterator[str]:
-    """A gateway on its own event loop in a thread (schemathesis calls it synchronously)."""
+@contextmanager
+def live_gateway() -> Iterator[str]:
+    """A gateway served as `kubeshot serve` serves it (GatewaySite), with the stand-in backend,
+    on its own event loop in a thread (schemathesis calls it synchronously)."""
     port = free_port()
     settings_ = Settings(
         auth_token=TOKEN,
@@ -102,31 +107,32 @@ def fuzz_gateway() -> Iterator[str]:
         rate_limit_enabled=False,
         port=port,
     )
-    backend = BACKEND
     ready = threading.Event()
     stop: dict[str, Any] = {}
 
-    def run() -> None:
-        from aiohttp import web
+    async def main() -> None:
+        app = create_app(settings_, backend=BACKEND)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await GatewaySite(runner, "127.0.0.1", port, guard=app[keys.CONNECTIONS]).start()
+        stop["event"] = asyncio.Event()
+        stop["loop"] = asyncio.get_running_loop()
+        ready.set()
+        await stop["event"].wait()
+        await runner.cleanup()
 
-        async def main() -> None:
-            runner = web.AppRunner(create_app(settings_, backend=backend))
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", port).start()
-            stop["event"] = asyncio.Event()
-            stop["loop"] = asyncio.get_running_loop()
-            ready.set()
-            await stop["event"].wait()
-            await runner.cleanup()
-
-        asyncio.run(main())
-
-    thread = threading.Thread(target=run, daemon=True)
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
     thread.start()
     assert ready.wait(30)
     yield f"http://127.0.0.1:{port}"
     stop["loop"].call_soon_threadsafe(stop["event"].set)
     thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def fuzz_gateway() -> Iterator[str]:
+    with live_gateway() as base:
+        yield base
 
 
 schema = schemathesis.openapi.from_dict(openapi_document())

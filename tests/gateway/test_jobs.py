@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
-from typing import Any
 
 from aiohttp import ClientSession
 
 from kubeshot.gateway import keys
 from tests.gateway.conftest import CI_TOKEN, Gateway, Pages
-
-
-async def _wait_finished(gateway: Gateway, session: ClientSession, job_id: str) -> dict[str, Any]:
-    for _ in range(300):
-        async with session.get(f"{gateway.url}/v1/captures/{job_id}", headers=gateway.auth()) as r:
-            assert r.status == 200
-            job: dict[str, Any] = await r.json()
-        if job["phase"] in {"Succeeded", "Failed"}:
-            return job
-        await asyncio.sleep(0.1)
-    raise AssertionError("job never finished")
 
 
 async def test_async_capture_round_trip(gateway: Gateway, session: ClientSession, pages: Pages):
@@ -33,7 +20,7 @@ async def test_async_capture_round_trip(gateway: Gateway, session: ClientSession
         assert r.headers["Location"] == f"/v1/captures/{accepted['id']}"
     assert accepted["phase"] in {"Queued", "Running"}
     assert accepted["policy"] == "default"
-    job = await _wait_finished(gateway, session, accepted["id"])
+    job = await gateway.finished(session, accepted["id"])
     assert job["phase"] == "Succeeded", job
     result = job["result"]
     assert result["contentType"] == "image/png"
@@ -76,7 +63,7 @@ async def test_failed_async_capture_reports_its_reason(gateway: Gateway, session
     ) as r:
         assert r.status == 202, await r.text()
         job_id = (await r.json())["id"]
-    job = await _wait_finished(gateway, session, job_id)
+    job = await gateway.finished(session, job_id)
     assert job["phase"] == "Failed"
     assert job["failure"]["reason"] == "BlockedByPolicy"
     async with session.get(

@@ -14,7 +14,8 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from kubeshot import logs, tracing
 from kubeshot.gateway.signing import UrlSigner, rfc3986
-from tests.gateway.conftest import SIGNING_SECRET, TOKEN, Gateway, Pages, wait_until
+from tests.gateway.conftest import SIGNING_SECRET, TOKEN, Gateway, Pages
+from tests.support import wait_until
 
 MISPLACED = "misplaced-token-0123456789abcdef0123"
 

@@ -16,8 +16,9 @@ from pydantic import ValidationError
 from kubeshot import __version__
 from kubeshot.gateway import Settings
 from tests.conftest import need
-from tests.gateway.conftest import Gateway, Pages, free_port, metric_value, wait_until
-from tests.gateway.test_cli import _serve, _stop, _wait_ready
+from tests.gateway.conftest import Gateway, Pages, metric_value, wait_ready
+from tests.gateway.test_cli import _serve, _stop
+from tests.support import free_port, wait_until
 
 SLOW_SECONDS = 15  # the first capture's page takes this long to arrive; the second waits for it
 WAIT, CAPTURE = "kubeshot_queue_wait_seconds", "kubeshot_capture_duration_seconds"
@@ -136,7 +137,7 @@ async def test_kubeshot_serve_serves_metrics_on_the_metrics_port(
         "--policy", str(policy_file), "--no-auth", "--metrics-port", str(metrics_port)
     )
     try:
-        await _wait_ready(session, served.url)
+        await wait_ready(session, served.url)
         async with session.get(f"{served.url}/metrics") as r:
             assert r.status == 404
         async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as r:

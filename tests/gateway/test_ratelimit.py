@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 
+import pytest
 from aiohttp import ClientSession, TCPConnector
 
 from kubeshot.gateway.signing import UrlSigner, rfc3986
@@ -51,10 +52,22 @@ def _signed_url(base: str) -> str:
     return f"{base}/v1/screenshot?" + "&".join(f"{rfc3986(k)}={rfc3986(v)}" for k, v in signed)
 
 
-async def test_signed_urls_are_limited_per_client_through_trusted_proxies(
-    tls_gateway: Gateway, session: ClientSession
+@pytest.mark.parametrize(
+    ("clients", "another"),
+    [
+        # From the trusted proxy 127.0.0.1, X-Forwarded-For names the client.
+        (["198.51.100.7"] * 3, "198.51.100.8"),
+        # One subscriber gets a /64: 2**64 addresses must not be 2**64 budgets.
+        (
+            ["2001:db8:7:1::1", "2001:db8:7:1::2", "2001:db8:7:1:ffff:ffff:ffff:fffe"],
+            "2001:db8:7:2::1",
+        ),
+    ],
+    ids=["per-client-through-trusted-proxies", "per-ipv6-64-not-per-address"],
+)
+async def test_signed_urls_are_limited_per_client(
+    tls_gateway: Gateway, session: ClientSession, clients: list[str], another: str
 ):
-    # From the trusted proxy 127.0.0.1, X-Forwarded-For names the client.
     url = _signed_url(str(tls_gateway.plain_url))
 
     async def call(client: str) -> int:
@@ -62,24 +75,8 @@ async def test_signed_urls_are_limited_per_client_through_trusted_proxies(
         async with session.get(url, headers=headers, allow_redirects=False) as r:
             return r.status
 
-    assert [await call("198.51.100.7") for _ in range(3)] == [403, 403, 429]
-    assert await call("198.51.100.8") == 403  # another client, its own budget
-
-
-async def test_signed_urls_are_limited_per_ipv6_64_not_per_address(
-    tls_gateway: Gateway, session: ClientSession
-):
-    # One subscriber gets a /64: 2**64 addresses must not be 2**64 budgets.
-    url = _signed_url(str(tls_gateway.plain_url))
-
-    async def call(client: str) -> int:
-        headers = {"X-Forwarded-Proto": "https", "X-Forwarded-For": f"{client}, 127.0.0.1"}
-        async with session.get(url, headers=headers, allow_redirects=False) as r:
-            return r.status
-
-    same_64 = ["2001:db8:7:1::1", "2001:db8:7:1::2", "2001:db8:7:1:ffff:ffff:ffff:fffe"]
-    assert [await call(client) for client in same_64] == [403, 403, 429]
-    assert await call("2001:db8:7:2::1") == 403  # the next /64: its own budget
+    assert [await call(client) for client in clients] == [403, 403, 429]
+    assert await call(another) == 403  # another client (the next /64): its own budget
 
 
 async def test_signed_urls_share_one_budget_across_clients(

@@ -4,7 +4,6 @@ X-Kubeshot-* headers of a synchronous capture, the same fields in `/v1/captures/
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,51 +12,21 @@ from urllib.parse import unquote
 import pytest
 import pytest_asyncio
 import yaml
-from aiohttp import ClientSession, web
+from aiohttp import ClientSession
 
-from tests.gateway.conftest import Gateway, base_settings, free_port, start_gateway
-
-TITLE = "Seite „nicht“ gefunden — 中文 100%"
-
-
-async def _missing(request: web.Request) -> web.StreamResponse:
-    body = f"<!doctype html><title>{TITLE}</title><p>gone</p>"
-    return web.Response(status=404, text=body, content_type="text/html", charset="utf-8")
-
-
-async def _moved(request: web.Request) -> web.StreamResponse:
-    raise web.HTTPFound("/landed")
-
-
-async def _landed(request: web.Request) -> web.StreamResponse:
-    return web.Response(text="<title>Landed</title><p>here</p>", content_type="text/html")
-
-
-@pytest_asyncio.fixture(scope="module")
-async def target() -> AsyncIterator[str]:
-    app = web.Application()
-    app.router.add_get("/missing", _missing)
-    app.router.add_get("/moved", _moved)
-    app.router.add_get("/landed", _landed)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+from tests.gateway.conftest import MISSING_TITLE, Gateway, Pages, base_settings, start_gateway
 
 
 @pytest_asyncio.fixture(scope="module")
 async def status_gateway(
     chromium: str,
-    target: str,
+    pages: Pages,
     tokens_file: Path,
     session: ClientSession,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Gateway]:
     """One worker, a policy that opens the target's port."""
-    port = int(target.rsplit(":", 1)[1])
-    network = {"allowedCIDRs": ["127.0.0.0/8"], "allowedPorts": [port]}
+    network = {"allowedCIDRs": ["127.0.0.0/8"], "allowedPorts": [pages.port]}
     policies = tmp_path_factory.mktemp("status") / "policies.yaml"
     policies.write_text(
         yaml.safe_dump({"metadata": {"name": "default"}, "spec": {"network": network}})
@@ -69,28 +38,28 @@ async def status_gateway(
 
 
 async def test_sync_capture_answers_with_the_target_headers(
-    status_gateway: Gateway, session: ClientSession, target: str
+    status_gateway: Gateway, session: ClientSession, pages: Pages
 ) -> None:
     async with session.post(
         f"{status_gateway.url}/v1/screenshot",
-        json={"url": f"{target}/missing"},
+        json={"url": f"{pages.base}/missing"},
         headers=status_gateway.auth(),
     ) as r:
         assert r.status == 200, await r.text()
         assert (await r.read()).startswith(b"\x89PNG")
         headers = r.headers
     assert headers["X-Kubeshot-Http-Status"] == "404"
-    assert headers["X-Kubeshot-Final-Url"] == f"{target}/missing"
+    assert headers["X-Kubeshot-Final-Url"] == f"{pages.base}/missing"
     raw_title = headers["X-Kubeshot-Title"]
-    assert raw_title.isascii() and unquote(raw_title) == TITLE
+    assert raw_title.isascii() and unquote(raw_title) == MISSING_TITLE
 
 
 async def test_a_redirect_gives_the_final_url_and_status(
-    status_gateway: Gateway, session: ClientSession, target: str
+    status_gateway: Gateway, session: ClientSession, pages: Pages
 ) -> None:
     async with session.post(
         f"{status_gateway.url}/v1/screenshot",
-        json={"url": f"{target}/moved", "format": "html", "failOnHttpStatus": ["3xx"]},
+        json={"url": f"{pages.base}/moved", "format": "html", "failOnHttpStatus": ["3xx"]},
         headers=status_gateway.auth(),
     ) as r:
         assert r.status == 200, await r.text()
@@ -98,7 +67,7 @@ async def test_a_redirect_gives_the_final_url_and_status(
             "200",
             "Landed",
         )
-        assert r.headers["X-Kubeshot-Final-Url"] == f"{target}/landed"
+        assert r.headers["X-Kubeshot-Final-Url"] == f"{pages.base}/landed"
 
 
 async def test_html_input_has_no_status_header(
@@ -116,22 +85,22 @@ async def test_html_input_has_no_status_header(
 
 
 async def test_fail_on_http_status_is_502_target_http_error(
-    status_gateway: Gateway, session: ClientSession, target: str
+    status_gateway: Gateway, session: ClientSession, pages: Pages
 ) -> None:
     async with session.post(
         f"{status_gateway.url}/v1/screenshot",
-        json={"url": f"{target}/missing", "failOnHttpStatus": ["4xx"]},
+        json={"url": f"{pages.base}/missing", "failOnHttpStatus": ["4xx"]},
         headers=status_gateway.auth(),
     ) as r:
         assert r.status == 502
         error = (await r.json())["error"]
     assert error["code"] == "target_http_error"
     assert error["details"] == {"reason": "TargetHttpError"}
-    assert "HTTP 404" in error["message"] and f"{target}/missing" in error["message"]
+    assert "HTTP 404" in error["message"] and f"{pages.base}/missing" in error["message"]
 
 
 async def test_a_bad_rule_is_400(
-    status_gateway: Gateway, session: ClientSession, target: str
+    status_gateway: Gateway, session: ClientSession, pages: Pages
 ) -> None:
     async with session.post(
         f"{status_gateway.url}/v1/screenshot",
@@ -140,17 +109,6 @@ async def test_a_bad_rule_is_400(
     ) as r:
         assert r.status == 400
         assert "failOnHttpStatus" in (await r.json())["error"]["message"]
-
-
-async def _finished(gateway: Gateway, session: ClientSession, job_id: str) -> dict[str, Any]:
-    for _ in range(600):
-        async with session.get(f"{gateway.url}/v1/captures/{job_id}", headers=gateway.auth()) as r:
-            assert r.status == 200
-            job: dict[str, Any] = await r.json()
-        if job["phase"] in {"Succeeded", "Failed"}:
-            return job
-        await asyncio.sleep(0.1)
-    raise AssertionError("job never finished")
 
 
 async def _submit(gateway: Gateway, session: ClientSession, options: dict[str, Any]) -> str:
@@ -163,27 +121,27 @@ async def _submit(gateway: Gateway, session: ClientSession, options: dict[str, A
 
 
 async def test_async_capture_reports_the_target(
-    status_gateway: Gateway, session: ClientSession, target: str
+    status_gateway: Gateway, session: ClientSession, pages: Pages
 ) -> None:
-    job_id = await _submit(status_gateway, session, {"url": f"{target}/missing"})
-    job = await _finished(status_gateway, session, job_id)
+    job_id = await _submit(status_gateway, session, {"url": f"{pages.base}/missing"})
+    job = await status_gateway.finished(session, job_id)
     assert job["phase"] == "Succeeded", job
     result = job["result"]
-    assert (result["httpStatus"], result["title"]) == (404, TITLE)
-    assert result["finalUrl"] == f"{target}/missing"
+    assert (result["httpStatus"], result["title"]) == (404, MISSING_TITLE)
+    assert result["finalUrl"] == f"{pages.base}/missing"
     async with session.get(status_gateway.url + result["url"], headers=status_gateway.auth()) as r:
         assert r.status == 200
         assert r.headers["X-Kubeshot-Http-Status"] == "404"
-        assert unquote(r.headers["X-Kubeshot-Title"]) == TITLE
+        assert unquote(r.headers["X-Kubeshot-Title"]) == MISSING_TITLE
 
 
 async def test_async_capture_fails_with_target_http_error(
-    status_gateway: Gateway, session: ClientSession, target: str
+    status_gateway: Gateway, session: ClientSession, pages: Pages
 ) -> None:
     job_id = await _submit(
-        status_gateway, session, {"url": f"{target}/missing", "failOnHttpStatus": ["404"]}
+        status_gateway, session, {"url": f"{pages.base}/missing", "failOnHttpStatus": ["404"]}
     )
-    job = await _finished(status_gateway, session, job_id)
+    job = await status_gateway.finished(session, job_id)
     assert job["phase"] == "Failed"
     assert job["failure"]["reason"] == "TargetHttpError"
     assert "HTTP 404" in job["failure"]["message"]

@@ -22,7 +22,8 @@ from opentelemetry.trace import SpanKind
 
 from kubeshot import tracing
 from tests.conftest import ROOT, need
-from tests.gateway.conftest import TOKEN, Gateway, Pages, free_port, wait_until
+from tests.gateway.conftest import TOKEN, Gateway, Pages
+from tests.support import free_port, wait_until
 
 PHASES = ["setup", "navigate", "wait", "render", "verify"]
 CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -304,7 +305,8 @@ def test_a_pods_phases_are_taken_only_when_they_could_be_a_captures() -> None:
 
     def phases(document: object) -> int:
         result = {"contentType": "image/png", "bytes": 3, "sha256": "f" * 64}
-        outcome = _from_termination_message(json.dumps({"result": result, "phases": document}))
+        result["timings"] = {"phases": document}
+        outcome = _from_termination_message(json.dumps({"result": result}))
         assert outcome is not None and outcome.result is not None  # the result stands anyway
         return len(outcome.phases)
 

@@ -50,6 +50,8 @@ URL = "http://127.0.0.1:9/"
         ({"url": URL, "cookies": [{"name": f"c{i}", "value": "v"} for i in range(51)]}, "cookies"),
         ({"url": URL, "timezone": "Mars/Olympus"}, "timezone"),
         ({"url": URL, "locale": "not a locale"}, "locale"),
+        ({"url": URL, "locale": "de-DE\n"}, "locale"),
+        ({"url": URL, "headers": {"X-A\n": "v"}}, "headers"),
         ({"url": URL, "fullPage": "yes please"}, "fullPage"),
         ({"url": URL, "unknownOption": True}, "unknownOption"),
         ({"url": URL, "timeoutSeconds": 0}, "timeoutSeconds"),
@@ -84,6 +86,20 @@ async def test_inconsistent_or_non_object_bodies_are_400(
     status, answer = await _post(gateway, session, body)
     assert status == 400
     assert answer["error"]["code"] == "invalid_request"
+
+
+@pytest.mark.parametrize("path", ["/v1/screenshot", "/v1/captures"])
+async def test_a_query_parameter_a_post_does_not_know_is_400_not_ignored(
+    gateway: Gateway, session: ClientSession, path: str
+):
+    # Options travel in the body; `?format=pdf` beside a png body was silently ignored.
+    url = f"{gateway.url}{path}?policy=default&format=pdf&fullPage=true"
+    async with session.post(url, json={"html": "<p>x</p>"}, headers=gateway.auth()) as r:
+        assert r.status == 400
+        answer = await r.json()
+    assert answer["error"]["code"] == "invalid_request"
+    assert "unknown query parameter 'format'" in answer["error"]["message"]
+    assert [d["field"] for d in answer["error"]["details"]] == ["format", "fullPage"]
 
 
 async def test_body_that_is_not_json(gateway: Gateway, session: ClientSession):

@@ -26,13 +26,8 @@ from aiohttp import ClientSession, web
 from kubeshot.gateway import create_app, pool, procs
 from kubeshot.gateway.settings import SECRET_ENVIRONMENT
 from tests.conftest import need
-from tests.gateway.conftest import (
-    Gateway,
-    Pages,
-    base_settings,
-    free_port,
-    tagged_processes,
-)
+from tests.gateway.conftest import Gateway, Pages, base_settings, tagged_processes
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 NOBODY = pwd.getpwnam("nobody")

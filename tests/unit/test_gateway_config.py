@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from kubeshot.api import CaptureOptions, Format, Phase, ScreenshotPolicySpec
-from kubeshot.api.admission import MAX_CAPTURE_PIXELS, pixel_budget_fields, violations
+from kubeshot.api.admission import pixel_budget_fields, violations
+from kubeshot.api.capture import MAX_CAPTURE_PIXELS
 from kubeshot.gateway.app import build_authenticator, token_entries
 from kubeshot.gateway.auth import (
     Authenticator,

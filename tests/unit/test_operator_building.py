@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from kubeshot.api import CaptureOptions, CaptureRequest, ScreenshotPolicySpec
+from kubeshot.kube.names import dns_name, label_value
 from kubeshot.operator import (
     JobRef,
     OperatorSettings,
@@ -24,10 +25,8 @@ from kubeshot.operator.building import (
     confinement_problem,
     owning_job,
     pod_name,
-    request_json,
     selects,
 )
-from kubeshot.operator.labels import dns_name, label_value
 
 JOB = JobRef(name="shot", namespace="team-a", uid="1111-2222")
 POLICY = PolicyRef(name="default", namespace="team-a", uid="3333-4444")
@@ -200,7 +199,7 @@ def test_secret_holds_the_request_with_the_upload_token() -> None:
         },
         "type": "Opaque",
         "immutable": True,
-        "stringData": {"request.json": request_json(request)},
+        "stringData": {"request.json": request.to_json()},
     }
     read_back = CaptureRequest.model_validate_json(secret["stringData"]["request.json"])
     assert read_back == request
@@ -208,7 +207,7 @@ def test_secret_holds_the_request_with_the_upload_token() -> None:
     assert read_back.upload.token == "t" * 43
 
 
-def test_request_json_reveals_the_proxy_password_to_the_pod_only() -> None:
+def test_the_secret_reveals_the_proxy_password_to_the_pod_only() -> None:
     from kubeshot.api import ProxyCredentials
 
     proxy = ProxyCredentials.model_validate(
@@ -222,7 +221,8 @@ def test_request_json_reveals_the_proxy_password_to_the_pod_only() -> None:
         proxy=proxy,
     )
     assert "hunter2" not in repr(request)
-    assert json.loads(request_json(request))["proxy"]["password"] == "hunter2"
+    secret = build_secret(JOB, "default", request)
+    assert json.loads(secret["stringData"]["request.json"])["proxy"]["password"] == "hunter2"
 
 
 DNS_RULE = {

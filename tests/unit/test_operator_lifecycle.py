@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from kubeshot.api import Failure, FailureReason, ResultSummary
+from kubeshot.api import CaptureJobStatus, CaptureReport, Failure, FailureReason
 from kubeshot.operator.lifecycle import (
     Outcome,
     backoff_seconds,
@@ -51,7 +51,7 @@ def test_running_or_pending_pod_has_no_outcome() -> None:
 def test_termination_message_result_is_the_result() -> None:
     message = json.dumps({"result": RESULT})
     outcome = pod_outcome(pod("Succeeded", {"exitCode": 0, "message": message}))
-    assert outcome == Outcome(result=ResultSummary.model_validate(RESULT))
+    assert outcome == Outcome(result=CaptureReport.model_validate(RESULT))
 
 
 def test_termination_message_failure_is_the_failure() -> None:
@@ -133,7 +133,7 @@ def test_condition_keeps_its_transition_time_while_the_status_holds() -> None:
     first = set_condition([], "Ready", True, "A", "a", 1, "2026-01-01T00:00:00Z")
     same = set_condition(first, "Ready", True, "B", "b", 2, "2026-01-02T00:00:00Z")
     flipped = set_condition(same, "Ready", False, "C", "c", 3, "2026-01-03T00:00:00Z")
-    assert same == [
+    assert [c.to_wire() for c in same] == [
         {
             "type": "Ready",
             "status": "True",
@@ -143,7 +143,7 @@ def test_condition_keeps_its_transition_time_while_the_status_holds() -> None:
             "observedGeneration": 2,
         }
     ]
-    assert flipped[0]["lastTransitionTime"] == "2026-01-03T00:00:00Z"
+    assert flipped[0].last_transition_time == "2026-01-03T00:00:00Z"
 
 
 AT = "2026-01-01T00:00:00Z"
@@ -151,8 +151,11 @@ AT = "2026-01-01T00:00:00Z"
 
 def test_the_status_patches_of_a_job_life() -> None:
     rejected = rejected_status(
-        {}, Failure(reason=FailureReason.POLICY_NOT_FOUND, message="no policy"), 1, AT
-    )
+        CaptureJobStatus(),
+        Failure(reason=FailureReason.POLICY_NOT_FOUND, message="no policy"),
+        1,
+        AT,
+    ).patch()
     assert rejected["phase"] == "Failed"
     assert rejected["failure"] == {"reason": "PolicyNotFound", "message": "no policy"}
     assert [(c["type"], c["status"]) for c in rejected["conditions"]] == [
@@ -160,9 +163,12 @@ def test_the_status_patches_of_a_job_life() -> None:
         ("Finished", "True"),
     ]
 
-    queued = queued_status({}, 1, AT)
-    assert queued["phase"] == "Queued"
-    running = running_status(queued, "shot-1", 1, SHA, 1, AT)
+    queued = queued_status(CaptureJobStatus(), 1, AT)
+    # A merge patch: what it does not set (attempts, podName) stays as the job has it.
+    assert set(queued.patch()) == {"phase", "observedGeneration", "conditions"}
+    assert queued.patch()["phase"] == "Queued"
+    running_model = running_status(queued, "shot-1", 1, SHA, 1, AT)
+    running = running_model.patch()
     assert running == {
         "phase": "Running",
         "observedGeneration": 1,
@@ -177,14 +183,15 @@ def test_the_status_patches_of_a_job_life() -> None:
         ("Started", "True", "PodCreated"),
     ]
     lost = Failure(reason=FailureReason.POD_LOST, message="gone")
-    retry = retry_status(running, lost, 5, 1, AT)
+    retry = retry_status(running_model, lost, 5, 1, AT).patch()
     assert retry["phase"] == "Queued"
     assert retry["conditions"][-1]["reason"] == "Retrying"
     assert "retrying in 5s" in retry["conditions"][-1]["message"]
 
-    done = finished_status(running, Outcome(result=ResultSummary.model_validate(RESULT)), 1, AT)
+    result = CaptureReport.model_validate(RESULT)
+    done = finished_status(running_model, Outcome(result=result), 1, AT).patch()
     assert done["phase"] == "Succeeded"
-    assert done["result"] == RESULT
+    assert done["result"] == result.to_wire()
     assert done["failure"] is None
     assert done["completionTime"] == AT
     finished = [c for c in done["conditions"] if c["type"] == "Finished"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kubeshot.api import Phase
+from kubeshot.api import CaptureJobStatus, Phase
 from kubeshot.operator.queueing import JobQueue, JobView
 
 
@@ -14,7 +14,7 @@ def job(name: str, phase: Phase, created: str = "2026-01-01T00:00:00Z") -> JobVi
         policy="default",
         created=created,
         generation=1,
-        phase=phase,
+        status=CaptureJobStatus(phase=phase),
     )
 
 
@@ -118,3 +118,14 @@ def test_a_settled_job_frees_its_slot_before_its_status_is_seen() -> None:
     assert queue.plan([running, waiting], limit=1, now=0) == []
     queue.settle(running.uid)
     assert queue.plan([running, waiting], limit=1, now=0) == [waiting]
+
+
+def test_a_view_differs_when_its_status_does() -> None:
+    # Kopf's index replaces a job's view only when the new one compares unequal.
+    body = {"metadata": {"name": "a", "namespace": "ns", "uid": "u"}, "spec": {}}
+    pending = JobView.from_body(body)
+    running = JobView.from_body({**body, "status": {"phase": "Running", "podName": "a-1"}})
+    assert pending == JobView.from_body(body)
+    assert running != pending
+    assert running.phase is Phase.RUNNING and running.status.pod_name == "a-1"
+    assert JobView.from_body({**body, "status": {"phase": "Bogus"}}).phase is Phase.PENDING

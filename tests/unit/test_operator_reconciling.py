@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from kubeshot.api import CaptureJobSpec, CaptureOptions
 from kubeshot.kube import ApiError, Conflict, NotFound, NotOwned, controller_uid
 from kubeshot.operator.queueing import JobView
 from kubeshot.operator.reconciling import Reconciler
@@ -188,6 +189,26 @@ async def test_an_admitted_job_gets_its_secret_and_a_status_naming_the_pod_befor
     assert status["uploadTokenSha256"] == hashlib.sha256(token.encode()).hexdigest()
 
 
+async def test_a_jobs_options_are_validated_once_for_its_admission_and_its_start(
+    api: FakeApi, reconciler: Reconciler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_policy(api)
+    body = add_job(api, "shot")
+    reindex(reconciler, api)
+    validations: list[str] = []
+    for model in (CaptureJobSpec, CaptureOptions):
+
+        def counted(*args: Any, _validate: Any = model.model_validate, **kwargs: Any) -> Any:
+            validations.append(_validate.__self__.__name__)
+            return _validate(*args, **kwargs)
+
+        monkeypatch.setattr(model, "model_validate", counted)
+    await reconciler.job_event("ADDED", body)
+    assert api.objects[f"{JOBS}/shot"]["status"]["phase"] == "Running"
+    assert f"{PODS}/shot-1" in api.objects
+    assert validations == ["CaptureJobSpec"]
+
+
 async def test_a_restarted_start_keeps_the_jobs_token(api: FakeApi, reconciler: Reconciler) -> None:
     add_policy(api)
     body = add_job(api, "shot")
@@ -210,7 +231,12 @@ async def test_the_pods_result_is_recorded_before_the_pod_is_removed(
     reindex(reconciler, api)
     await reconciler.job_event("ADDED", body)
     pod = api.objects[f"{PODS}/shot-1"]
-    result = {"contentType": "image/png", "bytes": 3, "sha256": "a" * 64}
+    # The pod's whole report, timings and blocked requests included, is the job's result.
+    timings = {"totalMs": 5.0, "setupMs": 1.0, "navigationMs": 2.0, "renderMs": 2.0, "phases": []}
+    result = {
+        **{"contentType": "image/png", "bytes": 3, "sha256": "a" * 64, "format": "png"},
+        **{"blockedRequests": 2, "bytesTransferred": 10, "timings": timings},
+    }
     pod["status"] = {
         "phase": "Succeeded",
         "containerStatuses": [

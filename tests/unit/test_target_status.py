@@ -11,7 +11,15 @@ from urllib.parse import unquote
 import pytest
 from pydantic import ValidationError
 
-from kubeshot.api import CaptureJobSpec, CaptureOptions, FailureReason, ResultSummary
+from kubeshot.api import (
+    CaptureJobSpec,
+    CaptureJobStatus,
+    CaptureOptions,
+    CaptureOutcome,
+    Failure,
+    FailureReason,
+    ResultSummary,
+)
 from kubeshot.api.capture import http_status_matches
 from kubeshot.api.crds import capturejob_crd
 from kubeshot.api.job import MAX_TITLE_LENGTH, page_title
@@ -152,27 +160,47 @@ def test_headers_never_carry_a_line_break() -> None:
     assert unquote(headers["X-Kubeshot-Title"]) == "t\r\nSet-Cookie: a=b\x00"
 
 
+def outcome(result: dict[str, Any]) -> CaptureOutcome:
+    return CaptureOutcome.model_validate({"result": result})
+
+
 def test_a_long_title_gives_way_in_the_termination_message() -> None:
+    t = 1_700_000_000 * 10**9
     result = {
         **RESULT,
         "url": "http://gateway/v1/captures/" + "f" * 32 + "/artifact",
         "finalUrl": "https://example.com/" + "p" * 2000,
         "httpStatus": 200,
         "title": "中😀" * 256,
+        "blockedRequests": 7,
+        "timings": {"phases": [{"name": "setup", "startUnixNano": t, "endUnixNano": t + 1}]},
     }
-    text = termination_message({"result": result})
+    text = termination_message(outcome(result))
     assert len(text.encode()) <= MAX_TERMINATION_MESSAGE
-    summary = ResultSummary.model_validate(json.loads(text)["result"])
-    assert summary.sha256 == SHA and summary.final_url == result["finalUrl"]
-    assert summary.title and result["title"].startswith(summary.title)
-    short = {**RESULT, "httpStatus": 404, "title": "中😀" * 10}
-    assert json.loads(termination_message({"result": short})) == {"result": short}
+    report = CaptureOutcome.model_validate_json(text).report()
+    assert report.sha256 == SHA and report.final_url == result["finalUrl"]
+    assert report.title and result["title"].startswith(report.title)
+    assert report.timings.phases == [] and report.blocked_requests == 7  # the phases gave way
+    short = outcome(
+        {**RESULT, "httpStatus": 404, "title": "中😀" * 10, "timings": result["timings"]}
+    )
+    assert CaptureOutcome.model_validate_json(termination_message(short)) == short
+
+
+def test_a_long_final_url_gives_way_after_the_title() -> None:
+    url = "http://gateway/" + "u" * 3000  # the download URL never gives way
+    long = outcome({**RESULT, "url": url, "finalUrl": "https://e.com/" + "p" * 2000, "title": "T"})
+    report = CaptureOutcome.model_validate_json(termination_message(long)).report()
+    assert report.final_url is None and report.title is None and report.url == url
 
 
 def test_a_long_failure_message_gives_way() -> None:
-    text = termination_message({"failure": {"reason": "Internal", "message": "m" * 9000}})
+    failed = CaptureOutcome(failure=Failure(reason=FailureReason.INTERNAL, message="😀" * 1024))
+    text = termination_message(failed)
     assert len(text.encode()) <= MAX_TERMINATION_MESSAGE
-    assert json.loads(text)["failure"]["reason"] == "Internal"
+    assert CaptureOutcome.model_validate_json(text).failure == Failure(
+        reason=FailureReason.INTERNAL, message="😀" * 1000
+    )
 
 
 def test_the_operator_writes_what_the_target_answered_into_status() -> None:
@@ -192,7 +220,7 @@ def test_the_operator_writes_what_the_target_answered_into_status() -> None:
     }
     outcome = pod_outcome(pod)
     assert outcome is not None
-    patch = finished_status({}, outcome, 1, "2026-01-01T00:00:00Z")
+    patch = finished_status(CaptureJobStatus(), outcome, 1, "2026-01-01T00:00:00Z").patch()
     result = patch["result"]
     assert (result["finalUrl"], result["httpStatus"], result["title"]) == (URL, 404, "Missing X: y")
 

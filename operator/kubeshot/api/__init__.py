@@ -17,6 +17,7 @@ from kubeshot.api.capture import (
 from kubeshot.api.job import (
     CaptureJobSpec,
     CaptureJobStatus,
+    CaptureOutcome,
     CaptureReport,
     CaptureRequest,
     Failure,
@@ -50,6 +51,7 @@ __all__ = [
     "CaptureJobSpec",
     "CaptureJobStatus",
     "CaptureOptions",
+    "CaptureOutcome",
     "CaptureReport",
     "CaptureRequest",
     "Cookie",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Self
+
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 
@@ -23,6 +25,18 @@ class Model(BaseModel):
     def to_wire(self) -> dict[str, object]:
         """The document as the CRD and the HTTP API spell it (camelCase, unset fields omitted)."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    def patch(self) -> dict[str, Any]:
+        """The fields set here as a JSON merge patch (a status write): one set to None is
+        removed, one not set is left as it is."""
+        wire = self.to_wire()
+        return {key: wire.get(key) for key in self.model_dump(by_alias=True, exclude_unset=True)}
+
+    def merged(self, patch: Self) -> Self:
+        """This document with a patch (its fields set) applied."""
+        return self.model_copy(
+            update={name: getattr(patch, name) for name in patch.model_fields_set}
+        )
 
 
 def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:

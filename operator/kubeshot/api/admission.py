@@ -10,15 +10,14 @@ import contextlib
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from kubeshot.api.capture import CaptureOptions, normalise_domain
+from kubeshot.api.capture import (
+    MAX_CAPTURE_PIXELS,
+    OVER_PIXEL_BUDGET,
+    CaptureOptions,
+    normalise_domain,
+)
 from kubeshot.api.policy import ScreenshotPolicySpec
 from kubeshot.api.reasons import CaptureError, FailureReason
-
-# The most device pixels one image capture may render (2**25: 128 MiB as RGBA, e.g. 3840x2160
-# at deviceScaleFactor 2, or a 1920-wide full page 16384 tall). Chromium holds the bitmap several
-# times over while it encodes it: 3840x2160 at scale 4 (133 M pixels) blows a 1Gi capture's
-# memory limit and costs a worker respawn, so it is refused before any browser work.
-MAX_CAPTURE_PIXELS = 2**25
 
 
 def matching_domain(host: str, domains: Sequence[str]) -> str | None:
@@ -68,8 +67,8 @@ def pixel_budget_fields(
     if options.device_scale_factor != 1.0:
         what += f" at deviceScaleFactor {options.device_scale_factor:g}"
     return fields, (
-        f"{what} renders up to {width}x{height} = {width * height} device pixels, over the "
-        f"limit of {budget}; lower {' or '.join(fields)}"
+        f"{what} renders up to {width}x{height} = {width * height} {OVER_PIXEL_BUDGET} {budget}; "
+        f"lower {' or '.join(fields)}"
     )
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
-import zoneinfo
+from collections.abc import Callable, Iterable
 from enum import StrEnum
 from functools import cache
+from importlib import resources
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from kubeshot.api._base import Model
 from kubeshot.api.devices import MAX_DEVICE_NAME_LENGTH, devices, find_device
@@ -39,7 +40,7 @@ FORBIDDEN_HEADERS = frozenset(
         "expect",
     }
 )
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
 _LOCALE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8}){0,3}$")
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
@@ -141,7 +142,16 @@ def normalise_url(url: str) -> str:
 
 @cache
 def _timezones() -> frozenset[str]:
-    return frozenset(zoneinfo.available_timezones())
+    """The zones of the pinned tzdata package (its `zones` list): not the host's zoneinfo, so
+    the schema, the CRDs and every image accept the same names."""
+    listed = resources.files("tzdata").joinpath("zones").read_text(encoding="utf-8")
+    return frozenset(listed.split())
+
+
+def _enum_schema(values: Callable[[], Iterable[str]]) -> Callable[[dict[str, Any]], None]:
+    """A json_schema_extra naming every accepted value (the time zones and devices of this
+    build), so that a client generated from the schema offers exactly those."""
+    return lambda schema: schema.update(enum=sorted(values()))
 
 
 class Viewport(Model):
@@ -335,7 +345,22 @@ class PdfOptions(Model):
         }
 
 
-HeaderValue = Annotated[str, Field(max_length=8192)]
+HeaderValue = Annotated[
+    str, Field(max_length=8192, json_schema_extra={"pattern": r"^[^\r\n\x00]*$"})
+]
+
+# The most device pixels one image capture may render (2**25: 128 MiB as RGBA, e.g. 3840x2160
+# at deviceScaleFactor 2, or a 1920-wide full page 16384 tall). Chromium holds the bitmap several
+# times over while it encodes it: 3840x2160 at scale 4 (133 M pixels) blows a 1Gi capture's
+# memory limit and costs a worker respawn, so it is refused before any browser work.
+MAX_CAPTURE_PIXELS = 2**25
+# How a refusal over the pixel budget reads (the budget follows).
+OVER_PIXEL_BUDGET = "device pixels, over the limit of"
+PIXEL_BUDGET_RULE = (
+    "an image capture renders at most a budget of device pixels (viewport x deviceScaleFactor^2,"
+    f" a full page counted at the policy's maxFullPageHeight): {MAX_CAPTURE_PIXELS} unless"
+    " the service sets less; a larger one is refused (400)"
+)
 
 MAX_HTTP_STATUS_RULES = 16
 # Strings only, so that the CRD (a structural schema: one type per field) and the API accept the
@@ -388,8 +413,80 @@ class Clip(Model):
     """Height."""
 
 
+# CROSS_FIELD_RULES as JSON Schema, for the OpenAPI document (the CRD carries them as CEL),
+# spelled as alternatives by input and by format and layout rather than one per rule, which
+# schema tools would have to multiply out. The `prose` rules are named in the description only:
+# JSON Schema cannot add (clip within the viewport), and schemathesis 4.32 gives up on the 44
+# alternatives the other two would make of these 22. A field absent or null is unset, as in the
+# model; `format` absent is png.
+def _all(*schemas: dict[str, Any]) -> dict[str, Any]:
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for schema in schemas:
+        properties.update(schema.get("properties", {}))
+        required += schema.get("required", [])
+    return {"properties": properties, **({"required": required} if required else {})}
+
+
+def _unset(*fields: str) -> dict[str, Any]:
+    return {"properties": {f: {"type": "null"} for f in fields}}
+
+
+def _set(*fields: str) -> dict[str, Any]:
+    return {"required": list(fields), "properties": {f: {"not": {"type": "null"}} for f in fields}}
+
+
+def _is(field: str, value: object) -> dict[str, Any]:
+    return {"properties": {field: {"const": value}}}
+
+
+def _format_branches(fmt: Format) -> list[dict[str, Any]]:
+    rules = [
+        _is("format", fmt.value)
+        if fmt is Format.PNG
+        else {**_is("format", fmt), "required": ["format"]},
+        {} if fmt in {Format.JPEG, Format.WEBP} else _unset("quality"),
+        {} if fmt is Format.PDF else _unset("pdf"),
+        {} if fmt in {Format.PNG, Format.WEBP} else _is("omitBackground", False),
+        {} if fmt.is_image else _is("deviceScaleFactor", 1),
+        _unset("mediaType") if fmt is Format.PDF else {},
+    ]
+    no_page, no_scroll = _is("fullPage", False), _is("scrollToLoad", False)
+    if fmt is Format.PDF:
+        layouts = [_all(no_page, _unset("selector", "clip"))]
+    elif fmt is Format.HTML:
+        layouts = [_all(no_page, no_scroll, _unset("clip"))]
+    else:
+        layouts = [
+            _all(_is("fullPage", True), {"required": ["fullPage"]}, _unset("selector", "clip")),
+            _all(no_page, no_scroll, _unset("selector")),
+            _all(no_page, no_scroll, _unset("clip")),
+        ]
+    return [_all(*rules, layout) for layout in layouts]
+
+
+def _cross_field_schemas(schema: dict[str, Any]) -> None:
+    html_only = _all(
+        _set("html"),
+        _unset("url"),
+        {"properties": {"headers": {"maxProperties": 0}, "failOnHttpStatus": {"maxItems": 0}}},
+    )
+    pdf_size = {
+        "anyOf": [_unset("width", "height"), _all(_set("width", "height"), _unset("format"))]
+    }
+    prose = "; ".join(rule.message for rule in CROSS_FIELD_RULES if rule.prose)
+    schema["description"] = f"{schema['description']} Also: {prose}; {PIXEL_BUDGET_RULE}."
+    schema["allOf"] = [
+        {"anyOf": [_all(_set("url"), _unset("html")), html_only]},
+        {"anyOf": [branch for fmt in Format for branch in _format_branches(fmt)]},
+        {"properties": {"pdf": pdf_size}},
+    ]
+
+
 class CaptureOptions(Model):
     """What to capture and how. Every option is honoured or rejected; none is ignored."""
+
+    model_config = ConfigDict(json_schema_extra=_cross_field_schemas)
 
     url: str | None = Field(default=None, max_length=MAX_URL_LENGTH)
     """Page to capture (http or https). Exactly one of url and html."""
@@ -426,9 +523,13 @@ class CaptureOptions(Model):
     parties, nor across a redirect to another origin); needs `url`."""
     cookies: list[Cookie] = Field(default_factory=list, max_length=MAX_COOKIES)
     """Cookies set before navigation."""
-    locale: str | None = Field(default=None, max_length=35)
+    locale: Annotated[str, Field(json_schema_extra={"pattern": _LOCALE.pattern})] | None = Field(
+        default=None, max_length=35
+    )
     """Browser locale, e.g. de-DE (navigator.language, Accept-Language)."""
-    timezone: str | None = Field(default=None, max_length=64)
+    timezone: Annotated[str, Field(json_schema_extra=_enum_schema(_timezones))] | None = Field(
+        default=None, max_length=64
+    )
     """IANA time zone, e.g. Europe/Berlin."""
     geolocation: Geolocation | None = None
     """Emulated geolocation."""
@@ -453,7 +554,8 @@ class CaptureOptions(Model):
     """CSS selectors of elements to hide (visibility: hidden) before capture, also elements that
     appear later; needs no customJavaScript."""
     clip: Clip | None = None
-    """Capture only this rectangle of the viewport (images; not with fullPage or selector)."""
+    """Capture only this rectangle of the viewport, lying within it (images; not with fullPage or
+    selector)."""
     scroll_to_load: bool = False
     """Scroll through the page a viewport at a time before capture, letting lazy content load,
     then back to the top (fullPage images and pdf). Stops at the policy's maxFullPageHeight and
@@ -464,7 +566,9 @@ class CaptureOptions(Model):
     for rendering."""
     pdf: PdfOptions | None = None
     """PDF options (format pdf only)."""
-    device: str | None = Field(default=None, min_length=1, max_length=MAX_DEVICE_NAME_LENGTH)
+    device: Annotated[str, Field(json_schema_extra=_enum_schema(devices))] | None = Field(
+        default=None, min_length=1, max_length=MAX_DEVICE_NAME_LENGTH
+    )
     """Emulate a device of Playwright's device list, e.g. "iPhone 13" (rendered by Chromium
     whatever its usual browser): it sets viewport, deviceScaleFactor (images only), userAgent,
     isMobile and hasTouch, each only when not given explicitly (explicit values win)."""
@@ -499,7 +603,7 @@ class CaptureOptions(Model):
     @classmethod
     def _check_headers(cls, headers: dict[str, str]) -> dict[str, str]:
         for name, value in headers.items():
-            if not _HEADER_NAME.match(name):
+            if not HEADER_NAME.fullmatch(name):
                 raise ValueError(f"invalid header name {name!r}")
             if name.lower() in FORBIDDEN_HEADERS:
                 raise ValueError(f"header {name!r} may not be set")
@@ -510,7 +614,7 @@ class CaptureOptions(Model):
     @field_validator("locale")
     @classmethod
     def _check_locale(cls, locale: str | None) -> str | None:
-        if locale is not None and not _LOCALE.match(locale):
+        if locale is not None and not _LOCALE.fullmatch(locale):
             raise ValueError(f"not a BCP 47 locale: {locale!r}")
         return locale
 
@@ -572,12 +676,14 @@ class CaptureOptions(Model):
 
 
 class CrossFieldRule:
-    """A rule between fields, checked by the model and by the CRD (as CEL) alike."""
+    """A rule between fields, checked by the model and by the CRD (as CEL) alike; stated in the
+    model's JSON Schema too (`_cross_field_schemas`) unless `prose` (then in its description)."""
 
-    def __init__(self, cel: str, message: str, check: object) -> None:
+    def __init__(self, cel: str, message: str, check: object, *, prose: bool = False) -> None:
         self.cel = cel
         self.message = message
         self._check = check
+        self.prose = prose
 
     def holds(self, options: CaptureOptions) -> bool:
         return bool(self._check(options))  # type: ignore[operator]
@@ -645,6 +751,7 @@ CROSS_FIELD_RULES: tuple[CrossFieldRule, ...] = (
             o.wait_for_selector_state is WaitForSelectorState.VISIBLE
             or o.wait_for_selector is not None
         ),
+        prose=True,
     ),
     CrossFieldRule(
         "!has(self.scrollToLoad) || !self.scrollToLoad || (has(self.fullPage) && self.fullPage)"
@@ -677,12 +784,14 @@ CROSS_FIELD_RULES: tuple[CrossFieldRule, ...] = (
                 and o.clip.y + o.clip.height <= o.viewport.height
             )
         ),
+        prose=True,
     ),
     CrossFieldRule(
         "!has(self.darkMode) || !self.darkMode || !has(self.colorScheme)"
         " || self.colorScheme == 'dark'",
         "darkMode true means colorScheme dark: give one of them, or both alike",
         lambda o: not o.dark_mode or o.color_scheme in {None, ColorScheme.DARK},
+        prose=True,
     ),
     CrossFieldRule(
         "!has(self.mediaType) || !has(self.format) || self.format != 'pdf'",

@@ -21,8 +21,9 @@ VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
 Schema = dict[str, Any]
-# JSON Schema keywords a structural CRD schema cannot carry.
-_DROP = {"title", "default", "additionalProperties", "writeOnly", "readOnly", "examples"}
+# JSON Schema keywords a structural CRD schema cannot carry; allOf holds the cross-field rules,
+# which the CRD carries as CEL.
+_DROP = {"title", "default", "additionalProperties", "writeOnly", "readOnly", "examples", "allOf"}
 
 
 def crd_schema(model: type[BaseModel]) -> Schema:

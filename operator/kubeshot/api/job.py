@@ -1,18 +1,21 @@
-"""CaptureJob, the engine's report, and the request a capture pod reads."""
+"""CaptureJob, the request a capture runs on and how it ended: one wire format of each."""
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Callable
 from enum import StrEnum
-from typing import Annotated
+from itertools import pairwise
+from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
 from kubeshot.api._base import Model
 from kubeshot.api.capture import MAX_URL_LENGTH, CaptureOptions
 from kubeshot.api.names import ObjectName
 from kubeshot.api.policy import Condition, ProxyCredentials, ScreenshotPolicySpec
-from kubeshot.api.reasons import FailureReason
+from kubeshot.api.reasons import CaptureError, FailureReason
 
 
 class CaptureJobSpec(CaptureOptions):
@@ -26,9 +29,10 @@ class CaptureJobSpec(CaptureOptions):
     """Delete the job this long after it finished; the policy's TTL when unset."""
 
     def capture_options(self) -> CaptureOptions:
-        return CaptureOptions.model_validate(
-            self.model_dump(exclude={"policy_ref", "retries", "ttl_seconds_after_finished"})
-        )
+        """The options alone: validated as this spec's already, never validated again."""
+        fields = CaptureOptions.model_fields
+        values = {name: getattr(self, name) for name in fields}
+        return CaptureOptions.model_construct(self.model_fields_set & set(fields), **values)
 
 
 class Phase(StrEnum):
@@ -153,12 +157,25 @@ class Timings(Model):
     phases: list[PhaseTiming] = Field(default_factory=list, max_length=len(CapturePhase))
     """Start and end of each phase that ran, in order (traces are made of them)."""
 
+    @field_validator("phases", mode="wrap")
+    @classmethod
+    def _only_a_captures(cls, value: object, handler: Callable[[object], Any]) -> list[PhaseTiming]:
+        """Phases only feed a trace: from a pod that runs hostile pages, they are dropped whole
+        when anything is off (too many, unknown, out of order), never the report with them."""
+        try:
+            phases: list[PhaseTiming] = handler(value)
+        except ValidationError:
+            return []
+        if any(b.start_unix_nano < a.end_unix_nano for a, b in pairwise(phases)):
+            return []
+        return phases
+
 
 class CaptureReport(ResultSummary):
     """What the engine reports of a successful capture (`kubeshot capture --json`)."""
 
-    format: str
-    """Output format."""
+    format: str | None = None
+    """Output format (a report read back from a CaptureJob's status may lack it)."""
     pages: int | None = None
     """Number of pages (pdf)."""
     blocked_requests: int = 0
@@ -191,8 +208,9 @@ class CaptureJobStatus(Model):
     """When the first attempt started (RFC 3339)."""
     completion_time: str | None = None
     """When the job finished (RFC 3339)."""
-    result: ResultSummary | None = None
-    """The artifact, when Succeeded."""
+    result: CaptureReport | None = None
+    """The capture pod's report of the artifact, when Succeeded: the same report a local
+    capture gives (`kubeshot capture --json`), timings and blocked requests included."""
     failure: Failure | None = None
     """Why it failed, when Failed."""
     upload_token_sha256: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")
@@ -220,3 +238,40 @@ class CaptureRequest(Model):
     """Resolved upstream proxy and credentials."""
     upload: UploadTarget | None = None
     """Where to upload the artifact; the artifact is written to a file when unset."""
+
+    def to_json(self) -> str:
+        """The request as capture pods and workers read it: the one place the proxy password
+        is revealed (this text goes into a job's Secret or a worker's pipe, nowhere else)."""
+        document, proxy = self.to_wire(), self.proxy
+        if proxy is not None and proxy.password is not None:
+            document["proxy"] = {**proxy.to_wire(), "password": proxy.password.get_secret_value()}
+        return json.dumps(document, separators=(",", ":"), sort_keys=True)
+
+
+class CaptureOutcome(Model):
+    """How one capture ended: the engine's report of its artifact, or why it failed.
+
+    Its wire form (`to_wire`, `model_validate`) is the one answer of every runner of a capture:
+    a capture worker's to the gateway, a capture pod's termination message to the operator."""
+
+    result: CaptureReport | None = None
+    """The verified artifact, when the capture succeeded."""
+    failure: Failure | None = None
+    """Why it failed, otherwise."""
+
+    @model_validator(mode="after")
+    def _one(self) -> CaptureOutcome:
+        if (self.result is None) == (self.failure is None):
+            raise ValueError("an outcome is a result or a failure")
+        return self
+
+    @classmethod
+    def failed(cls, exc: CaptureError) -> CaptureOutcome:
+        return cls(failure=Failure(reason=exc.reason, message=exc.message[:1024]))
+
+    def report(self) -> CaptureReport:
+        """The result; CaptureError with the reason and message of a failure."""
+        if self.failure is not None:
+            raise CaptureError(self.failure.reason, self.failure.message)
+        assert self.result is not None
+        return self.result

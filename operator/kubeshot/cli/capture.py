@@ -16,8 +16,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from kubeshot.api import (
-    CaptureError,
     CaptureOptions,
+    CaptureRequest,
     ExitCode,
     Format,
     PaperFormat,
@@ -213,22 +213,21 @@ def run(args: argparse.Namespace) -> int:
 async def _capture(
     args: argparse.Namespace, options: CaptureOptions, policy: ScreenshotPolicySpec
 ) -> int:
-    from kubeshot_capture.engine import CaptureEngine
+    import kubeshot_capture
 
     # SIGTERM cancels the capture like Ctrl-C does, so the browser is closed, never orphaned.
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    try:
-        async with CaptureEngine(spare_contexts=0) as engine:
-            artifact = await engine.capture(options, policy)
-    except CaptureError as exc:
+    outcome, data = await kubeshot_capture.run(CaptureRequest(options=options, policy=policy))
+    if outcome.failure is not None:
+        failure = outcome.failure
         if args.json:
-            print(json.dumps({"error": {"reason": exc.reason.value, "message": exc.message}}))
-        return fail(exc.reason.exit_code, f"{exc.reason.value}: {exc.message}")
-    write_atomically(args.output, artifact.data)
+            print(json.dumps({"error": failure.to_wire()}))
+        return fail(failure.reason.exit_code, f"{failure.reason.value}: {failure.message}")
+    write_atomically(args.output, data)
     if args.json:
-        print(json.dumps(artifact.report.to_wire()))
+        print(json.dumps(outcome.report().to_wire()))
     return ExitCode.OK
 
 

@@ -485,7 +485,15 @@ async def _json_body(request: web.Request) -> bytes:
         ) from None
 
 
-def _policy_param(request: web.Request) -> str | None:
+def _policy_param(request: web.Request, *, only: bool = True) -> str | None:
+    """The `policy` query parameter; with `only`, the request's one query parameter (options
+    travel in the body: a parameter this endpoint does not know is refused, never ignored)."""
+    unknown = sorted({name for name in request.query if name != POLICY_PARAM}) if only else []
+    if unknown:
+        raise invalid(
+            f"unknown query parameter {unknown[0]!r}: options go in the JSON body",
+            [{"field": name, "message": "unknown query parameter"} for name in unknown],
+        )
     values = request.query.getall(POLICY_PARAM, [])
     if len(values) > 1:
         raise invalid("parameter 'policy' is given more than once", [{"field": "policy"}])
@@ -505,7 +513,7 @@ async def screenshot(request: web.Request) -> web.StreamResponse:
 async def screenshot_signed(request: web.Request) -> web.StreamResponse:
     """GET /v1/screenshot?...&expires=&keyId=&signature=: a signed URL, no token."""
     options = options_from_query(request.query.items())
-    result, _ = await _run_capture(request, options, _policy_param(request))
+    result, _ = await _run_capture(request, options, _policy_param(request, only=False))
     return _artifact_response(options.format, result)
 
 

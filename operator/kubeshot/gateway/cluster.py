@@ -9,9 +9,7 @@ when it is done and with which sha256. The backend runs asynchronous captures it
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import re
 import uuid
 from typing import Any
 
@@ -21,12 +19,9 @@ from kubeshot import logs, tracing
 from kubeshot.api import (
     CaptureError,
     CaptureOptions,
-    CaptureReport,
-    Failure,
+    CaptureOutcome,
     FailureReason,
-    Format,
     Phase,
-    ResultSummary,
     ScreenshotPolicy,
 )
 from kubeshot.api.admission import effective_timeout
@@ -34,24 +29,24 @@ from kubeshot.api.crds import API_VERSION
 from kubeshot.gateway.auth import Identity
 from kubeshot.gateway.backend import Backend, CaptureResult
 from kubeshot.gateway.errors import ApiError
-from kubeshot.gateway.kube import CaptureJobWatch, KubeClient, KubeError, Manifest, kubeshot_path
+from kubeshot.gateway.kube import CaptureJobWatch, KubeClient, KubeError, Manifest
 from kubeshot.gateway.models import CaptureJobView
-from kubeshot.gateway.policies import DEFAULT_POLICY
 from kubeshot.gateway.store import ResultStore
+from kubeshot.kube.names import (
+    CALLER,
+    DEFAULT_POLICY,
+    GATEWAY,
+    MANAGED_BY,
+    caller_label,
+    job_format,
+    job_phase,
+    job_policy,
+    jobs_path,
+    policies_path,
+    store_id,
+)
 
 log = logging.getLogger("kubeshot.gateway.cluster")
-MANAGED_BY = "app.kubernetes.io/managed-by"
-GATEWAY = "kubeshot-gateway"
-CALLER = "kubeshot.dev/caller"
-_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-
-
-def caller_label(caller: Identity) -> str:
-    """The `kubeshot.dev/caller` label of the caller's jobs: its token's name, or a hash of it
-    when the name is no valid label value."""
-    if _LABEL_VALUE.match(caller.name):
-        return caller.name
-    return hashlib.sha256(caller.name.encode()).hexdigest()[:32]
 
 
 def trace_annotations() -> dict[str, str]:
@@ -64,27 +59,6 @@ def trace_annotations() -> dict[str, str]:
     if request_id is not None:
         annotations[tracing.REQUEST_ID_ANNOTATION] = request_id
     return annotations
-
-
-def store_id(job: Manifest) -> str:
-    """Where a job's artifact is kept in the result store: its uid, as 32 hex digits."""
-    return str(job["metadata"]["uid"]).replace("-", "")
-
-
-def job_format(job: Manifest) -> Format | None:
-    """The format the job asked for (None for one no caller could have asked for): it, not what
-    the pod reports, says what the artifact is and how it is served."""
-    try:
-        return Format((job.get("spec") or {}).get("format") or Format.PNG.value)
-    except ValueError:
-        return None
-
-
-def _phase(job: Manifest) -> Phase:
-    try:
-        return Phase((job.get("status") or {}).get("phase") or Phase.PENDING.value)
-    except ValueError:
-        return Phase.PENDING
 
 
 class KubernetesBackend(Backend):
@@ -133,9 +107,7 @@ class KubernetesBackend(Backend):
         namespace = caller.namespace
         name = name or DEFAULT_POLICY
         try:
-            document = await self.client.request(
-                "GET", kubeshot_path("screenshotpolicies", namespace, name)
-            )
+            document = await self.client.request("GET", policies_path(namespace, name))
         except KubeError as exc:
             if exc.status == 404:
                 raise CaptureError(
@@ -171,16 +143,14 @@ class KubernetesBackend(Backend):
                 "metadata": {
                     "name": name,
                     "namespace": caller.namespace,
-                    "labels": {MANAGED_BY: GATEWAY, CALLER: caller_label(caller)},
+                    "labels": {MANAGED_BY: GATEWAY, CALLER: caller_label(caller.name)},
                     # The operator continues this trace, and logs with this request id.
                     "annotations": trace_annotations(),
                 },
                 "spec": {**options.to_wire(), "policyRef": policy_name},
             }
             try:
-                created = await self.client.request(
-                    "POST", kubeshot_path("capturejobs", caller.namespace), body
-                )
+                created = await self.client.request("POST", jobs_path(caller.namespace), body)
             except KubeError as exc:
                 raise _unavailable(exc, f"creating a CaptureJob in {caller.namespace}") from None
         self.watch.observe(created, initial=True)
@@ -201,21 +171,10 @@ class KubernetesBackend(Backend):
             ) from None
         if job is None:
             raise CaptureError(FailureReason.POD_LOST, "the CaptureJob was deleted")
-        status = job.get("status") or {}
-        if status.get("phase") != Phase.SUCCEEDED.value:
-            failure = _failure(status)
-            raise CaptureError(failure.reason, failure.message)
-        summary = ResultSummary.model_validate(status["result"])
-        data = await asyncio.to_thread(self.store.get, store_id(job), summary.sha256)
+        report = job_outcome(job).report()  # CaptureError when the job failed
+        data = await asyncio.to_thread(self.store.get, store_id(job), report.sha256)
         if data is None:
             raise CaptureError(FailureReason.INTERNAL, "the artifact was not uploaded")
-        report = CaptureReport.model_validate(
-            {
-                **summary.model_dump(),
-                "content_type": options.format.content_type,
-                "format": options.format.value,
-            }
-        )
         return CaptureResult(data=data, report=report)
 
     # --- asynchronous captures (Jobs) ------------------------------------------------------
@@ -236,29 +195,25 @@ class KubernetesBackend(Backend):
             return None
         owner = (job["metadata"].get("labels") or {}).get(CALLER)
         # Jobs applied with kubectl (no caller) belong to every token of their namespace.
-        return self.view(job) if owner in {None, caller_label(caller)} else None
+        return self.view(job) if owner in {None, caller_label(caller.name)} else None
 
     def view(self, job: Manifest) -> CaptureJobView:
         status = job.get("status") or {}
-        phase = _phase(job)
+        phase = job_phase(job)
+        outcome = job_outcome(job) if phase is Phase.SUCCEEDED else None
         result = None
-        fmt = job_format(job)
-        if phase is Phase.SUCCEEDED and status.get("result") and fmt is not None:
-            result = ResultSummary.model_validate(
-                {
-                    **status["result"],
-                    "contentType": fmt.content_type,
-                    "url": f"/v1/captures/{store_id(job)}/artifact",
-                }
+        if outcome is not None and outcome.result is not None:
+            result = outcome.result.summary().model_copy(
+                update={"url": f"/v1/captures/{store_id(job)}/artifact"}
             )
         return CaptureJobView(
             id=store_id(job),
             phase=phase,
             created_at=str(job["metadata"].get("creationTimestamp", "")),
             completion_time=status.get("completionTime"),
-            policy=str((job.get("spec") or {}).get("policyRef") or DEFAULT_POLICY),
+            policy=job_policy(job),
             result=result,
-            failure=_failure(status) if phase is Phase.FAILED else None,
+            failure=job_outcome(job).failure if phase is Phase.FAILED else None,
         )
 
     async def job(self, namespace: str, name: str) -> Manifest | None:
@@ -267,18 +222,26 @@ class KubernetesBackend(Backend):
         if known is not None:
             return known
         try:
-            return await self.client.request("GET", kubeshot_path("capturejobs", namespace, name))
+            return await self.client.request("GET", jobs_path(namespace, name))
         except KubeError as exc:
             if exc.status in {403, 404}:
                 return None
             raise _unavailable(exc, f"reading CaptureJob {namespace}/{name}") from None
 
 
-def _failure(status: Manifest) -> Failure:
+def job_outcome(job: Manifest) -> CaptureOutcome:
+    """The pod's CaptureOutcome as a finished job's status keeps it (its report, in the job's
+    format, else the failure; Internal when the status holds neither)."""
+    status = job.get("status") or {}
+    fmt = job_format(job)
     try:
-        return Failure.model_validate(status.get("failure"))
-    except ValidationError:
-        return Failure(reason=FailureReason.INTERNAL, message="the capture failed")
+        if status.get("phase") == Phase.SUCCEEDED.value and fmt is not None:
+            # The job's format names the artifact, never what its pod (a hostile page) said.
+            result = {**status["result"], "format": fmt.value, "contentType": fmt.content_type}
+            return CaptureOutcome.model_validate({"result": result})
+        return CaptureOutcome.model_validate({"failure": status.get("failure")})
+    except (ValidationError, KeyError, TypeError):
+        return CaptureOutcome.failed(CaptureError(FailureReason.INTERNAL, "the capture failed"))
 
 
 def _unavailable(exc: KubeError, doing: str) -> ApiError:

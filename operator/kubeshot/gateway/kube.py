@@ -9,21 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from urllib.parse import quote
 
-from kubeshot.api.crds import API_VERSION
 from kubeshot.kube import ApiError as KubeError
 from kubeshot.kube import KubeClient, Manifest, login
+from kubeshot.kube.names import job_phase, jobs_path, store_id
 
-__all__ = ["CaptureJobWatch", "KubeClient", "KubeError", "Manifest", "kubeshot_path", "login"]
+__all__ = ["CaptureJobWatch", "KubeClient", "KubeError", "Manifest", "login"]
 
 log = logging.getLogger("kubeshot.gateway.kube")
-
-
-def kubeshot_path(plural: str, namespace: str, name: str | None = None) -> str:
-    path = f"/apis/{API_VERSION}/namespaces/{quote(namespace, safe='')}/{plural}"
-    return f"{path}/{quote(name, safe='')}" if name is not None else path
-
 
 Key = tuple[str, str]
 
@@ -67,7 +60,7 @@ class CaptureJobWatch:
     def observe(self, job: Manifest, *, deleted: bool = False, initial: bool = False) -> None:
         meta = job.get("metadata") or {}
         key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
-        uid = str(meta.get("uid", "")).replace("-", "")
+        uid = store_id(job) if "uid" in meta else ""
         if initial and key in self.jobs:
             return  # the watch has seen a newer version already
         if deleted:
@@ -90,14 +83,14 @@ class CaptureJobWatch:
                     job = self.jobs.get(key)
                     if job is None:
                         return None
-                    if (job.get("status") or {}).get("phase") in {"Succeeded", "Failed"}:
+                    if job_phase(job).finished:
                         return job
                     await event.wait()
         finally:
             self._changed.pop(key, None)
 
     async def _run(self, namespace: str) -> None:
-        path = kubeshot_path("capturejobs", namespace)
+        path = jobs_path(namespace)
         while True:
             try:
                 listing = await self.client.request("GET", path)

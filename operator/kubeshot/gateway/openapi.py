@@ -14,6 +14,7 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from kubeshot.api import CaptureOptions, Format
+from kubeshot.api.capture import FORBIDDEN_HEADERS, HEADER_NAME
 from kubeshot.gateway.models import CaptureJobView, ErrorBody, Health
 
 CHECKED_IN = Path(__file__).with_name("openapi.json")
@@ -93,6 +94,32 @@ _JOB_ID = {
 }
 
 
+# A URL of this form passes the model's URL check (http or https, no credentials, a host name of
+# at most three labels or a dotted IPv4 address, a port under 10000); the check also takes some
+# that do not match (internationalised hosts, IPv6), which a client sends at its own risk.
+_LABEL = "[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+URL_PATTERN = (
+    rf"^[Hh][Tt][Tt][Pp][Ss]?://(({_LABEL}\.){{0,2}}{_LABEL}|([0-9]{{1,3}}\.){{3}}[0-9]{{1,3}})"
+    r"(:[0-9]{1,4})?([/?][!-\[\]-~]*)?$"
+)
+
+
+def _client_rules(options: dict[str, Any]) -> dict[str, Any]:
+    """The rules of CaptureOptions that the CRD cannot carry (propertyNames) or states less
+    strictly, added to its schema in this document."""
+    properties = options["properties"]
+    properties["url"]["anyOf"][0]["pattern"] = URL_PATTERN
+    forbidden = "|".join(
+        "".join(f"[{c.upper()}{c}]" if c.isalpha() else c for c in name)
+        for name in sorted(FORBIDDEN_HEADERS)
+    )
+    properties["headers"]["propertyNames"] = {
+        "pattern": HEADER_NAME.pattern,
+        "not": {"pattern": f"^({forbidden})$"},
+    }
+    return options
+
+
 def _signed_query_parameters(options_schema: dict[str, Any]) -> list[dict[str, Any]]:
     params: list[dict[str, Any]] = []
     for name, prop in options_schema["properties"].items():
@@ -160,6 +187,7 @@ def _document() -> str:
         ref_template=_REF,
     )
     components = schemas["$defs"]
+    _client_rules(components["CaptureOptions"])
     bearer: list[dict[str, list[str]]] = [{"bearerAuth": []}]
     body = {
         "required": True,

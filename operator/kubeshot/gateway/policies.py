@@ -7,8 +7,7 @@ from pathlib import Path
 
 from kubeshot.api import CaptureError, FailureReason, ScreenshotPolicy, ScreenshotPolicySpec
 from kubeshot.api.policy import load_policy_file
-
-DEFAULT_POLICY = "default"
+from kubeshot.kube.names import DEFAULT_POLICY
 
 
 class PolicySet:

@@ -39,7 +39,8 @@ from kubeshot import logs, tracing
 from kubeshot.api import (
     CaptureError,
     CaptureOptions,
-    CaptureReport,
+    CaptureOutcome,
+    CaptureRequest,
     FailureReason,
     ProxyCredentials,
     ScreenshotPolicy,
@@ -57,8 +58,7 @@ from kubeshot.gateway.worker import (
     DEFAULT_SPARES,
     RUN_AS,
     SPARES,
-    capture_request,
-    encode_frame,
+    capture_frame,
     read_frame_async,
 )
 
@@ -243,14 +243,14 @@ class Worker:
         return worker
 
     async def capture(
-        self, request: dict[str, object], memory_limit: int, deadline: float, poll: float
+        self, request: CaptureRequest, memory_limit: int, deadline: float, poll: float
     ) -> tuple[dict[str, object], bytes]:
         """Send one request, watch memory and deadline until the answer comes."""
         assert self.process.stdin is not None
         assert self.process.stdout is not None
         self.captures += 1
         self.busy = True
-        self.process.stdin.write(encode_frame(request))
+        self.process.stdin.write(capture_frame(request, logs.context()))
         await self.process.stdin.drain()
         answer = asyncio.ensure_future(read_frame_async(self.process.stdout))
         try:
@@ -461,27 +461,23 @@ class LocalBackend(Backend):
             self._drained.clear()
             self._update_gauges()
             try:
-                return await self._run(worker, options, policy.spec, self._proxy_for(policy.spec))
+                proxy = self._proxy_for(policy.spec)
+                request = CaptureRequest(options=options, policy=policy.spec, proxy=proxy)
+                return await self._run(worker, request)
             finally:
                 self._busy -= 1
                 if self._busy == 0:
                     self._drained.set()
                 self._update_gauges()
 
-    async def _run(
-        self,
-        worker: Worker,
-        options: CaptureOptions,
-        policy: ScreenshotPolicySpec,
-        proxy: ProxyCredentials | None,
-    ) -> CaptureResult:
-        deadline = time.monotonic() + effective_timeout(options, policy) + DEADLINE_GRACE
+    async def _run(self, worker: Worker, request: CaptureRequest) -> CaptureResult:
+        timeout = effective_timeout(request.options, request.policy) + DEADLINE_GRACE
+        deadline = time.monotonic() + timeout
         healthy = False
         try:
             with tracing.span("worker capture", {"kubeshot.worker.pid": worker.pid}) as span:
-                request = capture_request(options, policy, proxy, logs.context())
                 header, payload = await worker.capture(
-                    request, policy.limits.memory_bytes, deadline, self.poll_interval
+                    request, request.policy.limits.memory_bytes, deadline, self.poll_interval
                 )
             healthy = True
         except CaptureError as exc:
@@ -507,10 +503,7 @@ class LocalBackend(Backend):
                     retiring.add_done_callback(self._retiring.discard)
                 else:
                     self._idle.put_nowait(worker)
-        if not header.get("ok"):
-            reason = FailureReason(str(header.get("reason", FailureReason.INTERNAL.value)))
-            raise CaptureError(reason, str(header.get("message", "capture failed")))
-        report = CaptureReport.model_validate(header["report"])
+        report = CaptureOutcome.model_validate(header.get("outcome")).report()
         tracing.record_phases(report.timings.phases, parent=span)  # the worker's own clock
         return CaptureResult(payload, report)
 

@@ -15,7 +15,7 @@ from limits import parse as parse_rate_limit
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from kubeshot.api.admission import MAX_CAPTURE_PIXELS
+from kubeshot.api.capture import MAX_CAPTURE_PIXELS
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Never passed on to capture workers (and so never visible to a page's browser).

@@ -21,8 +21,9 @@ from aiohttp import web
 from kubeshot.api import CaptureError, Format, Phase
 from kubeshot.gateway import keys
 from kubeshot.gateway.auth import parse_authorization
-from kubeshot.gateway.cluster import KubernetesBackend, job_format, store_id
+from kubeshot.gateway.cluster import KubernetesBackend
 from kubeshot.gateway.errors import ApiError, unauthorized
+from kubeshot.kube.names import job_format, job_phase, store_id
 from kubeshot_capture.artifacts import verify
 
 log = logging.getLogger("kubeshot.gateway.uploads")
@@ -82,7 +83,7 @@ async def upload(request: web.Request) -> web.StreamResponse:
     if job is None or not hmac.compare_digest(presented, str(expected)):
         log.warning("upload for %s/%s refused: not this job's token", namespace, name)
         raise ApiError(403, "forbidden", "this token may not upload for this job")
-    if (job.get("status") or {}).get("phase") != Phase.RUNNING.value:
+    if job_phase(job) is not Phase.RUNNING:
         raise ApiError(409, "conflict", "the job is not running")
     claimed = request.headers.get("X-Kubeshot-Sha256", "").lower()
     if not _SHA256.match(claimed):

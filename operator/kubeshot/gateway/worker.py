@@ -1,8 +1,9 @@
 """A capture worker process: one CaptureEngine (one Chromium), captures one request at a time.
 
 Started by the local backend as `python -m kubeshot.gateway.worker` in its own session. It talks
-to the gateway over stdin/stdout with length-prefixed frames: a JSON header, then `size` bytes of
-artifact. Anything else the process or its children print goes to stderr.
+to the gateway over stdin/stdout with length-prefixed frames: a JSON header, then `size` bytes
+(a CaptureRequest's JSON in; the artifact out, its CaptureOutcome in the header). Anything else
+the process or its children print goes to stderr.
 
 Started by a root gateway, it loads its code, then drops to the uid:gid in `KUBESHOT_WORKER_RUN_AS`
 (no supplementary groups, no way back, no new privileges) before Playwright or Chromium start;
@@ -24,15 +25,10 @@ from collections.abc import Callable, Mapping
 from typing import IO, Any
 
 from kubeshot import logs
-from kubeshot.api import (
-    CaptureError,
-    CaptureOptions,
-    FailureReason,
-    ProxyCredentials,
-    ScreenshotPolicySpec,
-)
+from kubeshot.api import CaptureError, CaptureOutcome, CaptureRequest, FailureReason
 from kubeshot.gateway import redaction
 from kubeshot.gateway.procs import forbid_new_privileges, set_parent_death_signal
+from kubeshot_capture import run
 from kubeshot_capture.browser import chromium_args
 
 _HEADER = struct.Struct(">I")
@@ -94,28 +90,12 @@ async def read_frame_async(reader: asyncio.StreamReader) -> tuple[dict[str, Any]
     return header, payload
 
 
-def capture_request(
-    options: CaptureOptions,
-    policy: ScreenshotPolicySpec,
-    proxy: ProxyCredentials | None,
-    log_context: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    """The frame header asking a worker for one capture (the proxy password in clear: a pipe);
+def capture_frame(request: CaptureRequest, log_context: Mapping[str, str] | None = None) -> bytes:
+    """The frame asking a worker for one capture: the request (its wire form) as the payload;
     `log_context`: the request's log fields (request id, trace ids, ...) for the worker's lines."""
-    proxy_doc = None
-    if proxy is not None:
-        proxy_doc = {
-            "server": proxy.server,
-            "username": proxy.username,
-            "password": proxy.password.get_secret_value() if proxy.password else None,
-        }
-    return {
-        "op": "capture",
-        "options": options.to_wire(),
-        "policy": policy.to_wire(),
-        "proxy": proxy_doc,
-        "log": dict(log_context or {}),
-    }
+    return encode_frame(
+        {"op": "capture", "log": dict(log_context or {})}, request.to_json().encode()
+    )
 
 
 # How many spare contexts the worker's engine keeps (set by the gateway; at most MAX_SPARES).
@@ -151,9 +131,8 @@ async def serve(engine_factory: Callable[[], Any], out: IO[bytes]) -> None:
             frame = await asyncio.to_thread(read_frame, sys.stdin.buffer)
             if frame is None or frame[0].get("op") != "capture":
                 break
-            request = frame[0]
-            with logs.bound(**_log_fields(request.get("log"))):
-                await _capture(engine, request, send)
+            with logs.bound(**_log_fields(frame[0].get("log"))):
+                await _capture(engine, frame[1], send)
 
 
 def _log_fields(value: object) -> dict[str, str]:
@@ -164,29 +143,15 @@ def _log_fields(value: object) -> dict[str, str]:
     return {k: v for k, v in value.items() if k in known and isinstance(v, str)}
 
 
-async def _capture(engine: Any, request: dict[str, Any], send: Callable[..., None]) -> None:
-    """Run one capture request and send its result frame."""
+async def _capture(engine: Any, payload: bytes, send: Callable[..., None]) -> None:
+    """Run one capture request and send its outcome, the artifact as the payload."""
     try:
-        proxy = request.get("proxy")
-        artifact = await engine.capture(
-            CaptureOptions.model_validate(request["options"]),
-            ScreenshotPolicySpec.model_validate(request["policy"]),
-            ProxyCredentials.model_validate(proxy) if proxy else None,
-        )
-        report = artifact.report.model_dump(mode="json", by_alias=True)
-        send({"op": "result", "ok": True, "report": report}, bytes(artifact.data))
-    except CaptureError as exc:
-        send({"op": "result", "ok": False, "reason": exc.reason.value, "message": exc.message})
+        outcome, data = await run(CaptureRequest.model_validate_json(payload), engine)
     except Exception:
         log.exception("capture failed with an unexpected error")
-        send(
-            {
-                "op": "result",
-                "ok": False,
-                "reason": FailureReason.INTERNAL.value,
-                "message": "internal error in the capture worker",
-            }
-        )
+        error = CaptureError(FailureReason.INTERNAL, "internal error in the capture worker")
+        outcome, data = CaptureOutcome.failed(error), b""
+    send({"op": "result", "outcome": outcome.to_wire()}, data)
 
 
 def parse_run_as(value: str) -> tuple[int, int]:

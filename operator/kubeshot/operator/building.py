@@ -23,7 +23,7 @@ from kubeshot.api import (
 )
 from kubeshot.api.admission import effective_timeout
 from kubeshot.api.crds import API_VERSION
-from kubeshot.operator import labels
+from kubeshot.kube import names
 from kubeshot.operator.settings import OperatorSettings
 
 Manifest = dict[str, Any]
@@ -81,15 +81,15 @@ def owning_job(manifest: Mapping[str, Any]) -> tuple[str, str] | None:
 
 
 def secret_name(job: JobRef) -> str:
-    return labels.dns_name(job.name, "request")
+    return names.dns_name(job.name, "request")
 
 
 def pod_name(job: JobRef, attempt: int) -> str:
-    return labels.dns_name(job.name, str(attempt))
+    return names.dns_name(job.name, str(attempt))
 
 
 def network_policy_name(policy: str) -> str:
-    return labels.dns_name("kubeshot-capture", policy)
+    return names.dns_name("kubeshot-capture", policy)
 
 
 def build_request(
@@ -111,14 +111,6 @@ def build_request(
     )
 
 
-def request_json(request: CaptureRequest) -> str:
-    """The request as the pod reads it (secrets revealed: it goes into a Secret only)."""
-    document = request.model_dump(mode="json", by_alias=True, exclude_none=True)
-    if request.proxy is not None and request.proxy.password is not None:
-        document["proxy"]["password"] = request.proxy.password.get_secret_value()
-    return json.dumps(document, separators=(",", ":"), sort_keys=True)
-
-
 def build_secret(job: JobRef, policy_name: str, request: CaptureRequest) -> Manifest:
     """The per-job Secret: the capture request, with the job's upload token inside."""
     return {
@@ -127,15 +119,15 @@ def build_secret(job: JobRef, policy_name: str, request: CaptureRequest) -> Mani
         "metadata": {
             "name": secret_name(job),
             "namespace": job.namespace,
-            "labels": {**labels.capture_labels(policy_name), labels.JOB_UID: job.uid},
-            "annotations": {labels.JOB_NAME_ANNOTATION: job.name},
+            "labels": {**names.capture_labels(policy_name), names.JOB_UID: job.uid},
+            "annotations": {names.JOB_NAME_ANNOTATION: job.name},
             "ownerReferences": [owner_reference("CaptureJob", job.name, job.uid)],
         },
         "type": "Opaque",
         # The token lets this pod upload this job's artifact and nothing else; a Secret (not the
         # Pod's env) keeps it out of `kubectl get pod -o yaml`.
         "immutable": True,
-        "stringData": {REQUEST_KEY: request_json(request)},
+        "stringData": {REQUEST_KEY: request.to_json()},
     }
 
 
@@ -244,11 +236,11 @@ def build_pod(
             "name": pod_name(job, attempt),
             "namespace": job.namespace,
             "labels": {
-                **labels.capture_labels(policy_name),
-                labels.JOB_UID: job.uid,
-                labels.ATTEMPT: str(attempt),
+                **names.capture_labels(policy_name),
+                names.JOB_UID: job.uid,
+                names.ATTEMPT: str(attempt),
             },
-            "annotations": {labels.JOB_NAME_ANNOTATION: job.name},
+            "annotations": {names.JOB_NAME_ANNOTATION: job.name},
             "ownerReferences": [owner_reference("CaptureJob", job.name, job.uid)],
         },
         "spec": spec,
@@ -385,8 +377,8 @@ def build_network_policy(
     if spec.network.allowed_cidrs:
         egress.append({"to": [{"ipBlock": {"cidr": c}} for c in spec.network.allowed_cidrs]})
     selector = {
-        labels.COMPONENT: labels.CAPTURE_COMPONENT,
-        labels.POLICY: labels.label_value(policy.name),
+        names.COMPONENT: names.CAPTURE_COMPONENT,
+        names.POLICY: names.label_value(policy.name),
     }
     return {
         "apiVersion": "networking.k8s.io/v1",
@@ -395,9 +387,9 @@ def build_network_policy(
             "name": network_policy_name(policy.name),
             "namespace": policy.namespace,
             "labels": {
-                labels.NAME: labels.APP,
-                labels.MANAGED_BY: labels.MANAGER,
-                labels.POLICY: labels.label_value(policy.name),
+                names.NAME: names.APP,
+                names.MANAGED_BY: names.MANAGER,
+                names.POLICY: names.label_value(policy.name),
             },
             "ownerReferences": [owner_reference("ScreenshotPolicy", policy.name, policy.uid)],
         },

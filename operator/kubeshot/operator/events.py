@@ -11,8 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kubeshot.api.crds import API_VERSION
-from kubeshot.kube import ApiError, KubeClient, resource_path
-from kubeshot.operator import labels
+from kubeshot.kube import ApiError, KubeClient, names, resource_path
 from kubeshot.operator.lifecycle import now
 
 log = logging.getLogger(__name__)
@@ -39,8 +38,8 @@ def build_event(
         "type": type_,
         "reason": reason,
         "message": message[:1024],
-        "source": {"component": labels.MANAGER},
-        "reportingComponent": labels.MANAGER,
+        "source": {"component": names.MANAGER},
+        "reportingComponent": names.MANAGER,
         "firstTimestamp": at,
         "lastTimestamp": at,
         "count": 1,

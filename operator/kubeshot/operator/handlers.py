@@ -15,14 +15,13 @@ import aiohttp
 import kopf
 
 from kubeshot.api.crds import GROUP, VERSION
-from kubeshot.kube import ApiError
-from kubeshot.operator import labels, metrics
+from kubeshot.kube import ApiError, names
+from kubeshot.operator import metrics
 from kubeshot.operator.queueing import JobView
 from kubeshot.operator.reconciling import Reconciler
 from kubeshot.operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
-CAPTURE_POD_LABELS = {labels.COMPONENT: labels.CAPTURE_COMPONENT, labels.MANAGED_BY: labels.MANAGER}
 
 
 @contextlib.contextmanager
@@ -89,7 +88,7 @@ async def screenshotpolicy_event(
         await reconciler.policy_event(event["type"], body)
 
 
-@kopf.on.event("", "v1", "pods", labels=CAPTURE_POD_LABELS)
+@kopf.on.event("", "v1", "pods", labels=names.CAPTURE_PODS)
 async def pod_event(
     event: kopf.RawEvent,
     body: kopf.Body,

@@ -5,16 +5,24 @@ The handlers feed these with what they observed and send what comes back to the 
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
-from kubeshot.api import ExitCode, Failure, FailureReason, Phase, PhaseTiming, ResultSummary
-from kubeshot.api.job import CapturePhase
+from kubeshot.api import (
+    CaptureJobStatus,
+    CaptureOutcome,
+    CaptureReport,
+    ExitCode,
+    Failure,
+    FailureReason,
+    Phase,
+    PhaseTiming,
+)
+from kubeshot.api.policy import Condition
 
 Manifest = dict[str, Any]
 
@@ -43,7 +51,7 @@ class Outcome:
     container's, Unix nanoseconds) are for the trace only: they never change the job's status.
     """
 
-    result: ResultSummary | None = None
+    result: CaptureReport | None = None
     failure: Failure | None = None
     phases: tuple[PhaseTiming, ...] = ()
     started: int | None = None
@@ -72,40 +80,15 @@ def _container_state(pod: Manifest) -> Manifest | None:
 
 
 def _from_termination_message(text: str) -> Outcome | None:
+    """What the capture pod reported (the CaptureOutcome it ended with); None when unreadable."""
     try:
-        document = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(document, dict):
-        return None
-    try:
-        if "result" in document:
-            result = ResultSummary.model_validate(document["result"])
-            return Outcome(result=result, phases=_phases(document.get("phases")))
-        if "failure" in document:
-            return Outcome(failure=Failure.model_validate(document["failure"]))
+        reported = CaptureOutcome.model_validate_json(text)
     except ValidationError:
         return None
-    return None
-
-
-_PHASES = TypeAdapter(list[PhaseTiming])
-
-
-def _phases(value: object) -> tuple[PhaseTiming, ...]:
-    """The phases a capture pod reported (it runs hostile pages): bounded and checked by the
-    model, in order, and dropped whole when anything is off (they only feed a trace)."""
-    if not isinstance(value, list) or len(value) > len(CapturePhase):
-        return ()
-    try:
-        phases = _PHASES.validate_python(value)
-    except ValidationError:
-        return ()
-    ends = [p.end_unix_nano for p in phases]
-    starts = [p.start_unix_nano for p in phases]
-    if any(start < end for start, end in zip(starts[1:], ends, strict=False)):
-        return ()  # overlapping phases were never a capture's
-    return tuple(phases)
+    if reported.failure is not None:
+        return Outcome(failure=reported.failure)
+    report = reported.report()
+    return Outcome(result=report, phases=tuple(report.timings.phases))
 
 
 def _unix_nano(text: object) -> int | None:
@@ -183,139 +166,120 @@ def may_retry(failure: Failure, attempts: int, retries: int) -> bool:
 
 
 def set_condition(
-    conditions: list[Manifest],
+    conditions: Sequence[Condition],
     type_: str,
     status: bool,
     reason: str,
     message: str,
     generation: int | None,
     at: str,
-) -> list[Manifest]:
+) -> list[Condition]:
     """conditions with one condition replaced; its transition time kept when status is the same."""
     value = "True" if status else "False"
-    previous = next((c for c in conditions if c.get("type") == type_), None)
-    changed_at = at
-    if previous is not None and previous.get("status") == value:
-        changed_at = previous.get("lastTransitionTime") or at
-    condition: Manifest = {
-        "type": type_,
-        "status": value,
-        "reason": reason,
-        "message": message[:1024],
-        "lastTransitionTime": changed_at,
-    }
-    if generation is not None:
-        condition["observedGeneration"] = generation
-    return [c for c in conditions if c.get("type") != type_] + [condition]
+    previous = next((c for c in conditions if c.type == type_), None)
+    same = previous if previous is not None and previous.status == value else None
+    condition = Condition(
+        type=type_,
+        status=value,
+        reason=reason,
+        message=message[:1024],
+        last_transition_time=(same and same.last_transition_time) or at,
+        observed_generation=generation,
+    )
+    return [c for c in conditions if c.type != type_] + [condition]
 
 
 def rejected_status(
-    status: Mapping[str, Any], failure: Failure, generation: int | None, at: str
-) -> Manifest:
+    status: CaptureJobStatus, failure: Failure, generation: int | None, at: str
+) -> CaptureJobStatus:
     """A job that can never run: failed at validation, with the reason."""
-    conditions = list(status.get("conditions") or [])
-    conditions = set_condition(
-        conditions, ADMITTED, False, failure.reason.value, failure.message, generation, at
+    reason, message = failure.reason.value, failure.message
+    conditions = set_condition(status.conditions, ADMITTED, False, reason, message, generation, at)
+    conditions = set_condition(conditions, FINISHED, True, reason, message, generation, at)
+    return CaptureJobStatus(
+        phase=Phase.FAILED,
+        observed_generation=generation,
+        completion_time=at,
+        failure=failure,
+        conditions=conditions,
     )
-    conditions = set_condition(
-        conditions, FINISHED, True, failure.reason.value, failure.message, generation, at
-    )
-    return {
-        "phase": Phase.FAILED.value,
-        "observedGeneration": generation,
-        "completionTime": at,
-        "failure": failure.to_wire(),
-        "conditions": conditions,
-    }
 
 
 def queued_status(
-    status: Mapping[str, Any],
+    status: CaptureJobStatus,
     generation: int | None,
     at: str,
     message: str = "waiting for a free slot",
     *,
     reason: str = "Queued",
-) -> Manifest:
+) -> CaptureJobStatus:
     """Admitted and waiting: for a free slot (reason Queued) or for what `reason` names."""
+    admitted = "the policy admits this capture"
     conditions = set_condition(
-        list(status.get("conditions") or []),
-        ADMITTED,
-        True,
-        "Admitted",
-        "the policy admits this capture",
-        generation,
-        at,
+        status.conditions, ADMITTED, True, "Admitted", admitted, generation, at
     )
     conditions = set_condition(conditions, STARTED, False, reason, message, generation, at)
-    return {"phase": Phase.QUEUED.value, "observedGeneration": generation, "conditions": conditions}
+    return CaptureJobStatus(
+        phase=Phase.QUEUED, observed_generation=generation, conditions=conditions
+    )
 
 
 def running_status(
-    status: Mapping[str, Any],
+    status: CaptureJobStatus,
     pod: str,
     attempt: int,
     token_sha256: str,
     generation: int | None,
     at: str,
-) -> Manifest:
+) -> CaptureJobStatus:
+    message = f"attempt {attempt}: capture pod {pod}"
     conditions = set_condition(
-        list(status.get("conditions") or []),
-        STARTED,
-        True,
-        "PodCreated",
-        f"attempt {attempt}: capture pod {pod}",
-        generation,
-        at,
+        status.conditions, STARTED, True, "PodCreated", message, generation, at
     )
-    return {
-        "phase": Phase.RUNNING.value,
-        "observedGeneration": generation,
-        "podName": pod,
-        "attempts": attempt,
-        "startTime": status.get("startTime") or at,
-        "uploadTokenSha256": token_sha256,
-        "conditions": conditions,
-    }
+    return CaptureJobStatus(
+        phase=Phase.RUNNING,
+        observed_generation=generation,
+        pod_name=pod,
+        attempts=attempt,
+        start_time=status.start_time or at,
+        upload_token_sha256=token_sha256,
+        conditions=conditions,
+    )
 
 
 def retry_status(
-    status: Mapping[str, Any], failure: Failure, delay: float, generation: int | None, at: str
-) -> Manifest:
+    status: CaptureJobStatus, failure: Failure, delay: float, generation: int | None, at: str
+) -> CaptureJobStatus:
     message = f"{failure.reason.value}: {failure.message}; retrying in {delay:g}s"
     conditions = set_condition(
-        list(status.get("conditions") or []), STARTED, False, "Retrying", message, generation, at
+        status.conditions, STARTED, False, "Retrying", message, generation, at
     )
-    return {"phase": Phase.QUEUED.value, "observedGeneration": generation, "conditions": conditions}
+    return CaptureJobStatus(
+        phase=Phase.QUEUED, observed_generation=generation, conditions=conditions
+    )
 
 
 def finished_status(
-    status: Mapping[str, Any], outcome: Outcome, generation: int | None, at: str
-) -> Manifest:
-    conditions = list(status.get("conditions") or [])
+    status: CaptureJobStatus, outcome: Outcome, generation: int | None, at: str
+) -> CaptureJobStatus:
     conditions = set_condition(
-        conditions, STARTED, False, "PodFinished", "the capture pod has finished", generation, at
+        status.conditions,
+        STARTED,
+        False,
+        "PodFinished",
+        "the capture pod has finished",
+        generation,
+        at,
     )
-    patch: Manifest = {"observedGeneration": generation, "completionTime": at}
-    if outcome.result is not None:
-        patch["phase"] = Phase.SUCCEEDED.value
-        patch["result"] = outcome.result.to_wire()
-        patch["failure"] = None
-        conditions = set_condition(
-            conditions, FINISHED, True, "Succeeded", "the capture succeeded", generation, at
-        )
+    if outcome.failure is None:
+        reason, message = "Succeeded", "the capture succeeded"
     else:
-        assert outcome.failure is not None
-        patch["phase"] = Phase.FAILED.value
-        patch["failure"] = outcome.failure.to_wire()
-        conditions = set_condition(
-            conditions,
-            FINISHED,
-            True,
-            outcome.failure.reason.value,
-            outcome.failure.message,
-            generation,
-            at,
-        )
-    patch["conditions"] = conditions
-    return patch
+        reason, message = outcome.failure.reason.value, outcome.failure.message
+    return CaptureJobStatus(
+        phase=Phase.SUCCEEDED if outcome.failure is None else Phase.FAILED,
+        observed_generation=generation,
+        completion_time=at,
+        result=outcome.result,
+        failure=outcome.failure,
+        conditions=set_condition(conditions, FINISHED, True, reason, message, generation, at),
+    )

@@ -11,7 +11,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubeshot.api import Phase
+from pydantic import ValidationError
+
+from kubeshot.api import CaptureJobStatus, Phase
+from kubeshot.kube import names
 from kubeshot.tracing import REQUEST_ID_ANNOTATION, TRACEPARENT_ANNOTATION
 
 PolicyKey = tuple[str, str]  # (namespace, policy name)
@@ -28,9 +31,9 @@ class JobView:
     policy: str
     created: str
     generation: int | None
-    phase: Phase
+    status: CaptureJobStatus = field(default_factory=CaptureJobStatus, repr=False)
+    """Compared: Kopf's index keeps a job's old view while the new one compares equal."""
     spec: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
-    status: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     annotations: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     """Those the operator reads: the gateway's traceparent and request id (tracing, logs)."""
 
@@ -44,32 +47,25 @@ class JobView:
         return (self.created, self.name)
 
     @property
-    def attempts(self) -> int:
-        return int(self.status.get("attempts") or 0)
-
-    @property
-    def pod_name(self) -> str | None:
-        value = self.status.get("podName")
-        return str(value) if value else None
+    def phase(self) -> Phase:
+        return self.status.phase
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> JobView:
-        meta, spec = body.get("metadata", {}), body.get("spec") or {}
-        status = body.get("status") or {}
+        meta = body.get("metadata", {})
         try:
-            phase = Phase(status.get("phase") or Phase.PENDING.value)
-        except ValueError:
-            phase = Phase.PENDING
+            status = CaptureJobStatus.model_validate(body.get("status") or {})
+        except ValidationError:  # never as the operator wrote it: its phase, if any, alone
+            status = CaptureJobStatus(phase=names.job_phase(body))
         return cls(
             namespace=str(meta.get("namespace", "")),
             name=str(meta.get("name", "")),
             uid=str(meta.get("uid", "")),
-            policy=str(spec.get("policyRef") or "default"),
+            policy=names.job_policy(body),
             created=str(meta.get("creationTimestamp", "")),
             generation=meta.get("generation"),
-            phase=phase,
-            spec=dict(spec),
-            status=dict(status),
+            status=status,
+            spec=dict(body.get("spec") or {}),
             annotations={
                 k: v
                 for k, v in (meta.get("annotations") or {}).items()

@@ -19,6 +19,7 @@ import secrets
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -29,12 +30,15 @@ from kubeshot.api import (
     PROXY_CREDENTIALS_LABEL,
     CaptureError,
     CaptureJobSpec,
+    CaptureJobStatus,
+    CaptureOptions,
     Failure,
     FailureReason,
     Phase,
     ProxyCredentials,
     Runtime,
     ScreenshotPolicySpec,
+    ScreenshotPolicyStatus,
     describe_validation_error,
     is_object_name,
 )
@@ -47,9 +51,11 @@ from kubeshot.kube import (
     NotFound,
     NotOwned,
     controller_uid,
+    names,
     resource_path,
 )
-from kubeshot.operator import building, labels, lifecycle, metrics
+from kubeshot.kube.names import jobs_path, network_policies_path, policies_path
+from kubeshot.operator import building, lifecycle, metrics
 from kubeshot.operator.events import EventPoster
 from kubeshot.operator.lifecycle import Outcome
 from kubeshot.operator.queueing import JobQueue, JobView, PolicyKey
@@ -73,18 +79,6 @@ class Index(Protocol):
     def __iter__(self) -> Any: ...
 
 
-def jobs_path(namespace: str, name: str | None = None) -> str:
-    return resource_path(API_VERSION, "capturejobs", namespace, name)
-
-
-def policies_path(namespace: str, name: str | None = None) -> str:
-    return resource_path(API_VERSION, "screenshotpolicies", namespace, name)
-
-
-def network_policies_path(namespace: str, name: str | None = None) -> str:
-    return resource_path("networking.k8s.io/v1", "networkpolicies", namespace, name)
-
-
 def not_ours(kind: str, name: str) -> Failure:
     """A job whose Secret or Pod name is taken by an object the job does not own."""
     message = (
@@ -105,11 +99,6 @@ def upload_token(secret: Mapping[str, Any]) -> str:
     return token if isinstance(token, str) else ""
 
 
-# The models' defaults, for specs read as documents (never repeated as literals).
-_DEFAULT_RETRIES: int = CaptureJobSpec.model_fields["retries"].default
-_DEFAULT_TTL: int = Runtime.model_fields["ttl_seconds_after_finished"].default
-
-
 class Reconciler:
     """The operator's state and actions (one per process)."""
 
@@ -124,6 +113,7 @@ class Reconciler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._active_jobs: dict[PolicyKey, int] = {}
         self._policies: dict[PolicyKey, tuple[object, ScreenshotPolicySpec | Failure]] = {}
+        self._specs: dict[str, tuple[CaptureJobSpec, CaptureOptions] | Failure] = {}
         self._admitting: set[str] = set()
         self._starting: set[str] = set()  # status says Running, the pod may not exist yet
         self._job_locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -177,15 +167,29 @@ class Reconciler:
         self._policies[(namespace, name)] = (version, parsed)
         return parsed
 
+    def parsed_spec(self, view: JobView) -> tuple[CaptureJobSpec, CaptureOptions] | Failure:
+        """The job's spec and its capture options, validated once per job (a CaptureJob's spec
+        is immutable); a Failure when invalid."""
+        parsed = self._specs.get(view.uid)
+        if parsed is None:
+            try:
+                spec = CaptureJobSpec.model_validate(dict(view.spec))
+                parsed = (spec, spec.capture_options())
+            except ValidationError as exc:
+                problems = describe_validation_error(exc, "spec")
+                parsed = Failure(reason=FailureReason.INVALID_SPEC, message=problems[:1024])
+            self._specs[view.uid] = parsed
+        return parsed
+
     async def effective(
         self, view: JobView
-    ) -> tuple[CaptureJobSpec, ScreenshotPolicySpec] | Failure:
-        """The job's spec and its policy, admitted; or why the job can never run."""
-        try:
-            spec = CaptureJobSpec.model_validate(dict(view.spec))
-        except ValidationError as exc:
-            problems = describe_validation_error(exc, "spec")
-            return Failure(reason=FailureReason.INVALID_SPEC, message=problems[:1024])
+    ) -> tuple[CaptureOptions, ScreenshotPolicySpec] | Failure:
+        """The job's options and its policy as it is now, admitted; or why the job can never
+        run (admission and every start check the job against its policy's current version)."""
+        parsed = self.parsed_spec(view)
+        if isinstance(parsed, Failure):
+            return parsed
+        options = parsed[1]
         policy = await self.parsed_policy(view.namespace, view.policy)
         if policy is None:
             message = f"ScreenshotPolicy {view.policy!r} not found in namespace {view.namespace}"
@@ -193,10 +197,10 @@ class Reconciler:
         if isinstance(policy, Failure):
             return policy
         try:
-            admit(spec.capture_options(), policy)
+            admit(options, policy)
         except CaptureError as exc:
             return Failure(reason=exc.reason, message=exc.message[:1024])
-        return spec, policy
+        return options, policy
 
     # ---------------------------------------------------------------------------- CaptureJob
 
@@ -204,6 +208,7 @@ class Reconciler:
         view = JobView.from_body(body)
         if event_type == "DELETED":
             self.queue.forget(view.uid)
+            self._specs.pop(view.uid, None)
             self._job_locks.pop((view.namespace, view.name), None)
             await self.dispatch(view.key)
             return
@@ -239,17 +244,14 @@ class Reconciler:
             await self.dispatch(view.key)  # it no longer holds back younger jobs
             return
         status = lifecycle.queued_status(view.status, view.generation, at)
-        admitted = JobView.from_body({**body, "status": {**view.status, **status}})
+        admitted = replace(view, status=view.status.merged(status))
         # Straight to Running when a slot is free (one status write less). Queued when the
         # policy's slots are taken, written under the policy's lock so that no start can race
         # it. A job waiting only for older jobs' admission stays as it is for that moment.
         async with self._locks[view.key]:
             self.queue.admit(admitted)
             chosen = await self._plan(view.key)
-            policy = await self.parsed_policy(*view.key)
-            limit = (
-                policy.limits.max_concurrent_jobs if isinstance(policy, ScreenshotPolicySpec) else 1
-            )
+            limit = await self.limit(view.key)
             waits = all(c.uid != view.uid for c in chosen) and view.uid not in self.queue.started
             if waits and self.queue.full(self.jobs_of(view.key), admitted, limit):
                 await self.patch_status(view, status)
@@ -259,9 +261,9 @@ class Reconciler:
         if chosen:
             await asyncio.gather(*(self.start(c) for c in chosen))
 
-    async def patch_status(self, view: JobView, status: Manifest) -> Manifest:
+    async def patch_status(self, view: JobView, status: CaptureJobStatus) -> Manifest:
         return await self.client.merge_patch(
-            jobs_path(view.namespace, view.name) + "/status", {"status": status}
+            jobs_path(view.namespace, view.name) + "/status", {"status": status.patch()}
         )
 
     async def dispatch(self, key: PolicyKey) -> None:
@@ -274,27 +276,26 @@ class Reconciler:
     async def mark_queued(self, key: PolicyKey) -> None:
         """Admitted jobs that wait for a slot but still say Pending: say Queued."""
         async with self._locks[key]:
-            jobs = self.jobs_of(key)
-            policy = await self.parsed_policy(*key)
-            limit = (
-                policy.limits.max_concurrent_jobs if isinstance(policy, ScreenshotPolicySpec) else 1
-            )
+            jobs, limit = self.jobs_of(key), await self.limit(key)
             pending = {j.uid for j in jobs if j.phase is Phase.PENDING}
             for uid, job in list(self.queue.admitted.items()):
                 if job.key != key or uid not in pending or uid in self.queue.started:
                     continue
                 if self.queue.full(jobs, job, limit):
-                    await self.patch_status(job, dict(job.status))
+                    await self.patch_status(job, job.status)
                     message = f"waiting under policy {job.policy}"
                     self.events.post(JOB, _body(job), "Normal", "Queued", message)
+
+    async def limit(self, key: PolicyKey) -> int:
+        """The policy's maxConcurrentJobs. A missing or broken policy: 1, so that its jobs start
+        one by one, to fail with a reason."""
+        policy = await self.parsed_policy(*key)
+        return policy.limits.max_concurrent_jobs if isinstance(policy, ScreenshotPolicySpec) else 1
 
     async def _plan(self, key: PolicyKey) -> list[JobView]:
         """The jobs of the policy to start now (call with the policy's lock held)."""
         jobs = self.jobs_of(key)
-        policy = await self.parsed_policy(*key)
-        # A missing or broken policy: start them anyway, one by one, to fail them with a reason.
-        limit = policy.limits.max_concurrent_jobs if isinstance(policy, ScreenshotPolicySpec) else 1
-        chosen = self.queue.plan(jobs, limit, time.monotonic())
+        chosen = self.queue.plan(jobs, await self.limit(key), time.monotonic())
         metrics.WORKQUEUE_DEPTH.labels(*key).set(len(self.queue.waiting(jobs)))
         return chosen
 
@@ -317,17 +318,11 @@ class Reconciler:
             self.queue.settle(view.uid)
             self.events.post(JOB, _body(view), "Warning", checked.reason.value, checked.message)
             return
-        spec, policy = checked
+        options, policy = checked
         job = building.JobRef(view.name, view.namespace, view.uid)
-        attempt = view.attempts + 1
+        attempt = view.status.attempts + 1
         pod = building.build_pod(
-            job,
-            attempt,
-            view.policy,
-            policy,
-            spec.capture_options(),
-            self.settings,
-            log_context=logs.context(),
+            job, attempt, view.policy, policy, options, self.settings, log_context=logs.context()
         )
         pod_name = pod["metadata"]["name"]
         # No capture pod without the NetworkPolicy of its ScreenshotPolicy around it: until that
@@ -338,7 +333,7 @@ class Reconciler:
             return
         proposed = secrets.token_urlsafe(32)
 
-        def running_status(token: str) -> Manifest:
+        def running_status(token: str) -> CaptureJobStatus:
             digest = hashlib.sha256(token.encode()).hexdigest()
             at = lifecycle.now()
             return lifecycle.running_status(
@@ -348,8 +343,8 @@ class Reconciler:
         # The status must say Running before the pod exists (a restarted operator then never
         # makes a second pod); the Secret may come in parallel on a first attempt, when it
         # almost never exists yet. Later attempts reuse the Secret, so it is read first.
-        kept = view.status.get("uploadTokenSha256") if attempt > 1 else None
-        secret = self.ensure_secret(job, view.policy, spec, policy, proposed, kept)
+        kept = view.status.upload_token_sha256 if attempt > 1 else None
+        secret = self.ensure_secret(job, view.policy, options, policy, proposed, kept)
         if attempt == 1:
             status = running_status(proposed)
             token, patched = await asyncio.gather(
@@ -370,7 +365,7 @@ class Reconciler:
             return
         if isinstance(patched, BaseException):
             raise patched
-        running = JobView.from_body({**_body(view), "status": {**view.status, **status}})
+        running = replace(view, status=view.status.merged(status))
         if isinstance(token, CaptureError):
             failure = Failure(reason=token.reason, message=token.message)
             await self.conclude(running, Outcome(failure=failure), None)
@@ -404,7 +399,7 @@ class Reconciler:
         self,
         job: building.JobRef,
         policy_name: str,
-        spec: CaptureJobSpec,
+        options: CaptureOptions,
         policy: ScreenshotPolicySpec,
         token: str,
         kept_sha256: str | None,
@@ -429,7 +424,7 @@ class Reconciler:
                 await self._delete_owned(f"{path}/{name}", existing)
         proxy = await self.proxy_credentials(job.namespace, policy)
         request = building.build_request(
-            spec.capture_options(),
+            options,
             policy,
             upload_url=self.settings.upload_url_for(job.namespace, job.name),
             upload_token=token,
@@ -543,7 +538,7 @@ class Reconciler:
             return f"ScreenshotPolicy {view.policy} is invalid: {problems}"
         wanted = self._network_policy(view.namespace, view.policy, fresh, current)
         try:
-            live = await self.client.apply(path, wanted, labels.MANAGER)
+            live = await self.client.apply(path, wanted, names.MANAGER)
         except ApiError as exc:
             return f"{problem}, and applying it failed: {exc.message}"
         return building.confinement_problem(live, wanted, pod_labels)
@@ -561,9 +556,8 @@ class Reconciler:
         self.queue.release(view.uid)
         message = f"waiting for the NetworkPolicy of ScreenshotPolicy {view.policy}: {problem}"
         message = message[:1024]
-        conditions = view.status.get("conditions") or []
-        started: Manifest = next((c for c in conditions if c.get("type") == lifecycle.STARTED), {})
-        if started.get("reason") == NETWORK_POLICY_PENDING and started.get("message") == message:
+        started = [c for c in view.status.conditions if c.type == lifecycle.STARTED]
+        if [(c.reason, c.message) for c in started] == [(NETWORK_POLICY_PENDING, message)]:
             return
         at = lifecycle.now()
         status = lifecycle.queued_status(
@@ -623,7 +617,7 @@ class Reconciler:
                 view is not None
                 and ours
                 and view.phase is Phase.RUNNING
-                and view.pod_name == pod_name
+                and view.status.pod_name == pod_name
             )
             if view is None or not current:
                 if ours and pod_uid is not None:  # a leftover of an attempt already recorded
@@ -647,8 +641,9 @@ class Reconciler:
         """Record an attempt's outcome: finished, or queued again for a retry; then clean up
         (the pod pod_uid, when it still exists; the job's request Secret when it finished)."""
         at = lifecycle.now()
-        attempts = attempted if attempted is not None else max(view.attempts, 1)
-        retries = int(view.spec.get("retries", _DEFAULT_RETRIES))
+        attempts = attempted if attempted is not None else max(view.status.attempts, 1)
+        parsed = self.parsed_spec(view)
+        retries = parsed[0].retries if not isinstance(parsed, Failure) else 0
         failure = outcome.failure
         if failure is not None and lifecycle.may_retry(failure, attempts, retries):
             delay = lifecycle.backoff_seconds(
@@ -657,24 +652,17 @@ class Reconciler:
                 self.settings.retry_backoff_max_seconds,
             )
             status = lifecycle.retry_status(view.status, failure, delay, view.generation, at)
-            if attempted is not None:
-                status["attempts"] = attempted
-            await self.patch_status(view, status)
+            await self.patch_status(view, _attempts(status, attempted))
             self.queue.release(view.uid, retry_at=time.monotonic() + delay)
             metrics.RETRIES.labels(failure.reason.value).inc()
-            self.events.post(
-                JOB, _body(view), "Warning", "Retrying", status["conditions"][-1]["message"]
-            )
+            self.events.post(JOB, _body(view), "Warning", "Retrying", status.conditions[-1].message)
             self._later(delay, view.key)
         else:
             status = lifecycle.finished_status(view.status, outcome, view.generation, at)
-            if attempted is not None:
-                status["attempts"] = attempted
-            await self.patch_status(view, status)
+            await self.patch_status(view, _attempts(status, attempted))
             self.queue.settle(view.uid)
-            phase = status["phase"]
             reason = failure.reason.value if failure is not None else ""
-            metrics.JOBS_FINISHED.labels(phase, reason).inc()
+            metrics.JOBS_FINISHED.labels(status.phase.value, reason).inc()
             if failure is None:
                 self.events.post(JOB, _body(view), "Normal", "Succeeded", "the capture succeeded")
             else:
@@ -713,16 +701,16 @@ class Reconciler:
     async def check_pods(self, views: list[JobView]) -> None:
         """Running jobs whose pod is gone: the pod was lost."""
         for view in views:
-            if view.pod_name is None or view.uid in self._starting:
+            pod = view.status.pod_name
+            if pod is None or view.uid in self._starting:
                 continue
             try:
-                await self.client.get(resource_path("v1", "pods", view.namespace, view.pod_name))
+                await self.client.get(resource_path("v1", "pods", view.namespace, pod))
                 continue
             except NotFound:
                 pass
-            message = f"the capture pod {view.pod_name} disappeared"
-            outcome = Outcome.failed(FailureReason.POD_LOST, message)
-            await self.record(view.namespace, view.name, view.uid, view.pod_name, outcome, None)
+            outcome = Outcome.failed(FailureReason.POD_LOST, f"the capture pod {pod} disappeared")
+            await self.record(view.namespace, view.name, view.uid, pod, outcome, None)
 
     # ------------------------------------------------------------------------- housekeeping
 
@@ -736,9 +724,7 @@ class Reconciler:
         views = self.all_jobs()
         running = [v for v in views if v.phase is Phase.RUNNING and v.uid not in self.queue.started]
         listed: set[tuple[str, str]] = set()
-        selector = (
-            f"{labels.COMPONENT}={labels.CAPTURE_COMPONENT},{labels.MANAGED_BY}={labels.MANAGER}"
-        )
+        selector = ",".join(f"{key}={value}" for key, value in names.CAPTURE_PODS.items())
         for namespace in sorted({v.namespace for v in running}):
             pods = await self.client.get(
                 resource_path("v1", "pods", namespace), params={"labelSelector": selector}
@@ -747,7 +733,8 @@ class Reconciler:
                 listed.add((namespace, pod["metadata"]["name"]))
                 if lifecycle.pod_outcome(pod) is not None:  # an end the watch did not deliver
                     await self.pod_event("MODIFIED", pod)
-        await self.check_pods([v for v in running if (v.namespace, v.pod_name) not in listed])
+        lost = [v for v in running if (v.namespace, v.status.pod_name) not in listed]
+        await self.check_pods(lost)
         now = datetime.now(UTC)
         for view in views:
             if view.phase.finished and await self.expired(view, now):
@@ -783,16 +770,17 @@ class Reconciler:
                     await self.policy_event(None, body)
 
     async def expired(self, view: JobView, now: datetime) -> bool:
-        completed = view.status.get("completionTime")
-        if not completed:
+        """Whether the job finished longer ago than its TTL (else its policy's) says."""
+        if not view.status.completion_time:
             return False
-        ttl = view.spec.get("ttlSecondsAfterFinished")
+        spec = self.parsed_spec(view)
+        ttl = None if isinstance(spec, Failure) else spec[0].ttl_seconds_after_finished
         if ttl is None:
-            body = await self.policy_body(view.namespace, view.policy)
-            runtime = ((body or {}).get("spec") or {}).get("runtime") or {}
-            ttl = runtime.get("ttlSecondsAfterFinished", _DEFAULT_TTL)
-        finished = lifecycle.parse_time(str(completed))
-        return now >= finished + timedelta(seconds=int(ttl))
+            policy = await self.parsed_policy(view.namespace, view.policy)
+            runtime = policy.runtime if isinstance(policy, ScreenshotPolicySpec) else Runtime()
+            ttl = runtime.ttl_seconds_after_finished
+        finished = lifecycle.parse_time(view.status.completion_time)
+        return now >= finished + timedelta(seconds=ttl)
 
     async def update_active_jobs(self, active: Mapping[PolicyKey, int]) -> None:
         if self.policies is None:
@@ -802,9 +790,8 @@ class Reconciler:
             if self._active_jobs.get(key) == count:
                 continue
             try:
-                await self.client.merge_patch(
-                    policies_path(*key) + "/status", {"status": {"activeJobs": count}}
-                )
+                patch = ScreenshotPolicyStatus(active_jobs=count).patch()
+                await self.client.merge_patch(policies_path(*key) + "/status", {"status": patch})
                 self._active_jobs[key] = count
             except NotFound:
                 self._active_jobs.pop(key, None)
@@ -819,59 +806,47 @@ class Reconciler:
             await self.dispatch((namespace, name))
             return
         generation = meta.get("generation")
-        status = dict(body.get("status") or {})
-        if status.get("observedGeneration") == generation and event_type is not None:
+        try:
+            status = ScreenshotPolicyStatus.model_validate(body.get("status") or {})
+        except ValidationError:  # never as the operator wrote it: written anew
+            status = ScreenshotPolicyStatus()
+        if status.observed_generation == generation and event_type is not None:
             return  # our own status write coming back, or nothing that changes the spec
         at = lifecycle.now()
-        conditions = list(status.get("conditions") or [])
+
+        async def ready(ok: bool, reason: str, message: str, **fields: Any) -> None:
+            conditions = lifecycle.set_condition(
+                status.conditions, lifecycle.READY, ok, reason, message, generation, at
+            )
+            patch = ScreenshotPolicyStatus(conditions=conditions, **fields)
+            await self.client.merge_patch(
+                policies_path(namespace, name) + "/status", {"status": patch.patch()}
+            )
+
         try:
             spec = ScreenshotPolicySpec.model_validate(dict(body.get("spec") or {}))
         except ValidationError as exc:
             message = describe_validation_error(exc, "spec")
-            conditions = lifecycle.set_condition(
-                conditions, lifecycle.READY, False, "InvalidSpec", message, generation, at
-            )
-            await self.client.merge_patch(
-                policies_path(namespace, name) + "/status",
-                {"status": {"observedGeneration": generation, "conditions": conditions}},
-            )
+            await ready(False, "InvalidSpec", message, observed_generation=generation)
             self.events.post(POLICY, body, "Warning", "InvalidSpec", message)
             return
         manifest = self._network_policy(namespace, name, body, spec)
         np_name = manifest["metadata"]["name"]
         path = network_policies_path(namespace, np_name)
         try:
-            await self.client.apply(path, manifest, labels.MANAGER)
+            await self.client.apply(path, manifest, names.MANAGER)
         except ApiError as exc:
-            conditions = lifecycle.set_condition(
-                conditions,
-                lifecycle.READY,
-                False,
-                "NetworkPolicyFailed",
-                exc.message,
-                generation,
-                at,
-            )
-            await self.client.merge_patch(
-                policies_path(namespace, name) + "/status", {"status": {"conditions": conditions}}
-            )
+            await ready(False, "NetworkPolicyFailed", exc.message)
             self.events.post(POLICY, body, "Warning", "NetworkPolicyFailed", exc.message)
             raise
-        conditions = lifecycle.set_condition(
-            conditions, lifecycle.READY, True, "NetworkPolicyApplied",
-            f"NetworkPolicy {np_name} confines the capture pods", generation, at,
-        )  # fmt: skip
         active = sum(1 for v in self.jobs_of((namespace, name)) if v.phase is Phase.RUNNING)
-        await self.client.merge_patch(
-            policies_path(namespace, name) + "/status",
-            {
-                "status": {
-                    "observedGeneration": generation,
-                    "conditions": conditions,
-                    "networkPolicyName": np_name,
-                    "activeJobs": active,
-                }
-            },
+        await ready(
+            True,
+            "NetworkPolicyApplied",
+            f"NetworkPolicy {np_name} confines the capture pods",
+            observed_generation=generation,
+            network_policy_name=np_name,
+            active_jobs=active,
         )
         self._active_jobs[(namespace, name)] = active
         self.events.post(POLICY, body, "Normal", "NetworkPolicyApplied", f"NetworkPolicy {np_name}")
@@ -926,5 +901,10 @@ def _body(view: JobView) -> Manifest:
             "annotations": dict(view.annotations),
         },
         "spec": dict(view.spec),
-        "status": dict(view.status),
+        "status": view.status.to_wire(),
     }
+
+
+def _attempts(status: CaptureJobStatus, attempted: int | None) -> CaptureJobStatus:
+    """status, saying `attempted` attempts when given."""
+    return status if attempted is None else status.merged(CaptureJobStatus(attempts=attempted))

@@ -22,10 +22,9 @@ import socket
 import socketserver
 import subprocess
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
@@ -36,9 +35,9 @@ import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
 from kubeshot.api import NetworkRules
-from kubeshot_capture.browser import chromium_args, chromium_executable
+from kubeshot_capture.browser import chromium_args
 from kubeshot_capture.guard import EgressGuard, EgressSession, IPAddress, open_connection
-from tests.conftest import need
+from tests.support import Handler, start
 
 SITE_HOST = "127.0.0.3"
 TLS_HOST = "127.0.0.4"
@@ -212,12 +211,9 @@ def kind_page(kind: str, to: str) -> str:
     return f"{head}<body><h1>{kind}</h1>{body}</body></html>"
 
 
-class _SiteHandler(BaseHTTPRequestHandler):
+class _SiteHandler(Handler):
     protocol_version = "HTTP/1.1"
     server: _SiteServer
-
-    def log_message(self, *args: object) -> None:
-        pass
 
     def do_POST(self) -> None:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -230,7 +226,7 @@ class _SiteHandler(BaseHTTPRequestHandler):
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         if self.path.startswith("/echo"):
             self.server.requests.append(self.path)
-            self._send(200, "text/plain", f"POST {self.path} {body.decode()}".encode())
+            self.reply(200, f"POST {self.path} {body.decode()}".encode(), "text/plain")
             return
         self.do_GET()
 
@@ -241,24 +237,24 @@ class _SiteHandler(BaseHTTPRequestHandler):
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
         path = parts.path
         if path == "/page":
-            self._send(
-                200, "text/html", b"<!doctype html><html><body><h1>allowed page</h1></body></html>"
+            self.reply(
+                200, b"<!doctype html><html><body><h1>allowed page</h1></body></html>", "text/html"
             )
         elif path == "/redirect":
             status = int(query.get("status", "302"))
-            self._send(status, "text/plain", b"", {"Location": query["to"]})
+            self.reply(status, b"", "text/plain", {"Location": query["to"]})
         elif path == "/chain":
             hops = int(query.get("n", "1"))
             to = query["to"]
             location = to if hops <= 1 else f"/chain?n={hops - 1}&to={quote(to, safe='')}"
-            self._send(int(query.get("status", "302")), "text/plain", b"", {"Location": location})
+            self.reply(int(query.get("status", "302")), b"", "text/plain", {"Location": location})
         elif path.startswith("/kind/"):
             html = kind_page(path.removeprefix("/kind/"), query["to"])
-            self._send(200, "text/html; charset=utf-8", html.encode())
+            self.reply(200, html.encode(), "text/html; charset=utf-8")
         elif path == "/worker.js":
             to = query["to"]
             script = f"fetch('{to}', {{mode: 'no-cors'}}).catch(() => {{}});"
-            self._send(200, "text/javascript", script.encode())
+            self.reply(200, script.encode(), "text/javascript")
         elif path == "/webrtc":
             server = query["server"]
             script = (
@@ -269,17 +265,17 @@ class _SiteHandler(BaseHTTPRequestHandler):
                 "pc.onicegatheringstatechange = () => { document.title = pc.iceGatheringState; };"
                 "pc.createOffer().then(o => pc.setLocalDescription(o));"
             )
-            self._send(200, "text/html", f"<html><body><script>{script}</script>".encode())
+            self.reply(200, f"<html><body><script>{script}</script>".encode(), "text/html")
         elif path == "/pixel.png":
-            self._send(200, "image/png", PIXEL_PNG)
+            self.reply(200, PIXEL_PNG, "image/png")
         elif path == "/big":
             size = int(query.get("bytes", "1000000"))
-            self._send(200, "application/octet-stream", b"x" * size, {"Cache-Control": "no-store"})
+            self.reply(200, b"x" * size, "application/octet-stream", {"Cache-Control": "no-store"})
         elif path == "/heavy":
             count = int(query.get("n", "8"))
             size = int(query.get("bytes", "1000000"))
             imgs = "".join(f'<img src="/big?bytes={size}&i={i}">' for i in range(count))
-            self._send(200, "text/html", f"<html><body>heavy{imgs}</body></html>".encode())
+            self.reply(200, f"<html><body>heavy{imgs}</body></html>".encode(), "text/html")
         elif path == "/fetch-all":
             count = int(query.get("n", "4"))
             size = int(query.get("bytes", "1000000"))
@@ -288,7 +284,7 @@ class _SiteHandler(BaseHTTPRequestHandler):
                 ".then(r => r.arrayBuffer()))).then(b => { document.title = 'done ' + "
                 "b.reduce((n, x) => n + x.byteLength, 0); }, e => { document.title = 'failed'; });"
             )
-            self._send(200, "text/html", f"<html><body><script>{script}</script>".encode())
+            self.reply(200, f"<html><body><script>{script}</script>".encode(), "text/html")
         elif path == "/chunked":
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")
@@ -300,13 +296,13 @@ class _SiteHandler(BaseHTTPRequestHandler):
         elif path == "/trailers":  # a short chunked body, then `bytes` of trailer lines
             self._send_trailers(int(query.get("bytes", "1000000")), int(query.get("line", "100")))
         elif path == "/hang-up":  # keep-alive promised, then the connection is closed anyway
-            self._send(200, "text/plain", b"bye")
+            self.reply(200, b"bye", "text/plain")
             self.close_connection = True
         elif path == "/echo":
             body = f"{self.command} {self.path}".encode()
-            self._send(200, "text/plain", body)
+            self.reply(200, body, "text/plain")
         else:
-            self._send(404, "text/plain", b"not found")
+            self.reply(404, b"not found", "text/plain")
 
     def do_HEAD(self) -> None:
         self.send_response(200)
@@ -331,20 +327,6 @@ class _SiteHandler(BaseHTTPRequestHandler):
             self.wfile.write(b"\r\n")
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
-
-    def _send(
-        self, status: int, content_type: str, body: bytes, extra: dict[str, str] | None = None
-    ) -> None:
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            for key, value in (extra or {}).items():
-                self.send_header(key, value)
-            self.end_headers()
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
 
 
 class _SiteServer(ThreadingHTTPServer):
@@ -372,7 +354,7 @@ class Site:
         self.port = self.http.server_address[1]
         self.tls_port = self.tls.server_address[1]
         for server in (self.http, self.tls):
-            threading.Thread(target=server.serve_forever, daemon=True).start()
+            start(server)
 
     @property
     def requests(self) -> list[str]:
@@ -541,16 +523,6 @@ class Network:
 
 
 @pytest.fixture(scope="session")
-def chromium_path() -> str:
-    path = chromium_executable()
-    need(
-        path, "Chromium not found: install Debian's chromium (make setup) or set KUBESHOT_CHROMIUM"
-    )
-    assert path is not None
-    return path
-
-
-@pytest.fixture(scope="session")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("certs")
     subprocess.run(
@@ -617,10 +589,10 @@ async def guard(network: Network) -> AsyncIterator[EgressGuard]:
 
 
 @pytest_asyncio.fixture(scope="session")
-async def browser(chromium_path: str, guard: EgressGuard) -> AsyncIterator[Browser]:
+async def browser(chromium: str, guard: EgressGuard) -> AsyncIterator[Browser]:
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(
-            executable_path=chromium_path,
+            executable_path=chromium,
             args=chromium_args() + guard.launch_args(),
             proxy=guard.browser_proxy,  # type: ignore[arg-type]
             headless=True,
@@ -670,14 +642,3 @@ async def visit_factory(browser: Browser, guard: EgressGuard) -> AsyncIterator[A
     for visit in opened:
         await visit.context.close()
         visit.session.close()
-
-
-async def eventually(check: Any, seconds: float = 5.0, interval: float = 0.05) -> bool:
-    """Poll `check()` until true or `seconds` pass; returns whether it became true."""
-    deadline = time.monotonic() + seconds
-    while True:
-        if check():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(interval)

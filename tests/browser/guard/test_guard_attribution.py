@@ -19,14 +19,8 @@ from playwright.async_api import Browser, BrowserContext
 from playwright.async_api import Error as PlaywrightError
 
 from kubeshot_capture.guard import LOGIN_URL, EgressGuard, ProxyLogin
-from tests.browser.guard.conftest import (
-    CANARY_HOST,
-    Canary,
-    Site,
-    Visit,
-    eventually,
-    rules_for,
-)
+from tests.browser.guard.conftest import CANARY_HOST, Canary, Site, Visit, rules_for
+from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 IMAGES = 6
@@ -66,10 +60,10 @@ async def test_concurrent_captures_each_get_their_own_policy(
     a: Visit = await visit_factory(rules_for(site, canary))
     b: Visit = await visit_factory(rules_for(site, canary, allowedCIDRs=[f"{CANARY_HOST}/32"]))
     await asyncio.gather(show(a, images(site, canary, "A")), show(b, images(site, canary, "B")))
-    assert await eventually(lambda: canary_paths(canary).count("capture=B") == IMAGES), (
+    assert await wait_until(lambda: canary_paths(canary).count("capture=B") == IMAGES), (
         canary.summary()
     )
-    assert await eventually(lambda: sum("capture=A" in p for p in site.requests) == 2 * IMAGES)
+    assert await wait_until(lambda: sum("capture=A" in p for p in site.requests) == 2 * IMAGES)
     await asyncio.sleep(0.3)  # anything misattributed would have arrived by now
     assert not any("capture=B" in path for path in site.requests), site.requests
     assert "capture=A" not in canary_paths(canary), canary.summary()
@@ -191,4 +185,4 @@ async def test_a_request_with_no_login_gets_407_and_reaches_no_canary(
         assert session.bytes_transferred == 0
         admitted = await asyncio.to_thread(fetch, canary.url("/urllib"), session.login.header())
         assert admitted == (200, None)
-    assert await eventually(canary.reached)
+    assert await wait_until(canary.reached)

@@ -37,15 +37,15 @@ from tests.browser.guard.conftest import (
     Network,
     Site,
     UpstreamProxy,
-    eventually,
     rules_for,
 )
+from tests.support import wait_until
 
 MiB = 1024 * 1024
 
 
 @pytest_asyncio.fixture(scope="module")
-async def engine(chromium_path: str, network: Network) -> AsyncIterator[Any]:
+async def engine(chromium: str, network: Network) -> AsyncIterator[Any]:
     from kubeshot_capture.engine import CaptureEngine
 
     guard = EgressGuard(resolver=network.resolve, connector=network.connect)
@@ -292,7 +292,7 @@ async def test_caller_headers_go_to_the_target_origin_only(
     def sent() -> bytes:
         return b"".join(hit.first_bytes for hit in canary.hits)
 
-    assert await eventually(lambda: b"GET /" in sent()), canary.summary()  # the third party
+    assert await wait_until(lambda: b"GET /" in sent()), canary.summary()  # the third party
     assert secret.encode() not in sent()
     assert b"x-caller-token" not in sent().lower()
 

@@ -20,9 +20,9 @@ from tests.browser.guard.conftest import (
     Network,
     Site,
     Visit,
-    eventually,
     rules_for,
 )
+from tests.support import wait_until
 
 OPEN_ALL = {"allowedCIDRs": ["127.0.0.0/8", "::1/128", "0.0.0.0/0", "::/0"]}
 
@@ -358,7 +358,7 @@ async def test_navigation_watch_ignores_navigations_the_page_starts(
     with visit.session.watch_navigation(visit.page) as watch:
         status, _error = await navigate(visit, start)
         assert status == 200
-        assert await eventually(lambda: visit.session.blocked_requests >= 1)
+        assert await wait_until(lambda: visit.session.blocked_requests >= 1)
     assert len(watch.urls) == 3  # start, one chain hop, the meta-refresh page
     assert watch.blocked_reason() is None
     assert not canary.reached()

@@ -28,9 +28,9 @@ from tests.browser.guard.conftest import (
     Site,
     UpstreamProxy,
     Visit,
-    eventually,
     rules_for,
 )
+from tests.support import wait_until
 
 ECHO_HOST = "127.0.0.7"
 MiB = 1024 * 1024
@@ -476,7 +476,7 @@ async def test_trailers_are_relayed_with_back_pressure(
                 await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
                 assert await asyncio.wait_for(reader.readexactly(13), 10) == b"5\r\nhello\r\n0\r\n"
                 # The browser stalls: the destination must not get its 24 MB off its hands.
-                assert not await eventually(trailer_server.done.is_set, seconds=3)
+                assert not await wait_until(trailer_server.done.is_set, within=3)
                 assert session.bytes_transferred < trailer_server.size
                 received = 0
                 while (line := await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)) != b"\r\n":
@@ -578,7 +578,7 @@ async def test_requests_without_a_valid_login_are_challenged_and_go_nowhere(
         try:
             status, _answer, _ = await signed.request(f"{request_line}\r\n".encode())
             assert status == 200
-            assert await eventually(canary.reached)
+            assert await wait_until(canary.reached)
         finally:
             signed.close()
 
@@ -589,7 +589,7 @@ async def test_the_login_is_not_forwarded(
     with guard.session(open_to_canary(site, canary), max_download_bytes=10**7) as session:
         status, _headers, _ = await client.request(get(canary.url("/login-stays-here")))
         assert status == 200
-    assert await eventually(lambda: any(h.first_bytes for h in canary.hits))
+    assert await wait_until(lambda: any(h.first_bytes for h in canary.hits))
     sent = b"".join(hit.first_bytes for hit in canary.hits)
     assert b"GET /login-stays-here" in sent
     assert b"proxy-authorization" not in sent.lower()

@@ -20,9 +20,9 @@ from tests.browser.guard.conftest import (
     Canary,
     Site,
     Visit,
-    eventually,
     rules_for,
 )
+from tests.support import wait_until
 
 OPEN_ALL = {"allowedCIDRs": ["127.0.0.0/8", "::1/128", "169.254.169.254/32"]}
 TARGETS = {
@@ -54,7 +54,7 @@ async def test_blocked_subresource_never_reaches_target(
     to = target_url(kind, spelling, canary.port)
     visit: Visit = await visit_factory(rules_for(site, canary))
     await open_kind_page(visit, site, kind, to)
-    assert await eventually(lambda: visit.session.blocked_requests >= 1), "never attempted"
+    assert await wait_until(lambda: visit.session.blocked_requests >= 1), "never attempted"
     await asyncio.sleep(0.2)
     assert not canary.reached(), canary.summary()
     assert visit.session.blocked_reason(to) is not None
@@ -69,7 +69,7 @@ async def test_blocked_subresource_over_tls_target(
     to = target_url(kind, "name", canary.port, secure=True)
     visit: Visit = await visit_factory(rules_for(site, canary))
     await open_kind_page(visit, site, kind, to)
-    assert await eventually(lambda: visit.session.blocked_requests >= 1), "never attempted"
+    assert await wait_until(lambda: visit.session.blocked_requests >= 1), "never attempted"
     await asyncio.sleep(0.2)
     assert not canary.reached(), canary.summary()
 
@@ -82,7 +82,7 @@ async def test_allowed_twin_reaches_the_canary(
     to = target_url(kind, spelling, canary.port)
     visit: Visit = await visit_factory(rules_for(site, canary, **OPEN_ALL))
     await open_kind_page(visit, site, kind, to)
-    assert await eventually(canary.reached), f"{kind} made no request to {to}"
+    assert await wait_until(canary.reached), f"{kind} made no request to {to}"
     assert visit.session.blocked_requests == 0
     if spelling == "metadata":
         assert "169.254.169.254" in canary.diverted_log

@@ -11,16 +11,17 @@ from playwright.async_api import async_playwright
 
 from kubeshot_capture.browser import chromium_args
 from kubeshot_capture.guard import EgressGuard
-from tests.browser.guard.conftest import Canary, Site, eventually, rules_for
+from tests.browser.guard.conftest import Canary, Site, rules_for
+from tests.support import wait_until
 
 
 async def run_webrtc_page(
-    chromium_path: str, guard: EgressGuard, site: Site, canary: Canary, args: list[str]
+    chromium: str, guard: EgressGuard, site: Site, canary: Canary, args: list[str]
 ) -> bool:
     """Whether the canary heard from the page's ICE gathering within a few seconds."""
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(
-            executable_path=chromium_path,
+            executable_path=chromium,
             args=args,
             proxy=guard.browser_proxy,  # type: ignore[arg-type]
         )
@@ -28,7 +29,7 @@ async def run_webrtc_page(
             with guard.session(rules_for(site, canary), max_download_bytes=10**7) as session:
                 page = await browser.new_page(proxy=guard.context_proxy(session.login))  # type: ignore[arg-type]
                 await page.goto(site.url(f"/webrtc?server=127.0.0.66:{canary.port}"))
-                return await eventually(canary.reached, seconds=4.0)
+                return await wait_until(canary.reached, within=4.0)
         finally:
             await browser.close()
 
@@ -38,14 +39,14 @@ def without_webrtc_flags() -> list[str]:
 
 
 async def test_webrtc_udp_does_not_bypass_the_guard(
-    chromium_path: str, guard: EgressGuard, site: Site, canary: Canary
+    chromium: str, guard: EgressGuard, site: Site, canary: Canary
 ) -> None:
     args = without_webrtc_flags() + guard.launch_args()
-    assert not await run_webrtc_page(chromium_path, guard, site, canary, args), canary.summary()
+    assert not await run_webrtc_page(chromium, guard, site, canary, args), canary.summary()
 
 
 async def test_webrtc_twin_without_the_flags_leaks(
-    chromium_path: str, guard: EgressGuard, site: Site, canary: Canary
+    chromium: str, guard: EgressGuard, site: Site, canary: Canary
 ) -> None:
-    assert await run_webrtc_page(chromium_path, guard, site, canary, without_webrtc_flags())
+    assert await run_webrtc_page(chromium, guard, site, canary, without_webrtc_flags())
     assert any(hit.local.startswith("udp:") for hit in canary.hits)

@@ -23,9 +23,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.operator.conftest import Operator, Operators, free_port
+from tests.cluster.operator.conftest import Operator, Operators
 from tests.cluster.operator.conftest import uploads as uploads  # re-exported fixture
 from tests.conftest import ROOT
+from tests.support import free_port
 
 CHART = ROOT / "charts" / "kubeshot"
 VALUES_DIR = Path(__file__).parent / "values"

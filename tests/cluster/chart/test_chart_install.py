@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.cluster.chart.conftest import Release, secret_value
-from tests.cluster.operator.conftest import wait_for
+from tests.support import wait_for
 
 
 def objects(kubectl: Any, namespace: str, kind: str) -> list[str]:

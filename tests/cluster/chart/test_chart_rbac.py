@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 
 from tests.cluster.chart.conftest import Release, can_i, service_account_token
-from tests.cluster.operator.conftest import Cluster, Operator, wait_for
+from tests.cluster.operator.conftest import Cluster, Operator
 from tests.conftest import ROOT
+from tests.support import wait_for
 
 SHA = "0" * 64
 RESULT = json.dumps({"result": {"contentType": "image/png", "bytes": 10, "sha256": SHA}})

@@ -20,9 +20,10 @@ from prometheus_client import REGISTRY, CollectorRegistry
 import kubeshot.operator.metrics  # noqa: F401 - registers the operator's metrics in REGISTRY
 from kubeshot.gateway.metrics import Metrics
 from tests.cluster.chart.conftest import CHART, VALUES_DIR, Helm, Release, Rendered
-from tests.cluster.operator.conftest import Cluster, Operator, wait_for
+from tests.cluster.operator.conftest import Cluster, Operator
 from tests.conftest import need
 from tests.gateway.test_metrics import promtool_check
+from tests.support import wait_for
 
 OBSERVABILITY = VALUES_DIR / "observability.yaml"
 KEDA = VALUES_DIR / "keda-local.yaml"

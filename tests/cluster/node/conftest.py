@@ -33,13 +33,12 @@ import pytest
 from tests.cluster.operator.conftest import (
     Cluster,
     Operators,
-    free_port,
     launch_gateway,
     operator_env,
     stop_gateway,
-    wait_for,
 )
 from tests.conftest import ROOT, need
+from tests.support import Handler, free_port, start, wait_for
 
 _spec = importlib.util.spec_from_file_location("testenv_node", ROOT / "testenv" / "node.py")
 assert _spec is not None
@@ -124,34 +123,24 @@ def serve_in_node(node: Any, address: str, handler: type[BaseHTTPRequestHandler]
     server.socket.close()
     server.socket = node.listen(address, 0)
     server.server_address = server.socket.getsockname()
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    return start(server)
 
 
 @pytest.fixture
 def pages(node: Any) -> Iterator[Pages]:
     holder: list[Pages] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
+    class Routed(Handler):
         def do_GET(self) -> None:
             served = holder[0]
             served.hits.append(self.path)
             found = served.routes.get(self.path.split("?")[0])
             if found is None:
-                self.send_error(404)
-                return
-            content_type, body = found
-            self.send_response(200)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+                self.reply(404, b"not found", "text/plain")
+            else:
+                self.reply(200, found[1], found[0])
 
-    server = serve_in_node(node, nodes.PAGE_ADDRESS, Handler)
+    server = serve_in_node(node, nodes.PAGE_ADDRESS, Routed)
     holder.append(Pages(nodes.PAGE_ADDRESS, server.server_address[1]))
     yield holder[0]
     server.shutdown()

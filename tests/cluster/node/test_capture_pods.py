@@ -18,7 +18,8 @@ from typing import Any
 from PIL import Image
 
 from tests.cluster.node.conftest import NodeGateway, Pages, PodWatch, nodes, pod_events
-from tests.cluster.operator.conftest import Cluster, wait_for
+from tests.cluster.operator.conftest import Cluster
+from tests.support import wait_for
 
 PAGE_CIDR = f"{nodes.PAGE_ADDRESS}/32"
 
@@ -71,7 +72,13 @@ def test_a_capturejob_runs_in_a_real_pod_and_answers_with_a_real_artifact(
     assert "/hello" in pages.hits  # fetched by the pod, through its NetworkPolicy
 
     finished = cluster.wait_phase(job["metadata"]["name"], "Succeeded")
-    assert finished["status"]["result"]["sha256"] == hashlib.sha256(body).hexdigest()
+    result = finished["status"]["result"]
+    assert result["sha256"] == hashlib.sha256(body).hexdigest()
+    # The pod's whole report reaches the job: its format, timings and phases, not a summary.
+    assert result["format"] == "png"
+    assert result["bytes"] == len(body)
+    assert result["timings"]["totalMs"] > result["timings"]["renderMs"] > 0
+    assert [p["name"] for p in result["timings"]["phases"]][:2] == ["setup", "navigate"]
     pod = wait_for(lambda: pod_watch.terminated(finished["status"]["podName"]), 30, "the pod")
     assert pod["spec"]["nodeName"] == nodes.NODE_NAME
     [container] = pod["status"]["containerStatuses"]

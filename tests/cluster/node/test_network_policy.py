@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
-from kubeshot.operator.labels import capture_labels
+from kubeshot.kube.names import capture_labels
 from tests.cluster.node.conftest import nodes, pod_events, serve_in_node
-from tests.cluster.operator.conftest import Cluster, wait_for
+from tests.cluster.operator.conftest import Cluster
+from tests.support import Handler, wait_for
 
 # Waits for the test's go-ahead (GET /go answers 200), then tries every target.
 PROBE = """
@@ -59,18 +60,13 @@ class GoAhead:
     def handler(self) -> type[BaseHTTPRequestHandler]:
         state = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
+        class GoHandler(Handler):
             def do_GET(self) -> None:
                 with state.lock:
                     ok = self.client_address[0] in state.allowed
-                self.send_response(200 if ok else 404)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                self.reply(200 if ok else 404)
 
-        return Handler
+        return GoHandler
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ joined by its request id."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -12,8 +11,14 @@ import pytest
 
 from tests.cluster.node.conftest import NodeGateway, Pages
 from tests.cluster.node.test_capture_pods import PAGE_CIDR, post
-from tests.cluster.operator.conftest import Cluster, wait_for
-from tests.cluster.operator.test_tracing import PHASES, Received, otlp  # noqa: F401 - fixture
+from tests.cluster.operator.conftest import Cluster
+from tests.cluster.operator.test_tracing import (  # noqa: F401 - otlp is a fixture
+    PHASES,
+    Received,
+    json_lines,
+    otlp,
+)
+from tests.support import wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -23,18 +28,6 @@ def traced(otlp: Received, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F8
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.url)
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
     monkeypatch.setenv("KUBESHOT_LOG_FORMAT", "json")
-
-
-def _lines(text: str, request_id: str) -> list[dict[str, Any]]:
-    found = []
-    for line in text.splitlines():
-        try:
-            document = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(document, dict) and document.get("request_id") == request_id:
-            found.append(document)
-    return found
 
 
 def test_a_capture_is_one_trace_across_gateway_operator_and_pod(
@@ -70,5 +63,6 @@ def test_a_capture_is_one_trace_across_gateway_operator_and_pod(
     (pod,) = [s for s in ours if s["name"] == "capture pod"]
     assert {s["parent"] for s in ours if s["name"] in PHASES} == {pod["span"]}
     # The lines of this capture, joined by its request id.
-    assert _lines(gateway.log(), request_id), gateway.log()[-3000:]
-    assert _lines(operator.log(), request_id), operator.log()[-3000:]
+    for log in (gateway.log(), operator.log()):
+        ours_logged = [line for line in json_lines(log) if line.get("request_id") == request_id]
+        assert ours_logged, log[-3000:]

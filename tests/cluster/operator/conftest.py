@@ -13,43 +13,21 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import ROOT
+from tests.support import Handler, free_port, serving, wait_for
 
 API = "/apis/kubeshot.dev/v1alpha1"
 KUBESHOT = Path(sys.executable).parent / "kubeshot"
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    """Poll until predicate returns something truthy; return it, or fail the test."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}", pytrace=False)
-        time.sleep(0.1)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -108,31 +86,21 @@ class Uploads:
 def uploads() -> Iterator[Uploads]:
     store = Uploads(url="")
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
+    class Receiver(Handler):
         def do_PUT(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             token = self.headers.get("Authorization", "").removeprefix("Bearer ")
             store.tokens[self.path] = hashlib.sha256(token.encode()).hexdigest()
             if hashlib.sha256(body).hexdigest() != self.headers.get("X-Kubeshot-Sha256"):
-                self.send_response(422)
-                self.end_headers()
+                self.reply(422)
                 return
             store.received[self.path] = body
             answer = json.dumps({"url": f"https://gateway.test{self.path}"}).encode()
-            self.send_response(201)
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
+            self.reply(201, answer, "application/json")
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    store.url = f"http://127.0.0.1:{server.server_address[1]}/v1/internal/uploads"
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield store
-    server.shutdown()
-    server.server_close()
+    with serving(Receiver) as site:
+        store.url = site.url("/v1/internal/uploads")
+        yield store
 
 
 def operator_env(

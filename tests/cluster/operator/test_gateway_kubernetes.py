@@ -33,11 +33,10 @@ from tests.cluster.operator.conftest import (
     FakeKubelet,
     Operator,
     Uploads,
-    free_port,
     launch_gateway,
     stop_gateway,
-    wait_for,
 )
+from tests.support import free_port, wait_for
 
 ALICE, BOB = "alice-token-0123456789", "bob-token-0123456789"
 POLICY = {"limits": {"memory": "512Mi", "timeoutSeconds": 30}}

@@ -6,7 +6,8 @@ import hashlib
 import json
 from typing import Any
 
-from tests.cluster.operator.conftest import Cluster, FakeKubelet, Operator, Uploads, wait_for
+from tests.cluster.operator.conftest import Cluster, FakeKubelet, Operator, Uploads
+from tests.support import wait_for
 
 POLICY = {
     "apiVersion": "kubeshot.dev/v1alpha1",

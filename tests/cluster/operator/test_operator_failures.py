@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.cluster.operator.conftest import Cluster, Operator, wait_for
+from tests.cluster.operator.conftest import Cluster, Operator
+from tests.support import wait_for
 
 SHA = "0" * 64
 RESULT = json.dumps({"result": {"contentType": "image/png", "bytes": 10, "sha256": SHA}})
@@ -25,10 +26,14 @@ def failed_with(cluster: Cluster, name: str) -> dict[str, Any]:
 def test_jobs_that_can_never_run_fail_once_with_a_reason(
     operator: Operator, cluster: Cluster
 ) -> None:
-    cluster.create_policy(features={"allowedFormats": ["png"]})
+    cluster.create_policy(features={"allowedFormats": ["png", "pdf"]})
     cluster.create_job("no-policy", html="<p>x</p>", policyRef="missing")
-    cluster.create_job("violation", html="<p>x</p>", format="pdf")
-    cluster.create_job("bad-zone", html="<p>x</p>", timezone="Mars/Olympus_Mons")
+    cluster.create_job("violation", html="<p>x</p>", format="jpeg")
+    # A rule only the model states (the CRD cannot do the arithmetic): the operator refuses it.
+    margins = {"left": "150mm", "right": "150mm"}
+    cluster.create_job(
+        "bad-margins", html="<p>x</p>", format="pdf", pdf={"format": "A4", "margin": margins}
+    )
 
     assert failed_with(cluster, "no-policy") == {
         "reason": "PolicyNotFound",
@@ -36,12 +41,12 @@ def test_jobs_that_can_never_run_fail_once_with_a_reason(
     }
     violation = failed_with(cluster, "violation")
     assert violation["reason"] == "PolicyViolation"
-    assert "format pdf is not allowed" in violation["message"]
-    bad_zone = failed_with(cluster, "bad-zone")
-    assert bad_zone["reason"] == "InvalidSpec"
-    assert "timezone" in bad_zone["message"]
+    assert "format jpeg is not allowed" in violation["message"]
+    bad_margins = failed_with(cluster, "bad-margins")
+    assert bad_margins["reason"] == "InvalidSpec"
+    assert "leave no room on the page" in bad_margins["message"]
 
-    for name in ("no-policy", "violation", "bad-zone"):
+    for name in ("no-policy", "violation", "bad-margins"):
         job = cluster.job(name)
         assert job is not None
         status = job["status"]

@@ -8,7 +8,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tests.cluster.operator.conftest import Cluster, Operator, wait_for
+from tests.cluster.operator.conftest import Cluster, Operator
+from tests.support import wait_for
 
 SHA = "0" * 64
 RESULT = json.dumps({"result": {"contentType": "image/png", "bytes": 10, "sha256": SHA}})

@@ -13,7 +13,8 @@ import kopf
 import pytest
 
 from kubeshot.kube import InvalidPath, KubeClient
-from tests.cluster.operator.conftest import API, Cluster, Operator, wait_for
+from tests.cluster.operator.conftest import API, Cluster, Operator
+from tests.support import wait_for
 
 NETWORKING = "/apis/networking.k8s.io/v1"
 FAKE_RESULT = json.dumps({"result": {"contentType": "image/png", "bytes": 3, "sha256": "f" * 64}})

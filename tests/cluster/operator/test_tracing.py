@@ -13,23 +13,15 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from tests.cluster.operator.conftest import (
-    Cluster,
-    FakeKubelet,
-    Operators,
-    Uploads,
-    free_port,
-    operator_env,
-    wait_for,
-)
+from tests.cluster.operator.conftest import Cluster, FakeKubelet, Operators, Uploads, operator_env
 from tests.cluster.operator.test_operator_capture import POLICY, capture_job
+from tests.support import Handler, free_port, serving, wait_for
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 GATEWAY_SPAN = "00f067aa0ba902b7"
@@ -53,10 +45,7 @@ def otlp() -> Iterator[Received]:
     received = Received()
     lock = threading.Lock()
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
+    class Collector(Handler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             request = ExportTraceServiceRequest()
@@ -75,17 +64,19 @@ def otlp() -> Iterator[Received]:
                                     "service": attributes.get("service.name", ""),
                                 }
                             )
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-protobuf")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.reply(200, content_type="application/x-protobuf")
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    received.url = f"http://127.0.0.1:{server.server_address[1]}"
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield received
-    server.shutdown()
-    server.server_close()
+    with serving(Collector) as site:
+        received.url = site.url("")
+        yield received
+
+
+def annotated(name: str, traceparent: str, request_id: str) -> dict[str, Any]:
+    """A CaptureJob with the annotations the gateway writes."""
+    job = capture_job(name, html=f"<h1>{name}</h1>", format="png")
+    annotations = {"kubeshot.dev/traceparent": traceparent, "kubeshot.dev/request-id": request_id}
+    job["metadata"]["annotations"] = annotations
+    return job
 
 
 def test_the_operator_and_the_pod_join_the_trace_of_the_annotation(
@@ -111,12 +102,7 @@ def test_the_operator_and_the_pod_join_the_trace_of_the_annotation(
     try:
         operator = operators.launch(env, port)
         cluster.apply(POLICY)
-        job = capture_job("traced", html="<h1>traced</h1>", format="png")
-        job["metadata"]["annotations"] = {
-            "kubeshot.dev/traceparent": f"00-{TRACE_ID}-{GATEWAY_SPAN}-01",
-            "kubeshot.dev/request-id": REQUEST_ID,
-        }
-        cluster.apply(job)
+        cluster.apply(annotated("traced", f"00-{TRACE_ID}-{GATEWAY_SPAN}-01", REQUEST_ID))
         cluster.wait_phase("traced", "Running")
         done = kubelet.run("traced-1")
         assert done.returncode == 0, done.stderr.decode()[-3000:]
@@ -136,11 +122,11 @@ def test_the_operator_and_the_pod_join_the_trace_of_the_annotation(
     assert {s["parent"] for s in ours if s["name"] in PHASES} == {pod["span"]}
     # The operator's lines about the job and the pod's own lines carry the request id.
     operator_lines = [
-        line for line in _json_lines(operator.log()) if line.get("request_id") == REQUEST_ID
+        line for line in json_lines(operator.log()) if line.get("request_id") == REQUEST_ID
     ]
     assert operator_lines, operator.log()[-3000:]
     assert {line["job"] for line in operator_lines} == {f"{cluster.namespace}/traced"}
-    pod_lines = _json_lines(done.stderr.decode())
+    pod_lines = json_lines(done.stderr.decode())
     assert pod_lines and all(line.get("request_id") == REQUEST_ID for line in pod_lines)
     assert {line.get("trace_id") for line in pod_lines} == {TRACE_ID}
 
@@ -164,12 +150,9 @@ def test_an_annotation_that_is_no_traceparent_starts_no_trace_of_its_own_choosin
     try:
         operator = operators.launch(env, port)
         cluster.apply(POLICY)
-        job = capture_job("forged", html="<h1>forged</h1>", format="png")
-        job["metadata"]["annotations"] = {
-            "kubeshot.dev/traceparent": f"00-{TRACE_ID.upper()}-{GATEWAY_SPAN}-01",
-            "kubeshot.dev/request-id": "forged\nline",
-        }
-        cluster.apply(job)
+        cluster.apply(
+            annotated("forged", f"00-{TRACE_ID.upper()}-{GATEWAY_SPAN}-01", "forged\nline")
+        )
         cluster.wait_phase("forged", "Running")
         names = {"admit CaptureJob", "start capture pod"}
         wait_for(lambda: names <= {s["name"] for s in otlp.spans}, 30, "the operator's spans")
@@ -182,7 +165,7 @@ def test_an_annotation_that_is_no_traceparent_starts_no_trace_of_its_own_choosin
     assert "forged\\nline" not in operator.log() and "forged\nline" not in operator.log()
 
 
-def _json_lines(text: str) -> list[dict[str, Any]]:
+def json_lines(text: str) -> list[dict[str, Any]]:
     found = []
     for line in text.splitlines():
         try:

@@ -3,7 +3,8 @@
 Shared by the operator (Pods, Secrets, NetworkPolicies, Leases, status patches beside what Kopf
 watches) and the gateway's kubernetes backend (CaptureJobs and one shared watch). Credentials come
 from Kopf's own login functions (in-cluster service account, else kubeconfig) and are re-read
-when the server answers 401 (rotated service-account tokens).
+when the server answers 401 (rotated service-account tokens). What both of them call things
+(API paths, labels, names, how a CaptureJob is read) is `kubeshot.kube.names`.
 
 Names come from objects users write: a path whose object name is ".", "..", empty, or holds "/"
 or "%" is never sent (URL normalisation would make it address the collection or another
