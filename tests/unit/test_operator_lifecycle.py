@@ -173,6 +173,7 @@ def test_the_status_patches_of_a_job_life() -> None:
         "phase": "Running",
         "observedGeneration": 1,
         "podName": "shot-1",
+        "nextAttemptTime": None,  # removed: the retry it waited for is this attempt
         "attempts": 1,
         "startTime": AT,
         "uploadTokenSha256": SHA,
@@ -187,11 +188,16 @@ def test_the_status_patches_of_a_job_life() -> None:
     assert retry["phase"] == "Queued"
     assert retry["conditions"][-1]["reason"] == "Retrying"
     assert "retrying in 5s" in retry["conditions"][-1]["message"]
+    # The backoff is kept in the status (an operator taking over honours it), rounded up to
+    # whole seconds plus the second `at` may have lost.
+    assert retry["nextAttemptTime"] == "2026-01-01T00:00:06Z"
+    assert retry_status(running_model, lost, 2.5, 1, AT).next_attempt_time == "2026-01-01T00:00:04Z"
 
     result = CaptureReport.model_validate(RESULT)
     done = finished_status(running_model, Outcome(result=result), 1, AT).patch()
     assert done["phase"] == "Succeeded"
     assert done["result"] == result.to_wire()
+    assert done["nextAttemptTime"] is None
     assert done["failure"] is None
     assert done["completionTime"] == AT
     finished = [c for c in done["conditions"] if c["type"] == "Finished"]

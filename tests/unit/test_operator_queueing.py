@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import UTC, datetime
+
 from kubeshot.api import CaptureJobStatus, Phase
 from kubeshot.operator.queueing import JobQueue, JobView
+
+RETRY_AT = "2026-01-01T00:00:10Z"
 
 
 def job(name: str, phase: Phase, created: str = "2026-01-01T00:00:00Z") -> JobView:
@@ -57,16 +62,24 @@ def test_admitted_jobs_are_queued_before_their_status_is_seen() -> None:
 
 
 def test_retrying_job_waits_for_its_backoff_without_blocking_others() -> None:
+    a = job("a", Phase.QUEUED, "2026-01-01T00:00:01Z")
+    a = replace(a, status=CaptureJobStatus(phase=Phase.QUEUED, next_attempt_time=RETRY_AT))
+    b = job("b", Phase.QUEUED, "2026-01-01T00:00:02Z")
+    # A fresh queue: what an operator that just took over knows. The status alone holds a back.
     queue = JobQueue()
-    a, b = (
-        job("a", Phase.QUEUED, "2026-01-01T00:00:01Z"),
-        job("b", Phase.QUEUED, "2026-01-01T00:00:02Z"),
-    )
-    queue.release(a.uid, retry_at=10.0)
-    assert queue.plan([a, b], limit=1, now=5.0) == [b]
+    at = datetime(2026, 1, 1, 0, 0, 10, tzinfo=UTC).timestamp()
+    assert queue.plan([a, b], limit=1, now=at - 0.5) == [b]
     queue.release(b.uid)
-    assert queue.plan([a], limit=1, now=10.0) == [a]
-    assert queue.next_retry() == 10.0
+    assert queue.plan([a], limit=1, now=at - 0.5) == []
+    assert queue.plan([a], limit=1, now=at) == [a]
+
+
+def test_a_next_attempt_time_the_operator_did_not_write_holds_nobody_back() -> None:
+    odd = replace(
+        job("a", Phase.QUEUED),
+        status=CaptureJobStatus(phase=Phase.QUEUED, next_attempt_time="soon"),
+    )
+    assert JobQueue().plan([odd], limit=1, now=0) == [odd]
 
 
 def test_forgotten_job_frees_its_slot() -> None:

@@ -213,6 +213,9 @@ class CaptureJobStatus(Model):
     capture gives (`kubeshot capture --json`), timings and blocked requests included."""
     failure: Failure | None = None
     """Why it failed, when Failed."""
+    next_attempt_time: str | None = None
+    """When a job waiting to retry may start its next attempt (RFC 3339): kept here, not in the
+    operator's memory, so that an operator taking over waits as long as the one that decided."""
     upload_token_sha256: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")
     """SHA-256 of this job's upload token: the gateway accepts the artifact of this job only
     from a bearer of that token. Status is written by the operator alone."""

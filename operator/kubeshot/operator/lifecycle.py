@@ -5,9 +5,10 @@ The handlers feed these with what they observed and send what comes back to the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -35,12 +36,15 @@ FINISHED = "Finished"  # Succeeded or Failed, for good
 READY = "Ready"
 
 
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
 def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime(TIME_FORMAT)
 
 
 def parse_time(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -244,6 +248,7 @@ def running_status(
         start_time=status.start_time or at,
         upload_token_sha256=token_sha256,
         conditions=conditions,
+        next_attempt_time=None,
     )
 
 
@@ -254,8 +259,14 @@ def retry_status(
     conditions = set_condition(
         status.conditions, STARTED, False, "Retrying", message, generation, at
     )
+    # Whole seconds, as `at` (cut to the second): rounded up, and one more for the part of the
+    # second `at` lost, so that the next attempt never starts before its backoff is over.
+    next_attempt = parse_time(at) + timedelta(seconds=math.ceil(delay) + 1)
     return CaptureJobStatus(
-        phase=Phase.QUEUED, observed_generation=generation, conditions=conditions
+        phase=Phase.QUEUED,
+        observed_generation=generation,
+        conditions=conditions,
+        next_attempt_time=next_attempt.strftime(TIME_FORMAT),
     )
 
 
@@ -282,4 +293,5 @@ def finished_status(
         result=outcome.result,
         failure=outcome.failure,
         conditions=set_condition(conditions, FINISHED, True, reason, message, generation, at),
+        next_attempt_time=None,
     )

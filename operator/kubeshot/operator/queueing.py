@@ -1,8 +1,8 @@
 """FIFO queueing of CaptureJobs under their policy's `maxConcurrentJobs`. Pure, in memory.
 
-The authoritative state is the CaptureJob status (seen through Kopf's index); this queue only
-remembers what the operator has decided but not yet seen come back from the watch: jobs it just
-admitted or started, and when a retrying job may start again.
+The authoritative state is the CaptureJob status (seen through Kopf's index), a retrying job's
+`nextAttemptTime` included; this queue only remembers what the operator has decided but not yet
+seen come back from the watch: jobs it just admitted, started or finished.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from kubeshot.api import CaptureJobStatus, Phase
 from kubeshot.kube import names
+from kubeshot.operator.lifecycle import parse_time
 from kubeshot.tracing import REQUEST_ID_ANNOTATION, TRACEPARENT_ANNOTATION
 
 PolicyKey = tuple[str, str]  # (namespace, policy name)
@@ -82,8 +83,6 @@ class JobQueue:
     """Jobs started here whose Running status has not been seen yet."""
     admitted: dict[str, JobView] = field(default_factory=dict)
     """Jobs admitted here whose Queued status has not been seen yet."""
-    not_before: dict[str, float] = field(default_factory=dict)
-    """Retrying jobs: when (monotonic seconds) their next attempt may start."""
     settled: set[str] = field(default_factory=set)
     """Jobs finished here (rejected, failed, succeeded) whose final status is not seen yet."""
 
@@ -94,7 +93,6 @@ class JobQueue:
         if job.phase in {Phase.RUNNING, Phase.SUCCEEDED, Phase.FAILED}:
             self.started.discard(job.uid)
         if job.phase.finished:
-            self.not_before.pop(job.uid, None)
             self.settled.discard(job.uid)
 
     def admit(self, job: JobView) -> None:
@@ -104,21 +102,15 @@ class JobQueue:
         """The job finished for good: it never waits or starts again."""
         self.started.discard(uid)
         self.admitted.pop(uid, None)
-        self.not_before.pop(uid, None)
         self.settled.add(uid)
 
-    def release(self, uid: str, *, retry_at: float | None = None) -> None:
-        """The job's attempt is over; with retry_at it waits until then to start again."""
+    def release(self, uid: str) -> None:
+        """The job's attempt is over (to retry at its status' nextAttemptTime, or never)."""
         self.started.discard(uid)
-        if retry_at is None:
-            self.not_before.pop(uid, None)
-        else:
-            self.not_before[uid] = retry_at
 
     def forget(self, uid: str) -> None:
         self.started.discard(uid)
         self.admitted.pop(uid, None)
-        self.not_before.pop(uid, None)
         self.settled.discard(uid)
 
     def waiting(self, jobs: Iterable[JobView]) -> list[JobView]:
@@ -147,7 +139,8 @@ class JobQueue:
         ]
 
     def plan(self, jobs: Iterable[JobView], limit: int, now: float) -> list[JobView]:
-        """The jobs to start now (they are marked started); retrying ones wait for their time.
+        """The jobs to start now (they are marked started); retrying ones wait for their status'
+        nextAttemptTime (`now`: Unix seconds, the wall clock the status is written in).
 
         A job never overtakes an older one that is still being admitted: first come, first served
         holds even when admissions finish out of order.
@@ -160,7 +153,7 @@ class JobQueue:
         for job in self.waiting(jobs):
             if free <= 0 or (oldest_undecided is not None and oldest_undecided < job.order):
                 break
-            if self.not_before.get(job.uid, 0.0) > now:
+            if _next_attempt(job) > now:
                 continue
             chosen.append(job)
             self.started.add(job.uid)
@@ -177,5 +170,11 @@ class JobQueue:
         ahead = sum(1 for j in self.waiting(jobs) if j.order < job.order)
         return self.active(jobs) + ahead >= limit
 
-    def next_retry(self) -> float | None:
-        return min(self.not_before.values(), default=None)
+
+def _next_attempt(job: JobView) -> float:
+    """When the job may start, Unix seconds: its status' nextAttemptTime, else at once."""
+    text = job.status.next_attempt_time
+    try:
+        return parse_time(text).timestamp() if text else 0
+    except ValueError:  # not as the operator writes it: no reason to hold the job back
+        return 0

@@ -295,7 +295,7 @@ class Reconciler:
     async def _plan(self, key: PolicyKey) -> list[JobView]:
         """The jobs of the policy to start now (call with the policy's lock held)."""
         jobs = self.jobs_of(key)
-        chosen = self.queue.plan(jobs, await self.limit(key), time.monotonic())
+        chosen = self.queue.plan(jobs, await self.limit(key), time.time())
         metrics.WORKQUEUE_DEPTH.labels(*key).set(len(self.queue.waiting(jobs)))
         return chosen
 
@@ -653,10 +653,13 @@ class Reconciler:
             )
             status = lifecycle.retry_status(view.status, failure, delay, view.generation, at)
             await self.patch_status(view, _attempts(status, attempted))
-            self.queue.release(view.uid, retry_at=time.monotonic() + delay)
+            self.queue.release(view.uid)
             metrics.RETRIES.labels(failure.reason.value).inc()
             self.events.post(JOB, _body(view), "Warning", "Retrying", status.conditions[-1].message)
-            self._later(delay, view.key)
+            assert status.next_attempt_time is not None
+            self._later(
+                lifecycle.parse_time(status.next_attempt_time).timestamp() - time.time(), view.key
+            )
         else:
             status = lifecycle.finished_status(view.status, outcome, view.generation, at)
             await self.patch_status(view, _attempts(status, attempted))

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
+from collections.abc import Callable
 from typing import Any
 
+from kubeshot.operator.lifecycle import parse_time
 from tests.cluster.operator.conftest import Cluster, Operator
 from tests.support import wait_for
 
@@ -177,3 +180,26 @@ def test_a_refused_pod_fails_the_attempt_not_the_operator(
     assert refused["message"].startswith("capture pod not created:")
     assert "does-not-exist" in refused["message"]
     assert cluster.capture_pods() == []
+
+
+def test_an_operator_that_takes_over_honours_the_retry_backoff(
+    start_operator: Callable[..., Operator], cluster: Cluster
+) -> None:
+    # The backoff lives in the job's status (nextAttemptTime), not in the operator's memory: a
+    # successor started at once does not start the retry early (it used to start it at once).
+    backoff = {"retry_backoff_seconds": 6, "retry_backoff_max_seconds": 6}
+    first = start_operator(**backoff)
+    cluster.create_policy()
+    cluster.create_job("patient", html="<p>x</p>", retries=1)
+    cluster.wait_pod("patient-1")
+    cluster.terminate("patient-1", 1, "Error", failure("Internal", "upload failed: 503"))
+    waiting = wait_for(
+        lambda: (cluster.job("patient") or {}).get("status", {}).get("nextAttemptTime"),
+        what="the job's nextAttemptTime",
+    )
+    first.stop(signal.SIGKILL)
+    start_operator(**backoff)
+    retry = cluster.wait_pod("patient-2", timeout=60)
+    assert parse_time(retry["metadata"]["creationTimestamp"]) >= parse_time(waiting)
+    running = cluster.wait_phase("patient", "Running")
+    assert "nextAttemptTime" not in running["status"]  # the attempt it waited for is running
