@@ -122,7 +122,7 @@ def test_a_settled_job_never_starts_again_even_while_its_status_lags() -> None:
     queue.settle(stale.uid)
     assert queue.plan([stale], limit=1, now=0) == []
     queue.observe(job("a", Phase.FAILED))
-    assert queue.settled == set()
+    assert queue.expected == {}
 
 
 def test_a_settled_job_frees_its_slot_before_its_status_is_seen() -> None:
@@ -142,3 +142,17 @@ def test_a_view_differs_when_its_status_does() -> None:
     assert running != pending
     assert running.phase is Phase.RUNNING and running.status.pod_name == "a-1"
     assert JobView.from_body({**body, "status": {"phase": "Bogus"}}).phase is Phase.PENDING
+
+
+def test_one_expectation_per_job_cleared_only_by_a_status_that_meets_it() -> None:
+    queue = JobQueue()
+    pending = job("a", Phase.PENDING)
+    queue.admit(job("a", Phase.QUEUED))
+    assert [j.name for j in queue.plan([pending], limit=1, now=0)] == ["a"]
+    assert list(queue.expected) == ["uid-a"]  # started replaces admitted
+    queue.observe(job("a", Phase.QUEUED))  # an older write seen late: the start still holds
+    assert queue.started("uid-a")
+    assert queue.plan([job("a", Phase.QUEUED)], limit=1, now=0) == []
+    queue.observe(job("a", Phase.RUNNING))
+    assert queue.expected == {}
+    assert queue.active([job("a", Phase.RUNNING)]) == 1

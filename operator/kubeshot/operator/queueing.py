@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from pydantic import ValidationError
@@ -75,68 +76,94 @@ class JobView:
         )
 
 
+class Expect(Enum):
+    """A decision the operator made about a job whose status the watch has not shown yet."""
+
+    QUEUED = "admitted"  # admitted: its status will say Queued (or Running)
+    RUNNING = "started"  # started: its status will say Running (or how the attempt ended)
+    FINISHED = "settled"  # finished for good: its status will say Succeeded or Failed
+
+    def met_by(self, phase: Phase) -> bool:
+        if self is Expect.QUEUED:
+            return phase is not Phase.PENDING
+        if self is Expect.RUNNING:
+            return phase in {Phase.RUNNING, Phase.SUCCEEDED, Phase.FAILED}
+        return phase.finished
+
+
 @dataclass
 class JobQueue:
-    """Decides which queued jobs start now, never exceeding a policy's concurrency limit."""
+    """Decides which queued jobs start now, never exceeding a policy's concurrency limit.
 
-    started: set[str] = field(default_factory=set)
-    """Jobs started here whose Running status has not been seen yet."""
-    admitted: dict[str, JobView] = field(default_factory=dict)
-    """Jobs admitted here whose Queued status has not been seen yet."""
-    settled: set[str] = field(default_factory=set)
-    """Jobs finished here (rejected, failed, succeeded) whose final status is not seen yet."""
+    What the watch shows is the truth; `expected` (client-go's ControllerExpectations idea) holds,
+    per job uid, the one decision made here that the watch has not shown yet, with the job as it
+    was decided on; the job's next status from the watch that meets it clears it."""
+
+    expected: dict[str, tuple[Expect, JobView | None]] = field(default_factory=dict)
+
+    def _expects(self, uid: str, what: Expect) -> bool:
+        found = self.expected.get(uid)
+        return found is not None and found[0] is what
 
     def observe(self, job: JobView) -> None:
-        """A job as the watch shows it now: forget decisions the status already reflects."""
-        if job.phase is not Phase.PENDING:
-            self.admitted.pop(job.uid, None)
-        if job.phase in {Phase.RUNNING, Phase.SUCCEEDED, Phase.FAILED}:
-            self.started.discard(job.uid)
-        if job.phase.finished:
-            self.settled.discard(job.uid)
+        """A job as the watch shows it now: forget a decision the status already reflects."""
+        found = self.expected.get(job.uid)
+        if found is not None and found[0].met_by(job.phase):
+            del self.expected[job.uid]
 
     def admit(self, job: JobView) -> None:
-        self.admitted[job.uid] = job
+        self.expected[job.uid] = (Expect.QUEUED, job)
 
     def settle(self, uid: str) -> None:
         """The job finished for good: it never waits or starts again."""
-        self.started.discard(uid)
-        self.admitted.pop(uid, None)
-        self.settled.add(uid)
+        self.expected[uid] = (Expect.FINISHED, None)
 
     def release(self, uid: str) -> None:
         """The job's attempt is over (to retry at its status' nextAttemptTime, or never)."""
-        self.started.discard(uid)
+        if self._expects(uid, Expect.RUNNING):
+            del self.expected[uid]
 
     def forget(self, uid: str) -> None:
-        self.started.discard(uid)
-        self.admitted.pop(uid, None)
-        self.settled.discard(uid)
+        self.expected.pop(uid, None)
+
+    def started(self, uid: str) -> bool:
+        """Started here, its Running status not seen yet."""
+        return self._expects(uid, Expect.RUNNING)
+
+    def admitted(self, key: PolicyKey) -> list[JobView]:
+        """The policy's jobs admitted here whose Queued status has not been seen yet."""
+        return [
+            job
+            for what, job in self.expected.values()
+            if what is Expect.QUEUED and job is not None and job.key == key
+        ]
 
     def waiting(self, jobs: Iterable[JobView]) -> list[JobView]:
         """Jobs waiting for a slot, first come first served."""
         seen: dict[str, JobView] = {}
         for job in jobs:
-            if job.uid in self.started or job.uid in self.settled:
+            what, admitted = self.expected.get(job.uid, (Expect.QUEUED, None))
+            if what is not Expect.QUEUED:  # started or finished here
                 continue
             if job.phase is Phase.QUEUED:
                 seen[job.uid] = job
-            elif job.uid in self.admitted and job.phase is Phase.PENDING:
-                seen[job.uid] = self.admitted[job.uid]
+            elif job.phase is Phase.PENDING and admitted is not None:
+                seen[job.uid] = admitted  # as admitted, before its Queued status is seen
         return sorted(seen.values(), key=lambda j: j.order)
 
     def active(self, jobs: Iterable[JobView]) -> int:
-        """Jobs holding a slot: Running by their status, or started here."""
-        running = {j.uid for j in jobs if j.phase is Phase.RUNNING} - self.settled
-        return len(running | self.started)
+        """Jobs holding a slot: Running by their status (unless finished here), or started here."""
+        running = {
+            j.uid
+            for j in jobs
+            if j.phase is Phase.RUNNING and not self._expects(j.uid, Expect.FINISHED)
+        }
+        started = {uid for uid, (what, _) in self.expected.items() if what is Expect.RUNNING}
+        return len(running | started)
 
     def undecided(self, jobs: Iterable[JobView]) -> list[JobView]:
         """Jobs not yet admitted or rejected: they may still join the queue ahead of others."""
-        return [
-            j
-            for j in jobs
-            if j.phase is Phase.PENDING and j.uid not in self.admitted and j.uid not in self.settled
-        ]
+        return [j for j in jobs if j.phase is Phase.PENDING and j.uid not in self.expected]
 
     def plan(self, jobs: Iterable[JobView], limit: int, now: float) -> list[JobView]:
         """The jobs to start now (they are marked started); retrying ones wait for their status'
@@ -156,13 +183,13 @@ class JobQueue:
             if _next_attempt(job) > now:
                 continue
             chosen.append(job)
-            self.started.add(job.uid)
+            self.expected[job.uid] = (Expect.RUNNING, job)
             free -= 1
         return chosen
 
     def known(self, uid: str) -> bool:
         """Whether the operator has decided about this job already (admitted, started, done)."""
-        return uid in self.admitted or uid in self.started or uid in self.settled
+        return uid in self.expected
 
     def full(self, jobs: Iterable[JobView], job: JobView, limit: int) -> bool:
         """Whether job waits for a slot (rather than only for older jobs' admission)."""

@@ -252,7 +252,7 @@ class Reconciler:
             self.queue.admit(admitted)
             chosen = await self._plan(view.key)
             limit = await self.limit(view.key)
-            waits = all(c.uid != view.uid for c in chosen) and view.uid not in self.queue.started
+            waits = all(c.uid != view.uid for c in chosen) and not self.queue.started(view.uid)
             if waits and self.queue.full(self.jobs_of(view.key), admitted, limit):
                 await self.patch_status(view, status)
                 self.events.post(
@@ -278,8 +278,8 @@ class Reconciler:
         async with self._locks[key]:
             jobs, limit = self.jobs_of(key), await self.limit(key)
             pending = {j.uid for j in jobs if j.phase is Phase.PENDING}
-            for uid, job in list(self.queue.admitted.items()):
-                if job.key != key or uid not in pending or uid in self.queue.started:
+            for job in self.queue.admitted(key):
+                if job.uid not in pending:
                     continue
                 if self.queue.full(jobs, job, limit):
                     await self.patch_status(job, job.status)
@@ -725,7 +725,7 @@ class Reconciler:
     async def sweep(self) -> None:
         """Lost pods, due retries, expired finished jobs, policy activeJobs, gauges."""
         views = self.all_jobs()
-        running = [v for v in views if v.phase is Phase.RUNNING and v.uid not in self.queue.started]
+        running = [v for v in views if v.phase is Phase.RUNNING and not self.queue.started(v.uid)]
         listed: set[tuple[str, str]] = set()
         selector = ",".join(f"{key}={value}" for key, value in names.CAPTURE_PODS.items())
         for namespace in sorted({v.namespace for v in running}):
