@@ -6,9 +6,9 @@ Inputs come from the environment the operator sets:
   KUBESHOT_OUTPUT            artifact path when the request has no upload target
 The termination log holds the CaptureOutcome as JSON of at most 4 KiB (UTF-8):
   {"result": {...CaptureReport...}} or {"failure": {"reason": ..., "message": ...}}
-The operator copies the result's summary into the CaptureJob's `status.result`, and records its
-timings' phases as this pod's spans (the pod itself exports nothing: its NetworkPolicy lets it
-reach no collector).
+The operator copies the result, the whole report, into the CaptureJob's `status.result` and
+records its timings' phases as this pod's spans (the pod itself exports nothing: its
+NetworkPolicy lets it reach no collector).
 """
 
 from __future__ import annotations

@@ -203,3 +203,19 @@ def test_the_status_patches_of_a_job_life() -> None:
     finished = [c for c in done["conditions"] if c["type"] == "Finished"]
     assert finished[0]["status"] == "True"
     assert finished[0]["reason"] == "Succeeded"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"blockedRequests": 10**30},  # no int64: the status patch would be refused
+        {"bytesTransferred": -1},
+        {"timings": {"totalMs": float("nan")}},
+        {"timings": {"renderMs": float("inf")}},
+    ],
+)
+def test_a_report_the_status_could_not_hold_is_no_result(bad: dict[str, Any]) -> None:
+    message = json.dumps({"result": {**RESULT, **bad}})
+    outcome = pod_outcome(pod("Succeeded", {"exitCode": 0, "message": message}))
+    assert outcome is not None and outcome.result is None
+    assert outcome.failure is not None and outcome.failure.reason is FailureReason.INTERNAL

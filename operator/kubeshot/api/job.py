@@ -143,16 +143,23 @@ class PhaseTiming(Model):
         return self
 
 
+# Bounds of a report's numbers: a capture pod runs hostile pages and its report becomes a
+# CaptureJob's status, whose integers are int64 and whose JSON has no NaN or infinity (one the
+# API server refused would leave the job without its outcome).
+MAX_COUNT = 2**53
+MAX_MS = 10.0**9
+
+
 class Timings(Model):
     """Where a capture's time went, in milliseconds."""
 
-    total_ms: float = 0
+    total_ms: float = Field(default=0, ge=0, le=MAX_MS, allow_inf_nan=False)
     """The whole capture."""
-    setup_ms: float = 0
+    setup_ms: float = Field(default=0, ge=0, le=MAX_MS, allow_inf_nan=False)
     """Browser context and page preparation."""
-    navigation_ms: float = 0
+    navigation_ms: float = Field(default=0, ge=0, le=MAX_MS, allow_inf_nan=False)
     """Navigation and waits."""
-    render_ms: float = 0
+    render_ms: float = Field(default=0, ge=0, le=MAX_MS, allow_inf_nan=False)
     """Rendering, encoding and verification of the artifact."""
     phases: list[PhaseTiming] = Field(default_factory=list, max_length=len(CapturePhase))
     """Start and end of each phase that ran, in order (traces are made of them)."""
@@ -176,11 +183,11 @@ class CaptureReport(ResultSummary):
 
     format: str | None = None
     """Output format (a report read back from a CaptureJob's status may lack it)."""
-    pages: int | None = None
+    pages: int | None = Field(default=None, ge=0, le=MAX_COUNT)
     """Number of pages (pdf)."""
-    blocked_requests: int = 0
+    blocked_requests: int = Field(default=0, ge=0, le=MAX_COUNT)
     """Requests the egress guard or blockAds refused."""
-    bytes_transferred: int = 0
+    bytes_transferred: int = Field(default=0, ge=0, le=MAX_COUNT)
     """Bytes the page fetched through the egress guard."""
     timings: Timings = Field(default_factory=Timings)
     """Timings."""
