@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CHROMIUM ?= /usr/bin/chromium
 PYTEST_ARGS ?=
 
-.PHONY: setup lock packages run test test-unit test-browser test-gateway test-cluster test-node test-e2e lint crds openapi chart bench bench-operator bench-e2e bench-throughput testenv testenv-up testenv-down e2e-kind images gallery clean
+.PHONY: setup lock packages run test test-unit test-browser test-gateway test-cluster test-node test-e2e lint crds openapi chart bench bench-operator bench-e2e bench-throughput bench-chaos testenv testenv-up testenv-down e2e-kind images gallery clean
 
 setup: $(STAMP) packages
 
@@ -16,12 +16,13 @@ setup: $(STAMP) packages
 # (uBlock Origin's EasyList/EasyPrivacy/uBlock filters), shellcheck for the scripts; for the node
 # tier containerd, runc, the CNI plugins, iptables/ipset/conntrack (kube-proxy, kube-router),
 # debootstrap and buildah (the capture image), gcc and libc6-dev (the static pause binary);
-# prometheus for its promtool (the tests check both daemons' /metrics and the chart's alerts).
-# Its daemon does not run in containers (no init system); on a host with systemd Debian starts
-# the prometheus service: `systemctl disable --now prometheus` if it is not wanted.
+# prometheus for its promtool (the tests check both daemons' /metrics and the chart's alerts);
+# redis-server (the gateway tier's shared rate limits and jobs; the test fixtures start their own).
+# Their daemons do not run in containers (no init system); on a host with systemd Debian starts
+# the services: `systemctl disable --now prometheus redis-server` if they are not wanted.
 DEBIAN_PACKAGES = chromium fonts-liberation fonts-noto-cjk fonts-noto-color-emoji \
 	webext-ublock-origin-chromium shellcheck containerd runc containernetworking-plugins \
-	iptables ipset conntrack debootstrap buildah gcc libc6-dev prometheus
+	iptables ipset conntrack debootstrap buildah gcc libc6-dev prometheus redis-server
 # A containerd or runc already on PATH counts (Docker's containerd.io conflicts with Debian's).
 packages:
 	@missing=; for p in $(DEBIAN_PACKAGES); do \
@@ -128,6 +129,11 @@ bench-operator: setup testenv
 
 bench-throughput: setup
 	$(BIN)/python bench/throughput.py
+
+# Faults and overload (issue 19): killed operator, gateway, workers; API server restart; kubelet
+# stopped (root: the node tier); soak and 4x load. One table, in docs/reliability.md.
+bench-chaos: setup testenv
+	$(BIN)/python bench/chaos.py $(CHAOS_ARGS)
 
 # The e2e suite (tests/e2e): on KUBECONFIG's cluster when it is set, else on the node tier (root).
 test-e2e: setup testenv

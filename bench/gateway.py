@@ -201,7 +201,7 @@ async def throughput(seconds: float, concurrency: int) -> None:
         async def submit(self, *args: object, **kwargs: object) -> object:
             raise NotImplementedError
 
-        def find(self, caller: object, job_id: str) -> object:
+        async def find(self, caller: object, job_id: str) -> object:
             return job.view() if job_id == job.id else None
 
     port = free_port()

@@ -5,7 +5,9 @@ one ScreenshotPolicy with a high `maxConcurrentJobs`, then:
   1. low load: 20 jobs one after another, each waiting for its pod (create→pod latency),
   2. burst: N jobs created at once (default 500) by 50 concurrent clients.
 Pod appearance is timed from a watch on pods. Prints jobs/s until every pod exists, create→pod
-p50/p95 for both runs, and the operator's RSS at the end.
+p50/p95 for both runs, the operator's RSS at the end, and per CaptureJob of both runs its CPU
+time and the API server's writes (apiserver_request_total, by resource and verb; no kubelet
+runs here, so what a pod's life writes after its creation is not in them).
 
     python bench/operator.py [--jobs 500]
 
@@ -51,6 +53,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+WRITES = frozenset({"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"})
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -59,9 +70,11 @@ def rss_mib(pid: int) -> float:
 
 
 class Bench:
-    def __init__(self, cp: Any, namespace: str) -> None:
+    def __init__(self, cp: Any, namespace: str, operator_pid: int) -> None:
         self.cp = cp
         self.namespace = namespace
+        self.operator_pid = operator_pid
+        self.writes_per_job: dict[str, float] = {}
         self.pod_seen: dict[str, float] = {}
         self.pod_event = asyncio.Event()
 
@@ -90,6 +103,23 @@ class Bench:
                         self.pod_event.set()
                     elif event["type"] == "ERROR":
                         break
+
+    async def writes(self, session: aiohttp.ClientSession) -> dict[str, float]:
+        """The API server's write requests so far, by `resource verb`."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        async with session.get(f"{self.cp.server}/metrics") as response:
+            text = await response.text()
+        counts: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            if family.name != "apiserver_request":
+                continue
+            for sample in family.samples:
+                labels = sample.labels
+                if sample.name.endswith("_total") and labels.get("verb") in WRITES:
+                    key = f"{labels.get('resource', '?')} {labels['verb']}"
+                    counts[key] = counts.get(key, 0) + sample.value
+        return counts
 
     async def create_job(self, session: aiohttp.ClientSession, name: str) -> float:
         body = {
@@ -121,6 +151,8 @@ class Bench:
             ready = asyncio.Event()
             watcher = asyncio.create_task(self.watch_pods(session, ready))
             await ready.wait()
+            writes_before = await self.writes(session)
+            cpu_before = cpu_seconds(self.operator_pid)
             low: list[float] = []
             for i in range(20):
                 name = f"low-{i}"
@@ -141,6 +173,14 @@ class Bench:
             last = max(self.pod_seen[f"{n}-1"] for n in names)
             latencies = [self.pod_seen[f"{n}-1"] - s for n, s in zip(names, starts, strict=True)]
             watcher.cancel()
+            await asyncio.sleep(2)  # the status writes that follow the last pod
+            cpu = cpu_seconds(self.operator_pid) - cpu_before
+            writes_after = await self.writes(session)
+            self.writes_per_job = {
+                key: (n - writes_before.get(key, 0)) / (jobs + 20)
+                for key, n in sorted(writes_after.items())
+                if n > writes_before.get(key, 0)
+            }
             baseline = await self.baseline(session, jobs)
         return {
             "low_p50_ms": statistics.median(low) * 1000,
@@ -151,6 +191,7 @@ class Bench:
             "burst_p50_ms": statistics.median(latencies) * 1000,
             "burst_p95_ms": percentile(latencies, 0.95) * 1000,
             "baseline_per_second": baseline,
+            "cpu_ms_per_job": cpu * 1000 / (jobs + 20),
         }
 
     async def baseline(self, session: aiohttp.ClientSession, jobs: int) -> float:
@@ -214,11 +255,15 @@ def main() -> int:
         kubectl = [str(bin_dir / "kubectl"), f"--kubeconfig={cp.kubeconfig}"]
         crds = [a for f in sorted((ROOT / "crds").glob("*.yaml")) for a in ("-f", str(f))]
         subprocess.run([*kubectl, "apply", "--server-side", *crds], check=True, capture_output=True)
-        subprocess.run(
-            [*kubectl, "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all"],
-            check=True,
-            capture_output=True,
-        )
+        for _ in range(5):  # a fresh API server's discovery may not list CRDs yet
+            waited = subprocess.run(
+                [*kubectl, "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all"],
+                capture_output=True,
+            )
+            if waited.returncode == 0:
+                break
+            time.sleep(1)
+        waited.check_returncode()
         namespace = "bench"
         subprocess.run(
             [*kubectl, "create", "namespace", namespace], check=True, capture_output=True
@@ -253,7 +298,8 @@ def main() -> int:
                 raise RuntimeError((work / "operator.log").read_text())
             time.sleep(0.1)
         time.sleep(1)  # the initial listing
-        figures = asyncio.run(Bench(cp, namespace).run(args.jobs))
+        bench = Bench(cp, namespace, operator.pid)
+        figures = asyncio.run(bench.run(args.jobs))
         rss = rss_mib(operator.pid)
     finally:
         if operator is not None:
@@ -281,6 +327,11 @@ def main() -> int:
         f"{figures['jobs_per_second'] / figures['baseline_per_second']:.0%} of it"
     )
     print(f"  operator RSS at the end: {rss:.0f} MiB")
+    print(f"  operator CPU per CaptureJob: {figures['cpu_ms_per_job']:.1f} ms")
+    total = sum(bench.writes_per_job.values())
+    print(f"  API server writes per CaptureJob: {total:.2f}")
+    for key, n in bench.writes_per_job.items():
+        print(f"    {key}: {n:.2f}")
     return 0
 
 

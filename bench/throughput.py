@@ -5,17 +5,21 @@ Two pages, served by a separate process on 127.0.0.2 (small: text and boxes) and
 and concurrency 1, 2, 4, 8, a closed loop of `concurrency` clients:
 
 - kubeshot: synchronous `POST /v1/screenshot` through the gateway (in this process, HTTP on
-  loopback, auth on) with its local backend of `--workers` worker processes;
+  loopback, auth on) with its local backend of `--workers` worker processes (started as root,
+  they run as `nobody` and Chromium keeps its sandbox);
 - bare: one Playwright Chromium (same executable and flags, no guard, no gateway), each capture
   in a fresh context (new context, new page, goto, PNG screenshot, close) — the most a
-  Python+Playwright service could do on this machine.
+  Python+Playwright service could do on this machine. Twice, each in a child process of its
+  own: `bare` as this process's user (as root: without Chromium's sandbox), and `bare-sbx` as
+  kubeshot's workers run (as root: dropped to `nobody`, with the sandbox), the like-for-like
+  baseline.
 
-Both are measured in the same run, alternating phase by phase (repeated `--repeat` times, the
+All are measured in the same run, alternating phase by phase (repeated `--repeat` times, the
 best throughput of each kept, as machine noise only ever slows a phase down). Prints
 captures/s, latency p50/p95, CPU seconds per capture (utime+stime of the process trees that do
-the work: this process and its descendants, the page server excluded), the ratio to bare, and
-the "unloaded" p50 (one capture at a time with a pause between). Also the machine's load
-average at start and end: other work on the machine shows up in every figure.
+the work, the page server excluded), the ratios to both baselines, and the "unloaded" p50 (one
+capture at a time with a pause between). Also the machine's load average at start and end:
+other work on the machine shows up in every figure.
 
     python bench/throughput.py [--workers 2] [--captures 24] [--repeat 2] [--pages small,heavy]
 
@@ -27,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import io
+import json
 import os
 import random
 import re
@@ -40,13 +46,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import yaml
 from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 
 from kubeshot.api import CaptureOptions
 from kubeshot.gateway import Settings, create_app
-from kubeshot_capture.browser import chromium_args, chromium_executable
+from kubeshot.gateway.pool import resolve_worker_user
+from kubeshot.gateway.worker import PRELOAD, drop_privileges
+from kubeshot_capture.browser import NO_SANDBOX, chromium_args, chromium_executable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo: tests.support
 
@@ -167,13 +176,15 @@ def _children() -> dict[int, list[int]]:
 
 def _role(pid: int) -> str:
     if pid == os.getpid():
-        return "gateway (+ bench client, bare Playwright client)"
+        return "bench process (gateway, clients)"
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             argv = f.read().split(b"\0")
     except OSError:
         return "?"
     line = b" ".join(argv)
+    if not line:  # a zombie: its command line is gone
+        return "exited, not yet reaped (renderers)"
     if b"kubeshot.gateway.worker" in line:
         return "worker (python: engine, guard)"
     program = argv[0].split(b" ")[0]
@@ -188,15 +199,16 @@ def _role(pid: int) -> str:
     return argv[0].decode(errors="replace").rsplit("/", 1)[-1]
 
 
-def tree_cpu(root: int, exclude: int | None) -> dict[int, tuple[str, float]]:
-    """CPU seconds of `root` and each descendant (with what each reaped: renderers), by pid."""
+def tree_cpu(root: int, exclude: frozenset[int]) -> dict[int, tuple[str, float]]:
+    """CPU seconds of `root` and each descendant (with what each reaped: renderers), by pid;
+    the trees of `exclude` left out."""
     tick = os.sysconf("SC_CLK_TCK")
     children = _children()
     found: dict[int, tuple[str, float]] = {}
     todo = [root]
     while todo:
         pid = todo.pop()
-        if pid == exclude:
+        if pid in exclude:
             continue
         try:
             with open(f"/proc/{pid}/stat", "rb") as f:
@@ -234,7 +246,10 @@ def _quantile(values: list[float], q: float) -> float:
 
 
 async def closed_loop(
-    capture: Callable[[], Awaitable[bool]], concurrency: int, captures: int, exclude: int
+    capture: Callable[[], Awaitable[bool]],
+    concurrency: int,
+    captures: int,
+    exclude: frozenset[int] = frozenset(),
 ) -> Phase:
     latencies: list[float] = []
     errors = 0
@@ -292,6 +307,147 @@ def start_pages() -> tuple[subprocess.Popen[str], int, int, int]:
     return pages, small_port, heavy_port, heavy_bytes
 
 
+# -- the bare baselines (a child process each, so that one can run as kubeshot's workers do) --
+
+
+def bare_child(sandbox: bool) -> None:
+    """Child process: bare Playwright captures, a phase per request line on stdin, its result
+    as a JSON line on stdout. With `sandbox`, it runs as kubeshot's workers do: a root process
+    drops to their user first (Chromium refuses its sandbox as root)."""
+    user = resolve_worker_user(None) if sandbox else None
+    if user is not None:
+        home = tempfile.mkdtemp(prefix="kubeshot-bench-")
+        os.chown(home, user.uid, user.gid)
+        os.environ["HOME"] = os.environ["TMPDIR"] = home
+        for module in PRELOAD:  # as the worker does: nothing is importable from /root after
+            __import__(module)
+        drop_privileges(user.uid, user.gid)
+        os.chdir(home)
+    if not sandbox:
+        os.environ[NO_SANDBOX] = "1"
+    asyncio.run(_bare_child())
+
+
+async def _bare_child() -> None:
+    from playwright.async_api import async_playwright
+
+    args = chromium_args()
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=chromium_executable(),
+            args=args,
+            chromium_sandbox="--no-sandbox" not in args,
+        )
+
+        def bare(url: str) -> Callable[[], Awaitable[bool]]:
+            async def run() -> bool:
+                context = await browser.new_context(viewport={"width": 1280, "height": 720})
+                try:
+                    page = await context.new_page()
+                    await page.goto(url, wait_until="load")
+                    await page.screenshot(type="png")
+                finally:
+                    await context.close()
+                return True
+
+            return run
+
+        sandboxed = "--no-sandbox" not in args
+        print(json.dumps({"uid": os.getuid(), "sandbox": sandboxed}), flush=True)
+        while line := await asyncio.to_thread(sys.stdin.readline):
+            ask = json.loads(line)
+            run = bare(ask["url"])
+            if "rounds" in ask:
+                for _ in range(4):  # warm-up
+                    await run()
+                answer: object = await unloaded(run, ask["rounds"])
+            else:
+                answer = dataclasses.asdict(
+                    await closed_loop(run, ask["concurrency"], ask["captures"])
+                )
+            print(json.dumps(answer), flush=True)
+        await browser.close()
+
+
+class Bare:
+    """A bare baseline in its child process (`bare_child`)."""
+
+    def __init__(self, sandbox: bool) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--bare-child", *(["--sandbox"] if sandbox else [])],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.info = self._read()
+
+    def _read(self) -> Any:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError("the bare baseline's process ended")
+        return json.loads(line)
+
+    async def _ask(self, **request: object) -> Any:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        return await asyncio.to_thread(self._read)
+
+    @property
+    def label(self) -> str:
+        return f"uid {self.info['uid']}, sandbox {'on' if self.info['sandbox'] else 'off'}"
+
+    async def phase(self, url: str, concurrency: int, captures: int) -> Phase:
+        return Phase(**await self._ask(url=url, concurrency=concurrency, captures=captures))
+
+    async def unloaded(self, url: str, rounds: int) -> float:
+        answer: float = await self._ask(url=url, rounds=rounds)
+        return answer
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait()
+
+
+class Kubeshot:
+    """The gateway's local backend, driven over HTTP from this process."""
+
+    label = "gateway, local backend"
+
+    def __init__(
+        self, http: ClientSession, port: int, exclude: frozenset[int], verbose: bool
+    ) -> None:
+        self.http, self.port, self.exclude, self.verbose = http, port, exclude, verbose
+
+    def _capture(self, url: str) -> Callable[[], Awaitable[bool]]:
+        body = CaptureOptions(url=url).to_wire()
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+
+        async def run() -> bool:
+            address = f"http://127.0.0.1:{self.port}/v1/screenshot"
+            async with self.http.post(address, json=body, headers=headers) as r:
+                await r.read()
+                if r.status != 200 and self.verbose:
+                    print("  kubeshot error:", r.status, (await r.text())[:200])
+                return r.status == 200
+
+        return run
+
+    async def phase(self, url: str, concurrency: int, captures: int) -> Phase:
+        return await closed_loop(self._capture(url), concurrency, captures, self.exclude)
+
+    async def unloaded(self, url: str, rounds: int) -> float:
+        run = self._capture(url)
+        for _ in range(4):  # warm-up
+            await run()
+        return await unloaded(run, rounds)
+
+
+SYSTEMS = ("kubeshot", "bare", "bare-sbx")
+
+
 async def main(args: argparse.Namespace) -> None:
     pages, small_port, heavy_port, heavy_bytes = start_pages()
     urls = {
@@ -310,6 +466,7 @@ async def main(args: argparse.Namespace) -> None:
     )
     results: dict[tuple[str, str, int], Phase] = {}
     idle: dict[tuple[str, str], float] = {}
+    bares = {"bare": Bare(sandbox=False), "bare-sbx": Bare(sandbox=True)}
     with tempfile.TemporaryDirectory() as tmp:
         policy_file = Path(tmp) / "policy.yaml"
         policy_file.write_text(
@@ -329,68 +486,26 @@ async def main(args: argparse.Namespace) -> None:
         runner = web.AppRunner(create_app(settings), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
-        from playwright.async_api import async_playwright
-
-        async with (
-            async_playwright() as pw,
-            ClientSession(
-                connector=TCPConnector(limit=64), timeout=ClientTimeout(total=120)
-            ) as http,
-        ):
-            browser = await pw.chromium.launch(
-                executable_path=chromium_executable(),
-                args=chromium_args(),
-                chromium_sandbox="--no-sandbox" not in chromium_args(),
-            )
-            headers = {"Authorization": f"Bearer {TOKEN}"}
+        timeout = ClientTimeout(total=120)
+        async with ClientSession(connector=TCPConnector(limit=64), timeout=timeout) as http:
             for _ in range(240):
                 async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
                     if r.status == 200:
                         break
                 await asyncio.sleep(0.5)
-
-            def kubeshot(url: str) -> Callable[[], Awaitable[bool]]:
-                body = CaptureOptions(url=url).to_wire()
-
-                async def run() -> bool:
-                    async with http.post(
-                        f"http://127.0.0.1:{port}/v1/screenshot", json=body, headers=headers
-                    ) as r:
-                        await r.read()
-                        if r.status != 200 and args.verbose:
-                            print("  kubeshot error:", r.status, (await r.text())[:200])
-                        return r.status == 200
-
-                return run
-
-            def bare(url: str) -> Callable[[], Awaitable[bool]]:
-                async def run() -> bool:
-                    context = await browser.new_context(viewport={"width": 1280, "height": 720})
-                    try:
-                        page = await context.new_page()
-                        await page.goto(url, wait_until="load")
-                        await page.screenshot(type="png")
-                    finally:
-                        await context.close()
-                    return True
-
-                return run
-
+            exclude = frozenset([pages.pid, *(b.process.pid for b in bares.values())])
+            systems = {"kubeshot": Kubeshot(http, port, exclude, args.verbose), **bares}
             for page in wanted:
-                runs = {"kubeshot": kubeshot(urls[page]), "bare": bare(urls[page])}
-                for run in runs.values():  # warm-up
-                    for _ in range(4):
-                        await run()
-                for name, run in runs.items():
-                    idle[(page, name)] = await unloaded(run, args.idle_rounds)
+                for name, system in systems.items():
+                    idle[(page, name)] = await system.unloaded(urls[page], args.idle_rounds)
                 for repeat in range(args.repeat):
                     for c in args.concurrency:
-                        order = list(runs.items())
+                        order = list(systems.items())
                         if (repeat + c) % 2:
                             order.reverse()
-                        for name, run in order:
+                        for name, system in order:
                             captures = max(args.captures, 3 * c)
-                            phase = await closed_loop(run, c, captures, pages.pid)
+                            phase = await system.phase(urls[page], c, captures)
                             key = (page, name, c)
                             if key not in results or phase.rate > results[key].rate:
                                 results[key] = phase
@@ -401,43 +516,49 @@ async def main(args: argparse.Namespace) -> None:
                                     f"errors {phase.errors}",
                                     flush=True,
                                 )
-            await browser.close()
         await runner.cleanup()
+    for bare in bares.values():
+        bare.close()
     pages.terminate()
     pages.wait()
 
     print(f"load average at end:   {load_average()}")
     print(
         f"\nclosed loop, best of {args.repeat}; at least {args.captures} captures per phase; "
-        "latency in ms; CPU s per capture"
+        "latency in ms; CPU s per capture; kubeshot's captures/s as a ratio of each baseline's"
     )
+    for name, system in systems.items():
+        print(f"  {name}: {system.label}")
     for page in wanted:
+        unloaded_p50 = ", ".join(f"{n} {idle[(page, n)]:.0f} ms" for n in SYSTEMS)
+        print(f"\n{page} page ({urls[page]}); unloaded p50: {unloaded_p50}")
         print(
-            f"\n{page} page ({urls[page]}); unloaded p50: kubeshot "
-            f"{idle[(page, 'kubeshot')]:.0f} ms, bare {idle[(page, 'bare')]:.0f} ms"
-        )
-        print(
-            f"  {'conc':>4} | {'kubeshot/s':>10} {'p50':>6} {'p95':>6} {'cpu':>5} | "
-            f"{'bare/s':>7} {'p50':>6} {'p95':>6} {'cpu':>5} | ratio"
+            f"  {'conc':>4} |"
+            + "|".join(f" {n + '/s':>12} {'p50':>6} {'p95':>6} {'cpu':>5} " for n in SYSTEMS)
+            + "| ratio to bare, bare-sbx"
         )
         for c in args.concurrency:
-            k, b = results[(page, "kubeshot", c)], results[(page, "bare", c)]
-            errors = f"  errors {k.errors}/{b.errors}" if k.errors or b.errors else ""
+            phases = [results[(page, n, c)] for n in SYSTEMS]
+            k = phases[0]
+            errors = "/".join(str(p.errors) for p in phases)
             print(
-                f"  {c:>4} | {k.rate:>10.2f} {k.p50:>6.0f} {k.p95:>6.0f} {k.cpu:>5.2f} | "
-                f"{b.rate:>7.2f} {b.p50:>6.0f} {b.p95:>6.0f} {b.cpu:>5.2f} | "
-                f"{k.rate / b.rate:5.2f}x{errors}"
+                f"  {c:>4} |"
+                + "|".join(
+                    f" {p.rate:>12.2f} {p.p50:>6.0f} {p.p95:>6.0f} {p.cpu:>5.2f} " for p in phases
+                )
+                + f"| {k.rate / phases[1].rate:.2f}x {k.rate / phases[2].rate:.2f}x"
+                + (f"  errors {errors}" if any(p.errors for p in phases) else "")
             )
     for page in wanted:
         if 4 not in args.concurrency:
             break
         print(f"\nCPU s per capture by process, {page} page, concurrency 4:")
-        for name in ("kubeshot", "bare"):
+        for name in SYSTEMS:
             roles = results[(page, name, 4)].roles
             parts = sorted(roles.items(), key=lambda item: -item[1])
             print(f"  {name}: " + "; ".join(f"{r} {s:.3f}" for r, s in parts if s >= 0.005))
     if "small" in wanted and 4 in args.concurrency:
-        k, b = results[("small", "kubeshot", 4)], results[("small", "bare", 4)]
+        k = results[("small", "kubeshot", 4)]
         base = idle[("small", "kubeshot")]
         print(f"\ntargets (small page, concurrency 4, {args.workers} workers):")
         print(f"  >= 4 captures/s: {k.rate:.2f} -> {'met' if k.rate >= 4 else 'MISSED'}")
@@ -445,10 +566,9 @@ async def main(args: argparse.Namespace) -> None:
             f"  p95 <= 2x unloaded p50: {k.p95:.0f} ms vs 2x{base:.0f} = {2 * base:.0f} ms -> "
             f"{'met' if k.p95 <= 2 * base else 'MISSED'}"
         )
-        print(
-            f"  >= 0.8x bare: {k.rate / b.rate:.2f}x -> "
-            f"{'met' if k.rate >= 0.8 * b.rate else 'MISSED'}"
-        )
+        for name in SYSTEMS[1:]:
+            ratio = k.rate / results[("small", name, 4)].rate
+            print(f"  >= 0.8x {name}: {ratio:.2f}x -> {'met' if ratio >= 0.8 else 'MISSED'}")
 
 
 if __name__ == "__main__":
@@ -463,8 +583,12 @@ if __name__ == "__main__":
     )
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--serve-pages", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--bare-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--sandbox", action="store_true", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.serve_pages:
         serve_pages()
+    elif arguments.bare_child:
+        bare_child(arguments.sandbox)
     else:
         asyncio.run(main(arguments))

@@ -131,6 +131,36 @@ RESOURCES = obj(
 )
 
 
+def _when(condition: dict[str, Schema], then: dict[str, Schema]) -> Schema:
+    """JSON Schema's if/then: when these properties match `condition`, they must match `then`."""
+    required = sorted(condition)
+    return {
+        "if": {"properties": condition, "required": required},
+        "then": {"properties": then, "required": sorted(then)},
+    }
+
+
+MORE_THAN_ONE_REPLICA = [
+    {"replicaCount": {"minimum": 2}},
+    {
+        "autoscaling": {
+            "properties": {"enabled": {"const": True}, "maxReplicas": {"minimum": 2}},
+            "required": ["enabled", "maxReplicas"],
+        }
+    },
+    {
+        "keda": {
+            "properties": {"enabled": {"const": True}, "maxReplicaCount": {"minimum": 2}},
+            "required": ["enabled", "maxReplicaCount"],
+        }
+    },
+]
+SHARED_STATE: dict[str, Schema] = {
+    "store": {"properties": {"type": {"const": "s3"}}, "required": ["type"]},
+    "redis": {"properties": {"enabled": {"const": True}}, "required": ["enabled"]},
+}
+
+
 def image(digest: bool = True) -> Schema:
     return obj(
         {
@@ -288,6 +318,43 @@ def schema_body() -> Schema:
                             ),
                         }
                     ),
+                    "store": obj(
+                        {
+                            "type": {"enum": ["filesystem", "s3"]},
+                            "download": {"enum": ["gateway", "presigned"]},
+                            "s3": obj(
+                                {
+                                    "endpoint": string(pattern=r"^(https?://[^\s]+)?$"),
+                                    "bucket": string(
+                                        pattern=r"^([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])?$"
+                                    ),
+                                    "prefix": string(),
+                                    "region": string(minLength=1),
+                                    "credentialsSecret": OPTIONAL_NAME,
+                                    "peers": K8S_LIST,
+                                }
+                            ),
+                        },
+                        allOf=[
+                            _when(
+                                {"type": {"const": "s3"}},
+                                {"s3": {"properties": {"bucket": string(minLength=3)}}},
+                            ),
+                            _when({"download": {"const": "presigned"}}, {"type": {"const": "s3"}}),
+                        ],
+                    ),
+                    "redis": obj(
+                        {
+                            "enabled": BOOL,
+                            "urlSecret": OPTIONAL_NAME,
+                            "urlSecretKey": string(minLength=1),
+                            "port": PORT,
+                            "peers": K8S_LIST,
+                        },
+                        allOf=[
+                            _when({"enabled": {"const": True}}, {"urlSecret": string(minLength=1)})
+                        ],
+                    ),
                     "persistence": obj(
                         {
                             "enabled": BOOL,
@@ -333,7 +400,10 @@ def schema_body() -> Schema:
                             "cooldownPeriod": integer(0, 86400),
                         }
                     ),
-                }
+                },
+                # More than one replica (by replicaCount, the HPA or KEDA) shares its state: the
+                # store must be S3 and Redis configured.
+                allOf=[_when(more, SHARED_STATE) for more in MORE_THAN_ONE_REPLICA],
             ),
             "networkPolicy": obj(
                 {

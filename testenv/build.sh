@@ -5,7 +5,9 @@
 # node tier's cluster DNS, CoreDNS (testenv/coredns/, its own module with a few plugins), into
 # .testenv/bin/coredns-<version>/, a separate small build; and a minimal OpenTelemetry Collector
 # (testenv/otelcol/: OTLP receiver + file exporter, for the tracing tests) into
-# .testenv/bin/otelcol-<version>/, another (about 2 minutes cold).
+# .testenv/bin/otelcol-<version>/, another (about 2 minutes cold); and an S3-compatible server,
+# versitygw (testenv/s3/: its posix backend, Apache-2.0; the gateway tier's result store tests)
+# into .testenv/bin/versitygw-<version>/ (about 3 minutes cold).
 #
 # Idempotent: exits at once when the binaries for the pinned versions are there. One `go build`
 # compiles all five, so the packages they share are compiled once. Go's own module and build
@@ -15,6 +17,7 @@
 #   testenv/build.sh                  build (or reuse) and print the binary folder
 #   testenv/build.sh --print-bin-dir  print the binary folder only (no build)
 #   testenv/build.sh --print-otelcol  print the test collector's path only (no build)
+#   testenv/build.sh --print-s3       print the S3 server's path only (no build)
 #   testenv/build.sh --update-gomod   regenerate testenv/gomod/go.mod + go.sum (and
 #                                     testenv/coredns/'s) from versions.env
 #
@@ -27,6 +30,7 @@ ROOT="$(dirname "$HERE")"
 GOMOD_DIR="$HERE/gomod"
 COREDNS_DIR="$HERE/coredns"
 OTELCOL_DIR="$HERE/otelcol"
+S3_DIR="$HERE/s3"
 # The Go packages built, one binary each (go names .../server/v3's binary "server"; renamed etcd).
 PACKAGES=(
   go.etcd.io/etcd/server/v3
@@ -70,6 +74,15 @@ otelcol_version() {
 
 otelcol_dir() {
   echo "$ROOT/.testenv/bin/otelcol-$(otelcol_version)"
+}
+
+# The S3 server's release: the one testenv/s3/go.mod requires (update: `go get` there).
+s3_version() {
+  sed -n 's|^[[:space:]]*github\.com/versity/versitygw \(v[0-9.]*\)\( // indirect\)\{0,1\}$|\1|p' "$S3_DIR/go.mod"
+}
+
+s3_dir() {
+  echo "$ROOT/.testenv/bin/versitygw-$(s3_version)"
 }
 
 have_all() {
@@ -207,9 +220,24 @@ build_otelcol() {
   say "built the collector in $((SECONDS - start))s"
 }
 
+build_s3() {
+  local dest="$1" tmp start v
+  tmp="$dest.partial.$$"; v="$(s3_version)"
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  trap 'rm -rf "$tmp"' EXIT
+  say "building versitygw $v (testenv/s3: an S3-compatible server for the tests)"
+  start=$SECONDS
+  (cd "$S3_DIR" && go build -trimpath -ldflags="-s -w -X main.Version=$v" \
+    -o "$tmp/versitygw" github.com/versity/versitygw/cmd/versitygw)
+  rm -rf "$dest"; mv "$tmp" "$dest"
+  trap - EXIT
+  say "built versitygw in $((SECONDS - start))s"
+}
+
 case "${1:-}" in
   --print-bin-dir) bin_dir; exit 0 ;;
   --print-otelcol) echo "$(otelcol_dir)/otelcol"; exit 0 ;;
+  --print-s3) echo "$(s3_dir)/versitygw"; exit 0 ;;
   --update-gomod) update_gomod; exit 0 ;;
   "") ;;
   *) die "unknown argument: $1 (see the header of $0)" ;;
@@ -238,5 +266,9 @@ fi
 if [[ ! -x "$(otelcol_dir)/otelcol" ]]; then
   require_go
   build_otelcol "$(otelcol_dir)"
+fi
+if [[ ! -x "$(s3_dir)/versitygw" ]]; then
+  require_go
+  build_s3 "$(s3_dir)"
 fi
 echo "$dest"

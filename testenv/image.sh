@@ -206,7 +206,8 @@ bud() { # <name> <dockerfile> <ref>; --layers keeps each step as cache: a code c
   fi
 }
 
-# As user 10001, as the operator runs it: the engine imports, Chromium starts, and
+# As user 10001, as the operator runs it: the engine imports, Playwright's driver starts from the
+# compile cache the image holds for this user, Chromium starts, and
 # `python -m kubeshot_capture` captures a page served here on 127.0.0.2 (the pod's entrypoint,
 # its default policy with 127.0.0.2 opened, the artifact written to a file).
 smoke() {
@@ -233,6 +234,9 @@ EOF
     # shellcheck disable=SC2016 # expanded by the container's shell
     run_in "$ctr" -- sh -c 'test "$(id -u)" = 10001 && ! find / -xdev -perm /6000 -type f | grep .' \
       && run_in "$ctr" -- python -c 'import kubeshot_capture.pod, kubeshot_capture.engine' \
+      && run_in --env NODE_DEBUG_NATIVE=COMPILE_CACHE "$ctr" -- python -c \
+        'from playwright.sync_api import sync_playwright; sync_playwright().start().stop()' \
+        2>&1 | grep 'coreBundle.js.*success' >/dev/null \
       && run_in "$ctr" -- chromium --headless --no-sandbox --disable-gpu --dump-dom about:blank \
         | grep -q '<body>' \
       && run_in --env KUBESHOT_REQUEST=/smoke/request.json --env KUBESHOT_OUTPUT=/smoke/out.png \
@@ -246,7 +250,8 @@ EOF
     cat "$work/smoke.log" "$work/termination-log" >&2 2>/dev/null || true
     die "smoke check failed (work folder kept: $work)"
   fi
-  say "smoke: uid 10001, no setuid files, engine imports, chromium runs, captured a PNG" \
+  say "smoke: uid 10001, no setuid files, engine imports, the driver's compile cache is read," \
+    "chromium runs, captured a PNG" \
     "($(stat -c %s "$work/out.png") bytes): $(cat "$work/termination-log")"
   rm -rf "$work"
 }

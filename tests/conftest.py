@@ -1,5 +1,5 @@
-"""Shared test plumbing: tier markers by folder, `need()` for tier prerequisites and the
-`chromium` fixture (the rest is in tests/support.py).
+"""Shared test plumbing: tier markers by folder, `need()` for tier prerequisites, the
+`chromium` fixture and `s3_server`, a real S3-compatible server (the rest is in tests/support.py).
 
 With CI=true a missing prerequisite fails the tier instead of skipping it, so a green CI means
 the tier really ran.
@@ -8,9 +8,14 @@ the tier really ran.
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.support import free_port, listening, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -78,3 +83,73 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             f"e2e: {count} tests deselected; the suite runs in a session of its own: "
             "pytest -m e2e (make test runs it after the other tiers)"
         )
+
+
+S3_ACCESS_KEY = "s3-test-access-key-0123"
+S3_SECRET_KEY = "s3-test-secret-key-0123456789abcdef"
+S3_BUCKET = "kubeshot-results"
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    bucket: str
+    access_key_file: Path
+    secret_key_file: Path
+    data: Path
+    """The posix backend's directory: one directory per bucket, one file per object."""
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3-compatible server, versitygw (testenv/s3, built by testenv/build.sh), on
+    127.0.0.1: its posix backend in a temporary directory (metadata in sidecar files), root
+    credentials from the environment, one bucket. Its credentials are files, as from a Secret."""
+    binary = subprocess.run(
+        ["bash", str(ROOT / "testenv" / "build.sh"), "--print-s3"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    need(os.access(binary, os.X_OK), f"no S3 server at {binary} (testenv/build.sh)")
+    work = tmp_path_factory.mktemp("s3")
+    (work / "data").mkdir()
+    (work / "meta").mkdir()
+    (work / "access-key-id").write_text(S3_ACCESS_KEY)
+    (work / "secret-access-key").write_text(S3_SECRET_KEY)
+    port = free_port()
+    env = {"ROOT_ACCESS_KEY_ID": S3_ACCESS_KEY, "ROOT_SECRET_ACCESS_KEY": S3_SECRET_KEY}
+    backend = ["posix", "--sidecar", str(work / "meta"), str(work / "data")]
+    process = subprocess.Popen(
+        [binary, "--port", f"127.0.0.1:{port}", "--quiet", *backend],
+        env={"PATH": os.environ.get("PATH", ""), **env},
+        stdout=(work / "s3.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(lambda: listening(port), 30, "versitygw to listen")
+        server = S3Server(
+            f"http://127.0.0.1:{port}",
+            S3_BUCKET,
+            work / "access-key-id",
+            work / "secret-access-key",
+            work / "data",
+        )
+        _create_bucket(server)
+        yield server
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _create_bucket(server: S3Server) -> None:
+    from botocore.session import get_session
+
+    client = get_session().create_client(
+        "s3",
+        endpoint_url=server.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=S3_ACCESS_KEY,
+        aws_secret_access_key=S3_SECRET_KEY,
+    )
+    client.create_bucket(Bucket=server.bucket)

@@ -26,6 +26,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def listening(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts TCP connections on host:port now."""
+    with socket.socket() as s:
+        return s.connect_ex((host, port)) == 0
+
+
 def wait_for(
     predicate: Callable[[], Any],
     timeout: float = 30.0,

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kubeshot.api import CaptureError, CaptureOutcome, CaptureRequest
-
 if TYPE_CHECKING:
+    from kubeshot.api import CaptureOutcome, CaptureRequest
     from kubeshot_capture.engine import CaptureEngine
 
 
@@ -19,6 +18,10 @@ async def run(
 ) -> tuple[CaptureOutcome, bytes]:
     """Run one capture: how it ended, and its artifact (empty when it failed). `engine`: one
     already started (a worker's); without, one is started for this capture and closed after."""
+    # Imported here, not above: `python -m kubeshot_capture` imports this package before its
+    # __main__, which starts Playwright's driver before the models are imported.
+    from kubeshot.api import CaptureError, CaptureOutcome
+
     try:
         if engine is None:
             from kubeshot_capture.engine import CaptureEngine

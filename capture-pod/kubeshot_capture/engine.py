@@ -94,12 +94,20 @@ class CaptureEngine:
             replaced as soon as a capture takes it). 0 opens every context on demand. Each
             costs a renderer process's memory (tens of MiB) while it waits.
         guard: the egress guard; a new one by default. Passing one is for tests.
+        playwright: Playwright's driver, started by the caller, who stops it; by default the
+            engine starts its own. The capture pod starts it while Python imports the engine.
     """
 
-    def __init__(self, *, spare_contexts: int = 1, guard: EgressGuard | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        spare_contexts: int = 1,
+        guard: EgressGuard | None = None,
+        playwright: Playwright | None = None,
+    ) -> None:
         self._spare_target = spare_contexts
         self._guard = guard if guard is not None else EgressGuard()
-        self._playwright: Playwright | None = None
+        self._playwright = playwright
         self._browser: Browser | None = None
         self._spares: asyncio.Queue[_Spare] = asyncio.Queue()
         self._refills: set[asyncio.Task[None]] = set()
@@ -109,7 +117,8 @@ class CaptureEngine:
     async def __aenter__(self) -> Self:
         try:
             await self._stack.enter_async_context(self._guard)
-            self._playwright = await self._stack.enter_async_context(async_playwright())
+            if self._playwright is None:
+                self._playwright = await self._stack.enter_async_context(async_playwright())
             args = chromium_args() + self._guard.launch_args()
             self._browser = await self._playwright.chromium.launch(
                 executable_path=chromium_executable(),
@@ -174,14 +183,31 @@ class CaptureEngine:
                     if spare is not None and self._pending() < self._spares_for(policy):
                         # Its replacement opens while this capture runs, not after it.
                         self._refill()
-                    # The session takes the login of the context the capture will run in.
-                    session = self._guard.session(
-                        policy.network,
-                        max_download_bytes=policy.limits.max_download_bytes,
-                        upstream=proxy,
-                        login=spare.login if spare is not None else None,
-                    )
-                    return await self._capture(options, policy, session, spare, started, deadline)
+                    retried = False
+                    while True:
+                        # The session takes the login of the context the capture will run in.
+                        session = self._guard.session(
+                            policy.network,
+                            max_download_bytes=policy.limits.max_download_bytes,
+                            upstream=proxy,
+                            login=spare.login if spare is not None else None,
+                        )
+                        try:
+                            return await self._capture(
+                                options, policy, session, spare, started, deadline
+                            )
+                        except PlaywrightError as exc:
+                            if not _transient(exc):
+                                raise
+                            if retried:
+                                raise CaptureError(
+                                    FailureReason.NAVIGATION_FAILED,
+                                    "the browser failed twice, on two contexts: "
+                                    f"{_first_line(exc.message)}",
+                                ) from exc
+                            log.warning("retrying on a fresh context: %s", exc.message)
+                        session.close()
+                        session, spare, retried = None, None, True  # on a context of its own
             except TimeoutError as exc:
                 if session is not None:
                     self._raise_if_guard_stopped(session)
@@ -568,6 +594,15 @@ class _MainDocument:
         request = response.request
         if request.is_navigation_request() and request.frame == self._frame:
             self.last = response
+
+
+# Chromium's answers that a fresh context usually does not give again (a soak saw the first
+# about once in 400 captures): the engine retries these once, inside the capture's deadline.
+TRANSIENT_BROWSER_ERRORS = ("Unable to capture screenshot",)
+
+
+def _transient(exc: PlaywrightError) -> bool:
+    return any(text in exc.message for text in TRANSIENT_BROWSER_ERRORS)
 
 
 def _timed_out(exc: TimeoutError | CaptureError) -> bool:

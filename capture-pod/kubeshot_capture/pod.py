@@ -9,6 +9,9 @@ The termination log holds the CaptureOutcome as JSON of at most 4 KiB (UTF-8):
 The operator copies the result, the whole report, into the CaptureJob's `status.result` and
 records its timings' phases as this pod's spans (the pod itself exports nothing: its
 NetworkPolicy lets it reach no collector).
+
+`python -m kubeshot_capture` (__main__) starts Playwright's driver before it imports this module,
+and hands it to `main`.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Awaitable
 from pathlib import Path
 
+from playwright.async_api import Playwright
 from pydantic import ValidationError
 
 from kubeshot import logs
@@ -37,6 +42,7 @@ from kubeshot.api import (
 )
 from kubeshot.api.reasons import redact_addresses
 from kubeshot_capture import run
+from kubeshot_capture.engine import CaptureEngine
 
 log = logging.getLogger("kubeshot_capture.pod")
 MAX_TERMINATION_MESSAGE = 4096
@@ -107,30 +113,37 @@ def upload(target: UploadTarget, data: bytes, report: CaptureReport) -> str:
     raise AssertionError("unreachable")
 
 
-def main() -> int:
+async def main(driver: Awaitable[Playwright]) -> int:
+    """Read the request, capture, deliver the artifact, report; the exit code. `driver`:
+    Playwright's, starting meanwhile (__main__), and stopped before this returns."""
     # JSON lines with the job's request id, job, policy and trace id (set by the operator).
     logs.setup(logs.log_format(None, "json"), static=logs.context_from_env())
-    outcome = _outcome()
-    termination = Path(os.environ.get("KUBESHOT_TERMINATION_LOG", "/dev/termination-log"))
-    termination.write_text(termination_message(outcome), encoding="utf-8")
+    request = await asyncio.to_thread(_read_request)
+    playwright = await driver
     try:
-        report = outcome.report()
-    except CaptureError as exc:
-        print(exc, file=sys.stderr)
-        return exc.reason.exit_code
-    log.info("captured %s: %d bytes sha256=%s", report.format, report.bytes, report.sha256)
-    return ExitCode.OK
+        if isinstance(request, CaptureOutcome):  # unreadable: nothing to capture
+            outcome = request
+        else:
+            async with CaptureEngine(spare_contexts=0, playwright=playwright) as engine:
+                captured, data = await run(request, engine)
+            outcome = await asyncio.to_thread(_deliver, request, captured, data)
+    finally:
+        await playwright.stop()
+    return await asyncio.to_thread(_report, outcome)
 
 
-def _outcome() -> CaptureOutcome:
-    """Read the request, capture, deliver the artifact (upload, else KUBESHOT_OUTPUT)."""
+def _read_request() -> CaptureRequest | CaptureOutcome:
+    """The request, or the failure to report when it cannot be read."""
     try:
         raw = Path(os.environ.get("KUBESHOT_REQUEST", "/var/run/kubeshot/request.json")).read_text()
-        request = CaptureRequest.model_validate_json(raw)
+        return CaptureRequest.model_validate_json(raw)
     except (OSError, ValidationError) as exc:
         message = f"request unreadable: {exc}".splitlines()[0]
         return CaptureOutcome.failed(CaptureError(FailureReason.INVALID_SPEC, message))
-    outcome, data = asyncio.run(run(request))
+
+
+def _deliver(request: CaptureRequest, outcome: CaptureOutcome, data: bytes) -> CaptureOutcome:
+    """Upload the artifact (else write it to KUBESHOT_OUTPUT); the outcome to report."""
     try:
         report = outcome.report()
         if request.upload is None:
@@ -143,3 +156,16 @@ def _outcome() -> CaptureOutcome:
         # resolver answered for a name: addresses the request did not name are redacted.
         message = redact_addresses(exc.message, request.options.url or "")
         return CaptureOutcome.failed(CaptureError(exc.reason, message))
+
+
+def _report(outcome: CaptureOutcome) -> int:
+    """Write the termination log; the exit code."""
+    termination = Path(os.environ.get("KUBESHOT_TERMINATION_LOG", "/dev/termination-log"))
+    termination.write_text(termination_message(outcome), encoding="utf-8")
+    try:
+        report = outcome.report()
+    except CaptureError as exc:
+        print(exc, file=sys.stderr)
+        return exc.reason.exit_code
+    log.info("captured %s: %d bytes sha256=%s", report.format, report.bytes, report.sha256)
+    return ExitCode.OK

@@ -5,6 +5,7 @@ Each test decodes the artifact and checks what the option should have changed.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import re
@@ -365,3 +366,19 @@ async def test_each_capture_gets_a_fresh_context(
     )
     data, _ = await shot(engine, local_policy, url=site.url("/env"), format="html")
     assert dom_json(data)["cookie"] == ""
+
+
+async def test_contexts_start_no_browser_ui(engine: Any) -> None:
+    # Each context is a window whose omnibox popups would load WebUI pages in a renderer of
+    # their own, per capture (browser.CHROMIUM_ARGS switches them off): only pages remain.
+    context = await engine.browser.new_context()
+    cdp = await engine.browser.new_browser_cdp_session()
+    try:
+        await context.new_page()
+        await asyncio.sleep(0.5)  # the popups open with the window, without a wait
+        await cdp.send("Target.setDiscoverTargets", {"discover": True})
+        targets = (await cdp.send("Target.getTargets"))["targetInfos"]
+    finally:
+        await cdp.detach()
+        await context.close()
+    assert targets and {target["type"] for target in targets} == {"page"}, targets

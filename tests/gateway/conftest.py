@@ -32,7 +32,7 @@ from kubeshot.gateway.metrics import metrics_app
 from kubeshot.gateway.policies import PolicySet
 from kubeshot.gateway.pool import WORKER_TAG, LocalBackend
 from kubeshot.gateway.serving import GatewaySite
-from tests.support import Handler, free_port, serving, wait_until
+from tests.support import Handler, free_port, listening, serving, wait_for, wait_until
 
 TOKEN = "gateway-test-token-0123456789abcdef"
 CI_TOKEN = "ci-token-0123456789abcdef0123456789"
@@ -437,3 +437,27 @@ def metric_value(text: str, name: str, **labels: str) -> float:
         if all(f'{k}="{v}"' in sample for k, v in labels.items()):
             return float(value)
     return 0.0
+
+
+REDIS_PASSWORD = "redis-test-password-0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server (Debian's) on 127.0.0.1, a free port, a temporary directory, no
+    persistence, behind a password: the URL the gateway replicas share."""
+    port = free_port()
+    work = tmp_path_factory.mktemp("redis")
+    options = {"bind": "127.0.0.1", "port": str(port), "dir": str(work), "save": ""}
+    options |= {"appendonly": "no", "requirepass": REDIS_PASSWORD}
+    process = subprocess.Popen(
+        ["redis-server", *(a for k, v in options.items() for a in (f"--{k}", v))],
+        stdout=(work / "redis.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(lambda: listening(port), 20)
+        yield f"redis://:{REDIS_PASSWORD}@127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(10)

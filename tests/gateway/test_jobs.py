@@ -49,7 +49,7 @@ async def test_async_capture_round_trip(gateway: Gateway, session: ClientSession
     artifact.write_bytes(original)
 
     # Expired by TTL: job and artifact are gone.
-    gateway.app[keys.JOBS].expire(now=time.time() + gateway.settings.result_ttl_seconds + 1)
+    await gateway.app[keys.JOBS].expire(now=time.time() + gateway.settings.result_ttl_seconds + 1)
     assert not artifact.exists()
     async with session.get(f"{gateway.url}/v1/captures/{job['id']}", headers=gateway.auth()) as r:
         assert r.status == 404

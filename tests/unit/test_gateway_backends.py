@@ -27,13 +27,14 @@ from kubeshot.gateway.auth import Identity
 from kubeshot.gateway.backend import Backend, CaptureResult, Jobs
 from kubeshot.gateway.errors import ApiError
 from kubeshot.gateway.jobs import JobRegistry
+from kubeshot.gateway.jobstore import SqliteJobs
 from kubeshot.gateway.metrics import Metrics
 from kubeshot.gateway.models import CaptureJobView
 from kubeshot.gateway.policies import PolicySet
 from kubeshot.gateway.pool import WorkerUser, resolve_worker_user, worker_environment
 from kubeshot.gateway.settings import SECRET_ENVIRONMENT
-from kubeshot.gateway.store import ResultStore
 from kubeshot.gateway.worker import RUN_AS
+from kubeshot.store.files import FileStore
 from kubeshot_capture import browser
 
 ALICE = Identity(name="alice", kind="token", namespace="a", rate_key="token:alice")
@@ -113,7 +114,7 @@ class WithJobs(Quick):
     ) -> CaptureJobView:
         raise AssertionError("never called")
 
-    def find(self, caller: Identity, job_id: str) -> CaptureJobView | None:
+    async def find(self, caller: Identity, job_id: str) -> CaptureJobView | None:
         return None
 
 
@@ -138,15 +139,16 @@ def test_a_backend_with_jobs_runs_them_itself() -> None:
     assert app[keys.JOBS] is backend
 
 
-def registry(backend: Backend, tmp_path: Path) -> JobRegistry:
-    store = ResultStore(tmp_path, 60)
-    store.open()
-    return JobRegistry(backend, store, 60, Metrics())
+async def registry(backend: Backend, tmp_path: Path) -> JobRegistry:
+    store = FileStore(tmp_path, 60)
+    jobs = SqliteJobs(tmp_path / "jobs" / "jobs.sqlite3")
+    await jobs.open()
+    return JobRegistry(backend, store, jobs, 60, Metrics())
 
 
 async def wait_finished(jobs: JobRegistry, job_id: str) -> CaptureJobView:
     for _ in range(200):
-        view = jobs.find(ALICE, job_id)
+        view = await jobs.find(ALICE, job_id)
         assert view is not None
         if view.phase in {Phase.SUCCEEDED, Phase.FAILED}:
             return view
@@ -158,26 +160,26 @@ async def test_registry_jobs_run_on_the_backends_captures_for_their_caller_only(
     tmp_path: Path,
 ) -> None:
     backend = Quick()
-    jobs = registry(backend, tmp_path)
+    jobs = await registry(backend, tmp_path)
     policy = PolicySet([]).get(None)
     accepted = await jobs.submit(ALICE, policy, CaptureOptions(url="https://example.com/"))
     assert accepted.phase is Phase.QUEUED and accepted.policy == "default"
-    assert jobs.find(BOB, accepted.id) is None
+    assert await jobs.find(BOB, accepted.id) is None
     backend.gate.set()
     done = await wait_finished(jobs, accepted.id)
     assert backend.callers == [ALICE]
     assert done.result is not None and done.result.url == f"/v1/captures/{done.id}/artifact"
-    assert jobs.store.get(done.id, done.result.sha256) == PNG
-    assert jobs.expire() == 0
-    assert jobs.expire(now=time.time() + 61) == 1
-    assert jobs.find(ALICE, done.id) is None
-    assert jobs.store.get(done.id, done.result.sha256) is None
+    assert await jobs.store.get(done.id, done.result.sha256) == PNG
+    assert await jobs.expire() == 0
+    assert await jobs.expire(now=time.time() + 61) == 1
+    assert await jobs.find(ALICE, done.id) is None
+    assert await jobs.store.get(done.id, done.result.sha256) is None
 
 
 async def test_registry_failures_and_overload(tmp_path: Path) -> None:
     backend = Quick(CaptureError(FailureReason.TIMEOUT, "too slow"))
     backend.gate.set()
-    jobs = registry(backend, tmp_path)
+    jobs = await registry(backend, tmp_path)
     policy = PolicySet([]).get(None)
     options = CaptureOptions(url="https://example.com/")
     failed = await wait_finished(jobs, (await jobs.submit(ALICE, policy, options)).id)

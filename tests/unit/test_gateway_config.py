@@ -7,15 +7,14 @@ import contextlib
 import ipaddress
 import logging
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from kubeshot.api import CaptureOptions, Format, Phase, ScreenshotPolicySpec
+from kubeshot.api import CaptureOptions, Format, ScreenshotPolicySpec
 from kubeshot.api.admission import pixel_budget_fields, violations
 from kubeshot.api.capture import MAX_CAPTURE_PIXELS
-from kubeshot.gateway.app import build_authenticator, token_entries
+from kubeshot.gateway.app import _secrets, build_authenticator, token_entries
 from kubeshot.gateway.auth import (
     Authenticator,
     Identity,
@@ -276,30 +275,39 @@ def test_every_log_record_is_redacted_with_the_gateways_own_secrets(
     assert "signature=***" in caplog.text
 
 
+def test_the_redis_url_is_a_secret_of_the_gateway() -> None:
+    url = "redis://:pa55-word-0123456789@redis.example:6379/0"
+    settings = Settings(redis_url=url, no_auth=True)
+    assert url not in repr(settings) and "pa55-word-0123456789" not in repr(settings)
+    assert {url, "pa55-word-0123456789"} <= set(_secrets(settings))
+    with pytest.raises(ValueError, match="redis:// or rediss://"):
+        Settings(redis_url="http://redis.example:6379")
+
+
 def _identity(name: str) -> Identity:
     return Identity(name=name, kind="token", rate_key=f"token:{name}")
 
 
-def test_fair_share_caps_each_identity_and_leaves_room_for_newcomers():
+async def test_fair_share_caps_each_identity_and_leaves_room_for_newcomers():
     fair = FairShare(capacity=8, per_identity=3)
     a, b, c = _identity("a"), _identity("b"), _identity("c")
-    with contextlib.ExitStack() as held:
+    async with contextlib.AsyncExitStack() as held:
         for _ in range(3):
-            held.enter_context(fair.slot(a))  # alone: min(3, 8 // 2)
+            await held.enter_async_context(fair.slot(a))  # alone: min(3, 8 // 2)
         with pytest.raises(ApiError) as refused:
-            held.enter_context(fair.slot(a))
+            await held.enter_async_context(fair.slot(a))
         assert refused.value.status == 429 and refused.value.code == "concurrency_limited"
         assert refused.value.details == {"inFlight": 3, "limit": 3}
         assert fair.limit("token:b") == 2  # 8 // (a, b + 1)
-        held.enter_context(fair.slot(b))
-        held.enter_context(fair.slot(b))
+        await held.enter_async_context(fair.slot(b))
+        await held.enter_async_context(fair.slot(b))
         with pytest.raises(ApiError):
-            held.enter_context(fair.slot(b))
+            await held.enter_async_context(fair.slot(b))
         assert fair.limit("token:c") == 2  # 8 // (a, b, c + 1)
-        held.enter_context(fair.slot(c))
+        await held.enter_async_context(fair.slot(c))
         assert fair.limit("token:a") == 2  # a holds more than its share now: no new place
         with pytest.raises(ApiError):
-            held.enter_context(fair.slot(a))
+            await held.enter_async_context(fair.slot(a))
     assert fair.held("token:a") == fair.held("token:b") == 0
     assert fair.limit("token:a") == 3
 
@@ -310,34 +318,25 @@ def test_fair_share_never_goes_below_one_and_can_be_switched_off():
     assert FairShare(capacity=2, per_identity=4, fair_share=False).limit("token:a") == 4
 
 
-class _Jobs:
-    def __init__(self) -> None:
-        self.phases: dict[str, Phase] = {}
-
-    async def submit(self, *args: Any) -> Any:
-        raise AssertionError("not used")
-
-    def find(self, caller: Identity, job_id: str) -> Any:
-        phase = self.phases.get(job_id)
-        return None if phase is None else SimpleNamespace(phase=phase)
-
-
-def test_an_async_job_keeps_its_place_until_it_has_finished():
-    jobs = _Jobs()
-    fair = FairShare(capacity=8, per_identity=1, jobs=jobs)  # type: ignore[arg-type]
+async def test_an_async_job_keeps_its_place_until_it_has_finished():
+    fair = FairShare(capacity=8, per_identity=1, keep_jobs=True)
     a = _identity("a")
-    with fair.slot(a) as slot:
-        jobs.phases["j1"] = Phase.QUEUED
+    async with fair.slot(a) as slot:
         slot.keep("j1")
     assert fair.held("token:a") == 1
     with pytest.raises(ApiError):
-        fair.slot(a).__enter__()
-    jobs.phases["j1"] = Phase.RUNNING
+        await fair.slot(a).__aenter__()
+    await fair.job_finished("j2")  # another job: no place of a's
     assert fair.held("token:a") == 1
-    jobs.phases["j1"] = Phase.SUCCEEDED
+    await fair.job_finished("j1")
     assert fair.held("token:a") == 0
-    with fair.slot(a):
+    async with fair.slot(a):
         assert fair.held("token:a") == 1
+    # Without a registry that reports finished jobs, a kept place is given back at once.
+    unkept = FairShare(capacity=8, per_identity=1)
+    async with unkept.slot(a) as slot:
+        slot.keep("j1")
+    assert unkept.held("token:a") == 0
 
 
 @pytest.mark.parametrize(

@@ -20,9 +20,9 @@ from kubeshot.gateway.backend import Backend, Jobs
 from kubeshot.gateway.cluster import KubernetesBackend
 from kubeshot.gateway.errors import ApiError
 from kubeshot.gateway.kube import CaptureJobWatch, KubeError
-from kubeshot.gateway.store import ResultStore
 from kubeshot.gateway.uploads import decodes_as, has_format
 from kubeshot.kube.names import caller_label, store_id
+from kubeshot.store.files import FileStore
 
 UID = "0f3c2b1a-0000-4000-8000-00000000beef"
 
@@ -72,7 +72,7 @@ class RefusingClient(NeverClient):
 def backend(client: Any = None) -> KubernetesBackend:
     return KubernetesBackend(
         ["team-a"],
-        store=ResultStore(None, 60),
+        store=FileStore(None, 60),
         wait_grace=1,
         client=client or NeverClient(),
     )
@@ -147,18 +147,18 @@ async def test_not_ready_until_the_watch_is_established() -> None:
         await gateway.close()
 
 
-def test_jobs_are_visible_to_their_caller_and_kubectl_jobs_to_the_namespace() -> None:
+async def test_jobs_are_visible_to_their_caller_and_kubectl_jobs_to_the_namespace() -> None:
     gateway = backend()
     gateway.watch.observe(job())
     gateway.watch.observe(job("by-kubectl", uid="1" * 32, labels={}))
     own = store_id(job())
     assert own == UID.replace("-", "")
-    seen = gateway.find(caller("alice", "team-a"), own)
+    seen = await gateway.find(caller("alice", "team-a"), own)
     assert seen is not None and seen.id == own
-    assert gateway.find(caller("bob", "team-a"), own) is None
-    assert gateway.find(caller("alice", "team-b"), own) is None
-    assert gateway.find(caller("bob", "team-a"), "1" * 32) is not None
-    assert gateway.find(caller("alice", "team-a"), "f" * 32) is None
+    assert await gateway.find(caller("bob", "team-a"), own) is None
+    assert await gateway.find(caller("alice", "team-b"), own) is None
+    assert await gateway.find(caller("bob", "team-a"), "1" * 32) is not None
+    assert await gateway.find(caller("alice", "team-a"), "f" * 32) is None
 
 
 def test_the_view_follows_the_job_status() -> None:

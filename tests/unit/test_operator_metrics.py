@@ -47,7 +47,7 @@ def kopf_kwargs(bound: Reconciler) -> dict[str, Any]:
     return {
         "memo": {"reconciler": bound},
         "capturejob_index": bound.jobs,
-        "screenshotpolicy_index": bound.policies,
+        "screenshotpolicy_index": bound.policies.index,
     }
 
 

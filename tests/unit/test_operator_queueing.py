@@ -1,4 +1,5 @@
-"""FIFO queueing under maxConcurrentJobs, with the operator's own not-yet-seen decisions."""
+"""FIFO queueing under maxConcurrentJobs: `plan` over the index as a pure function, and the
+operator's own decisions the watch has not shown yet (`JobQueue`'s expectations)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from kubeshot.api import CaptureJobStatus, Phase
-from kubeshot.operator.queueing import JobQueue, JobView
+from kubeshot.operator.queueing import Believed, Expect, JobQueue, plan, waits_for_slot
+from kubeshot.operator.views import JobView
 
 RETRY_AT = "2026-01-01T00:00:10Z"
 
@@ -23,55 +25,51 @@ def job(name: str, phase: Phase, created: str = "2026-01-01T00:00:00Z") -> JobVi
     )
 
 
+def seen(*jobs: JobView) -> list[Believed]:
+    """Jobs as the index shows them, no decision of the operator's pending."""
+    return [(j.phase, j) for j in jobs]
+
+
+def names(jobs: list[JobView]) -> list[str]:
+    return [j.name for j in jobs]
+
+
 def test_first_come_first_served_up_to_the_limit() -> None:
-    queue = JobQueue()
-    jobs = [
+    jobs = seen(
         job("c", Phase.QUEUED, "2026-01-01T00:00:03Z"),
         job("a", Phase.QUEUED, "2026-01-01T00:00:01Z"),
         job("b", Phase.QUEUED, "2026-01-01T00:00:02Z"),
         job("r", Phase.RUNNING),
-    ]
-    assert [j.name for j in queue.plan(jobs, limit=3, now=0)] == ["a", "b"]
-    assert queue.plan(jobs, limit=3, now=0) == []  # started ones hold their slots
+        job("done", Phase.SUCCEEDED),
+    )
+    assert names(plan(jobs, limit=3, now=0)) == ["a", "b"]
+    assert names(plan(jobs, limit=1, now=0)) == []  # the running one holds the only slot
 
 
 def test_same_second_is_ordered_by_name() -> None:
-    queue = JobQueue()
-    jobs = [job("job-2", Phase.QUEUED), job("job-1", Phase.QUEUED)]
-    assert [j.name for j in queue.plan(jobs, limit=1, now=0)] == ["job-1"]
+    assert names(plan(seen(job("job-2", Phase.QUEUED), job("job-1", Phase.QUEUED)), 1, 0)) == [
+        "job-1"
+    ]
 
 
-def test_started_job_holds_its_slot_until_it_finishes() -> None:
-    queue = JobQueue()
-    a, b = job("a", Phase.QUEUED), job("b", Phase.QUEUED)
-    assert queue.plan([a, b], limit=1, now=0) == [a]
-    running_a = job("a", Phase.RUNNING)
-    queue.observe(running_a)
-    assert queue.plan([running_a, b], limit=1, now=0) == []
-    done_a = job("a", Phase.SUCCEEDED)
-    queue.observe(done_a)
-    assert queue.plan([done_a, b], limit=1, now=0) == [b]
-
-
-def test_admitted_jobs_are_queued_before_their_status_is_seen() -> None:
-    queue = JobQueue()
-    pending = job("a", Phase.PENDING)
-    assert queue.plan([pending], limit=1, now=0) == []
-    queue.admit(job("a", Phase.QUEUED))
-    assert [j.name for j in queue.plan([pending], limit=1, now=0)] == ["a"]
+def test_no_job_overtakes_an_older_one_still_pending() -> None:
+    older = job("a", Phase.PENDING, "2026-01-01T00:00:01Z")
+    younger = job("b", Phase.QUEUED, "2026-01-01T00:00:02Z")
+    assert plan(seen(older, younger), limit=2, now=0) == []
+    assert names(plan(seen(job("z", Phase.PENDING, "2026-01-01T00:00:03Z"), younger), 2, 0)) == [
+        "b"
+    ]
 
 
 def test_retrying_job_waits_for_its_backoff_without_blocking_others() -> None:
+    # The status alone holds it back: what an operator that just took over knows.
     a = job("a", Phase.QUEUED, "2026-01-01T00:00:01Z")
     a = replace(a, status=CaptureJobStatus(phase=Phase.QUEUED, next_attempt_time=RETRY_AT))
     b = job("b", Phase.QUEUED, "2026-01-01T00:00:02Z")
-    # A fresh queue: what an operator that just took over knows. The status alone holds a back.
-    queue = JobQueue()
     at = datetime(2026, 1, 1, 0, 0, 10, tzinfo=UTC).timestamp()
-    assert queue.plan([a, b], limit=1, now=at - 0.5) == [b]
-    queue.release(b.uid)
-    assert queue.plan([a], limit=1, now=at - 0.5) == []
-    assert queue.plan([a], limit=1, now=at) == [a]
+    assert plan(seen(a, b), limit=1, now=at - 0.5) == [b]
+    assert plan(seen(a), limit=1, now=at - 0.5) == []
+    assert plan(seen(a), limit=1, now=at) == [a]
 
 
 def test_a_next_attempt_time_the_operator_did_not_write_holds_nobody_back() -> None:
@@ -79,58 +77,79 @@ def test_a_next_attempt_time_the_operator_did_not_write_holds_nobody_back() -> N
         job("a", Phase.QUEUED),
         status=CaptureJobStatus(phase=Phase.QUEUED, next_attempt_time="soon"),
     )
-    assert JobQueue().plan([odd], limit=1, now=0) == [odd]
+    assert plan(seen(odd), limit=1, now=0) == [odd]
 
 
-def test_forgotten_job_frees_its_slot() -> None:
+def test_a_job_waits_for_a_slot_only_when_older_and_running_jobs_take_them_all() -> None:
+    a, b = (
+        job("a", Phase.QUEUED, "2026-01-01T00:00:01Z"),
+        job("b", Phase.QUEUED, "2026-01-01T00:00:02Z"),
+    )
+    jobs = seen(job("r", Phase.RUNNING), a, b)
+    assert not waits_for_slot(jobs, a, limit=2) and waits_for_slot(jobs, b, limit=2)
+    assert waits_for_slot(jobs, a, limit=1)
+
+
+def test_decisions_not_yet_seen_are_what_plan_reads() -> None:
     queue = JobQueue()
-    a, b = job("a", Phase.QUEUED), job("b", Phase.QUEUED)
-    assert queue.plan([a, b], limit=1, now=0) == [a]
-    queue.forget(a.uid)
-    assert queue.plan([b], limit=1, now=0) == [b]
+    pending, running, stale = (
+        job("a", Phase.PENDING),
+        job("b", Phase.RUNNING),
+        job("c", Phase.QUEUED),
+    )
+    admitted = job("a", Phase.QUEUED)
+    queue.expect(pending.uid, Expect.ADMITTED, admitted)  # its Queued status not written yet
+    queue.expect(running.uid, Expect.FINISHED)  # its Succeeded status not seen yet
+    queue.expect(stale.uid, Expect.STARTING, stale)  # its Running status not written yet
+    believed = queue.believed([pending, running, stale])
+    assert [(p, j.name) for p, j in believed] == [(Phase.QUEUED, "a"), (Phase.RUNNING, "c")]
+    assert believed[0][1] is admitted
+    assert plan(believed, limit=1, now=0) == []  # c holds the slot b freed
+    assert plan(believed, limit=2, now=0) == [admitted]
 
 
-def test_no_job_overtakes_an_older_one_still_being_admitted() -> None:
+def test_a_job_being_admitted_holds_younger_ones_back() -> None:
     queue = JobQueue()
     older = job("a", Phase.PENDING, "2026-01-01T00:00:01Z")
     younger = job("b", Phase.QUEUED, "2026-01-01T00:00:02Z")
-    assert queue.plan([older, younger], limit=2, now=0) == []
-    queue.admit(job("a", Phase.QUEUED, "2026-01-01T00:00:01Z"))
-    assert [j.name for j in queue.plan([older, younger], limit=1, now=0)] == ["a"]
+    queue.expect(older.uid, Expect.ADMITTING)
+    assert plan(queue.believed([older, younger]), limit=2, now=0) == []
+    queue.forget(older.uid, Expect.ADMITTING)  # its admission failed half-way: still Pending
+    assert plan(queue.believed([older, younger]), limit=2, now=0) == []
+    queue.expect(older.uid, Expect.FINISHED)  # rejected
+    assert plan(queue.believed([older, younger]), limit=2, now=0) == [younger]
 
 
-def test_a_rejected_job_holds_nobody_back() -> None:
+def test_each_expectation_is_cleared_only_by_a_status_that_meets_it() -> None:
     queue = JobQueue()
-    older = job("a", Phase.PENDING, "2026-01-01T00:00:01Z")
-    younger = job("b", Phase.QUEUED, "2026-01-01T00:00:02Z")
-    queue.settle(older.uid)
-    assert queue.plan([older, younger], limit=1, now=0) == [younger]
-
-
-def test_an_admitted_job_starts_once_before_its_status_is_seen() -> None:
-    queue = JobQueue()
-    pending = job("a", Phase.PENDING)
-    queue.admit(job("a", Phase.QUEUED))
-    assert [j.name for j in queue.plan([pending], limit=5, now=0)] == ["a"]
-    assert queue.plan([pending], limit=5, now=0) == []
-
-
-def test_a_settled_job_never_starts_again_even_while_its_status_lags() -> None:
-    queue = JobQueue()
-    stale = job("a", Phase.QUEUED)
-    assert queue.plan([stale], limit=1, now=0) == [stale]
-    queue.settle(stale.uid)
-    assert queue.plan([stale], limit=1, now=0) == []
+    queue.expect("uid-a", Expect.STARTING, job("a", Phase.QUEUED))
+    queue.observe(job("a", Phase.RUNNING))  # its pod may not exist yet: still starting
+    assert queue.expects("uid-a", Expect.STARTING)
+    queue.expect("uid-a", Expect.STARTED, job("a", Phase.QUEUED))
+    queue.observe(job("a", Phase.QUEUED))  # an older write seen late: the start still holds
+    assert queue.expects("uid-a", Expect.STARTED)
+    queue.observe(job("a", Phase.RUNNING))
+    assert queue.expected == {}
+    queue.expect("uid-a", Expect.FINISHED)
+    queue.observe(job("a", Phase.RUNNING))
+    assert queue.expects("uid-a", Expect.FINISHED)
     queue.observe(job("a", Phase.FAILED))
     assert queue.expected == {}
+    for what in (Expect.ADMITTED, Expect.QUEUED):
+        queue.expect("uid-a", what, job("a", Phase.QUEUED))
+        queue.observe(job("a", Phase.PENDING))
+        assert queue.expects("uid-a", what)
+        queue.observe(job("a", Phase.QUEUED))
+        assert queue.expected == {}
 
 
-def test_a_settled_job_frees_its_slot_before_its_status_is_seen() -> None:
+def test_forget_only_what_it_names() -> None:
     queue = JobQueue()
-    running, waiting = job("a", Phase.RUNNING), job("b", Phase.QUEUED)
-    assert queue.plan([running, waiting], limit=1, now=0) == []
-    queue.settle(running.uid)
-    assert queue.plan([running, waiting], limit=1, now=0) == [waiting]
+    queue.expect("uid-a", Expect.FINISHED)
+    queue.forget("uid-a", Expect.STARTING, Expect.STARTED)  # a retry's release, come too late
+    assert queue.expects("uid-a", Expect.FINISHED)
+    queue.forget("uid-a")
+    assert queue.expected == {}
 
 
 def test_a_view_differs_when_its_status_does() -> None:
@@ -142,17 +161,4 @@ def test_a_view_differs_when_its_status_does() -> None:
     assert running != pending
     assert running.phase is Phase.RUNNING and running.status.pod_name == "a-1"
     assert JobView.from_body({**body, "status": {"phase": "Bogus"}}).phase is Phase.PENDING
-
-
-def test_one_expectation_per_job_cleared_only_by_a_status_that_meets_it() -> None:
-    queue = JobQueue()
-    pending = job("a", Phase.PENDING)
-    queue.admit(job("a", Phase.QUEUED))
-    assert [j.name for j in queue.plan([pending], limit=1, now=0)] == ["a"]
-    assert list(queue.expected) == ["uid-a"]  # started replaces admitted
-    queue.observe(job("a", Phase.QUEUED))  # an older write seen late: the start still holds
-    assert queue.started("uid-a")
-    assert queue.plan([job("a", Phase.QUEUED)], limit=1, now=0) == []
-    queue.observe(job("a", Phase.RUNNING))
-    assert queue.expected == {}
-    assert queue.active([job("a", Phase.RUNNING)]) == 1
+    assert JobView.from_body(running.body()) == running

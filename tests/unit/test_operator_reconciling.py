@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -13,9 +14,9 @@ import pytest
 
 from kubeshot.api import CaptureJobSpec, CaptureOptions
 from kubeshot.kube import ApiError, Conflict, NotFound, NotOwned, controller_uid
-from kubeshot.operator.queueing import JobView
 from kubeshot.operator.reconciling import Reconciler
 from kubeshot.operator.settings import OperatorSettings
+from kubeshot.operator.views import JobView
 
 NS = "team-a"
 JOBS = f"/apis/kubeshot.dev/v1alpha1/namespaces/{NS}/capturejobs"
@@ -379,6 +380,28 @@ async def test_a_job_without_a_free_slot_is_queued_and_started_when_one_frees(
     assert f"{PODS}/second-1" in api.objects
 
 
+async def test_a_job_admitted_behind_an_older_admission_says_queued_once_that_takes_the_slot(
+    api: FakeApi, reconciler: Reconciler
+) -> None:
+    # The younger job's admission ends first: it waits for the older one (first come, first
+    # served), Pending still. The older one then takes the only slot: the younger is Queued at
+    # once, not at the next sweep.
+    add_policy(api, limits={"maxConcurrentJobs": 1})
+    older, younger = add_job(api, "older"), add_job(api, "younger")
+    younger["metadata"]["creationTimestamp"] = "2026-01-01T00:00:01Z"
+    reindex(reconciler, api)
+    await reconciler.job_event("ADDED", younger)
+    assert "status" not in api.objects[f"{JOBS}/younger"]
+    await reconciler.job_event("ADDED", older)
+    assert api.objects[f"{JOBS}/older"]["status"]["phase"] == "Running"
+    assert api.objects[f"{JOBS}/younger"]["status"]["phase"] == "Queued"
+    assert f"{PODS}/younger-1" not in api.objects
+    await reconciler.dispatch((NS, "default"))  # said once: the watch has not shown it yet
+    await reconciler.events.drain()
+    queued = [o for p, o in api.objects.items() if "/events/" in p and o["reason"] == "Queued"]
+    assert [e["involvedObject"]["name"] for e in queued] == ["younger"]
+
+
 async def test_a_job_is_admitted_once_however_often_it_is_seen_pending(
     api: FakeApi, reconciler: Reconciler
 ) -> None:
@@ -388,7 +411,7 @@ async def test_a_job_is_admitted_once_however_often_it_is_seen_pending(
     stale = json.loads(json.dumps(body))
     await reconciler.job_event("ADDED", body)
     await reconciler.job_event(None, stale)  # a replayed listing, or the sweeper's retry
-    await reconciler.admit(JobView.from_body(stale), stale)
+    await reconciler.admit(JobView.from_body(stale))
     writes = [w for w in api.writes if "/events" not in w[1]]
     assert writes == [
         ("apply", NETPOL),
@@ -589,3 +612,30 @@ async def test_a_job_waits_for_its_network_policy_and_starts_once_it_confines_th
     pod = api.objects[f"{PODS}/shot-1"]
     selector = api.objects[NETPOL]["spec"]["podSelector"]["matchLabels"]
     assert selector.items() <= pod["metadata"]["labels"].items()
+
+
+async def test_overlapping_network_policy_reads_are_shared_but_never_older_than_the_check(
+    api: FakeApi, reconciler: Reconciler
+) -> None:
+    api.objects[NETPOL] = {"metadata": {"name": "kubeshot-capture-default"}, "spec": {"v": 1}}
+    sent: list[int] = []
+    under_way = asyncio.Event()
+    read = api.get
+
+    async def slow_get(path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
+        sent.append(api.objects.get(NETPOL, {}).get("spec", {}).get("v", 0))
+        under_way.set()
+        found = await read(path, params)
+        await asyncio.sleep(0.01)
+        return found
+
+    api.get = slow_get  # type: ignore[method-assign]
+    first = asyncio.create_task(reconciler.confinement._read(NETPOL))
+    await under_way.wait()
+    api.objects[NETPOL]["spec"]["v"] = 2  # changed after that read was sent
+    later = await asyncio.gather(*(reconciler.confinement._read(NETPOL) for _ in range(5)))
+    assert (await first) == {"metadata": {"name": "kubeshot-capture-default"}, "spec": {"v": 1}}
+    assert sent == [1, 2]  # the five checks that began meanwhile shared one read, sent after
+    assert all(found is not None and found["spec"]["v"] == 2 for found in later)
+    del api.objects[NETPOL]
+    assert await reconciler.confinement._read(NETPOL) is None

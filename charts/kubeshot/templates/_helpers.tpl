@@ -193,9 +193,6 @@ seccompProfile:
 {{/* Checks of combinations the schema cannot express. Included once, by NOTES.txt and the Deployments. */}}
 {{- define "kubeshot.validate" -}}
 {{- $gw := .Values.gateway -}}
-{{- if and $gw.enabled $gw.persistence.enabled (gt (int $gw.replicaCount) 1) (not (has "ReadWriteMany" $gw.persistence.accessModes)) -}}
-{{- fail "gateway.replicaCount > 1 shares one result store: set gateway.persistence.accessModes to [ReadWriteMany] (or disable persistence)" -}}
-{{- end -}}
 {{- if and $gw.tls.certManager.enabled (not $gw.tls.enabled) -}}
 {{- fail "gateway.tls.certManager.enabled needs gateway.tls.enabled: the gateway must serve the certificate cert-manager issues" -}}
 {{- end -}}
@@ -213,10 +210,6 @@ seccompProfile:
 {{- end -}}
 {{- if and $gw.autoscaling.enabled $gw.keda.enabled -}}
 {{- fail "gateway.autoscaling and gateway.keda both scale the gateway: enable one (KEDA makes its own HorizontalPodAutoscaler)" -}}
-{{- end -}}
-{{- $scaledMax := ternary (int $gw.autoscaling.maxReplicas) (ternary (int $gw.keda.maxReplicaCount) 0 $gw.keda.enabled) $gw.autoscaling.enabled -}}
-{{- if and $gw.enabled $gw.persistence.enabled (gt $scaledMax 1) (not (has "ReadWriteMany" $gw.persistence.accessModes)) -}}
-{{- fail "gateway autoscaling to more than one replica shares one result store, as gateway.replicaCount > 1 does: set gateway.persistence.accessModes to [ReadWriteMany] (or disable persistence)" -}}
 {{- end -}}
 {{- if and $gw.autoscaling.enabled (gt (int $gw.autoscaling.minReplicas) (int $gw.autoscaling.maxReplicas)) -}}
 {{- fail "gateway.autoscaling.minReplicas is larger than gateway.autoscaling.maxReplicas" -}}

@@ -674,6 +674,13 @@ class CaptureOptions(Model):
         """The URL, or a short description of the HTML input, for logs and status."""
         return self.url if self.url is not None else "(html input)"
 
+    def capture_options(self) -> CaptureOptions:
+        """The options alone, without a subclass's fields (a CaptureJob's retries, a request's
+        delivery): validated as this document's already, never validated again."""
+        fields = CaptureOptions.model_fields
+        values = {name: getattr(self, name) for name in fields}
+        return CaptureOptions.model_construct(self.model_fields_set & set(fields), **values)
+
 
 class CrossFieldRule:
     """A rule between fields, checked by the model and by the CRD (as CEL) alike; stated in the

@@ -13,6 +13,7 @@ from pydantic import BeforeValidator, Field, ValidationError, field_validator, m
 
 from kubeshot.api._base import Model
 from kubeshot.api.capture import MAX_URL_LENGTH, CaptureOptions
+from kubeshot.api.delivery import DeliveryStatus, JobDelivery
 from kubeshot.api.names import ObjectName
 from kubeshot.api.policy import Condition, ProxyCredentials, ScreenshotPolicySpec
 from kubeshot.api.reasons import CaptureError, FailureReason
@@ -27,12 +28,8 @@ class CaptureJobSpec(CaptureOptions):
     """Further attempts after a retriable failure (pod lost, internal error)."""
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
     """Delete the job this long after it finished; the policy's TTL when unset."""
-
-    def capture_options(self) -> CaptureOptions:
-        """The options alone: validated as this spec's already, never validated again."""
-        fields = CaptureOptions.model_fields
-        values = {name: getattr(self, name) for name in fields}
-        return CaptureOptions.model_construct(self.model_fields_set & set(fields), **values)
+    delivery: JobDelivery | None = None
+    """Announce the outcome: a webhook signed with a Secret of this namespace."""
 
 
 class Phase(StrEnum):
@@ -226,6 +223,8 @@ class CaptureJobStatus(Model):
     upload_token_sha256: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")
     """SHA-256 of this job's upload token: the gateway accepts the artifact of this job only
     from a bearer of that token. Status is written by the operator alone."""
+    delivery: DeliveryStatus | None = None
+    """How the outcome was announced (`spec.delivery`): a refused or failed webhook says why."""
 
 
 class UploadTarget(Model):

@@ -19,10 +19,11 @@ import hashlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractContextManager
-from urllib.parse import quote
+from contextlib import AbstractAsyncContextManager
+from urllib.parse import quote, urlsplit
 
 from aiohttp import web
+from redis.asyncio import Redis
 
 from kubeshot import logs, tracing
 from kubeshot.api import (
@@ -35,6 +36,7 @@ from kubeshot.api import (
     ScreenshotPolicySpec,
 )
 from kubeshot.api.admission import admit, pixel_budget_fields
+from kubeshot.api.delivery import CaptureRequestBody
 from kubeshot.api.reasons import redact_addresses
 from kubeshot.gateway import keys
 from kubeshot.gateway.auth import (
@@ -57,6 +59,7 @@ from kubeshot.gateway.errors import (
 )
 from kubeshot.gateway.fairness import FairShare, Slot
 from kubeshot.gateway.jobs import JobRegistry
+from kubeshot.gateway.jobstore import JobStore, RedisJobs, SqliteJobs
 from kubeshot.gateway.metrics import Metrics
 from kubeshot.gateway.models import CaptureJobView, Health
 from kubeshot.gateway.openapi import openapi_document
@@ -68,7 +71,7 @@ from kubeshot.gateway.security import SECURE_HEADERS, client_address, client_key
 from kubeshot.gateway.serving import ConnectionGuard
 from kubeshot.gateway.settings import Settings
 from kubeshot.gateway.signing import SignatureError, UrlSigner
-from kubeshot.gateway.store import ResultStore, expiring
+from kubeshot.gateway.store import ResultStore, expiring, result_store
 from kubeshot.gateway.uploads import has_format
 from kubeshot.gateway.validation import (
     POLICY_PARAM,
@@ -76,6 +79,7 @@ from kubeshot.gateway.validation import (
     options_from_query,
     policy_name,
 )
+from kubeshot.gateway.webhooks import Webhooks
 
 log = logging.getLogger("kubeshot.gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -370,7 +374,9 @@ def _check_pixel_budget(options: CaptureOptions, policy: ScreenshotPolicySpec, b
         raise invalid(message, [{"field": field, "message": message} for field in fields])
 
 
-def _capture_slot(request: web.Request, identity: Identity) -> AbstractContextManager[Slot | None]:
+def _capture_slot(
+    request: web.Request, identity: Identity
+) -> AbstractAsyncContextManager[Slot | None]:
     """A place among the captures in flight, within the identity's fair share (429 beyond)."""
     fairness = request.app.get(keys.FAIRNESS)
     return contextlib.nullcontext() if fairness is None else fairness.slot(identity)
@@ -406,16 +412,14 @@ async def _run_capture(
     with tracing.span("admission"):
         policy = await _admitted_policy(request, identity, options, name)
     metrics = app[keys.METRICS]
-    with (
-        _capture_slot(request, identity),
-        tracing.span("capture", {"kubeshot.format": options.format.value}),
-    ):
-        try:
-            result = await app[keys.BACKEND].capture(identity, policy, options)
-        except CaptureError as exc:
-            metrics.captures.labels(outcome=exc.reason.value).inc()
-            tracing.set_attributes(outcome=exc.reason.value)
-            raise
+    async with _capture_slot(request, identity):
+        with tracing.span("capture", {"kubeshot.format": options.format.value}):
+            try:
+                result = await app[keys.BACKEND].capture(identity, policy, options)
+            except CaptureError as exc:
+                metrics.captures.labels(outcome=exc.reason.value).inc()
+                tracing.set_attributes(outcome=exc.reason.value)
+                raise
     with tracing.span("response", {"kubeshot.bytes": len(result.data)}):
         _verify_artifact(options, policy.spec, result)
     metrics.captures.labels(outcome="Succeeded").inc()
@@ -505,7 +509,7 @@ def _policy_param(request: web.Request, *, only: bool = True) -> str | None:
 
 async def screenshot(request: web.Request) -> web.StreamResponse:
     """POST /v1/screenshot: capture options as JSON, the artifact as the answer."""
-    options = options_from_json(await _json_body(request))
+    options = options_from_json(await _json_body(request), CaptureOptions)
     result, _ = await _run_capture(request, options, _policy_param(request))
     return _artifact_response(options.format, result)
 
@@ -519,12 +523,17 @@ async def screenshot_signed(request: web.Request) -> web.StreamResponse:
 
 async def captures_create(request: web.Request) -> web.StreamResponse:
     """POST /v1/captures: accept a capture to run in the background (202)."""
-    options = options_from_json(await _json_body(request))
+    body = options_from_json(await _json_body(request), CaptureRequestBody)
+    options, webhook = body.capture_options(), body.delivery and body.delivery.webhook
     identity = request[keys.IDENTITY]
     with tracing.span("admission"):
         policy = await _admitted_policy(request, identity, options, _policy_param(request))
-    with _capture_slot(request, identity) as slot:
+        if webhook:
+            request.app[keys.WEBHOOKS].admit(webhook, policy)
+    async with _capture_slot(request, identity) as slot:
         view = await request.app[keys.JOBS].submit(identity, policy, options)
+        if webhook:
+            view = request.app[keys.WEBHOOKS].follow(identity, view, policy, webhook)
         logs.bind(job=view.id)
         tracing.set_attributes(job=view.id)
         if slot is not None:
@@ -534,31 +543,36 @@ async def captures_create(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def _job_view(request: web.Request) -> CaptureJobView:
-    view = request.app[keys.JOBS].find(request[keys.IDENTITY], request.match_info["job_id"])
+async def _job_view(request: web.Request) -> CaptureJobView:
+    jobs = request.app[keys.JOBS]
+    view = await jobs.find(request[keys.IDENTITY], request.match_info["job_id"])
     if view is None:
         raise ApiError(404, "not_found", "no such capture")
-    return view
+    return request.app[keys.WEBHOOKS].with_status(view)
 
 
 async def captures_get(request: web.Request) -> web.StreamResponse:
-    return web.json_response(_job_view(request).to_wire())
+    return web.json_response((await _job_view(request)).to_wire())
 
 
 async def captures_artifact(request: web.Request) -> web.StreamResponse:
-    job = _job_view(request)
+    job = await _job_view(request)
     if job.result is None:
         detail = job.failure.to_wire() if job.failure else None
         raise ApiError(409, "not_ready", f"the capture is {job.phase.value}", detail)
-    data = await asyncio.to_thread(request.app[keys.STORE].get, job.id, job.result.sha256)
+    store, content_type = request.app[keys.STORE], job.result.content_type
+    headers = {"X-Kubeshot-Sha256": job.result.sha256, **target_headers(job.result)}
+    html = content_type.startswith("text/html")
+    disposition = 'attachment; filename="capture.html"' if html else None
+    url = await store.download_url(job.id, content_type, disposition)
+    if url is not None:  # KUBESHOT_STORE_DOWNLOAD=presigned: from the bucket itself
+        return web.Response(status=307, headers={**headers, "Location": url})
+    data = await store.get(job.id, job.result.sha256)
     if data is None:
         raise ApiError(404, "not_found", "the artifact has expired")
-    response = web.Response(body=data, content_type=job.result.content_type.split(";")[0])
-    response.headers["X-Kubeshot-Sha256"] = job.result.sha256
-    response.headers.update(target_headers(job.result))
-    if job.result.content_type.startswith("text/html"):
-        response.headers["Content-Disposition"] = 'attachment; filename="capture.html"'
-    return response
+    if disposition:
+        headers["Content-Disposition"] = disposition
+    return web.Response(body=data, content_type=content_type.split(";")[0], headers=headers)
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
@@ -694,29 +708,46 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     app[keys.SIGNER] = UrlSigner.from_secret(
         secret.get_secret_value() if secret else None, settings.signed_url_max_ttl
     )
-    app[keys.RATE_LIMITER] = RateLimiter(settings.rate_limit_enabled)
-    store = ResultStore(settings.result_dir, settings.result_ttl_seconds)
+    redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+    redis = None if redis_url is None else Redis.from_url(redis_url)
+    if redis is not None:  # first in, last out: closed after everything that uses it
+        app.cleanup_ctx.append(lambda _: _shared_state(redis, app.get(keys.FAIRNESS)))
+    app[keys.RATE_LIMITER] = RateLimiter(settings.rate_limit_enabled, redis_url)
+    store = result_store(settings)
     backend = backend or default_backend(settings, metrics_, store)
     app[keys.STORE] = store
     app[keys.BACKEND] = backend
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_backend_ctx)
+    # Stopped after the jobs (a job failed by the shutdown is still announced, within the grace).
+    app.cleanup_ctx.append(lambda a: a[keys.WEBHOOKS].running(settings.shutdown_grace))
+    registry = None
     if isinstance(backend, Jobs):
         app[keys.JOBS] = backend
     else:
-        registry = JobRegistry(backend, store, settings.result_ttl_seconds, metrics_)
+        jobs = _job_store(settings, redis)
+        registry = JobRegistry(
+            backend, store, jobs, settings.result_ttl_seconds, metrics_, settings.queue_timeout
+        )
         app[keys.JOBS] = registry
         app.cleanup_ctx.append(lambda _: registry.running(settings.shutdown_grace))
     if settings.backend == "local":
         # The capacity it shares out is the local pool's; a kubernetes backend's captures wait
         # in the operator's queue, per policy.
-        app[keys.FAIRNESS] = FairShare(
+        fairness = FairShare(
             settings.capture_capacity,
             settings.max_captures_per_identity,
             fair_share=settings.fair_share,
-            jobs=app[keys.JOBS],
+            keep_jobs=registry is not None,
+            redis=redis,
             metrics=metrics_,
         )
+        app[keys.FAIRNESS] = fairness
+        if registry is not None:
+            registry.on_finish.append(fairness.job_finished)
+    app[keys.WEBHOOKS] = Webhooks(app[keys.JOBS], metrics_, settings.result_ttl_seconds)
+    if registry is not None:
+        registry.on_finish.append(app[keys.WEBHOOKS].notify)
 
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/readyz", readyz, name="readyz")
@@ -741,13 +772,38 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     return app
 
 
+def _job_store(settings: Settings, redis: Redis | None) -> JobStore:
+    """Redis when the replicas share it, else SQLite in the result directory (in memory with
+    a temporary one, which does not outlive the gateway either)."""
+    if redis is not None:
+        return RedisJobs(redis, settings.result_ttl_seconds)
+    directory = settings.result_dir
+    return SqliteJobs(directory / "jobs" / "jobs.sqlite3" if directory else None)
+
+
+async def _shared_state(redis: Redis, fairness: FairShare | None) -> AsyncIterator[None]:
+    """The Redis client's lifetime, and the leases of this replica's captures in flight."""
+    renewing = asyncio.create_task(fairness.renewing()) if fairness is not None else None
+    try:
+        yield
+    finally:
+        if renewing is not None:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+        await redis.aclose()
+
+
 def _secrets(settings: Settings) -> list[str]:
     """The literal secrets of this gateway, masked in every log line."""
     found = [
         secret.get_secret_value()
-        for secret in (settings.auth_token, settings.proxy_password)
+        for secret in (settings.auth_token, settings.proxy_password, settings.redis_url)
         if secret is not None
     ]
+    if settings.redis_url is not None:
+        password = urlsplit(settings.redis_url.get_secret_value()).password
+        found += [password] if password else []
     if settings.url_signing_secret is not None:
         for key in settings.url_signing_secret.get_secret_value().split(","):
             found.append(key.partition(":")[2] or key)
@@ -768,11 +824,11 @@ async def _backend_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The result store's directory, and the expiry of its artifacts, for the app's lifetime."""
+    """The result store, and the expiry of its artifacts, for the app's lifetime."""
     store = app[keys.STORE]
-    store.open()
+    await store.open()
     try:
         async with expiring(store.expire, store.ttl_seconds):
             yield
     finally:
-        store.close()
+        await store.close()

@@ -73,7 +73,7 @@ class Jobs(Protocol):
     ) -> CaptureJobView:
         """Accept an admitted capture; errors.ApiError(503) when it cannot be taken now."""
 
-    def find(self, caller: Identity, job_id: str) -> CaptureJobView | None:
+    async def find(self, caller: Identity, job_id: str) -> CaptureJobView | None:
         """The job with this id if the caller may see it, else None."""
 
 

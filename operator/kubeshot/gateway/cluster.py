@@ -8,7 +8,6 @@ when it is done and with which sha256. The backend runs asynchronous captures it
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from typing import Any
@@ -172,7 +171,7 @@ class KubernetesBackend(Backend):
         if job is None:
             raise CaptureError(FailureReason.POD_LOST, "the CaptureJob was deleted")
         report = job_outcome(job).report()  # CaptureError when the job failed
-        data = await asyncio.to_thread(self.store.get, store_id(job), report.sha256)
+        data = await self.store.get(store_id(job), report.sha256)
         if data is None:
             raise CaptureError(FailureReason.INTERNAL, "the artifact was not uploaded")
         return CaptureResult(data=data, report=report)
@@ -185,7 +184,7 @@ class KubernetesBackend(Backend):
         """A CaptureJob, created and not waited for."""
         return self.view(await self._create_job(caller, policy.name, options))
 
-    def find(self, caller: Identity, job_id: str) -> CaptureJobView | None:
+    async def find(self, caller: Identity, job_id: str) -> CaptureJobView | None:
         """The job with this id (its uid's hex), if the caller may see it."""
         key = self.watch.by_uid.get(job_id)
         if key is None or key[0] != caller.namespace:

@@ -1,7 +1,10 @@
 """Asynchronous captures run by the gateway itself, for a backend without jobs of its own.
 
-Accepted with 202, run in the background on the backend's synchronous captures, their artifacts
-kept in the result store; job and artifact are forgotten `ttl_seconds` after the job finished.
+Accepted with 202, kept in a job store (jobstore.py: SQLite, or Redis shared by replicas), run in
+the background on the backend's synchronous captures, their artifacts kept in the result store;
+job and artifact are deleted `ttl_seconds` after the job finished. A job whose gateway was killed
+is taken over once its lease runs out: run again when its deadline still allows, else failed
+(PodLost) — never forgotten.
 """
 
 from __future__ import annotations
@@ -9,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
 from kubeshot.api import (
@@ -28,54 +31,41 @@ from kubeshot.api.reasons import redact_addresses
 from kubeshot.gateway.auth import Identity
 from kubeshot.gateway.backend import Backend
 from kubeshot.gateway.errors import ApiError, overloaded
+from kubeshot.gateway.jobstore import LEASE_SECONDS, Job, JobStore
 from kubeshot.gateway.metrics import Metrics
 from kubeshot.gateway.models import CaptureJobView
-from kubeshot.gateway.store import ResultStore, expiring
+from kubeshot.gateway.store import ResultStore
 
 log = logging.getLogger("kubeshot.gateway.jobs")
+_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-@dataclass
-class Job:
-    id: str
-    owner: str
-    policy: str
-    phase: Phase = Phase.QUEUED
-    created_at: str = field(default_factory=_now)
-    completion_time: str | None = None
-    finished_at: float | None = None
-    result: ResultSummary | None = None
-    failure: Failure | None = None
-
-    def view(self) -> CaptureJobView:
-        return CaptureJobView(
-            id=self.id,
-            phase=self.phase,
-            created_at=self.created_at,
-            completion_time=self.completion_time,
-            policy=self.policy,
-            result=self.result,
-            failure=self.failure,
-        )
-
-
 class JobRegistry:
     """The `Jobs` of a backend without its own: jobs by id, visible to their owner (the
-    caller's rate key) only, forgotten with their artifact after the TTL."""
+    caller's rate key) only, deleted with their artifact after the TTL."""
 
     def __init__(
-        self, backend: Backend, store: ResultStore, ttl_seconds: int, metrics: Metrics
+        self,
+        backend: Backend,
+        store: ResultStore,
+        jobs: JobStore,
+        ttl_seconds: int,
+        metrics: Metrics,
+        start_within: float = 30.0,
     ) -> None:
         self.backend = backend
         self.store = store
+        self.jobs = jobs
         self.ttl_seconds = ttl_seconds
         self.metrics = metrics
-        self._jobs: dict[str, Job] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.start_within = start_within
+        """Seconds a job may wait to start beyond its capture's time limit (the queue's)."""
+        self.on_finish: list[Callable[[str], Awaitable[None]]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}
 
     async def submit(
         self, caller: Identity, policy: ScreenshotPolicy, options: CaptureOptions
@@ -83,71 +73,130 @@ class JobRegistry:
         if not self.backend.can_accept():
             self.metrics.overloaded.inc()
             raise overloaded("the capture queue is full")
-        job = Job(id=uuid.uuid4().hex, owner=caller.rate_key, policy=policy.name)
-        self._jobs[job.id] = job
-        task = asyncio.create_task(self._run(job, caller, policy, options))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return job.view()
+        timeout = options.timeout_seconds or policy.spec.limits.timeout_seconds
+        view = CaptureJobView(
+            id=uuid.uuid4().hex, phase=Phase.QUEUED, created_at=_now(), policy=policy.name
+        )
+        job = Job(
+            view=view,
+            caller=caller,
+            options=options,
+            deadline=time.time() + self.start_within + timeout,
+        )
+        await self.jobs.save(job)
+        self._start(job, policy)
+        return view
 
-    def find(self, caller: Identity, job_id: str) -> CaptureJobView | None:
-        job = self._jobs.get(job_id)
-        return job.view() if job is not None and job.owner == caller.rate_key else None
+    async def find(self, caller: Identity, job_id: str) -> CaptureJobView | None:
+        job = await self.jobs.load(job_id) if _ID.match(job_id) else None
+        return job.view if job is not None and job.caller.rate_key == caller.rate_key else None
 
-    async def _run(
-        self, job: Job, caller: Identity, policy: ScreenshotPolicy, options: CaptureOptions
-    ) -> None:
-        job.phase = Phase.RUNNING
+    def _start(self, job: Job, policy: ScreenshotPolicy | None) -> None:
+        task = asyncio.create_task(self._run(job, policy))
+        self._tasks[job.view.id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(job.view.id, None))
+
+    async def _run(self, job: Job, policy: ScreenshotPolicy | None) -> None:
+        """Run the job (`policy` None: one taken over, whose policy is looked up again) and
+        save how it ended; a job cancelled by shutdown is failed, never left unfinished."""
+        view, options = job.view, job.options
         try:
-            result = await self.backend.capture(caller, policy, options)
-            await asyncio.to_thread(self.store.put, job.id, result.data, result.report.sha256)
+            await self._save(job, view.model_copy(update={"phase": Phase.RUNNING}))
+            if policy is None:
+                policy = await self.backend.policy(job.caller, view.policy)
+            result = await self.backend.capture(job.caller, policy, options)
+            await self.store.put(view.id, result.data, result.report.sha256)
             summary = result.report.summary().model_dump()
-            summary["url"] = f"/v1/captures/{job.id}/artifact"
-            job.result = ResultSummary.model_validate(summary)
-            job.phase = Phase.SUCCEEDED
+            summary["url"] = f"/v1/captures/{view.id}/artifact"
+            outcome: ResultSummary | Failure = ResultSummary.model_validate(summary)
         except CaptureError as exc:
             message = redact_addresses(exc.message, options.url or "")
-            job.failure = Failure(reason=exc.reason, message=message[:1024])
-            job.phase = Phase.FAILED
+            outcome = Failure(reason=exc.reason, message=message[:1024])
         except ApiError as exc:
-            job.failure = Failure(reason=FailureReason.POD_LOST, message=exc.message[:1024])
-            job.phase = Phase.FAILED
+            outcome = Failure(reason=FailureReason.POD_LOST, message=exc.message[:1024])
         except asyncio.CancelledError:
-            job.failure = Failure(
-                reason=FailureReason.POD_LOST, message="the gateway shut down during the capture"
-            )
-            job.phase = Phase.FAILED
+            message = "the gateway shut down during the capture"
+            await self._finish(job, Failure(reason=FailureReason.POD_LOST, message=message))
             raise
         except Exception:
-            log.exception("async capture %s failed", job.id)
-            job.failure = Failure(reason=FailureReason.INTERNAL, message="internal error")
-            job.phase = Phase.FAILED
-        finally:
-            job.completion_time = _now()
-            job.finished_at = time.time()
+            log.exception("async capture %s failed", view.id)
+            outcome = Failure(reason=FailureReason.INTERNAL, message="internal error")
+        await self._finish(job, outcome)
 
-    def expire(self, now: float | None = None) -> int:
-        """Forget the jobs finished longer than the TTL ago, and delete their artifacts."""
-        cutoff = (time.time() if now is None else now) - self.ttl_seconds
-        gone = [j for j in self._jobs.values() if j.finished_at and j.finished_at < cutoff]
-        for job in gone:
-            del self._jobs[job.id]
-            self.store.delete(job.id)
+    async def _save(self, job: Job, view: CaptureJobView, finished_at: float | None = None) -> Job:
+        job = job.model_copy(update={"view": view, "finished_at": finished_at})
+        await self.jobs.save(job)
+        return job
+
+    async def _finish(self, job: Job, outcome: ResultSummary | Failure) -> None:
+        done = isinstance(outcome, ResultSummary)
+        view = job.view.model_copy(
+            update={
+                "phase": Phase.SUCCEEDED if done else Phase.FAILED,
+                "completion_time": _now(),
+                "result": outcome if done else None,
+                "failure": None if done else outcome,
+            }
+        )
+        try:
+            await self._save(job, view, finished_at=time.time())
+        finally:
+            for callback in self.on_finish:
+                await callback(view.id)
+
+    async def take_over(self) -> int:
+        """Claim the jobs whose gateway stopped (their lease ran out): each is run again when
+        its deadline allows, else failed. How many were claimed."""
+        claimed = await self.jobs.claim()
+        for job in claimed:
+            if job.view.id in self._tasks:
+                continue  # ours, and running: its lease had lapsed while the loop was busy
+            if time.time() < job.deadline:
+                log.warning("async capture %s: its gateway stopped; running it again", job.view.id)
+                self._start(job, None)
+            else:
+                message = "the gateway running the capture stopped, and its deadline has passed"
+                await self._finish(job, Failure(reason=FailureReason.POD_LOST, message=message))
+        return len(claimed)
+
+    async def expire(self, now: float | None = None) -> int:
+        """Delete the jobs finished longer than the TTL ago, and their artifacts."""
+        gone = await self.jobs.expire((time.time() if now is None else now) - self.ttl_seconds)
+        for job_id in gone:
+            await self.store.delete(job_id)
         return len(gone)
 
+    async def maintain(self) -> None:
+        """Every LEASE_SECONDS / 3: renew the leases of the jobs running here, take over the
+        ones whose gateway stopped, delete the expired ones. Runs until cancelled."""
+        while True:
+            try:
+                await self.jobs.renew(list(self._tasks))
+                await self.take_over()
+                await self.expire()
+            except Exception:
+                log.exception("job store maintenance failed")
+            await asyncio.sleep(LEASE_SECONDS / 3)
+
     async def running(self, grace: float) -> AsyncIterator[None]:
-        """The registry's lifetime (an aiohttp cleanup context): expiry while the gateway runs;
-        at the end, running jobs get `grace` seconds before they are failed."""
+        """The registry's lifetime (an aiohttp cleanup context): the job store open, its
+        maintenance while the gateway runs; at the end, running jobs get `grace` seconds before
+        they are failed."""
+        await self.jobs.open()
+        task = asyncio.create_task(self.maintain())
         try:
-            async with expiring(self.expire, self.ttl_seconds):
-                yield
+            yield
         finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
             await self.close(grace)
+            await self.jobs.close()
 
     async def close(self, grace: float) -> None:
         """Let running jobs finish for `grace` seconds, then fail them."""
         if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            _, pending = await asyncio.wait(set(self._tasks.values()), timeout=grace)
             for task in pending:
                 task.cancel()
             with contextlib.suppress(Exception):

@@ -143,6 +143,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.webhooks = Counter(
+            "kubeshot_webhooks",
+            "Webhook deliveries of asynchronous captures, by outcome (Delivered, Refused by the "
+            "policy, Rejected by the receiver, Failed after retries)",
+            ["outcome"],
+            registry=r,
+        )
         self.watch_connections = Counter(
             "kubeshot_watch_connections",
             "CaptureJob watch connections opened (kubernetes backend)",

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from kubeshot.api import Failure, Phase, ResultSummary
 from kubeshot.api._base import Model
+from kubeshot.api.delivery import DeliveryStatus
 
 
 class ErrorDetail(Model):
@@ -46,6 +47,8 @@ class CaptureJobView(Model):
     """The artifact, when Succeeded; `url` downloads it."""
     failure: Failure | None = None
     """Why it failed, when Failed."""
+    delivery: DeliveryStatus | None = None
+    """How its outcome was announced (`delivery.webhook` of the request): Pending until then."""
 
 
 class Health(Model):

@@ -15,6 +15,7 @@ from pydantic.json_schema import models_json_schema
 
 from kubeshot.api import CaptureOptions, Format
 from kubeshot.api.capture import FORBIDDEN_HEADERS, HEADER_NAME
+from kubeshot.api.delivery import CaptureRequestBody
 from kubeshot.gateway.models import CaptureJobView, ErrorBody, Health
 
 CHECKED_IN = Path(__file__).with_name("openapi.json")
@@ -51,10 +52,11 @@ _CAPTURE_ERRORS = {
     "504": _error("The capture timed out"),
 }
 _TEXT_HEADER = {"schema": {"type": "string"}}
+_SHA256_HEADER = {"description": "SHA-256 of the artifact, hex", **_TEXT_HEADER}
 _ARTIFACT = {
     "description": "The verified artifact",
     "headers": {
-        "X-Kubeshot-Sha256": {"description": "SHA-256 of the artifact, hex", **_TEXT_HEADER},
+        "X-Kubeshot-Sha256": _SHA256_HEADER,
         "X-Kubeshot-Final-Url": {
             "description": "The target's URL after redirects (url input); characters outside"
             " printable ASCII percent-encoded",
@@ -179,6 +181,7 @@ def _document() -> str:
     _, schemas = models_json_schema(
         [
             (CaptureOptions, "validation"),
+            (CaptureRequestBody, "validation"),
             (ErrorBody, "serialization"),
             (CaptureJobView, "serialization"),
             (Health, "serialization"),
@@ -188,13 +191,16 @@ def _document() -> str:
     )
     components = schemas["$defs"]
     _client_rules(components["CaptureOptions"])
+    _client_rules(components["CaptureRequestBody"])
+    components["Webhook"]["properties"]["url"]["pattern"] = URL_PATTERN
     bearer: list[dict[str, list[str]]] = [{"bearerAuth": []}]
-    body = {
-        "required": True,
-        "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/CaptureOptions"}}
-        },
-    }
+    body, async_body = (
+        {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": _REF.format(model=name)}}},
+        }
+        for name in ("CaptureOptions", "CaptureRequestBody")
+    )
     document = {
         "openapi": "3.1.0",
         "info": {
@@ -231,7 +237,7 @@ def _document() -> str:
                     "summary": "Accept a capture to run in the background",
                     "security": bearer,
                     "parameters": [_POLICY_PARAM],
-                    "requestBody": body,
+                    "requestBody": async_body,
                     "responses": {"202": json_ok("CaptureJobView", "Accepted"), **_CAPTURE_ERRORS},
                 }
             },
@@ -256,6 +262,15 @@ def _document() -> str:
                     "parameters": [_JOB_ID],
                     "responses": {
                         "200": _ARTIFACT,
+                        "307": {
+                            "description": "KUBESHOT_STORE_DOWNLOAD=presigned: the artifact is"
+                            " at `Location`, a presigned GET of the S3 bucket valid 5 minutes"
+                            " (follow it without the token)",
+                            "headers": {
+                                "Location": {"description": "The presigned GET", **_TEXT_HEADER},
+                                "X-Kubeshot-Sha256": _SHA256_HEADER,
+                            },
+                        },
                         "404": _error("No such capture, or its artifact expired"),
                         "409": _error("Not finished, or failed (`details` says why)"),
                         **_ERRORS,

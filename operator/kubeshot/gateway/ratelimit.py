@@ -1,4 +1,6 @@
-"""Per-identity rate limits with the `limits` library (moving window, in memory)."""
+"""Per-identity rate limits with the `limits` library (moving window): in this process, or in
+the Redis the gateway replicas share (limits' own Lua scripts count each hit atomically, so N
+replicas together let exactly the limit through)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from limits import RateLimitItem, parse
-from limits.aio.storage import MemoryStorage
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 
 
@@ -40,9 +42,14 @@ def _parse(limit: str) -> RateLimitItem:
 class RateLimiter:
     """Counts hits per (category, identity) against limits like "5 per second"."""
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, redis_url: str | None = None) -> None:
         self.enabled = enabled
-        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        storage: Storage = MemoryStorage()
+        if redis_url is not None:
+            storage = RedisStorage(
+                f"async+{redis_url}", implementation="redispy", key_prefix="kubeshot:limits"
+            )
+        self._limiter = MovingWindowRateLimiter(storage)
 
     async def hit(self, limit: str, category: str, key: str) -> Decision | None:
         """Count one request; None when rate limiting is disabled."""

@@ -25,6 +25,10 @@ SECRET_ENVIRONMENT = (
     "PROXY_USERNAME",
     "PROXY_PASSWORD",
     "TOKENS_FILE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "KUBESHOT_REDIS_URL",
 )
 
 
@@ -287,11 +291,47 @@ class Settings(BaseSettings):
 
     # --- result store ----------------------------------------------------------------------
     result_dir: Path | None = Field(default=None, validation_alias=_alias("KUBESHOT_RESULT_DIR"))
-    """Directory of async-capture artifacts; a private temporary directory when unset."""
+    """Directory of async-capture artifacts (KUBESHOT_STORE=filesystem); a private temporary
+    directory when unset."""
+    store: Literal["filesystem", "s3"] = Field(
+        default="filesystem", validation_alias=_alias("KUBESHOT_STORE")
+    )
+    """Where artifacts wait for their download: KUBESHOT_RESULT_DIR, or an S3-compatible bucket
+    (what gateway replicas share)."""
+    s3_endpoint: str | None = Field(default=None, validation_alias=_alias("KUBESHOT_S3_ENDPOINT"))
+    """URL of an S3-compatible server (MinIO, Ceph, versitygw...); unset: AWS S3 of the region."""
+    s3_bucket: str | None = Field(default=None, validation_alias=_alias("KUBESHOT_S3_BUCKET"))
+    """The bucket (it must exist). Required with KUBESHOT_STORE=s3."""
+    s3_prefix: str = Field(default="", validation_alias=_alias("KUBESHOT_S3_PREFIX"))
+    """Key prefix of the artifacts (`<prefix>/<job id>`); nothing else in the bucket is touched."""
+    s3_region: str = Field(default="us-east-1", validation_alias=_alias("KUBESHOT_S3_REGION"))
+    """Region the requests are signed for."""
+    s3_access_key_id_file: Path | None = Field(
+        default=None, validation_alias=_alias("KUBESHOT_S3_ACCESS_KEY_ID_FILE")
+    )
+    """File holding the access key id (a mounted Secret). Unset with the next: the AWS default
+    chain (AWS_* environment, web identity, instance profile)."""
+    s3_secret_access_key_file: Path | None = Field(
+        default=None, validation_alias=_alias("KUBESHOT_S3_SECRET_ACCESS_KEY_FILE")
+    )
+    """File holding the secret access key; both files or neither. Masked in every log line."""
+    store_download: Literal["gateway", "presigned"] = Field(
+        default="gateway", validation_alias=_alias("KUBESHOT_STORE_DOWNLOAD")
+    )
+    """How callers download an artifact: through the gateway, or (KUBESHOT_STORE=s3) redirected
+    (307) to a presigned GET of the bucket, valid 5 minutes: the endpoint must be reachable by
+    callers then."""
     result_ttl_seconds: int = Field(
         default=3600, ge=1, validation_alias=_alias("KUBESHOT_RESULT_TTL")
     )
     """Async jobs and their artifacts are deleted this long after they finished."""
+
+    # --- state shared by replicas ---------------------------------------------------------
+    redis_url: SecretStr | None = Field(default=None, validation_alias=_alias("KUBESHOT_REDIS_URL"))
+    """`redis://[USER:PASSWORD@]HOST:PORT[/DB]` (or `rediss://`) of the Redis the gateway replicas
+    share: rate limits, each identity's captures in flight, asynchronous jobs (a secret: its
+    password is in it; the chart reads it from a Secret). Unset: rate limits and captures in
+    flight count in this process, and jobs are kept in SQLite under KUBESHOT_RESULT_DIR."""
 
     # --- worker isolation (local backend) --------------------------------------------------
     worker_user: str | None = Field(default=None, validation_alias=_alias("KUBESHOT_WORKER_USER"))
@@ -328,6 +368,13 @@ class Settings(BaseSettings):
         parse_rate_limit(value)  # ValueError on bad syntax
         return value
 
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("redis://", "rediss://")):
+            raise ValueError("KUBESHOT_REDIS_URL must be a redis:// or rediss:// URL")
+        return value
+
     @field_validator("proxy_server")
     @classmethod
     def _check_proxy(cls, value: str | None) -> str | None:
@@ -353,6 +400,19 @@ class Settings(BaseSettings):
         clash = [name for name, port in others.items() if port and port == self.metrics_port]
         if clash:
             raise ValueError(f"KUBESHOT_METRICS_PORT must differ from {', '.join(clash)}")
+        return self
+
+    @model_validator(mode="after")
+    def _store_complete(self) -> Settings:
+        if self.store == "s3" and not self.s3_bucket:
+            raise ValueError("KUBESHOT_STORE=s3 needs KUBESHOT_S3_BUCKET")
+        if self.store_download == "presigned" and self.store != "s3":
+            raise ValueError("KUBESHOT_STORE_DOWNLOAD=presigned needs KUBESHOT_STORE=s3")
+        if (self.s3_access_key_id_file is None) != (self.s3_secret_access_key_file is None):
+            raise ValueError(
+                "set both KUBESHOT_S3_ACCESS_KEY_ID_FILE and KUBESHOT_S3_SECRET_ACCESS_KEY_FILE,"
+                " or neither"
+            )
         return self
 
     @property

@@ -106,7 +106,7 @@ async def upload(request: web.Request) -> web.StreamResponse:
         log.warning("upload for %s/%s refused: %s", namespace, name, problem)
         raise ApiError(422, "invalid_artifact", f"the body is not a {fmt.value} file")
     job_id = store_id(job)
-    await asyncio.to_thread(backend.store.put, job_id, data, claimed)
+    await backend.store.put(job_id, data, claimed)
     log.info("artifact of %s/%s stored (%d bytes)", namespace, name, len(data))
     return web.json_response({"url": f"/v1/captures/{job_id}/artifact"}, status=201)
 

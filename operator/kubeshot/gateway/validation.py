@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any, get_origin
+from typing import Any, TypeVar, get_origin
 
 from pydantic import BaseModel, ValidationError
 
@@ -19,6 +19,7 @@ from kubeshot.gateway.errors import ApiError, invalid
 from kubeshot.gateway.signing import RESERVED
 
 POLICY_PARAM = "policy"
+Options = TypeVar("Options", bound=CaptureOptions)
 # Lists and maps (`headers`, `cookies`, `failOnHttpStatus`, ...) come as JSON in a query string.
 _JSON_FIELDS = frozenset(
     info.alias or name
@@ -57,7 +58,8 @@ def invalid_options(exc: ValidationError) -> ApiError:
     return invalid(f"invalid capture options: {summary}", errors)
 
 
-def options_from_json(body: bytes) -> CaptureOptions:
+def options_from_json(body: bytes, model: type[Options]) -> Options:
+    """A JSON body as `model`: CaptureOptions, or a request that extends them."""
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):
@@ -65,7 +67,7 @@ def options_from_json(body: bytes) -> CaptureOptions:
     if not isinstance(document, dict):
         raise invalid("the request body must be a JSON object of capture options")
     try:
-        return CaptureOptions.model_validate(document)
+        return model.model_validate(document)
     except ValidationError as exc:
         raise invalid_options(exc) from None
     except RecursionError:

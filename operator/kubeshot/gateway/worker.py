@@ -36,14 +36,15 @@ MAX_HEADER_BYTES = 8 * 1024 * 1024
 log = logging.getLogger("kubeshot.gateway.worker")
 # The uid:gid a worker drops to, set by the gateway in the worker's environment.
 RUN_AS = "KUBESHOT_WORKER_RUN_AS"
-# Standard-library modules the engine imports only once it captures. They are imported before the
-# worker drops its privileges: an interpreter installed in a directory only its owner may read
-# (pyenv under /root) can import nothing new afterwards.
+# Modules the engine imports only once it captures. They are imported before the worker drops its
+# privileges: an interpreter installed in a directory only its owner may read (pyenv under /root)
+# can import nothing new afterwards. pypdf (verification of PDFs) imports standard-library codecs.
 PRELOAD = (
     "concurrent.futures.thread",
     "encodings.idna",
     "encodings.punycode",
     "linecache",
+    "pypdf",
     "queue",
     "ssl",
     "stringprep",

@@ -6,6 +6,7 @@ explicitly, with the reason next to it, so that a reviewer reads the whole attac
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 from collections.abc import Mapping
@@ -257,18 +258,22 @@ def _internet(policy: ScreenshotPolicySpec) -> list[Manifest]:
     # loopback, link-local, CGNAT, metadata and other special range; without, the cloud metadata
     # endpoints (Azure's and Alibaba's included) and non-unicast addresses still.
     # `allowedCIDRs` re-open ranges in a rule of their own.
-    refused = unreachable_networks(block_private_networks=policy.network.block_private_networks)
-    return [
-        {
-            "ipBlock": {
-                "cidr": str(anywhere),
-                "except": [
-                    str(n) for n in refused if n.version == anywhere.version and n != anywhere
-                ],
-            }
-        }
+    refused = _refused(policy.network.block_private_networks)
+    return [{"ipBlock": {"cidr": cidr, "except": list(ranges)}} for cidr, ranges in refused]
+
+
+@functools.cache
+def _refused(block_private_networks: bool) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Per range of ANYWHERE, the ranges inside it the guard refuses; computed once per setting
+    (collapsing them is most of the cost of a NetworkPolicy, built again at every pod's start)."""
+    refused = unreachable_networks(block_private_networks=block_private_networks)
+    return tuple(
+        (
+            str(anywhere),
+            tuple(str(n) for n in refused if n.version == anywhere.version and n != anywhere),
+        )
         for anywhere in ANYWHERE
-    ]
+    )
 
 
 def _proxy_peer(server: str) -> tuple[list[Manifest], int]:

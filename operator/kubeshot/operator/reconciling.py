@@ -1,33 +1,30 @@
-"""What the handlers do: the CaptureJob lifecycle and ScreenshotPolicy → NetworkPolicy.
+"""What the handlers do with CaptureJobs: admit, queue, start attempts, record how they ended.
 
 One `Reconciler` per operator process (it is Kopf's memo). Decisions come from the pure modules
-(`building`, `lifecycle`, `queueing`); this module reads and writes the API server.
-Order matters for restarts: a job's status says Running before its pod is created, so an
-operator that dies in between never creates a second pod for the same attempt; the pod's
-result is recorded before the pod is deleted.
+(`building`, `lifecycle`, `queueing`); a job's Secrets are `credentials`', its pod's NetworkPolicy
+`confinement`'s, ScreenshotPolicies `policies`'. Order matters for restarts: a job's status says
+Running before its pod is created, so an operator that dies in between never creates a second
+pod for the same attempt; the pod's result is recorded before the pod is deleted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
-import json
 import logging
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import ValidationError
 
 from kubeshot import logs, tracing
 from kubeshot.api import (
-    PROXY_CREDENTIALS_LABEL,
     CaptureError,
     CaptureJobSpec,
     CaptureJobStatus,
@@ -35,92 +32,60 @@ from kubeshot.api import (
     Failure,
     FailureReason,
     Phase,
-    ProxyCredentials,
     Runtime,
     ScreenshotPolicySpec,
-    ScreenshotPolicyStatus,
     describe_validation_error,
-    is_object_name,
 )
 from kubeshot.api.admission import admit
-from kubeshot.api.crds import API_VERSION
-from kubeshot.kube import (
-    ApiError,
-    Conflict,
-    KubeClient,
-    NotFound,
-    NotOwned,
-    controller_uid,
-    names,
-    resource_path,
-)
-from kubeshot.kube.names import jobs_path, network_policies_path, policies_path
-from kubeshot.operator import building, lifecycle, metrics
+from kubeshot.kube import ApiError, Conflict, KubeClient, NotFound, NotOwned, names, resource_path
+from kubeshot.kube.names import jobs_path
+from kubeshot.operator import building, credentials, lifecycle, metrics
+from kubeshot.operator.confinement import NETWORK_POLICY_PENDING, Confinement
 from kubeshot.operator.events import EventPoster
 from kubeshot.operator.lifecycle import Outcome
-from kubeshot.operator.queueing import JobQueue, JobView, PolicyKey
+from kubeshot.operator.policies import Index, Policies
+from kubeshot.operator.queueing import Expect, JobQueue, plan, waits_for_slot
 from kubeshot.operator.settings import OperatorSettings
+from kubeshot.operator.views import JobView, PolicyKey
 
 log = logging.getLogger(__name__)
-Manifest = dict[str, Any]
 JOB = "CaptureJob"
 # A job still Pending this long after its creation had its admission interrupted: redo it.
 STUCK_ADMISSION = timedelta(seconds=10)
-POLICY = "ScreenshotPolicy"
-# The Started condition's reason while a job waits for its policy's NetworkPolicy.
-NETWORK_POLICY_PENDING = "NetworkPolicyPending"
-
-
-class Index(Protocol):
-    """The part of a Kopf index used here: key → the values of the objects under that key."""
-
-    def __getitem__(self, key: Any) -> Iterable[Any]: ...
-    def __contains__(self, key: object) -> bool: ...
-    def __iter__(self) -> Any: ...
-
-
-def not_ours(kind: str, name: str) -> Failure:
-    """A job whose Secret or Pod name is taken by an object the job does not own."""
-    message = (
-        f"a {kind} named {name} exists already and does not belong to this CaptureJob"
-        " (its ownerReference is not this job): delete it, or create the CaptureJob under"
-        " another name"
-    )
-    return Failure(reason=FailureReason.INVALID_SPEC, message=message)
-
-
-def upload_token(secret: Mapping[str, Any]) -> str:
-    """The upload token in a request Secret; empty when it holds none."""
-    try:
-        raw = base64.b64decode((secret.get("data") or {}).get(building.REQUEST_KEY, ""))
-        token = (json.loads(raw).get("upload") or {}).get("token", "")
-    except (ValueError, AttributeError):
-        return ""
-    return token if isinstance(token, str) else ""
 
 
 class Reconciler:
-    """The operator's state and actions (one per process)."""
+    """The operator's actions on CaptureJobs (one per process).
+
+    The truth is in Kopf's indexes (`jobs`, `policies.index`). Kept beside them:
+    - `queue`: decisions the watch has not shown yet, one per job (see `queueing`);
+    - `confinement`: the reads of NetworkPolicies under way, shared by starts (see there);
+    - `_specs`: each job's spec as validated, by uid (a CaptureJob's spec is immutable);
+    - `_locks`, one per policy: held while deciding which of its jobs start or say Queued;
+    - `_saying`: the Queued writes under way, by job uid (a start of the job waits for its own);
+    - `_job_locks`, one per job whose attempt is being recorded: the pod watch and the sweeper
+      can both see an attempt end, and the first records it;
+    - `_wakeups`: a retrying job's policy is dispatched at its nextAttemptTime (the references
+      keep the tasks alive).
+    """
 
     def __init__(self, client: KubeClient, settings: OperatorSettings) -> None:
         self.client = client
         self.settings = settings
         self.queue = JobQueue()
         self.events = EventPoster(client)
+        self.policies = Policies(client, settings, self.events)
+        self.confinement = Confinement(client, settings)
         self.jobs: Index | None = None
-        self.policies: Index | None = None
-        self._locks: defaultdict[PolicyKey, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._active_jobs: dict[PolicyKey, int] = {}
-        self._policies: dict[PolicyKey, tuple[object, ScreenshotPolicySpec | Failure]] = {}
         self._specs: dict[str, tuple[CaptureJobSpec, CaptureOptions] | Failure] = {}
-        self._admitting: set[str] = set()
-        self._starting: set[str] = set()  # status says Running, the pod may not exist yet
+        self._locks: defaultdict[PolicyKey, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._saying: dict[str, asyncio.Task[None]] = {}
         self._job_locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._wakeups: set[asyncio.Task[None]] = set()
 
     def bind(self, jobs: Index, policies: Index) -> None:
         """Kopf's indexes of CaptureJobs (by policy) and ScreenshotPolicies (by name)."""
-        self.jobs, self.policies = jobs, policies
+        self.jobs, self.policies.index = jobs, policies
 
     # ----------------------------------------------------------------------------- lookups
 
@@ -129,47 +94,12 @@ class Reconciler:
             return []
         return list(self.jobs[key])
 
-    async def policy_body(self, namespace: str, name: str) -> Mapping[str, Any] | None:
-        """The ScreenshotPolicy: from the index, else (just created?) from the API server.
-
-        A name no object can have (".", "..", "a/b" from a job stored before the CRD checked
-        names) names no policy: it is never put into a URL, where it would address another one.
-        """
-        if not is_object_name(name):
-            return None
-        if self.policies is not None and (namespace, name) in self.policies:
-            for body in self.policies[(namespace, name)]:
-                return dict(body)
-        try:
-            return await self.client.get(policies_path(namespace, name))
-        except NotFound:
-            return None
-
-    async def parsed_policy(
-        self, namespace: str, name: str
-    ) -> ScreenshotPolicySpec | Failure | None:
-        """The policy's spec, parsed once per version; a Failure when invalid; None if absent."""
-        body = await self.policy_body(namespace, name)
-        if body is None:
-            return None
-        meta = body.get("metadata") or {}
-        version = (meta.get("uid"), meta.get("generation"), meta.get("resourceVersion"))
-        cached = self._policies.get((namespace, name))
-        if cached is not None and cached[0] == version:
-            return cached[1]
-        parsed: ScreenshotPolicySpec | Failure
-        try:
-            parsed = ScreenshotPolicySpec.model_validate(dict(body.get("spec") or {}))
-        except ValidationError as exc:
-            problems = describe_validation_error(exc, "spec")
-            message = f"ScreenshotPolicy {name!r} is invalid: {problems}"
-            parsed = Failure(reason=FailureReason.INVALID_SPEC, message=message[:1024])
-        self._policies[(namespace, name)] = (version, parsed)
-        return parsed
+    def all_jobs(self) -> list[JobView]:
+        return [view for key in list(self.jobs or ()) for view in (self.jobs or {})[key]]
 
     def parsed_spec(self, view: JobView) -> tuple[CaptureJobSpec, CaptureOptions] | Failure:
-        """The job's spec and its capture options, validated once per job (a CaptureJob's spec
-        is immutable); a Failure when invalid."""
+        """The job's spec and its capture options, validated once per job; a Failure when
+        invalid."""
         parsed = self._specs.get(view.uid)
         if parsed is None:
             try:
@@ -189,18 +119,17 @@ class Reconciler:
         parsed = self.parsed_spec(view)
         if isinstance(parsed, Failure):
             return parsed
-        options = parsed[1]
-        policy = await self.parsed_policy(view.namespace, view.policy)
+        policy = await self.policies.parsed(view.namespace, view.policy)
         if policy is None:
             message = f"ScreenshotPolicy {view.policy!r} not found in namespace {view.namespace}"
             return Failure(reason=FailureReason.POLICY_NOT_FOUND, message=message)
         if isinstance(policy, Failure):
             return policy
         try:
-            admit(options, policy)
+            admit(parsed[1], policy)
         except CaptureError as exc:
             return Failure(reason=exc.reason, message=exc.message[:1024])
-        return options, policy
+        return parsed[1], policy
 
     # ---------------------------------------------------------------------------- CaptureJob
 
@@ -209,114 +138,122 @@ class Reconciler:
         if event_type == "DELETED":
             self.queue.forget(view.uid)
             self._specs.pop(view.uid, None)
-            self._job_locks.pop((view.namespace, view.name), None)
             await self.dispatch(view.key)
             return
-        self.queue.observe(view)
+        ours = self.queue.observe(view)
         if view.phase is Phase.PENDING:
-            await self.admit(view, body)
+            await self.admit(view)
             return
         if view.phase is Phase.RUNNING and event_type is None:
             # Listed at start-up: the pod may have gone while no operator was watching.
             await self.check_pods([view])
-        await self.dispatch(view.key)
+        if not ours:  # a decision of ours was dispatched when made; its status changes nothing
+            await self.dispatch(view.key)
 
-    async def admit(self, view: JobView, body: Mapping[str, Any]) -> None:
+    async def admit(self, view: JobView) -> None:
         """Validate a new job; start it, or queue it, or fail it for good. Once per job."""
-        if self.queue.known(view.uid) or view.uid in self._admitting:
+        if view.uid in self.queue.expected:
             return
-        self._admitting.add(view.uid)
+        self.queue.expect(view.uid, Expect.ADMITTING)
         try:
             with _job_scope(view), _traced("admit CaptureJob", view):
-                await self._admit(view, body)
-        finally:
-            self._admitting.discard(view.uid)
+                checked = await self.effective(view)
+                if isinstance(checked, Failure):
+                    await self.reject(view, checked)
+                    return
+                status = lifecycle.queued_status(view.status, view.generation, lifecycle.now())
+                await self.dispatch(view.key, replace(view, status=view.status.merged(status)))
+        finally:  # an admission that failed half-way is the sweeper's to redo
+            self.queue.forget(view.uid, Expect.ADMITTING)
 
-    async def _admit(self, view: JobView, body: Mapping[str, Any]) -> None:
-        checked = await self.effective(view)
+    async def reject(self, view: JobView, failure: Failure) -> None:
+        """The job can never run: Failed for good; the others of its policy go on."""
         at = lifecycle.now()
-        if isinstance(checked, Failure):
-            patch = lifecycle.rejected_status(view.status, checked, view.generation, at)
-            await self.patch_status(view, patch)
-            self.queue.settle(view.uid)
-            metrics.JOBS_FINISHED.labels(Phase.FAILED.value, checked.reason.value).inc()
-            self.events.post(JOB, body, "Warning", checked.reason.value, checked.message)
-            await self.dispatch(view.key)  # it no longer holds back younger jobs
-            return
-        status = lifecycle.queued_status(view.status, view.generation, at)
-        admitted = replace(view, status=view.status.merged(status))
-        # Straight to Running when a slot is free (one status write less). Queued when the
-        # policy's slots are taken, written under the policy's lock so that no start can race
-        # it. A job waiting only for older jobs' admission stays as it is for that moment.
-        async with self._locks[view.key]:
-            self.queue.admit(admitted)
-            chosen = await self._plan(view.key)
-            limit = await self.limit(view.key)
-            waits = all(c.uid != view.uid for c in chosen) and not self.queue.started(view.uid)
-            if waits and self.queue.full(self.jobs_of(view.key), admitted, limit):
-                await self.patch_status(view, status)
-                self.events.post(
-                    JOB, body, "Normal", "Queued", f"waiting under policy {view.policy}"
-                )
-        if chosen:
-            await asyncio.gather(*(self.start(c) for c in chosen))
+        await self.patch_status(
+            view, lifecycle.rejected_status(view.status, failure, view.generation, at)
+        )
+        self.queue.expect(view.uid, Expect.FINISHED)
+        metrics.JOBS_FINISHED.labels(Phase.FAILED.value, failure.reason.value).inc()
+        self.events.post(JOB, view.body(), "Warning", failure.reason.value, failure.message)
+        await self.dispatch(view.key)  # it holds no slot and no younger job back any more
 
-    async def patch_status(self, view: JobView, status: CaptureJobStatus) -> Manifest:
+    async def patch_status(self, view: JobView, status: CaptureJobStatus) -> dict[str, Any]:
         return await self.client.merge_patch(
             jobs_path(view.namespace, view.name) + "/status", {"status": status.patch()}
         )
 
-    async def dispatch(self, key: PolicyKey) -> None:
-        """Start as many queued jobs of the policy as its concurrency limit allows, FIFO."""
-        async with self._locks[key]:
-            chosen = await self._plan(key)
-        if chosen:
-            await asyncio.gather(*(self.start(view) for view in chosen))
+    async def dispatch(self, key: PolicyKey, admitted: JobView | None = None) -> None:
+        """Start as many queued jobs of the policy as its maxConcurrentJobs allows, first come
+        first served (`admitted`: a job just admitted, Queued by its status to come).
 
-    async def mark_queued(self, key: PolicyKey) -> None:
-        """Admitted jobs that wait for a slot but still say Pending: say Queued."""
-        async with self._locks[key]:
-            jobs, limit = self.jobs_of(key), await self.limit(key)
-            pending = {j.uid for j in jobs if j.phase is Phase.PENDING}
-            for job in self.queue.admitted(key):
-                if job.uid not in pending:
-                    continue
-                if self.queue.full(jobs, job, limit):
-                    await self.patch_status(job, job.status)
-                    message = f"waiting under policy {job.policy}"
-                    self.events.post(JOB, _body(job), "Normal", "Queued", message)
+        An admitted job that waits for a slot is said Queued at once; one that waits only for
+        older jobs' admission is not yet (it may start in a moment: one status write less). The
+        decisions are made under the policy's lock, the writes after it (a start of a job waits
+        for its Queued write, so that this never lands last).
+        """
+        writes: list[asyncio.Task[None]] = []
+        try:
+            async with self._locks[key]:
+                if admitted is not None:
+                    self.queue.expect(admitted.uid, Expect.ADMITTED, admitted)
+                jobs = self.queue.believed(self.jobs_of(key))
+                limit = await self.policies.limit(key)
+                chosen = plan(jobs, limit, time.time())
+                for job in chosen:
+                    self.queue.expect(job.uid, Expect.STARTING, job)
+                    writes.append(asyncio.create_task(self.start(job)))
+                waiting = [
+                    j
+                    for p, j in jobs
+                    if p is Phase.QUEUED and not self.queue.expects(j.uid, Expect.STARTING)
+                ]
+                metrics.WORKQUEUE_DEPTH.labels(*key).set(len(waiting))
+                for job in waiting:
+                    if self.queue.expects(job.uid, Expect.ADMITTED) and waits_for_slot(
+                        jobs, job, limit
+                    ):
+                        self.queue.expect(job.uid, Expect.QUEUED, job)
+                        self._saying[job.uid] = asyncio.create_task(self.say_queued(job))
+                        writes.append(self._saying[job.uid])
+        finally:
+            for result in await asyncio.gather(*writes, return_exceptions=True):
+                if isinstance(result, BaseException):
+                    raise result
 
-    async def limit(self, key: PolicyKey) -> int:
-        """The policy's maxConcurrentJobs. A missing or broken policy: 1, so that its jobs start
-        one by one, to fail with a reason."""
-        policy = await self.parsed_policy(*key)
-        return policy.limits.max_concurrent_jobs if isinstance(policy, ScreenshotPolicySpec) else 1
-
-    async def _plan(self, key: PolicyKey) -> list[JobView]:
-        """The jobs of the policy to start now (call with the policy's lock held)."""
-        jobs = self.jobs_of(key)
-        chosen = self.queue.plan(jobs, await self.limit(key), time.time())
-        metrics.WORKQUEUE_DEPTH.labels(*key).set(len(self.queue.waiting(jobs)))
-        return chosen
+    async def say_queued(self, job: JobView) -> None:
+        try:
+            await self.patch_status(job, job.status)
+        except NotFound:  # deleted meanwhile
+            return
+        except BaseException:  # said again at the next dispatch
+            if self.queue.expects(job.uid, Expect.QUEUED):
+                self.queue.expect(job.uid, Expect.ADMITTED, job)
+            raise
+        finally:
+            del self._saying[job.uid]
+        self.events.post(JOB, job.body(), "Normal", "Queued", f"waiting under policy {job.policy}")
 
     async def start(self, view: JobView) -> None:
         """Secret (kept across attempts), status Running, then the attempt's pod."""
-        self._starting.add(view.uid)
+        saying = self._saying.get(view.uid)
         try:
+            if saying is not None:
+                await asyncio.wait([saying])
             with _job_scope(view), _traced("start capture pod", view):
                 await self._start(view)
-        finally:
-            self._starting.discard(view.uid)
+        except BaseException:  # planned again: its status says whether it runs already
+            self.queue.forget(view.uid, Expect.STARTING)
+            raise
+        if self.queue.expects(view.uid, Expect.STARTING):  # its pod exists
+            self.queue.expect(view.uid, Expect.STARTED, view)
+            for seen in self.jobs_of(view.key):  # its Running status may have come meanwhile
+                if seen.uid == view.uid:
+                    self.queue.observe(seen)
 
     async def _start(self, view: JobView) -> None:
         checked = await self.effective(view)
         if isinstance(checked, Failure):
-            at = lifecycle.now()
-            await self.patch_status(
-                view, lifecycle.rejected_status(view.status, checked, view.generation, at)
-            )
-            self.queue.settle(view.uid)
-            self.events.post(JOB, _body(view), "Warning", checked.reason.value, checked.message)
+            await self.reject(view, checked)
             return
         options, policy = checked
         job = building.JobRef(view.name, view.namespace, view.uid)
@@ -327,7 +264,12 @@ class Reconciler:
         pod_name = pod["metadata"]["name"]
         # No capture pod without the NetworkPolicy of its ScreenshotPolicy around it: until that
         # exists as built and selects the pod, the job waits (Queued, reason NetworkPolicyPending).
-        problem = await self.confinement_problem(view, policy, pod["metadata"]["labels"])
+        body = await self.policies.body(view.namespace, view.policy)
+        problem = (
+            f"ScreenshotPolicy {view.policy} not found"
+            if body is None
+            else await self.confinement.problem(body, policy, pod["metadata"]["labels"])
+        )
         if problem is not None:
             await self.wait_for_confinement(view, problem)
             return
@@ -344,7 +286,11 @@ class Reconciler:
         # makes a second pod); the Secret may come in parallel on a first attempt, when it
         # almost never exists yet. Later attempts reuse the Secret, so it is read first.
         kept = view.status.upload_token_sha256 if attempt > 1 else None
-        secret = self.ensure_secret(job, view.policy, options, policy, proposed, kept)
+        secret = credentials.ensure_secret(
+            self.client, self.settings, job, view.policy, options, policy, proposed, kept
+        )
+        token: str | BaseException
+        patched: object
         if attempt == 1:
             status = running_status(proposed)
             token, patched = await asyncio.gather(
@@ -379,7 +325,8 @@ class Reconciler:
         try:
             await self.client.create_or_adopt(resource_path("v1", "pods", view.namespace), pod)
         except NotOwned:  # someone made a pod of that name first: never taken for the attempt's
-            await self.conclude(running, Outcome(failure=not_ours("Pod", pod_name)), None)
+            failure = credentials.not_ours("Pod", pod_name)
+            await self.conclude(running, Outcome(failure=failure), None)
             return
         except ApiError as exc:
             outcome = Outcome.failed(
@@ -392,168 +339,13 @@ class Reconciler:
             metrics.left_queue(view.created)
         log.info("%s/%s: attempt %d in pod %s", view.namespace, view.name, attempt, pod_name)
         self.events.post(
-            JOB, _body(view), "Normal", "Started", f"attempt {attempt}: pod {pod_name}"
+            JOB, view.body(), "Normal", "Started", f"attempt {attempt}: pod {pod_name}"
         )
-
-    async def ensure_secret(
-        self,
-        job: building.JobRef,
-        policy_name: str,
-        options: CaptureOptions,
-        policy: ScreenshotPolicySpec,
-        token: str,
-        kept_sha256: str | None,
-    ) -> str:
-        """The job's request Secret; returns the job's upload token.
-
-        Later attempts reuse the Secret of the first (`kept_sha256`: its token's hash, as the
-        job's status says, which only the operator writes), so that the token and the proxy
-        credentials stay the job's own. An existing Secret is used only when the job owns it (its
-        controller ownerReference) and its token is the one the status names; one the job owns
-        but cannot vouch for (left by a start interrupted before its status was written) is
-        replaced; one it does not own fails the job (CaptureError), and is left alone.
-        """
-        path = resource_path("v1", "secrets", job.namespace)
-        name = building.secret_name(job)
-        if kept_sha256 is not None:
-            with contextlib.suppress(NotFound):
-                existing = await self.client.get(f"{path}/{name}")
-                kept = self._vouched_token(existing, job, kept_sha256)
-                if kept:
-                    return kept
-                await self._delete_owned(f"{path}/{name}", existing)
-        proxy = await self.proxy_credentials(job.namespace, policy)
-        request = building.build_request(
-            options,
-            policy,
-            upload_url=self.settings.upload_url_for(job.namespace, job.name),
-            upload_token=token,
-            proxy=proxy,
-        )
-        manifest = building.build_secret(job, policy_name, request)
-        for _ in range(2):
-            try:
-                existing, fresh = await self.client.create_or_adopt(path, manifest)
-            except NotOwned:
-                failure = not_ours("Secret", name)
-                raise CaptureError(failure.reason, failure.message) from None
-            if fresh:
-                return token
-            kept = self._vouched_token(existing, job, kept_sha256)
-            if kept:
-                return kept
-            await self._delete_owned(f"{path}/{name}", existing)
-        raise Conflict(409, "Conflict", f"the request Secret {name} was made again meanwhile")
-
-    @staticmethod
-    def _vouched_token(secret: Manifest, job: building.JobRef, sha256: str | None) -> str:
-        """The Secret's upload token if the job owns the Secret and its status names the token;
-        CaptureError when the job does not own it; empty when it cannot vouch for the token."""
-        if controller_uid(secret) != job.uid:
-            failure = not_ours("Secret", building.secret_name(job))
-            raise CaptureError(failure.reason, failure.message)
-        token = upload_token(secret)
-        if token and sha256 is not None and hashlib.sha256(token.encode()).hexdigest() == sha256:
-            return token
-        return ""
-
-    async def _delete_owned(self, path: str, existing: Manifest) -> None:
-        """Delete that very object (its uid), not one made under its name meanwhile."""
-        uid = (existing.get("metadata") or {}).get("uid")
-        with contextlib.suppress(Conflict):
-            await self.client.delete(path, uid=str(uid) if uid else None)
-
-    async def proxy_credentials(
-        self, namespace: str, policy: ScreenshotPolicySpec
-    ) -> ProxyCredentials | None:
-        """The policy's upstream proxy with the credentials of its Secret.
-
-        Only a Secret that opts in (label `kubeshot.dev/proxy-credentials: "true"`) is read:
-        a policy's author must not be able to send any other Secret of the namespace (a service
-        account token, a registry password) to a proxy of their choosing. A missing Secret and
-        one that has not opted in are refused alike, so that the answer tells nothing about the
-        namespace's other Secrets.
-        """
-        proxy = policy.network.proxy
-        if proxy is None:
-            return None
-        if proxy.credentials_secret_ref is None:
-            return ProxyCredentials(server=proxy.server)
-        ref = proxy.credentials_secret_ref
-        refused = CaptureError(
-            FailureReason.INVALID_SPEC,
-            f"proxy credentials Secret {ref.name!r} not found, or not labelled"
-            f' {PROXY_CREDENTIALS_LABEL}: "true"',
-        )
-        try:
-            secret = await self.client.get(resource_path("v1", "secrets", namespace, ref.name))
-        except NotFound:
-            raise refused from None
-        if ((secret.get("metadata") or {}).get("labels") or {}).get(
-            PROXY_CREDENTIALS_LABEL
-        ) != "true":
-            raise refused
-        data = secret.get("data") or {}
-
-        def value(key: str) -> str | None:
-            return base64.b64decode(data[key]).decode() if key in data else None
-
-        return ProxyCredentials.model_validate(
-            {
-                "server": proxy.server,
-                "username": value(ref.username_key),
-                "password": value(ref.password_key),
-            }
-        )
-
-    async def confinement_problem(
-        self, view: JobView, policy: ScreenshotPolicySpec, pod_labels: Mapping[str, str]
-    ) -> str | None:
-        """Why the job's capture pod would not be confined by its policy's NetworkPolicy yet;
-        None when that exists as built and selects the pod.
-
-        Missing or different (the policy's own reconciliation has not run yet, or failed, or
-        someone changed the NetworkPolicy), it is applied again, from the ScreenshotPolicy as the
-        API server has it now, and looked at once more.
-        """
-        body = await self.policy_body(view.namespace, view.policy)
-        if body is None:
-            return f"ScreenshotPolicy {view.policy} not found"
-        wanted = self._network_policy(view.namespace, view.policy, body, policy)
-        path = network_policies_path(view.namespace, wanted["metadata"]["name"])
-        try:
-            live: Manifest | None = await self.client.get(path)
-        except NotFound:
-            live = None
-        problem = building.confinement_problem(live, wanted, pod_labels)
-        if problem is None:
-            return None
-        try:
-            fresh = await self.client.get(policies_path(view.namespace, view.policy))
-            current = ScreenshotPolicySpec.model_validate(dict(fresh.get("spec") or {}))
-        except NotFound:
-            return f"ScreenshotPolicy {view.policy} not found"
-        except ValidationError as exc:
-            problems = describe_validation_error(exc, "spec")
-            return f"ScreenshotPolicy {view.policy} is invalid: {problems}"
-        wanted = self._network_policy(view.namespace, view.policy, fresh, current)
-        try:
-            live = await self.client.apply(path, wanted, names.MANAGER)
-        except ApiError as exc:
-            return f"{problem}, and applying it failed: {exc.message}"
-        return building.confinement_problem(live, wanted, pod_labels)
-
-    def _network_policy(
-        self, namespace: str, name: str, body: Mapping[str, Any], spec: ScreenshotPolicySpec
-    ) -> Manifest:
-        uid = str((body.get("metadata") or {}).get("uid", ""))
-        ref = building.PolicyRef(name, namespace, uid)
-        return building.build_network_policy(ref, spec, self.settings)
 
     async def wait_for_confinement(self, view: JobView, problem: str) -> None:
         """The job waits, Queued, until its NetworkPolicy confines its pod: the policy's
         reconciliation and every sweep try to start it again."""
-        self.queue.release(view.uid)
+        self.queue.forget(view.uid, Expect.STARTING)
         message = f"waiting for the NetworkPolicy of ScreenshotPolicy {view.policy}: {problem}"
         message = message[:1024]
         started = [c for c in view.status.conditions if c.type == lifecycle.STARTED]
@@ -565,7 +357,9 @@ class Reconciler:
         )
         with contextlib.suppress(NotFound):
             await self.patch_status(view, status)
-            self.events.post(JOB, _body(view), "Warning", NETWORK_POLICY_PENDING, message)
+            self.events.post(JOB, view.body(), "Warning", NETWORK_POLICY_PENDING, message)
+
+    # ------------------------------------------------------------------------ capture pods
 
     async def pod_event(self, event_type: str | None, pod: Mapping[str, Any]) -> None:
         """A capture pod ended or vanished: record the attempt's outcome on its job.
@@ -602,28 +396,23 @@ class Reconciler:
         """Record the outcome of the attempt in pod_name, once, if it is the job's current one.
 
         pod_uid: the pod, when it still exists (it is removed once its outcome is recorded).
-
-        The pod watch and the sweeper can both notice an attempt's end: a per-job lock and a
-        fresh read of the job make the first one record it and the second one see that.
+        A fresh read of the job under its lock makes the first to notice the end record it.
         """
         async with self._job_locks[(namespace, job_name)]:
             try:
-                body = await self.client.get(jobs_path(namespace, job_name))
+                view: JobView | None = JobView.from_body(
+                    await self.client.get(jobs_path(namespace, job_name))
+                )
             except NotFound:
-                body = None
-            view = JobView.from_body(body) if body is not None else None
-            ours = view is not None and view.uid == job_uid
-            current = (
-                view is not None
-                and ours
-                and view.phase is Phase.RUNNING
-                and view.status.pod_name == pod_name
-            )
-            if view is None or not current:
-                if ours and pod_uid is not None:  # a leftover of an attempt already recorded
+                view = None
+            if view is None:
+                self._job_locks.pop((namespace, job_name), None)
+                return
+            if view.uid != job_uid:
+                return
+            if view.phase is not Phase.RUNNING or view.status.pod_name != pod_name:
+                if pod_uid is not None:  # a leftover of an attempt already recorded
                     await self.delete_pod(namespace, pod_name, pod_uid)
-                if view is None:
-                    self._job_locks.pop((namespace, job_name), None)
                 return
             with _job_scope(view), _traced("record capture pod", view):
                 _record_pod_span(view, pod_name, outcome)
@@ -634,14 +423,13 @@ class Reconciler:
         view: JobView,
         outcome: Outcome,
         pod_name: str | None,
-        attempted: int | None = None,
         *,
         pod_uid: str | None = None,
     ) -> None:
         """Record an attempt's outcome: finished, or queued again for a retry; then clean up
         (the pod pod_uid, when it still exists; the job's request Secret when it finished)."""
         at = lifecycle.now()
-        attempts = attempted if attempted is not None else max(view.status.attempts, 1)
+        attempts = max(view.status.attempts, 1)
         parsed = self.parsed_spec(view)
         retries = parsed[0].retries if not isinstance(parsed, Failure) else 0
         failure = outcome.failure
@@ -652,25 +440,25 @@ class Reconciler:
                 self.settings.retry_backoff_max_seconds,
             )
             status = lifecycle.retry_status(view.status, failure, delay, view.generation, at)
-            await self.patch_status(view, _attempts(status, attempted))
-            self.queue.release(view.uid)
+            await self.patch_status(view, status)
+            self.queue.forget(view.uid, Expect.STARTING, Expect.STARTED)
             metrics.RETRIES.labels(failure.reason.value).inc()
-            self.events.post(JOB, _body(view), "Warning", "Retrying", status.conditions[-1].message)
+            self.events.post(JOB, view.body(), "Warning", "Retrying", status.conditions[-1].message)
             assert status.next_attempt_time is not None
-            self._later(
-                lifecycle.parse_time(status.next_attempt_time).timestamp() - time.time(), view.key
-            )
+            next_attempt = lifecycle.parse_time(status.next_attempt_time).timestamp()
+            self._wake(next_attempt - time.time(), view.key)
         else:
             status = lifecycle.finished_status(view.status, outcome, view.generation, at)
-            await self.patch_status(view, _attempts(status, attempted))
-            self.queue.settle(view.uid)
+            await self.patch_status(view, status)
+            self.queue.expect(view.uid, Expect.FINISHED)
             reason = failure.reason.value if failure is not None else ""
             metrics.JOBS_FINISHED.labels(status.phase.value, reason).inc()
             if failure is None:
-                self.events.post(JOB, _body(view), "Normal", "Succeeded", "the capture succeeded")
+                self.events.post(JOB, view.body(), "Normal", "Succeeded", "the capture succeeded")
             else:
-                self.events.post(JOB, _body(view), "Warning", failure.reason.value, failure.message)
-            await self.delete_secret(building.JobRef(view.name, view.namespace, view.uid))
+                self.events.post(JOB, view.body(), "Warning", reason, failure.message)
+            job = building.JobRef(view.name, view.namespace, view.uid)
+            await credentials.delete_secret(self.client, job)
         if pod_name is not None and pod_uid is not None:  # only now that its outcome is recorded
             await self.delete_pod(view.namespace, pod_name, pod_uid)
         await self.dispatch(view.key)
@@ -680,17 +468,8 @@ class Reconciler:
         with contextlib.suppress(Conflict):
             await self.client.delete(resource_path("v1", "pods", namespace, name), uid=uid)
 
-    async def delete_secret(self, job: building.JobRef) -> None:
-        """Delete the job's request Secret if the job owns it; a stranger's is left alone."""
-        path = resource_path("v1", "secrets", job.namespace, building.secret_name(job))
-        try:
-            secret = await self.client.get(path)
-        except NotFound:
-            return
-        if controller_uid(secret) == job.uid:
-            await self._delete_owned(path, secret)
-
-    def _later(self, delay: float, key: PolicyKey) -> None:
+    def _wake(self, delay: float, key: PolicyKey) -> None:
+        """Dispatch the policy's jobs after `delay` seconds (a retry's nextAttemptTime)."""
         metrics.requeued()
 
         async def wake() -> None:
@@ -698,14 +477,14 @@ class Reconciler:
             await self.dispatch(key)
 
         task = asyncio.get_running_loop().create_task(wake())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._wakeups.add(task)
+        task.add_done_callback(self._wakeups.discard)
 
     async def check_pods(self, views: list[JobView]) -> None:
-        """Running jobs whose pod is gone: the pod was lost."""
+        """Running jobs whose pod is gone (not those being started here): the pod was lost."""
         for view in views:
             pod = view.status.pod_name
-            if pod is None or view.uid in self._starting:
+            if pod is None or self.queue.expects(view.uid, Expect.STARTING, Expect.STARTED):
                 continue
             try:
                 await self.client.get(resource_path("v1", "pods", view.namespace, pod))
@@ -717,15 +496,15 @@ class Reconciler:
 
     # ------------------------------------------------------------------------- housekeeping
 
-    def all_jobs(self) -> list[JobView]:
-        if self.jobs is None:
-            return []
-        return [view for key in list(self.jobs) for view in self.jobs[key]]
-
     async def sweep(self) -> None:
-        """Lost pods, due retries, expired finished jobs, policy activeJobs, gauges."""
+        """Lost pods, unrecorded pod ends, interrupted admissions, due retries, expired finished
+        jobs, policies' activeJobs and unreconciled NetworkPolicies, gauges."""
         views = self.all_jobs()
-        running = [v for v in views if v.phase is Phase.RUNNING and not self.queue.started(v.uid)]
+        running = [
+            v
+            for v in views
+            if v.phase is Phase.RUNNING and not self.queue.expects(v.uid, Expect.STARTED)
+        ]
         listed: set[tuple[str, str]] = set()
         selector = ",".join(f"{key}={value}" for key, value in names.CAPTURE_PODS.items())
         for namespace in sorted({v.namespace for v in running}):
@@ -749,28 +528,17 @@ class Reconciler:
         active: dict[PolicyKey, int] = defaultdict(int)
         for view in views:
             by_phase[view.phase.value] += 1
-            if view.phase is Phase.RUNNING:
-                active[view.key] += 1
+            active[view.key] += view.phase is Phase.RUNNING
+            stuck = now - lifecycle.parse_time(view.created) if view.created else timedelta()
+            if view.phase is Phase.PENDING and stuck > STUCK_ADMISSION:
+                await self.admit(view)  # an admission that failed half-way (else a no-op)
         for phase, count in by_phase.items():
             metrics.JOBS.labels(phase).set(count)
-        for view in self.queue.undecided(views):  # an admission that failed half-way
-            if view.created and now - lifecycle.parse_time(view.created) > STUCK_ADMISSION:
-                await self.admit(view, _body(view))
         for key in {v.key for v in views if not v.phase.finished}:
             await self.dispatch(key)
-            await self.mark_queued(key)
-        await self.update_active_jobs(active)
-        await self.resync_policies()
-
-    async def resync_policies(self) -> None:
-        """Policies whose NetworkPolicy could not be applied at their last change: again."""
-        if self.policies is None:
-            return
-        for key in list(self.policies):
-            for body in self.policies[key]:
-                generation = (body.get("metadata") or {}).get("generation")
-                if (body.get("status") or {}).get("observedGeneration") != generation:
-                    await self.policy_event(None, body)
+        await self.policies.set_active_jobs(active)
+        for body in self.policies.unreconciled():
+            await self.policy_event(None, body)
 
     async def expired(self, view: JobView, now: datetime) -> bool:
         """Whether the job finished longer ago than its TTL (else its policy's) says."""
@@ -779,81 +547,21 @@ class Reconciler:
         spec = self.parsed_spec(view)
         ttl = None if isinstance(spec, Failure) else spec[0].ttl_seconds_after_finished
         if ttl is None:
-            policy = await self.parsed_policy(view.namespace, view.policy)
+            policy = await self.policies.parsed(view.namespace, view.policy)
             runtime = policy.runtime if isinstance(policy, ScreenshotPolicySpec) else Runtime()
             ttl = runtime.ttl_seconds_after_finished
         finished = lifecycle.parse_time(view.status.completion_time)
         return now >= finished + timedelta(seconds=ttl)
 
-    async def update_active_jobs(self, active: Mapping[PolicyKey, int]) -> None:
-        if self.policies is None:
-            return
-        for key in list(self.policies):
-            count = active.get(key, 0)
-            if self._active_jobs.get(key) == count:
-                continue
-            try:
-                patch = ScreenshotPolicyStatus(active_jobs=count).patch()
-                await self.client.merge_patch(policies_path(*key) + "/status", {"status": patch})
-                self._active_jobs[key] = count
-            except NotFound:
-                self._active_jobs.pop(key, None)
-
     # ---------------------------------------------------------------------- ScreenshotPolicy
 
     async def policy_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """The policy's NetworkPolicy and status (see `policies`); then its jobs may start."""
         meta = body.get("metadata", {})
-        namespace, name = str(meta.get("namespace")), str(meta.get("name"))
-        if event_type == "DELETED":  # its NetworkPolicy goes with it (ownerReference)
-            self._active_jobs.pop((namespace, name), None)
-            await self.dispatch((namespace, name))
-            return
-        generation = meta.get("generation")
-        try:
-            status = ScreenshotPolicyStatus.model_validate(body.get("status") or {})
-        except ValidationError:  # never as the operator wrote it: written anew
-            status = ScreenshotPolicyStatus()
-        if status.observed_generation == generation and event_type is not None:
-            return  # our own status write coming back, or nothing that changes the spec
-        at = lifecycle.now()
-
-        async def ready(ok: bool, reason: str, message: str, **fields: Any) -> None:
-            conditions = lifecycle.set_condition(
-                status.conditions, lifecycle.READY, ok, reason, message, generation, at
-            )
-            patch = ScreenshotPolicyStatus(conditions=conditions, **fields)
-            await self.client.merge_patch(
-                policies_path(namespace, name) + "/status", {"status": patch.patch()}
-            )
-
-        try:
-            spec = ScreenshotPolicySpec.model_validate(dict(body.get("spec") or {}))
-        except ValidationError as exc:
-            message = describe_validation_error(exc, "spec")
-            await ready(False, "InvalidSpec", message, observed_generation=generation)
-            self.events.post(POLICY, body, "Warning", "InvalidSpec", message)
-            return
-        manifest = self._network_policy(namespace, name, body, spec)
-        np_name = manifest["metadata"]["name"]
-        path = network_policies_path(namespace, np_name)
-        try:
-            await self.client.apply(path, manifest, names.MANAGER)
-        except ApiError as exc:
-            await ready(False, "NetworkPolicyFailed", exc.message)
-            self.events.post(POLICY, body, "Warning", "NetworkPolicyFailed", exc.message)
-            raise
-        active = sum(1 for v in self.jobs_of((namespace, name)) if v.phase is Phase.RUNNING)
-        await ready(
-            True,
-            "NetworkPolicyApplied",
-            f"NetworkPolicy {np_name} confines the capture pods",
-            observed_generation=generation,
-            network_policy_name=np_name,
-            active_jobs=active,
-        )
-        self._active_jobs[(namespace, name)] = active
-        self.events.post(POLICY, body, "Normal", "NetworkPolicyApplied", f"NetworkPolicy {np_name}")
-        await self.dispatch((namespace, name))
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        active = sum(1 for v in self.jobs_of(key) if v.phase is Phase.RUNNING)
+        if await self.policies.reconcile(event_type, body, active):
+            await self.dispatch(key)
 
 
 def _job_scope(view: JobView) -> contextlib.AbstractContextManager[None]:
@@ -888,26 +596,3 @@ def _record_pod_span(view: JobView, pod_name: str, outcome: Outcome) -> None:
         error=outcome.failure.reason.value if outcome.failure is not None else None,
     )
     tracing.record_phases(outcome.phases, parent=pod)
-
-
-def _body(view: JobView) -> Manifest:
-    """Enough of a job's body to name it (in Events) and to rebuild a view from it."""
-    return {
-        "apiVersion": API_VERSION,
-        "kind": JOB,
-        "metadata": {
-            "name": view.name,
-            "namespace": view.namespace,
-            "uid": view.uid,
-            "creationTimestamp": view.created,
-            "generation": view.generation,
-            "annotations": dict(view.annotations),
-        },
-        "spec": dict(view.spec),
-        "status": view.status.to_wire(),
-    }
-
-
-def _attempts(status: CaptureJobStatus, attempted: int | None) -> CaptureJobStatus:
-    """status, saying `attempted` attempts when given."""
-    return status if attempted is None else status.merged(CaptureJobStatus(attempts=attempted))

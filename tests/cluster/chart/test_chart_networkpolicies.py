@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from kubeshot.api import unreachable_networks
 from tests.cluster.chart.conftest import VALUES_DIR, Helm, Release
 
@@ -13,12 +15,22 @@ UNREACHABLE = [str(n) for n in unreachable_networks(block_private_networks=True)
 
 
 def api_server_rule(network_policy: dict[str, Any]) -> Any:
-    """The egress rule on the API server's ports (the one after DNS)."""
+    """The egress rule on the API server's ports (neither DNS nor the public internet)."""
     rules = [
-        r for r in network_policy["spec"]["egress"] if r.get("ports", [{}])[0].get("port") != 53
+        r
+        for r in network_policy["spec"]["egress"]
+        if r.get("ports", [{}])[0].get("port") != 53 and r != internet_rule(network_policy)
     ]
     assert len(rules) == 1, rules
     return rules[0]
+
+
+def internet_rule(network_policy: dict[str, Any]) -> Any:
+    """The egress rule to the public internet (the one whose first peer is 0.0.0.0/0), if any."""
+    for rule in network_policy["spec"]["egress"]:
+        if rule.get("to", [{}])[0].get("ipBlock", {}).get("cidr") == "0.0.0.0/0":
+            return rule
+    return None
 
 
 def test_api_server_egress_is_pinned_to_the_kubernetes_service_endpoints(
@@ -66,11 +78,15 @@ def test_without_a_cluster_the_api_server_must_be_named(helm: Helm) -> None:
     }
 
 
-def test_local_backend_egress_excepts_what_the_egress_guard_refuses(helm: Helm) -> None:
+@pytest.mark.parametrize("values", ["local-backend.yaml", None], ids=["local", "kubernetes"])
+def test_gateway_internet_egress_excepts_what_the_egress_guard_refuses(
+    helm: Helm, values: str | None
+) -> None:
     # One table for the guard, the operator's capture-pod NetworkPolicies and this one: the Azure
-    # WireServer (168.63.129.16) and Alibaba's metadata address stay unreachable here too.
-    rendered = helm.template(VALUES_DIR / "local-backend.yaml")
-    internet = rendered.get("NetworkPolicy", "ks-kubeshot-gateway")["spec"]["egress"][1]
+    # WireServer (168.63.129.16) and Alibaba's metadata address stay unreachable here too. The
+    # local backend captures from here; both backends send webhooks from here.
+    rendered = helm.template(VALUES_DIR / values if values else None)
+    internet = internet_rule(rendered.get("NetworkPolicy", "ks-kubeshot-gateway"))
     excepted = [c for block in internet["to"] for c in block["ipBlock"]["except"]]
     assert [b["ipBlock"]["cidr"] for b in internet["to"]] == ["0.0.0.0/0", "::/0"]
     assert excepted == UNREACHABLE

@@ -258,7 +258,7 @@ def test_ha_with_existing_secrets_and_pinned_images(helm: Helm) -> None:
     assert env["TOKENS_FILE"] == "/etc/kubeshot/tokens/tokens.yaml"
     deployment = rendered.get("Deployment", "ks-kubeshot-gateway")
     assert deployment["spec"]["replicas"] == 2
-    assert "strategy" not in deployment["spec"]  # RWX: rolling updates are fine
+    assert "strategy" not in deployment["spec"]  # no claim to hand over: rolling updates
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == (
         "registry.example.com/platform/kubeshot:0.1.0@sha256:"
@@ -275,10 +275,17 @@ def test_ha_with_existing_secrets_and_pinned_images(helm: Helm) -> None:
     for pdb in rendered.all("PodDisruptionBudget"):
         assert pdb["spec"]["minAvailable"] == 1
         assert "maxUnavailable" not in pdb["spec"]
-    pvc = rendered.get("PersistentVolumeClaim")
-    assert pvc["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
-    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
-    assert pvc["spec"]["storageClassName"] == "nfs"
+    # Replicas share a bucket and Redis; the directory left is an emptyDir, with no claim.
+    assert "PersistentVolumeClaim" not in kinds
+    assert env["KUBESHOT_STORE"] == "s3" and env["KUBESHOT_S3_BUCKET"] == "shots"
+    assert env["KUBESHOT_REDIS_URL"] == {"secretKeyRef": {"name": "kubeshot-redis", "key": "url"}}
+    assert env["KUBESHOT_S3_SECRET_ACCESS_KEY_FILE"] == "/etc/kubeshot/s3/secretAccessKey"
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert "emptyDir" in volumes["results"]
+    assert volumes["s3-credentials"]["secret"]["secretName"] == "kubeshot-s3"
+    egress = rendered.get("NetworkPolicy", "ks-kubeshot-gateway")["spec"]["egress"]
+    assert {"ports": [{"protocol": "TCP", "port": 9000}]} in egress  # the bucket
+    assert {"ports": [{"protocol": "TCP", "port": 6379}]} in egress  # Redis
     for doc in rendered.docs:
         assert doc["metadata"]["labels"]["team"] == "platform", doc["metadata"]["name"]
 
@@ -289,6 +296,19 @@ def test_ha_with_existing_secrets_and_pinned_images(helm: Helm) -> None:
         ({"operater": {"enabled": True}}, "additional properties 'operater' not allowed"),
         ({"gateway": {"replicas": 2}}, "additional properties 'replicas' not allowed"),
         ({"gateway": {"replicaCount": "two"}}, "/gateway/replicaCount"),
+        # More than one replica shares its state: an S3 store and Redis, nothing else.
+        ({"gateway": {"replicaCount": 2}}, "at '/gateway/store/type': value must be 's3'"),
+        (
+            {"gateway": {"replicaCount": 2, "store": {"type": "s3", "s3": {"bucket": "b1b"}}}},
+            "at '/gateway/redis/enabled': value must be true",
+        ),
+        (
+            {"gateway": {"persistence": {"accessModes": ["ReadWriteMany"]}, "replicaCount": 2}},
+            "at '/gateway/store/type': value must be 's3'",
+        ),
+        ({"gateway": {"store": {"type": "s3"}}}, "/gateway/store/s3/bucket"),
+        ({"gateway": {"store": {"download": "presigned"}}}, "/gateway/store/type"),
+        ({"gateway": {"redis": {"enabled": True}}}, "/gateway/redis/urlSecret"),
         ({"gateway": {"backend": "docker"}}, "/gateway/backend"),
         ({"gateway": {"port": 70000}}, "/gateway/port"),
         ({"gateway": {"httpsOnly": "yes"}}, "/gateway/httpsOnly"),
@@ -316,7 +336,6 @@ def test_schema_rejects_wrong_values(helm: Helm, values: dict[str, Any], message
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"gateway": {"replicaCount": 2}}, "gateway.persistence.accessModes to [ReadWriteMany]"),
         (
             {"gateway": {"tls": {"enabled": True, "certManager": {"enabled": True}}}},
             "gateway.tls.certManager.issuerRef.name is required",

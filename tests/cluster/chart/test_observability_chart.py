@@ -27,6 +27,11 @@ from tests.support import wait_for
 
 OBSERVABILITY = VALUES_DIR / "observability.yaml"
 KEDA = VALUES_DIR / "keda-local.yaml"
+# What more than one gateway replica needs: an S3 store and Redis.
+SHARED_STATE: dict[str, Any] = {
+    "store": {"type": "s3", "s3": {"bucket": "shots"}},
+    "redis": {"enabled": True, "urlSecret": "kubeshot-redis"},
+}
 DASHBOARD = CHART / "dashboards" / "kubeshot.json"
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 # A series name in PromQL: a word that starts a selector or a bare name, not a function or label.
@@ -256,7 +261,7 @@ def test_gateway_hpa_replaces_the_replica_count(observability: Rendered, helm: H
             "defaultPolicy": {"enabled": False},
             "gateway": {
                 "backend": "local",
-                "persistence": {"enabled": False},
+                **SHARED_STATE,
                 "autoscaling": {"enabled": True, "queueDepthPerPod": 3},
             },
         }
@@ -295,12 +300,12 @@ def test_keda_example_scales_on_the_queue_depth(helm: Helm) -> None:
         ),
         (
             {"gateway": {"autoscaling": {"enabled": True, "maxReplicas": 3}}},
-            "as gateway.replicaCount > 1 does: set gateway.persistence.accessModes",
+            "at '/gateway/store/type': value must be 's3'",
         ),
         (
             {
                 "gateway": {
-                    "persistence": {"enabled": False},
+                    **SHARED_STATE,
                     "autoscaling": {"enabled": True, "minReplicas": 4, "maxReplicas": 2},
                 }
             },
@@ -309,7 +314,7 @@ def test_keda_example_scales_on_the_queue_depth(helm: Helm) -> None:
         (
             {
                 "gateway": {
-                    "persistence": {"enabled": False},
+                    **SHARED_STATE,
                     "autoscaling": {"enabled": True},
                     "resources": {"requests": {"cpu": None}},
                 }
@@ -319,7 +324,7 @@ def test_keda_example_scales_on_the_queue_depth(helm: Helm) -> None:
         (
             {
                 "gateway": {
-                    "persistence": {"enabled": False},
+                    **SHARED_STATE,
                     "keda": {"enabled": True, "serverAddress": "http://prometheus:9090"},
                 }
             },
@@ -329,7 +334,7 @@ def test_keda_example_scales_on_the_queue_depth(helm: Helm) -> None:
             {
                 "gateway": {
                     "backend": "local",
-                    "persistence": {"enabled": False},
+                    **SHARED_STATE,
                     "keda": {"enabled": True},
                     "autoscaling": {"enabled": True},
                 }
@@ -340,7 +345,7 @@ def test_keda_example_scales_on_the_queue_depth(helm: Helm) -> None:
             {
                 "gateway": {
                     "backend": "local",
-                    "persistence": {"enabled": False},
+                    **SHARED_STATE,
                     "keda": {"enabled": True},
                 }
             },

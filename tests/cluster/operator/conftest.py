@@ -15,6 +15,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -387,3 +389,57 @@ class FakeKubelet:
 @pytest.fixture
 def kubelet(cluster: Cluster, tmp_path: Path) -> FakeKubelet:
     return FakeKubelet(cluster, tmp_path)
+
+
+class JobWatch:
+    """Every CaptureJob change of the namespace from a real watch, with the wall-clock time this
+    process received it: (time, event type, job), in the API server's order."""
+
+    def __init__(self, control_plane: Any, namespace: str) -> None:
+        self.control_plane = control_plane
+        self.path = f"{API}/namespaces/{namespace}/capturejobs"
+        self.events: list[tuple[float, str, dict[str, Any]]] = []
+        self.error: dict[str, Any] | None = None  # an ERROR event (410 Gone): the watch stops
+        self.stopped = threading.Event()
+        listed = wait_for(lambda: control_plane.get(self.path), what="the CaptureJob list")
+        self.thread = threading.Thread(
+            target=self._read, args=(listed["metadata"]["resourceVersion"],), daemon=True
+        )
+        self.thread.start()
+
+    def _read(self, version: str) -> None:
+        # Short server-side watches resumed from the last resourceVersion: no event is lost, and
+        # close() never waits long on a blocked read.
+        while not self.stopped.is_set() and self.error is None:
+            query = f"?watch=1&timeoutSeconds=2&resourceVersion={version}"
+            with urllib.request.urlopen(
+                self.control_plane.server + self.path + query,
+                context=self.control_plane.ssl_context(),
+                timeout=30,
+            ) as response:
+                for line in response:
+                    event = json.loads(line)
+                    if event["type"] == "ERROR":
+                        self.error = event["object"]
+                        break
+                    job = event["object"]
+                    self.events.append((time.time(), event["type"], job))
+                    version = job["metadata"]["resourceVersion"]
+
+    def phases(self) -> list[tuple[float, str, str]]:
+        """(time received, job name, phase) of every event, in order."""
+        return [
+            (at, job["metadata"]["name"], (job.get("status") or {}).get("phase", ""))
+            for at, _, job in self.events
+        ]
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(10)
+
+
+@pytest.fixture
+def job_watch(control_plane: Any, namespace: str, kubeshot_crds: list[str]) -> Iterator[JobWatch]:
+    watch = JobWatch(control_plane, namespace)
+    yield watch
+    watch.close()
