@@ -1,5 +1,6 @@
 """A capture worker whose Chromium died is replaced (bench/chaos.py's worker-kill scenario): the
-capture in flight gets a named 5xx, and the pool serves the next captures again."""
+capture in flight gets a named 5xx, and the pool serves the next captures again, with nothing
+left of the worker."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ import pytest
 from aiohttp import ClientSession
 
 from kubeshot.gateway import procs
-from tests.gateway.conftest import base_settings, start_gateway, tagged_processes
+from tests.gateway.conftest import (
+    Gateway,
+    base_settings,
+    start_gateway,
+    tagged_processes,
+    zombie_children,
+)
+from tests.support import wait_until
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -34,34 +42,55 @@ def browser_process(tag: str) -> int:
     raise LookupError(f"no browser process tagged {tag}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by bench/chaos.py (issue 19): a worker keeps its dead browser; the capture in "
-    "flight gets 500 internal and later captures on that worker fail until it is recycled",
-)
-async def test_a_worker_whose_browser_died_is_replaced(
+async def capture(gateway: Gateway, session: ClientSession, **extra: object) -> tuple[int, str]:
+    async with session.post(
+        gateway.url + "/v1/screenshot", json=BODY | extra, headers=gateway.auth()
+    ) as answer:
+        body = await answer.read()
+        return answer.status, "" if answer.status == 200 else body.decode()
+
+
+def worker_tag() -> str:
+    """The tag of this test's one worker (other gateways may run on this machine)."""
+    mine = procs.process_tree(os.getpid())
+    (tag,) = [tag for tag, pids in tagged_processes().items() if pids & mine]
+    return tag
+
+
+async def test_a_worker_whose_browser_died_mid_capture_is_replaced(
     chromium: str, policy_file: Path, tokens_file: Path, session: ClientSession
 ) -> None:
     gateway = await start_gateway(base_settings(policy_file, tokens_file, workers=1))
     try:
         await gateway.wait_ready(session)
-
-        async def capture(**extra: object) -> tuple[int, str]:
-            async with session.post(
-                gateway.url + "/v1/screenshot", json=BODY | extra, headers=gateway.auth()
-            ) as answer:
-                body = await answer.read()
-                return answer.status, "" if answer.status == 200 else body.decode()
-
-        assert (await capture())[0] == 200
-        mine = procs.process_tree(os.getpid())  # other gateways may run on this machine
-        (tag,) = [tag for tag, pids in tagged_processes().items() if pids & mine]
-        in_flight = asyncio.create_task(capture(delayMs=3000))
+        assert (await capture(gateway, session))[0] == 200
+        tag = worker_tag()
+        in_flight = asyncio.create_task(capture(gateway, session, delayMs=3000))
         await asyncio.sleep(1.5)
         os.kill(browser_process(tag), signal.SIGKILL)
         status, error = await in_flight
-        assert status in (502, 503), error  # named, never a bare 500 `internal`
-        after = [(await capture())[0] for _ in range(3)]
+        assert status == 503, error  # named, never a bare 500 `internal`
+        assert '"PodLost"' in error and "browser exited" in error, error
+        after = [(await capture(gateway, session))[0] for _ in range(3)]
         assert after == [200, 200, 200], after
+        assert tag not in tagged_processes()  # nothing of the worker is left
+        assert await wait_until(lambda: not zombie_children(), within=10), zombie_children()
+    finally:
+        await gateway.stop()
+
+
+async def test_a_worker_whose_browser_died_while_idle_is_replaced_before_it_captures(
+    chromium: str, policy_file: Path, tokens_file: Path, session: ClientSession
+) -> None:
+    gateway = await start_gateway(base_settings(policy_file, tokens_file, workers=1))
+    try:
+        await gateway.wait_ready(session)
+        assert (await capture(gateway, session))[0] == 200
+        tag = worker_tag()
+        os.kill(browser_process(tag), signal.SIGKILL)
+        # The worker exits, and the pool kills what is left of it and starts another.
+        assert await wait_until(lambda: tag not in tagged_processes(), within=20)
+        after = [(await capture(gateway, session))[0] for _ in range(2)]
+        assert after == [200, 200], after
     finally:
         await gateway.stop()

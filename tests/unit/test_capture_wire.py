@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 from typing import Any
@@ -80,7 +79,14 @@ def test_a_request_round_trips_with_its_password_once_on_the_wire_and_nowhere_el
 
 def test_a_worker_frame_carries_the_request_as_it_is_on_the_wire() -> None:
     sent = request()
-    frame = worker.read_frame(io.BytesIO(worker.capture_frame(sent, {"request_id": "r1"})))
+
+    async def read_back() -> tuple[dict[str, Any], bytes] | None:
+        frames = asyncio.StreamReader()
+        frames.feed_data(worker.capture_frame(sent, {"request_id": "r1"}))
+        frames.feed_eof()
+        return await worker.read_frame_async(frames)
+
+    frame = asyncio.run(read_back())
     assert frame is not None
     header, payload = frame
     assert header["op"] == "capture" and header["log"] == {"request_id": "r1"}
@@ -137,15 +143,22 @@ def test_the_worker_answers_with_the_outcome_and_its_artifact() -> None:
     def send(header: dict[str, Any], payload: bytes = b"") -> None:
         sent.append((header, payload))
 
+    class Browser:
+        def __init__(self, connected: bool) -> None:
+            self.is_connected = lambda: connected
+
     ok = request()
     failing = ok.model_copy(update={"options": CaptureOptions(url="https://example.com/fail")})
-    for each in (ok, failing):
-        asyncio.run(worker._capture(Engine(), each.to_json().encode(), send))
-    (ok_header, data), (failed_header, nothing) = sent
+    for each, browser in ((ok, Browser(True)), (failing, None), (failing, Browser(False))):
+        asyncio.run(worker._capture(Engine(), each.to_json().encode(), send, browser))
+    (ok_header, data), (failed_header, nothing), (lost_header, _) = sent
     assert CaptureOutcome.model_validate(ok_header["outcome"]).report() == REPORT
     assert data == b"png" and nothing == b""
     failed = CaptureOutcome.model_validate(failed_header["outcome"])
     assert failed.failure == Failure(reason=FailureReason.TARGET_HTTP_ERROR, message="HTTP 404")
+    # Whatever the engine made of it, a capture whose browser exited lost its worker.
+    lost = CaptureOutcome.model_validate(lost_header["outcome"]).failure
+    assert lost is not None and lost.reason is FailureReason.POD_LOST
 
 
 def test_a_kubernetes_job_gives_back_the_outcome_its_status_keeps() -> None:

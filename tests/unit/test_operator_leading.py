@@ -3,14 +3,17 @@ give two leaders."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import kopf
 import pytest
 
-from kubeshot.kube import Conflict, NotFound
-from kubeshot.operator.leading import LeaderLease
+from kubeshot.kube import Conflict, KubeClient, NotFound, resource_path
+from kubeshot.operator.leading import LeaderLease, LeadershipLost
 
 pytestmark = pytest.mark.unit
 
@@ -108,3 +111,79 @@ async def test_a_released_lease_is_taken_at_once() -> None:
     assert not await follower.try_acquire()
     await leader.release()
     assert await follower.try_acquire()
+
+
+async def test_a_stalled_leader_stops_acting_before_a_follower_can_take_over() -> None:
+    """The chaos bench's failover: the leader's renewal comes late (its event loop stalled);
+    it must have stopped writing before the follower may take the Lease."""
+    store, clocks = LeaseStore(), Clocks()
+    leader = _replica(store, clocks, "a", timedelta(0))
+    follower = _replica(store, clocks, "b", timedelta(0))
+    assert await leader.try_acquire()
+    assert leader.leading()
+    leader.fence()  # a leader's write passes
+    assert not await follower.try_acquire()
+    took_over = False
+    for _ in range(int(DURATION * 1.5 / 0.25)):  # the leader renews no more
+        clocks.advance(0.25)
+        took_over = took_over or await follower.try_acquire()
+        assert not (took_over and leader.leading()), "two replicas lead at once"
+    assert took_over
+    assert not leader.leading()
+    with pytest.raises(LeadershipLost):
+        leader.fence()
+    # Back from its stall, the old leader learns it lost the Lease and stays a follower.
+    assert not await leader.try_acquire()
+    assert not leader.leading()
+
+
+class Sent(Exception):
+    """The request got past the fence (the client went on to log in)."""
+
+
+def _no_login() -> kopf.ConnectionInfo:
+    raise Sent
+
+
+async def test_the_operators_client_sends_no_write_once_the_lease_is_not_surely_held() -> None:
+    store, clocks = LeaseStore(), Clocks()
+    leader = _replica(store, clocks, "a", timedelta(0))
+    client = KubeClient(_no_login, guard=leader.fence)
+    pods = resource_path("v1", "pods", "default")
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "job-1"}}
+    with pytest.raises(LeadershipLost):  # not yet the leader
+        await client.create(pods, pod)
+    assert await leader.try_acquire()
+    with pytest.raises(Sent):
+        await client.create(pods, pod)
+    clocks.advance(leader.renew_deadline)  # a renewal missed: the deadline passed
+    with pytest.raises(LeadershipLost):
+        await client.create(pods, pod)
+    with pytest.raises(LeadershipLost):
+        await client.delete(f"{pods}/job-1")
+    with pytest.raises(Sent):  # reads are not fenced
+        await client.get(f"{pods}/job-1")
+    assert leader.renew_deadline < DURATION
+
+
+class StalledStore(LeaseStore):
+    """An API server that stops answering once the Lease is held."""
+
+    async def request(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_a_leader_whose_renewal_hangs_gives_up_at_the_renew_deadline() -> None:
+    duration = 0.6
+    lease = LeaderLease(StalledStore(), "kubeshot", "kubeshot-operator", "a", duration)  # type: ignore[arg-type]
+    assert await lease.try_acquire()
+    lost = asyncio.Event()
+    started = time.monotonic()
+    holding = asyncio.create_task(lease.hold(lost))
+    try:
+        await asyncio.wait_for(lost.wait(), timeout=duration * 3)
+    finally:
+        holding.cancel()
+    assert time.monotonic() - started < duration  # before a follower could take over
+    assert not lease.leading()

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from kubeshot.api import CaptureJobStatus, CaptureReport, Failure, FailureReason
 from kubeshot.operator.lifecycle import (
+    KUBELET_SLACK_SECONDS,
     Outcome,
     backoff_seconds,
     finished_status,
     may_retry,
+    parse_time,
     pod_outcome,
     queued_status,
     rejected_status,
@@ -79,6 +82,34 @@ def test_eviction_is_pod_lost() -> None:
     assert outcome is not None
     assert outcome.failure is not None
     assert outcome.failure.reason is FailureReason.POD_LOST
+
+
+def test_a_pod_not_ended_long_past_its_deadline_is_lost() -> None:
+    """Only the kubelet enforces activeDeadlineSeconds: a pod still unfinished after its
+    deadline, its termination grace and KUBELET_SLACK_SECONDS has no kubelet any more."""
+    created = parse_time("2026-01-01T00:00:00Z")
+    lost = pod("Running")
+    lost["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
+    lost["spec"] = {"activeDeadlineSeconds": 20, "terminationGracePeriodSeconds": 5}
+    due = created + timedelta(seconds=25 + KUBELET_SLACK_SECONDS)
+    assert pod_outcome(lost) is None  # without a time, never
+    assert pod_outcome(lost, due - timedelta(seconds=1)) is None
+    outcome = pod_outcome(lost, due)
+    assert outcome is not None
+    assert outcome.failure is not None
+    assert outcome.failure.reason is FailureReason.POD_LOST
+    assert "Running 15s past its 20s deadline" in outcome.failure.message
+    # Counted from the kubelet's start of the pod, when it has one.
+    lost["status"]["startTime"] = "2026-01-01T00:00:30Z"
+    assert pod_outcome(lost, due) is None
+    assert pod_outcome(lost, due + timedelta(seconds=30)) is not None
+    # A pod that ended has its own outcome, however late it is seen.
+    ended = {**pod("Failed", None, reason="DeadlineExceeded"), "spec": lost["spec"]}
+    ended["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
+    late = pod_outcome(ended, due + timedelta(hours=1))
+    assert late is not None
+    assert late.failure is not None
+    assert late.failure.reason is FailureReason.TIMEOUT
 
 
 @pytest.mark.parametrize(

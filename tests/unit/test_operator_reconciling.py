@@ -216,7 +216,8 @@ async def test_a_restarted_start_keeps_the_jobs_token(api: FakeApi, reconciler: 
     reindex(reconciler, api)
     await reconciler.job_event("ADDED", body)
     first = api.objects[f"{JOBS}/shot"]["status"]["uploadTokenSha256"]
-    # Another attempt (after a retry) reuses the Secret and its token.
+    # Another attempt (after a retry, which says Queued) reuses the Secret and its token.
+    api.objects[f"{JOBS}/shot"]["status"]["phase"] = "Queued"
     view = JobView.from_body(api.objects[f"{JOBS}/shot"])
     await reconciler.start(view)
     status = api.objects[f"{JOBS}/shot"]["status"]
@@ -499,6 +500,7 @@ async def test_a_retry_keeps_the_secret_only_while_its_token_is_the_one_in_the_s
     first = upload_token_of(api, "shot")
     # Replaced by someone in the job's name (Secrets are immutable: deleted and made again).
     api.objects[f"{SECRETS}/shot-request"] = request_secret("shot-request", "t" * 43, "uid-shot")
+    api.objects[f"{JOBS}/shot"]["status"]["phase"] = "Queued"  # retried
     await reconciler.start(JobView.from_body(api.objects[f"{JOBS}/shot"]))
     token = upload_token_of(api, "shot")
     assert token not in {first, "t" * 43}

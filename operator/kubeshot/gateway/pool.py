@@ -250,10 +250,13 @@ class Worker:
         assert self.process.stdout is not None
         self.captures += 1
         self.busy = True
-        self.process.stdin.write(capture_frame(request, logs.context()))
-        await self.process.stdin.drain()
         answer = asyncio.ensure_future(read_frame_async(self.process.stdout))
         try:
+            try:
+                self.process.stdin.write(capture_frame(request, logs.context()))
+                await self.process.stdin.drain()
+            except ConnectionError:
+                raise WorkerLost("the capture worker had ended") from None
             while True:
                 done, _ = await asyncio.wait({answer}, timeout=poll)
                 if done:
@@ -355,6 +358,7 @@ class LocalBackend(Backend):
         self._workers: set[Worker] = set()
         self._spawning: set[asyncio.Task[None]] = set()
         self._retiring: set[asyncio.Task[None]] = set()
+        self._watching: set[asyncio.Task[None]] = set()
         self._waiting = 0
         self._busy = 0
         self._drained = asyncio.Event()
@@ -406,6 +410,7 @@ class LocalBackend(Backend):
                 return
             self._workers.add(worker)
             self._idle.put_nowait(worker)
+            self._watch(worker)
             self._update_gauges()
             log.info("capture worker %d ready", worker.pid)
             return
@@ -449,7 +454,7 @@ class LocalBackend(Backend):
             self._update_gauges()
             try:
                 with tracing.span("queue wait"):
-                    worker = await asyncio.wait_for(self._idle.get(), self.queue_timeout)
+                    worker = await asyncio.wait_for(self._idle_worker(), self.queue_timeout)
             except TimeoutError:
                 self.metrics.overloaded.inc()
                 raise overloaded("no capture worker became free in time") from None
@@ -470,6 +475,11 @@ class LocalBackend(Backend):
                     self._drained.set()
                 self._update_gauges()
 
+    async def _idle_worker(self) -> Worker:
+        while (worker := await self._idle.get()) not in self._workers:
+            pass  # replaced while it waited (_watch)
+        return worker
+
     async def _run(self, worker: Worker, request: CaptureRequest) -> CaptureResult:
         timeout = effective_timeout(request.options, request.policy) + DEADLINE_GRACE
         deadline = time.monotonic() + timeout
@@ -479,6 +489,9 @@ class LocalBackend(Backend):
                 header, payload = await worker.capture(
                     request, request.policy.limits.memory_bytes, deadline, self.poll_interval
                 )
+            outcome = CaptureOutcome.model_validate(header.get("outcome"))
+            if outcome.failure is not None and outcome.failure.reason is FailureReason.POD_LOST:
+                raise WorkerLost(outcome.failure.message)  # its browser exited; so does it
             healthy = True
         except CaptureError as exc:
             reason = {
@@ -489,6 +502,7 @@ class LocalBackend(Backend):
             await self._replace(worker, reason)
             raise
         except WorkerLost as exc:
+            log.warning("capture worker %d lost: %s", worker.pid, exc)
             await self._replace(worker, "shutdown" if self._closing else "crashed")
             message = "the gateway shut down during the capture" if self._closing else str(exc)
             raise CaptureError(FailureReason.POD_LOST, message) from None
@@ -503,9 +517,22 @@ class LocalBackend(Backend):
                     retiring.add_done_callback(self._retiring.discard)
                 else:
                     self._idle.put_nowait(worker)
-        report = CaptureOutcome.model_validate(header.get("outcome")).report()
+        report = outcome.report()
         tracing.record_phases(report.timings.phases, parent=span)  # the worker's own clock
         return CaptureResult(payload, report)
+
+    def _watch(self, worker: Worker) -> None:
+        """Replace the worker when it exits while idle (its browser exited), at once."""
+
+        async def watch() -> None:
+            await worker.process.wait()
+            if worker in self._workers and not worker.busy:
+                log.warning("capture worker %d exited while idle", worker.pid)
+                await self._replace(worker, "crashed")
+
+        task = asyncio.create_task(watch())
+        self._watching.add(task)
+        task.add_done_callback(self._watching.discard)
 
     async def _replace(self, worker: Worker, reason: str) -> None:
         self._workers.discard(worker)
@@ -546,4 +573,6 @@ class LocalBackend(Backend):
         await asyncio.gather(*self._spawning, return_exceptions=True)
         workers = list(self._workers)
         self._workers.clear()
-        await asyncio.gather(*(w.stop() for w in workers), *self._retiring, return_exceptions=True)
+        await asyncio.gather(
+            *(w.stop() for w in workers), *self._retiring, *self._watching, return_exceptions=True
+        )

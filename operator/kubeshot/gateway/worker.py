@@ -61,22 +61,6 @@ def encode_frame(header: dict[str, Any], payload: bytes = b"") -> bytes:
     return _HEADER.pack(len(body)) + body + payload
 
 
-def read_frame(stream: IO[bytes]) -> tuple[dict[str, Any], bytes] | None:
-    """One frame from a blocking stream; None at end of stream."""
-    prefix = stream.read(_HEADER.size)
-    if len(prefix) < _HEADER.size:
-        return None
-    (length,) = _HEADER.unpack(prefix)
-    if length > MAX_HEADER_BYTES:
-        raise ValueError("frame header too large")
-    header: dict[str, Any] = json.loads(stream.read(length))
-    size = int(header.get("size", 0))
-    payload = stream.read(size) if size else b""
-    if len(payload) != size:
-        return None
-    return header, payload
-
-
 async def read_frame_async(reader: asyncio.StreamReader) -> tuple[dict[str, Any], bytes] | None:
     """One frame from an asyncio stream; None at end of stream."""
     try:
@@ -126,14 +110,22 @@ async def serve(engine_factory: Callable[[], Any], out: IO[bytes]) -> None:
         out.write(encode_frame(header, payload))
         out.flush()
 
+    # Requests are read by the event loop, not by a thread blocked in read(), which would keep
+    # the process from exiting until the gateway writes again.
+    requests = asyncio.StreamReader()
+    stdin, _ = await asyncio.get_running_loop().connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(requests), sys.stdin.buffer
+    )
     async with engine_factory() as engine:
+        browser = getattr(engine, "browser", None)  # stand-in engines (tests, bench) have none
+        if browser is not None:
+            # A worker whose browser exited takes no more captures: it stops reading and exits,
+            # and the gateway starts another (during a capture: once it has answered it).
+            browser.on("disconnected", lambda _: stdin.close())
         send({"op": "ready", "pid": os.getpid()})
-        while True:
-            frame = await asyncio.to_thread(read_frame, sys.stdin.buffer)
-            if frame is None or frame[0].get("op") != "capture":
-                break
+        while (frame := await read_frame_async(requests)) and frame[0].get("op") == "capture":
             with logs.bound(**_log_fields(frame[0].get("log"))):
-                await _capture(engine, frame[1], send)
+                await _capture(engine, frame[1], send, browser)
 
 
 def _log_fields(value: object) -> dict[str, str]:
@@ -144,13 +136,18 @@ def _log_fields(value: object) -> dict[str, str]:
     return {k: v for k, v in value.items() if k in known and isinstance(v, str)}
 
 
-async def _capture(engine: Any, payload: bytes, send: Callable[..., None]) -> None:
-    """Run one capture request and send its outcome, the artifact as the payload."""
+async def _capture(engine: Any, payload: bytes, send: Callable[..., None], browser: Any) -> None:
+    """Run one capture request and send its outcome, the artifact as the payload. A capture
+    whose browser exited fails PodLost, whatever the engine made of its closed page: the gateway
+    then replaces this worker."""
     try:
         outcome, data = await run(CaptureRequest.model_validate_json(payload), engine)
     except Exception:
         log.exception("capture failed with an unexpected error")
         error = CaptureError(FailureReason.INTERNAL, "internal error in the capture worker")
+        outcome, data = CaptureOutcome.failed(error), b""
+    if browser is not None and not browser.is_connected():
+        error = CaptureError(FailureReason.POD_LOST, "the capture worker's browser exited")
         outcome, data = CaptureOutcome.failed(error), b""
     send({"op": "result", "outcome": outcome.to_wire()}, data)
 

@@ -154,16 +154,22 @@ def checked_kind(document: object, kinds: frozenset[str], what: str) -> Manifest
 
 
 class KubeClient:
-    """JSON in, JSON out; errors as ApiError subclasses."""
+    """JSON in, JSON out; errors as ApiError subclasses.
+
+    guard: called before every request but a GET is sent; it raises to refuse the write (the
+    operator's leader fence).
+    """
 
     def __init__(
         self,
         login_fn: Callable[[], kopf.ConnectionInfo] = login,
         *,
         user_agent: str = "kubeshot-operator",
+        guard: Callable[[], None] | None = None,
     ) -> None:
         self._login = login_fn
         self._user_agent = user_agent
+        self._guard = guard
         self._session: aiohttp.ClientSession | None = None
         self._server = ""
 
@@ -193,6 +199,8 @@ class KubeClient:
     ) -> Manifest:
         kinds = expected_kinds(method, path)
         for attempt in (1, 2):
+            if self._guard is not None and method != "GET":
+                self._guard()
             session = self._session or self._open()
             data = None if body is None else json.dumps(body)
             async with session.request(

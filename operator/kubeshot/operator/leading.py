@@ -1,7 +1,13 @@
 """One active replica: a coordination.k8s.io Lease, held while this process runs Kopf.
 
-Replicas that do not hold the Lease wait; the leader renews it every third of its duration and
+Replicas that do not hold the Lease wait; the leader renews it every sixth of its duration and
 stops (the process exits, Kubernetes restarts it as a follower) when it cannot.
+
+The leader acts only while it surely leads (client-go's renew deadline): for two thirds of the
+duration from the moment it *sent* its last successful renewal. A follower takes over no sooner
+than a whole duration after it saw that renewal, so the old leader has stopped writing by then
+even when its event loop stalled and it never noticed in time: `fence` guards every write of the
+operator's client (see `running`), in-flight work included.
 
 Expiry is judged as client-go's leaderelection judges it: by this process's own monotonic clock,
 from the moment it last saw the Lease's record change, never by comparing the holder's
@@ -28,6 +34,14 @@ def _micro_time(at: datetime) -> str:
     return at.strftime(_FORMAT)
 
 
+class LeadershipLost(ApiError):
+    """A write refused by this replica itself: it no longer surely holds the Lease (an
+    ApiError, so that every caller treats it as a failed write and writes nothing else)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(503, "LeadershipLost", message)
+
+
 class LeaderLease:
     """The Lease `namespace/name`, held by `identity`."""
 
@@ -47,11 +61,13 @@ class LeaderLease:
         self.name = name
         self.identity = identity
         self.duration = duration
+        self.renew_deadline = duration * 2 / 3
         self._path = resource_path("coordination.k8s.io/v1", "leases", namespace)
         self._monotonic = monotonic
         self._wall = wall  # only written into the Lease for people to read, never compared
         self._observed: tuple[object, ...] | None = None
         self._observed_at = 0.0
+        self._renewed_at: float | None = None  # when the last successful renewal was sent
 
     def _spec(self, at: datetime, transitions: int, acquired: str | None) -> dict[str, object]:
         return {
@@ -62,9 +78,19 @@ class LeaderLease:
             "leaseTransitions": transitions,
         }
 
+    def leading(self) -> bool:
+        """Whether this replica surely holds the Lease now (within the renew deadline)."""
+        renewed = self._renewed_at
+        return renewed is not None and self._monotonic() < renewed + self.renew_deadline
+
+    def fence(self) -> None:
+        """Raise LeadershipLost unless this replica surely holds the Lease now."""
+        if not self.leading():
+            raise LeadershipLost(f"not the holder of the leader lease {self.namespace}/{self.name}")
+
     async def try_acquire(self) -> bool:
         """Take or renew the Lease; False while another holder has it and has not let it lapse."""
-        at = self._wall()
+        sent, at = self._monotonic(), self._wall()
         try:
             lease = await self.client.get(f"{self._path}/{self.name}")
         except NotFound:
@@ -77,7 +103,9 @@ class LeaderLease:
             try:
                 await self.client.create(self._path, body)
             except Conflict:
+                self._renewed_at = None
                 return False
+            self._renewed_at = sent
             return True
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity")
@@ -93,6 +121,7 @@ class LeaderLease:
             self._observed, self._observed_at = record, self._monotonic()
         lapsed = self._monotonic() >= self._observed_at + duration
         if holder and holder != self.identity and not lapsed:
+            self._renewed_at = None
             return False
         transitions = int(spec.get("leaseTransitions") or 0) + (holder != self.identity)
         acquired = spec.get("acquireTime") if holder == self.identity else None
@@ -100,7 +129,9 @@ class LeaderLease:
         try:  # the resourceVersion in `lease` makes this a compare-and-swap
             await self.client.request("PUT", f"{self._path}/{self.name}", lease)
         except Conflict:
+            self._renewed_at = None
             return False
+        self._renewed_at = sent
         return True
 
     async def acquire(self) -> None:
@@ -124,23 +155,28 @@ class LeaderLease:
             await asyncio.sleep(max(0.2, self.duration / 4))
 
     async def hold(self, lost: asyncio.Event) -> None:
-        """Renew until cancelled; set `lost` when the Lease could not be renewed in time."""
-        last = asyncio.get_running_loop().time()
-        while True:
-            await asyncio.sleep(self.duration / 3)
+        """Renew until cancelled; set `lost` once the Lease is no longer surely held: taken
+        over, or not renewed within the renew deadline (a renewal is given no longer)."""
+        while True:  # a sixth of the duration apart (client-go's retry period), so that a stall
+            await asyncio.sleep(self.duration / 6)  # costs a renewal, not the Lease
             try:
-                if await self.try_acquire():
-                    last = asyncio.get_running_loop().time()
-                    continue
+                async with asyncio.timeout(max(0.0, self._time_left())):
+                    if await self.try_acquire():
+                        continue
                 log.error("leader lease taken over by another replica")
-                lost.set()
-                return
+                break
             except (TimeoutError, ApiError, OSError) as exc:
                 log.warning("leader lease not renewed: %s", exc)
-            if asyncio.get_running_loop().time() - last > self.duration * 2 / 3:
+            if not self.leading():
                 log.error("leader lease could not be renewed in time; stopping")
-                lost.set()
-                return
+                break
+        lost.set()
+
+    def _time_left(self) -> float:
+        """Seconds until the renew deadline (negative once passed)."""
+        if self._renewed_at is None:
+            return -1.0
+        return self._renewed_at + self.renew_deadline - self._monotonic()
 
     async def release(self) -> None:
         """Give the Lease up (at shutdown), so a follower takes over at once."""

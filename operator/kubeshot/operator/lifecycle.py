@@ -116,11 +116,12 @@ def with_container_times(outcome: Outcome | None, pod: Manifest) -> Outcome | No
     )
 
 
-def pod_outcome(pod: Manifest) -> Outcome | None:
+def pod_outcome(pod: Manifest, now: datetime | None = None) -> Outcome | None:
     """The outcome of a finished capture pod; None while it is still pending or running.
 
     The kubelet's verdicts come first (it killed the pod, so the engine could not report),
-    then the engine's own termination message, then its exit code.
+    then the engine's own termination message, then its exit code. With `now`, a pod not ended
+    long past its deadline is lost (see `_overdue`).
     """
     status = pod.get("status") or {}
     phase = status.get("phase")
@@ -137,7 +138,7 @@ def pod_outcome(pod: Manifest) -> Outcome | None:
             return Outcome.failed(
                 FailureReason.POD_LOST, f"the capture pod {phase.lower()} without a container state"
             )
-        return None
+        return None if now is None else _overdue(pod, now)
     if terminated.get("reason") == "OOMKilled":
         return Outcome.failed(
             FailureReason.MEMORY_LIMIT_EXCEEDED, "the page used more memory than the policy allows"
@@ -157,6 +158,33 @@ def pod_outcome(pod: Manifest) -> Outcome | None:
     detail = (terminated.get("message") or terminated.get("reason") or "").strip()
     message = f"the capture pod exited with code {code}" + (f": {detail}" if detail else "")
     return Outcome.failed(reason, message)
+
+
+# How long after its deadline and its termination grace a pod's kubelet may take to report
+# having killed it (the kill's status write) before the operator takes the kubelet for gone.
+KUBELET_SLACK_SECONDS = 10
+
+
+def _overdue(pod: Manifest, now: datetime) -> Outcome | None:
+    """PodLost for a pod not ended KUBELET_SLACK_SECONDS after its activeDeadlineSeconds and
+    termination grace: only its kubelet enforces the deadline, so that kubelet is gone (stopped,
+    its node lost) or the pod never reached one (never scheduled). Counted from the pod's
+    startTime (the kubelet's own start of the deadline), else its creation."""
+    spec, status = pod.get("spec") or {}, pod.get("status") or {}
+    began = status.get("startTime") or (pod.get("metadata") or {}).get("creationTimestamp")
+    deadline = spec.get("activeDeadlineSeconds")
+    if not isinstance(began, str) or not isinstance(deadline, int):
+        return None
+    late = deadline + int(spec.get("terminationGracePeriodSeconds") or 0) + KUBELET_SLACK_SECONDS
+    try:
+        if now < parse_time(began) + timedelta(seconds=late):
+            return None
+    except ValueError:
+        return None
+    phase = status.get("phase") or "Pending"
+    message = f"the capture pod is {phase} {late - deadline}s past its {deadline}s deadline: "
+    message += "its node's kubelet does not answer"
+    return Outcome.failed(FailureReason.POD_LOST, message)
 
 
 def backoff_seconds(attempts: int, base: float, limit: float) -> float:

@@ -294,7 +294,7 @@ class Reconciler:
         if attempt == 1:
             status = running_status(proposed)
             token, patched = await asyncio.gather(
-                secret, self.patch_status(view, status), return_exceptions=True
+                secret, self.claim(view, status), return_exceptions=True
             )
         else:
             try:
@@ -303,11 +303,15 @@ class Reconciler:
                 token = exc
             status = running_status(token if isinstance(token, str) else proposed)
             try:
-                patched = await self.patch_status(view, status)
+                patched = await self.claim(view, status)
             except ApiError as exc:
                 patched = exc
         if isinstance(patched, NotFound):  # deleted meanwhile; the GC takes the Secret
             self.queue.forget(view.uid)
+            return
+        if isinstance(patched, Conflict):  # the attempt is another's: no pod; the watch tells
+            log.info("%s/%s: attempt %d not ours: %s", view.namespace, view.name, attempt, patched)
+            self.queue.forget(view.uid, Expect.STARTING)
             return
         if isinstance(patched, BaseException):
             raise patched
@@ -342,6 +346,25 @@ class Reconciler:
             JOB, view.body(), "Normal", "Started", f"attempt {attempt}: pod {pod_name}"
         )
 
+    async def claim(self, view: JobView, status: CaptureJobStatus) -> dict[str, Any]:
+        """Write an attempt's Running status as a compare-and-swap (Conflict when it loses), so
+        that one start, of one replica, gets each attempt, and only it creates the pod: never
+        when the job moved on since `view` (an attempt started or recorded meanwhile), and the
+        job's resourceVersion a precondition of the write (the API server refuses the write
+        when anyone wrote the job between this read and it, whatever the writers believe)."""
+        path = jobs_path(view.namespace, view.name)
+        body = await self.client.get(path)
+        now = JobView.from_body(body)
+        if now.uid != view.uid:
+            raise NotFound(404, "NotFound", f"{path}: replaced by another job of that name")
+        moved = now.phase is Phase.RUNNING or now.phase.finished
+        if moved or now.status.attempts != view.status.attempts:
+            message = f"attempt {now.status.attempts}, {now.phase.value}, since it was seen"
+            raise Conflict(409, "Conflict", message)
+        version = body["metadata"].get("resourceVersion")
+        patch = {"metadata": {"resourceVersion": version}, "status": status.patch()}
+        return await self.client.merge_patch(path + "/status", patch)
+
     async def wait_for_confinement(self, view: JobView, problem: str) -> None:
         """The job waits, Queued, until its NetworkPolicy confines its pod: the policy's
         reconciliation and every sweep try to start it again."""
@@ -362,7 +385,8 @@ class Reconciler:
     # ------------------------------------------------------------------------ capture pods
 
     async def pod_event(self, event_type: str | None, pod: Mapping[str, Any]) -> None:
-        """A capture pod ended or vanished: record the attempt's outcome on its job.
+        """A capture pod ended, vanished or is overdue (its kubelet is gone, see
+        `lifecycle.pod_outcome`): record the attempt's outcome on its job.
 
         A pod is a job's only by its controller ownerReference: labels and annotations are
         anyone's to write, and a pod someone made under a job's pod name is never its attempt.
@@ -378,7 +402,8 @@ class Reconciler:
                 FailureReason.POD_LOST, f"the capture pod {pod_name} was deleted before it finished"
             )
         else:
-            outcome = lifecycle.with_container_times(lifecycle.pod_outcome(dict(pod)), dict(pod))
+            outcome = lifecycle.pod_outcome(dict(pod), datetime.now(UTC))
+            outcome = lifecycle.with_container_times(outcome, dict(pod))
         if outcome is None:
             return
         pod_uid = None if event_type == "DELETED" else str(meta.get("uid") or "") or None
@@ -426,14 +451,17 @@ class Reconciler:
         *,
         pod_uid: str | None = None,
     ) -> None:
-        """Record an attempt's outcome: finished, or queued again for a retry; then clean up
-        (the pod pod_uid, when it still exists; the job's request Secret when it finished)."""
+        """Record an attempt's outcome: finished, or queued again for a retry; delete the pod
+        pod_uid, if any (before a retry is queued; after a finish is recorded), and the Secret."""
         at = lifecycle.now()
         attempts = max(view.status.attempts, 1)
         parsed = self.parsed_spec(view)
         retries = parsed[0].retries if not isinstance(parsed, Failure) else 0
         failure = outcome.failure
         if failure is not None and lifecycle.may_retry(failure, attempts, retries):
+            if pod_name is not None and pod_uid is not None:  # never two pods (docs/operator.md)
+                await self.delete_pod(view.namespace, pod_name, pod_uid)
+                pod_uid = None
             delay = lifecycle.backoff_seconds(
                 attempts,
                 self.settings.retry_backoff_seconds,
@@ -513,8 +541,8 @@ class Reconciler:
             )
             for pod in pods.get("items", []):
                 listed.add((namespace, pod["metadata"]["name"]))
-                if lifecycle.pod_outcome(pod) is not None:  # an end the watch did not deliver
-                    await self.pod_event("MODIFIED", pod)
+                # An end the watch did not deliver, or a pod overdue (no event tells that).
+                await self.pod_event("MODIFIED", pod)
         lost = [v for v in running if (v.namespace, v.status.pod_name) not in listed]
         await self.check_pods(lost)
         now = datetime.now(UTC)

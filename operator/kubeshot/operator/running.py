@@ -52,7 +52,6 @@ async def _sweep_forever(reconciler: Reconciler, every: float) -> None:
 
 async def run(settings: OperatorSettings) -> int:
     """Run until SIGTERM/SIGINT (0) or until leadership is lost (1)."""
-    client = KubeClient()
     leader = asyncio.Event()
     runner = web.AppRunner(create_app(leader), access_log=None)
     await runner.setup()
@@ -62,12 +61,15 @@ async def run(settings: OperatorSettings) -> int:
         log.info("serving /metrics and /healthz on %s:%s", *sock.getsockname()[:2])
     identity = settings.identity or f"{socket.gethostname()}-{secrets.token_hex(4)}"
     lease = LeaderLease(
-        client,
+        KubeClient(),
         settings.lease_namespace,
         settings.lease_name,
         identity,
         settings.lease_duration_seconds,
     )
+    # Every write of the handlers and the sweeper is fenced: none once the Lease is not surely
+    # held, however late a task that started as the leader's sends it.
+    client = KubeClient(guard=lease.fence)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -128,4 +130,5 @@ async def run(settings: OperatorSettings) -> int:
             await lease.release()
         await runner.cleanup()
         await client.close()
+        await lease.client.close()
     return 1 if lost.is_set() else 0

@@ -11,29 +11,32 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import pytest
-
+from kubeshot.operator.lifecycle import KUBELET_SLACK_SECONDS
 from tests.cluster.operator.conftest import Cluster, Operator
 from tests.support import wait_for
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 19: the operator leaves a job Running while its pod's kubelet is gone, past "
-    "the pod's deadline (activeDeadlineSeconds is enforced by the kubelet only)",
-)
 def test_a_pod_past_its_deadline_without_a_kubelet_is_lost_and_retried(
     start_operator: Callable[..., Operator], cluster: Cluster
 ) -> None:
-    start_operator(pod_deadline_grace_seconds=0)
+    start_operator(pod_deadline_grace_seconds=0, termination_grace_seconds=0)
     cluster.create_policy(limits={"timeoutSeconds": 2})
     cluster.create_job("orphan", html="<p>x</p>", retries=1)
-    cluster.wait_pod("orphan-1")
+    first = cluster.wait_pod("orphan-1")
+    assert first["spec"]["activeDeadlineSeconds"] == 2
+    # Lost 2 s (deadline) + 0 s (termination grace) + the slack after its creation: then retried.
+    overdue = 2 + KUBELET_SLACK_SECONDS
+    cluster.wait_pod("orphan-2", timeout=overdue + 10)
+    # Its pod was deleted before the retry's was made: a job never has two pods.
+    assert cluster.get("pods", "orphan-1") is None
 
-    def retried_or_lost() -> dict[str, Any] | None:
+    def finished() -> dict[str, Any] | None:
         status = (cluster.job("orphan") or {}).get("status") or {}
-        failure = (status.get("failure") or {}).get("reason")
-        return status if status.get("attempts", 0) >= 2 or failure == "PodLost" else None
+        return status if status.get("phase") in {"Succeeded", "Failed"} else None
 
-    # The pod's deadline is 2 s; a generous 20 s for the operator to notice.
-    wait_for(retried_or_lost, 20, "the job's lost attempt to be retried or failed PodLost")
+    status = wait_for(finished, overdue + 10, "the retry to be lost too, and the job to fail")
+    assert status["phase"] == "Failed"
+    assert status["attempts"] == 2
+    assert status["failure"]["reason"] == "PodLost"
+    assert "past its 2s deadline" in status["failure"]["message"]
+    wait_for(lambda: cluster.get("pods", "orphan-2") is None, 5, "the lost pod to be deleted")
