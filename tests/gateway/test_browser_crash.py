@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from aiohttp import ClientSession
 
-from kubeshot.gateway import procs
 from tests.gateway.conftest import (
     Gateway,
     base_settings,
@@ -50,10 +49,9 @@ async def capture(gateway: Gateway, session: ClientSession, **extra: object) -> 
         return answer.status, "" if answer.status == 200 else body.decode()
 
 
-def worker_tag() -> str:
-    """The tag of this test's one worker (other gateways may run on this machine)."""
-    mine = procs.process_tree(os.getpid())
-    (tag,) = [tag for tag, pids in tagged_processes().items() if pids & mine]
+def worker_tag(gateway: Gateway) -> str:
+    """The tag of this gateway's one worker (other gateways of the tier run in this process)."""
+    (tag,) = {worker.tag for worker in gateway.backend._workers}
     return tag
 
 
@@ -64,7 +62,7 @@ async def test_a_worker_whose_browser_died_mid_capture_is_replaced(
     try:
         await gateway.wait_ready(session)
         assert (await capture(gateway, session))[0] == 200
-        tag = worker_tag()
+        tag = worker_tag(gateway)
         in_flight = asyncio.create_task(capture(gateway, session, delayMs=3000))
         await asyncio.sleep(1.5)
         os.kill(browser_process(tag), signal.SIGKILL)
@@ -86,7 +84,7 @@ async def test_a_worker_whose_browser_died_while_idle_is_replaced_before_it_capt
     try:
         await gateway.wait_ready(session)
         assert (await capture(gateway, session))[0] == 200
-        tag = worker_tag()
+        tag = worker_tag(gateway)
         os.kill(browser_process(tag), signal.SIGKILL)
         # The worker exits, and the pool kills what is left of it and starts another.
         assert await wait_until(lambda: tag not in tagged_processes(), within=20)
