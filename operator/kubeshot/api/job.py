@@ -29,7 +29,19 @@ class CaptureJobSpec(CaptureOptions):
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
     """Delete the job this long after it finished; the policy's TTL when unset."""
     delivery: JobDelivery | None = None
-    """Announce the outcome: a webhook signed with a Secret of this namespace."""
+    """Announce the outcome: a webhook signed with a Secret of this namespace. Not sent by the
+    operator yet: a job that sets it is refused (InvalidSpec) rather than silently unannounced;
+    the gateway's `POST /v1/captures` delivers webhooks for both backends."""
+
+    @field_validator("delivery")
+    @classmethod
+    def _delivery_not_sent_yet(cls, delivery: JobDelivery | None) -> JobDelivery | None:
+        if delivery is not None:
+            raise ValueError(
+                "spec.delivery is not delivered by the operator yet; ask the gateway "
+                "(POST /v1/captures with delivery.webhook) to announce a capture"
+            )
+        return delivery
 
 
 class Phase(StrEnum):
