@@ -911,8 +911,12 @@ def gateway_row(
     )
 
 
-def gateway_kill_local(work: Path, count: int) -> Row:
-    gateway = local_gateway(work, KUBESHOT_WORKERS="2")
+def kill_and_follow(
+    start: Callable[[], Gateway], count: int, within: float
+) -> tuple[dict[str, str], int, Counter[str], float]:
+    """Submit `count` async jobs to a gateway, SIGKILL it, start another and follow every job:
+    (accepted ids, refused, how they ended, seconds from the kill until the last ended)."""
+    gateway = start()
     try:
 
         async def accept() -> tuple[dict[str, str], int]:
@@ -923,16 +927,22 @@ def gateway_kill_local(work: Path, count: int) -> Row:
         gateway.kill()
         killed = time.monotonic()
         time.sleep(1)
-        gateway = local_gateway(work, KUBESHOT_WORKERS="2")
+        gateway = start()
 
         async def check() -> Counter[str]:
             async with client() as session:
-                return await follow(session, gateway.url, ids, 180)
+                return await follow(session, gateway.url, ids, within)
 
         ends = asyncio.run(check())
-        drain = time.monotonic() - killed
+        return ids, refused, ends, time.monotonic() - killed
     finally:
         gateway.stop()
+
+
+def gateway_kill_local(work: Path, count: int) -> Row:
+    ids, refused, ends, drain = kill_and_follow(
+        lambda: local_gateway(work, KUBESHOT_WORKERS="2"), count, 180
+    )
     return gateway_row("local", "gateway, local backend", ids, refused, ends, drain)
 
 
@@ -967,27 +977,9 @@ def gateway_kill_kubernetes(bed: Bed, count: int, args: argparse.Namespace) -> R
         wait_ready(gateway)
         return gateway
 
-    gateway = start()
     try:
-
-        async def accept() -> tuple[dict[str, str], int]:
-            async with client() as session:
-                return await submit(session, gateway.url, count)
-
-        ids, refused = asyncio.run(accept())
-        gateway.kill()
-        killed = time.monotonic()
-        time.sleep(1)
-        gateway = start()
-
-        async def check() -> Counter[str]:
-            async with client() as session:
-                return await follow(session, gateway.url, ids, args.drain_timeout)
-
-        ends = asyncio.run(check())
-        drain = time.monotonic() - killed
+        ids, refused, ends, drain = kill_and_follow(start, count, args.drain_timeout)
     finally:
-        gateway.stop()
         completer.stop()
         for operator in state.live:
             operator.stop()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -55,40 +56,42 @@ def worker_tag(gateway: Gateway) -> str:
     return tag
 
 
-async def test_a_worker_whose_browser_died_mid_capture_is_replaced(
+@pytest.fixture
+async def gateway(
     chromium: str, policy_file: Path, tokens_file: Path, session: ClientSession
-) -> None:
-    gateway = await start_gateway(base_settings(policy_file, tokens_file, workers=1))
+) -> AsyncIterator[Gateway]:
+    """A gateway of one worker that has made one capture (its browser is up)."""
+    started = await start_gateway(base_settings(policy_file, tokens_file, workers=1))
     try:
-        await gateway.wait_ready(session)
-        assert (await capture(gateway, session))[0] == 200
-        tag = worker_tag(gateway)
-        in_flight = asyncio.create_task(capture(gateway, session, delayMs=3000))
-        await asyncio.sleep(1.5)
-        os.kill(browser_process(tag), signal.SIGKILL)
-        status, error = await in_flight
-        assert status == 503, error  # named, never a bare 500 `internal`
-        assert '"PodLost"' in error and "browser exited" in error, error
-        after = [(await capture(gateway, session))[0] for _ in range(3)]
-        assert after == [200, 200, 200], after
-        assert tag not in tagged_processes()  # nothing of the worker is left
-        assert await wait_until(lambda: not zombie_children(), within=10), zombie_children()
+        await started.wait_ready(session)
+        assert (await capture(started, session))[0] == 200
+        yield started
     finally:
-        await gateway.stop()
+        await started.stop()
+
+
+async def test_a_worker_whose_browser_died_mid_capture_is_replaced(
+    gateway: Gateway, session: ClientSession
+) -> None:
+    tag = worker_tag(gateway)
+    in_flight = asyncio.create_task(capture(gateway, session, delayMs=3000))
+    await asyncio.sleep(1.5)
+    os.kill(browser_process(tag), signal.SIGKILL)
+    status, error = await in_flight
+    assert status == 503, error  # named, never a bare 500 `internal`
+    assert '"PodLost"' in error and "browser exited" in error, error
+    after = [(await capture(gateway, session))[0] for _ in range(3)]
+    assert after == [200, 200, 200], after
+    assert tag not in tagged_processes()  # nothing of the worker is left
+    assert await wait_until(lambda: not zombie_children(), within=10), zombie_children()
 
 
 async def test_a_worker_whose_browser_died_while_idle_is_replaced_before_it_captures(
-    chromium: str, policy_file: Path, tokens_file: Path, session: ClientSession
+    gateway: Gateway, session: ClientSession
 ) -> None:
-    gateway = await start_gateway(base_settings(policy_file, tokens_file, workers=1))
-    try:
-        await gateway.wait_ready(session)
-        assert (await capture(gateway, session))[0] == 200
-        tag = worker_tag(gateway)
-        os.kill(browser_process(tag), signal.SIGKILL)
-        # The worker exits, and the pool kills what is left of it and starts another.
-        assert await wait_until(lambda: tag not in tagged_processes(), within=20)
-        after = [(await capture(gateway, session))[0] for _ in range(2)]
-        assert after == [200, 200], after
-    finally:
-        await gateway.stop()
+    tag = worker_tag(gateway)
+    os.kill(browser_process(tag), signal.SIGKILL)
+    # The worker exits, and the pool kills what is left of it and starts another.
+    assert await wait_until(lambda: tag not in tagged_processes(), within=20)
+    after = [(await capture(gateway, session))[0] for _ in range(2)]
+    assert after == [200, 200], after
