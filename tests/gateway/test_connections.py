@@ -115,6 +115,7 @@ async def test_a_request_aiohttp_cannot_parse_gets_the_json_error_envelope(edge_
         assert head.split(b" ", 2)[1] == b"400", answer[:200]
         assert b"Content-Type: application/json" in head
         assert b"X-Content-Type-Options: nosniff" in head
+        assert b"Server: kubeshot\r\n" in head and b"aiohttp" not in answer, head
         error = json.loads(body)["error"]
         assert error["code"] == "invalid_request"
         assert b"<script>" not in body and b"aaaa" not in body and b"bbbb" not in body

@@ -315,7 +315,6 @@ async def _on_response_prepare(request: web.Request, response: web.StreamRespons
     """Secure headers on every response; HSTS over HTTPS; no caching of authenticated data."""
     settings = request.app[keys.SETTINGS]
     response.headers.update(SECURE_HEADERS)
-    response.headers["Server"] = "kubeshot"
     request_id = request.get(LOG_CONTEXT, {}).get("request_id") or uuid.uuid4().hex
     response.headers.setdefault("X-Request-Id", request_id)
     if request.path.startswith("/v1/") or keys.IDENTITY in request:

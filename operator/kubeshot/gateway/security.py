@@ -25,6 +25,9 @@ SECURE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cross-Origin-Resource-Policy": "same-origin",
     "Permissions-Policy": "()",
+    # aiohttp's default names Python's and aiohttp's versions (on the answers its parser gives
+    # too, which no middleware sees): a fingerprint for whoever looks for a known flaw.
+    "Server": "kubeshot",
 }
 
 
