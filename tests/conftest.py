@@ -7,6 +7,7 @@ the tier really ran.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from collections.abc import Iterator
@@ -99,12 +100,31 @@ class S3Server:
     data: Path
     """The posix backend's directory: one directory per bucket, one file per object."""
 
+    def store_env(self, prefix: str) -> dict[str, str]:
+        """The environment of a gateway's (and the operator's) store in this server's bucket,
+        under `prefix`, as the chart sets it."""
+        return {
+            "KUBESHOT_STORE": "s3",
+            "KUBESHOT_S3_ENDPOINT": self.endpoint,
+            "KUBESHOT_S3_BUCKET": self.bucket,
+            "KUBESHOT_S3_PREFIX": prefix,
+            "KUBESHOT_S3_ACCESS_KEY_ID_FILE": str(self.access_key_file),
+            "KUBESHOT_S3_SECRET_ACCESS_KEY_FILE": str(self.secret_key_file),
+        }
+
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """A real S3-compatible server, versitygw (testenv/s3, built by testenv/build.sh), on
     127.0.0.1: its posix backend in a temporary directory (metadata in sidecar files), root
     credentials from the environment, one bucket. Its credentials are files, as from a Secret."""
+    with run_s3_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def run_s3_server(work: Path, host: str = "127.0.0.1") -> Iterator[S3Server]:
+    """versitygw on `host` (a free port), its data under `work`, one bucket: see s3_server."""
     binary = subprocess.run(
         ["bash", str(ROOT / "testenv" / "build.sh"), "--print-s3"],
         capture_output=True,
@@ -112,24 +132,23 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         check=True,
     ).stdout.strip()
     need(os.access(binary, os.X_OK), f"no S3 server at {binary} (testenv/build.sh)")
-    work = tmp_path_factory.mktemp("s3")
     (work / "data").mkdir()
     (work / "meta").mkdir()
     (work / "access-key-id").write_text(S3_ACCESS_KEY)
     (work / "secret-access-key").write_text(S3_SECRET_KEY)
-    port = free_port()
+    port = free_port(host)
     env = {"ROOT_ACCESS_KEY_ID": S3_ACCESS_KEY, "ROOT_SECRET_ACCESS_KEY": S3_SECRET_KEY}
     backend = ["posix", "--sidecar", str(work / "meta"), str(work / "data")]
     process = subprocess.Popen(
-        [binary, "--port", f"127.0.0.1:{port}", "--quiet", *backend],
+        [binary, "--port", f"{host}:{port}", "--quiet", *backend],
         env={"PATH": os.environ.get("PATH", ""), **env},
         stdout=(work / "s3.log").open("wb"),
         stderr=subprocess.STDOUT,
     )
     try:
-        wait_for(lambda: listening(port), 30, "versitygw to listen")
+        wait_for(lambda: listening(port, host), 30, "versitygw to listen")
         server = S3Server(
-            f"http://127.0.0.1:{port}",
+            f"http://{host}:{port}",
             S3_BUCKET,
             work / "access-key-id",
             work / "secret-access-key",

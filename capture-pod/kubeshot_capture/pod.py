@@ -20,11 +20,13 @@ import asyncio
 import json
 import logging
 import os
+import re
+import secrets
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from pathlib import Path
 
 from playwright.async_api import Playwright
@@ -82,35 +84,76 @@ def _fits(text: str) -> bool:
     return len(text.encode()) <= MAX_TERMINATION_MESSAGE
 
 
-def upload(target: UploadTarget, data: bytes, report: CaptureReport) -> str:
-    """PUT the artifact to the gateway; returns the download URL it answers with."""
-    request = urllib.request.Request(  # noqa: S310 - the scheme is checked by UploadTarget
-        target.url,
-        data=data,
-        method="PUT",
-        headers={
+TOO_LARGE = "upload refused: the artifact is larger than the result store accepts"
+
+
+def upload(target: UploadTarget, data: bytes, report: CaptureReport) -> str | None:
+    """Send the artifact where the operator said: a PUT to the gateway (which answers with the
+    download URL, returned), or a POST of the signed form to the S3 store's bucket (None: the
+    gateway names the URL)."""
+    if target.fields is None:
+        headers = {
             "Authorization": f"Bearer {target.token}",
             "Content-Type": report.content_type,
             "X-Kubeshot-Sha256": report.sha256,
-        },
+        }
+        body, method = data, "PUT"
+    else:
+        body, content_type = multipart_form(target.fields, data)
+        headers, method = {"Content-Type": content_type}, "POST"
+    request = urllib.request.Request(  # noqa: S310 - the scheme is checked by UploadTarget
+        target.url, data=body, method=method, headers=headers
     )
     delay = 0.5
     for attempt in range(1, UPLOAD_ATTEMPTS + 1):
         try:
             with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
-                body = json.loads(response.read() or b"{}")
-                return str(body.get("url", target.url))
+                if target.fields is not None:
+                    return None
+                answer = json.loads(response.read() or b"{}")
+                return str(answer.get("url", target.url))
         except urllib.error.HTTPError as exc:
             if exc.code < 500 or attempt == UPLOAD_ATTEMPTS:
-                raise CaptureError(
-                    FailureReason.INTERNAL, f"upload refused: HTTP {exc.code}"
-                ) from exc
+                raise _refused(exc) from exc
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
             if attempt == UPLOAD_ATTEMPTS:
                 raise CaptureError(FailureReason.INTERNAL, f"upload failed: {exc}") from exc
         time.sleep(delay)
         delay *= 2
     raise AssertionError("unreachable")
+
+
+def _refused(exc: urllib.error.HTTPError) -> CaptureError:
+    """The failure of a refused upload: too large (the gateway's 413, S3's EntityTooLarge), or
+    the HTTP status and S3's error code; never the request's signed fields."""
+    try:
+        code = re.search(rb"<Code>(\w{1,64})</Code>", exc.read(4096) or b"")
+    except OSError:
+        code = None
+    if exc.code == 413 or (code is not None and code.group(1) == b"EntityTooLarge"):
+        return CaptureError(FailureReason.INTERNAL, TOO_LARGE)
+    named = f" {code.group(1).decode()}" if code is not None else ""
+    return CaptureError(FailureReason.INTERNAL, f"upload refused: HTTP {exc.code}{named}")
+
+
+def multipart_form(fields: Mapping[str, str], data: bytes) -> tuple[bytes, str]:
+    """multipart/form-data as S3's POST Object takes it: the policy's fields, then the file,
+    LAST (S3 ignores what follows it); the body and its Content-Type. Hand-written: the stdlib
+    has no multipart encoder (email.mime adds MIME headers and line-ending rewrites S3 does not
+    want), and the capture image adds no HTTP library for these few lines."""
+    boundary = secrets.token_hex(16)
+    while boundary.encode() in data:  # a boundary must not occur in the file
+        boundary = secrets.token_hex(16)
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        for name, value in fields.items()
+    ]
+    head = "".join(parts) + (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="artifact"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    )
+    tail = f"\r\n--{boundary}--\r\n"
+    return head.encode() + data + tail.encode(), f"multipart/form-data; boundary={boundary}"
 
 
 async def main(driver: Awaitable[Playwright]) -> int:
@@ -150,6 +193,12 @@ def _deliver(request: CaptureRequest, outcome: CaptureOutcome, data: bytes) -> C
             Path(os.environ.get("KUBESHOT_OUTPUT", "artifact")).write_bytes(data)
             return outcome
         url = upload(request.upload, data, report)
+        if request.deliver is not None:  # the caller's bucket (delivery.s3), after the store's
+            try:
+                upload(request.deliver, data, report)
+            except CaptureError as exc:
+                message = f"delivery to the caller's bucket: {exc.message}"
+                raise CaptureError(exc.reason, message) from exc
         return CaptureOutcome(result=report.model_copy(update={"url": url}))
     except CaptureError as exc:
         # Whoever may read the CaptureJob (or the pod's log) learns the failure, not what our

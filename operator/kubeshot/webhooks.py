@@ -15,6 +15,9 @@ resolver that answers with those addresses and nothing else, and the URL it is g
 guard's reading of the host (no parser differential). Redirects are not followed; the answer's
 body is never read. 5xx, 408, 429, timeouts and connection errors are retried with exponential
 backoff and jitter, within a number of attempts and a total time; other answers are final.
+
+Deliveries run in the background of the daemon that sends them (`Deliveries`), one per job at a
+time, and end with it.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import random
 import socket
 import ssl
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -37,7 +40,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from standardwebhooks import Webhook
 
-from kubeshot.api import Failure, NetworkRules, Phase, ResultSummary
+from kubeshot.api import Failure, NetworkRules, Phase, ResultSummary, artifact_path
 from kubeshot.api.delivery import WEBHOOK_SECRET_LABEL, DeliveryOutcome, WebhookStatus
 from kubeshot.api.reasons import redact_addresses
 from kubeshot_capture.guard import IPAddress, Resolver, Target, parse_url, system_resolver
@@ -82,11 +85,13 @@ def capture_event(
     artifact_url: str | None = None,
 ) -> dict[str, Any]:
     """The event of a finished job, in Standard Webhooks' payload shape (type, timestamp, data):
-    `capture.succeeded` with the result and where to download the artifact, or
+    `capture.succeeded` with the result and where to download the artifact (the result's URL,
+    or the gateway's path of the job's artifact, unless `artifact_url` says otherwise), or
     `capture.failed` with the failure."""
     data: dict[str, Any] = {"job": job, "phase": phase.value}
     if result is not None:
         data["result"] = result.to_wire()
+        artifact_url = artifact_url or result.url or artifact_path(job)
     if failure is not None:
         data["failure"] = failure.to_wire()
     if artifact_url is not None:
@@ -114,6 +119,47 @@ def refusal(url: str, rules: NetworkRules) -> str | None:
     """Why the rules refuse a webhook URL on its face (scheme, spelling, port, domain, literal
     address), before any DNS lookup: the guard's verdict on a navigation to it."""
     return CompiledRules(rules).url_refusal(url)
+
+
+def message_id(job: str) -> str:
+    """A job's `webhook-id`: the same on every attempt, by every sender (receivers deduplicate)."""
+    return f"msg_{job}"
+
+
+class Deliveries:
+    """Deliveries running in the background of a daemon, one per key (a job) at a time, at most
+    `limit` at once (None: no limit). `close` ends them with the daemon."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def start(self, key: str, delivery: Coroutine[Any, Any, None]) -> bool:
+        """Run `delivery` unless one of `key` runs or the limit is reached (then it is closed
+        unstarted: whoever asked asks again later)."""
+        if key in self._tasks or (self.limit is not None and len(self._tasks) >= self.limit):
+            delivery.close()
+            return False
+        task = asyncio.create_task(delivery)
+        self._tasks[key] = task
+        task.add_done_callback(lambda _: self._tasks.pop(key, None))
+        return True
+
+    async def close(self, grace: float) -> None:
+        """Those in progress get `grace` seconds, then are cancelled (logged: their jobs go
+        unannounced by this process)."""
+        tasks = set(self._tasks.values())
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning("%d webhook(s) not delivered: stopped", len(pending))
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 class _Pinned(AbstractResolver):
@@ -184,7 +230,7 @@ class WebhookSender:
     ) -> WebhookStatus:
         """Send `event` until the receiver takes it, refuses it, or the retries run out; the
         status says which (a refusal by the policy is never sent, and is logged)."""
-        msg_id = webhook_id or f"msg_{uuid.uuid4().hex}"
+        msg_id = webhook_id or message_id(uuid.uuid4().hex)
         body = json.dumps(event, separators=(",", ":"), sort_keys=True)
         signer = Webhook(secret)
         judge = CompiledRules(rules)

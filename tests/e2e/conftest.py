@@ -568,17 +568,21 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.failed and call.when in {"setup", "call"}:
         kubectl = getattr(item, "funcargs", {}).get("kubectl")
         if isinstance(kubectl, Kubectl):
-            report.sections.append(("cluster state", _diagnostics(kubectl)))
+            # A test module with a release of its own names it (test_6_replicas).
+            module = getattr(item, "module", None)
+            namespace = getattr(module, "NAMESPACE", NAMESPACE)
+            release = getattr(module, "RELEASE", RELEASE)
+            report.sections.append(("cluster state", _diagnostics(kubectl, namespace, release)))
     return report
 
 
-def _diagnostics(kubectl: Kubectl) -> str:
+def _diagnostics(kubectl: Kubectl, namespace: str, release: str) -> str:
     commands = [
         ("get", "pods", "-A", "-o", "wide"),
-        ("get", "capturejobs,screenshotpolicies,networkpolicies,pvc", "-n", NAMESPACE),
-        ("get", "events", "-n", NAMESPACE, "--sort-by=.lastTimestamp"),
-        ("logs", "-n", NAMESPACE, f"deployment/{RELEASE}-operator", "--tail=80"),
-        ("logs", "-n", NAMESPACE, f"deployment/{RELEASE}-gateway", "--tail=80"),
+        ("get", "capturejobs,screenshotpolicies,networkpolicies,pvc", "-n", namespace),
+        ("get", "events", "-n", namespace, "--sort-by=.lastTimestamp"),
+        ("logs", "-n", namespace, f"deployment/{release}-operator", "--tail=80"),
+        ("logs", "-n", namespace, "-l", "app.kubernetes.io/component=gateway", "--tail=80"),
     ]
     out = []
     for args in commands:

@@ -10,6 +10,7 @@ what is refused before any capture. Test pages are served on 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import ssl
 import subprocess
@@ -446,9 +447,15 @@ REDIS_PASSWORD = "redis-test-password-0123456789abcdef"
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real redis-server (Debian's) on 127.0.0.1, a free port, a temporary directory, no
     persistence, behind a password: the URL the gateway replicas share."""
-    port = free_port()
-    work = tmp_path_factory.mktemp("redis")
-    options = {"bind": "127.0.0.1", "port": str(port), "dir": str(work), "save": ""}
+    with run_redis(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def run_redis(work: Path, host: str = "127.0.0.1") -> Iterator[str]:
+    """redis-server on `host` (a free port), its directory `work`: see redis_url."""
+    port = free_port(host)
+    options = {"bind": host, "port": str(port), "dir": str(work), "save": ""}
     options |= {"appendonly": "no", "requirepass": REDIS_PASSWORD}
     process = subprocess.Popen(
         ["redis-server", *(a for k, v in options.items() for a in (f"--{k}", v))],
@@ -456,8 +463,8 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stderr=subprocess.STDOUT,
     )
     try:
-        wait_for(lambda: listening(port), 20)
-        yield f"redis://:{REDIS_PASSWORD}@127.0.0.1:{port}/0"
+        wait_for(lambda: listening(port, host), 20)
+        yield f"redis://:{REDIS_PASSWORD}@{host}:{port}/0"
     finally:
         process.terminate()
         process.wait(10)

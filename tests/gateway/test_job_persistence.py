@@ -1,6 +1,7 @@
 """Asynchronous jobs of the local backend survive their gateway: SQLite (one gateway, its result
 directory) and Redis (shared by replicas). A job whose gateway was killed is run again when its
-deadline allows, else failed with a reason; exactly one gateway takes it over."""
+deadline allows, else failed with a reason; exactly one gateway takes it over. So is a webhook
+whose gateway was killed before it recorded how its delivery went: sent again, same id."""
 
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ from redis.asyncio import Redis
 from kubeshot.api import (
     CaptureOptions,
     CaptureReport,
+    Failure,
     FailureReason,
     Phase,
     ScreenshotPolicy,
 )
+from kubeshot.api.delivery import DeliveryOutcome, DeliveryStatus, Webhook, WebhookStatus
 from kubeshot.gateway.auth import Identity
 from kubeshot.gateway.backend import CaptureResult
 from kubeshot.gateway.jobs import JobRegistry
@@ -34,12 +37,19 @@ from kubeshot.gateway.settings import SECRET_ENVIRONMENT
 from kubeshot.store.files import FileStore
 from tests.gateway.conftest import TOKEN, Pages
 from tests.gateway.test_replicas import Replica
+from tests.gateway.test_webhooks import RECEIVER_HOST, SECRET, receiving
 from tests.support import free_port, wait_until
 
 pytestmark = pytest.mark.gateway
 
 ALICE = Identity(name="alice", kind="token", rate_key="token:alice")
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
+OPEN = ScreenshotPolicy.model_validate(  # the webhook receiver's address opened
+    {
+        "metadata": {"name": "default"},
+        "spec": {"network": {"allowedCIDRs": [f"{RECEIVER_HOST}/32"]}},
+    }
+)
 
 
 class Instant:
@@ -52,7 +62,7 @@ class Instant:
         return True
 
     async def policy(self, caller: Identity, name: str | None) -> ScreenshotPolicy:
-        return PolicySet([]).get(name)
+        return PolicySet([OPEN]).get(name)
 
     async def capture(
         self, caller: Identity, policy: ScreenshotPolicy, options: CaptureOptions
@@ -123,6 +133,55 @@ async def test_an_orphaned_job_is_run_again_or_failed_by_its_deadline(
     assert "deadline has passed" in failed.failure.message
     assert await registry.take_over() == 0  # finished: nothing left to claim
     await files.close()
+
+
+async def test_a_webhook_cut_short_is_sent_by_the_gateway_that_claims_it(
+    jobs: JobStore, tmp_path: Path
+) -> None:
+    registry = JobRegistry(Instant(), FileStore(tmp_path, 60), jobs, 60, Metrics())  # type: ignore[arg-type]
+    async with receiving() as receiver:
+        job_id = os.urandom(16).hex()
+        pending = WebhookStatus(outcome=DeliveryOutcome.PENDING, id=f"msg_{job_id}")
+        failure = Failure(reason=FailureReason.TIMEOUT, message="no load in 30s")
+        view = orphan(job_id, 0).view.model_copy(
+            update={
+                "phase": Phase.FAILED,
+                "failure": failure,
+                "delivery": DeliveryStatus(webhook=pending),
+            }
+        )
+        webhook = Webhook(url=receiver.url, secret=SECRET)
+        # Finished, its delivery under way when its gateway was killed: still leased.
+        killed = orphan(job_id, 0).model_copy(
+            update={"view": view, "webhook": webhook, "finished_at": time.time()}
+        )
+        await jobs.save(killed)
+        stored = await jobs.load(job_id)  # the secret is kept, for whoever sends it
+        assert stored is not None and stored.webhook is not None
+        assert stored.webhook.secret.get_secret_value() == SECRET
+        assert await registry.take_over() == 0  # its lease still runs
+        assert await registry.expire(time.time() + 3600) == 0  # owed: never expired
+        await lapse(jobs, job_id)
+        assert await registry.take_over() == 1
+
+        async def delivery() -> WebhookStatus | None:
+            view = await registry.find(ALICE, job_id)
+            return view.delivery.webhook if view and view.delivery else None
+
+        async def announced() -> bool:
+            status = await delivery()
+            return status is not None and status.outcome is not DeliveryOutcome.PENDING
+
+        assert await wait_until(announced, 10)
+        status = await delivery()
+        assert status is not None and status.outcome is DeliveryOutcome.DELIVERED, status
+        [hit] = receiver.received
+        assert hit.headers["webhook-id"] == pending.id
+        assert (
+            isinstance(hit.verified, dict)
+            and hit.verified["data"]["failure"]["reason"] == "Timeout"
+        )
+    assert await registry.take_over() == 0  # announced: nothing left to claim
 
 
 async def test_exactly_one_gateway_claims_an_orphaned_job(redis_url: str) -> None:

@@ -1,4 +1,5 @@
-"""Two gateway replicas (`kubeshot serve` processes) sharing a real Redis, behind one address.
+"""Two gateway replicas (`kubeshot serve` processes) sharing a real Redis and a real S3 store
+(versitygw), behind one address, each with a directory of its own (nothing shared on a disk).
 
 The one address is a small TCP balancer in this file: each connection goes to the next replica
 in turn, skipping one that refuses connections (a killed replica), as a Service does. (Two
@@ -26,7 +27,9 @@ import pytest
 from aiohttp import ClientError, ClientSession, TCPConnector
 
 from kubeshot.gateway.settings import SECRET_ENVIRONMENT
+from tests.conftest import S3Server
 from tests.gateway.conftest import CI_TOKEN, LIMITED_TOKEN, TOKEN, Pages
+from tests.gateway.test_webhooks import SECRET, receiving
 from tests.support import free_port, wait_until
 
 pytestmark = pytest.mark.gateway
@@ -126,34 +129,37 @@ class Balancer:
 
 
 def replica_env(
-    redis_url: str, policy_file: Path, tokens_file: Path, results: Path, **extra: str
+    redis_url: str, store: dict[str, str], policy_file: Path, tokens_file: Path, results: Path
 ) -> dict[str, str]:
+    """A replica's environment: the shared Redis and S3 store (`store`), a directory of its own
+    (`results`: nothing on a disk is shared, as between two pods)."""
     env = {k: v for k, v in os.environ.items() if k not in SECRET_ENVIRONMENT}
     env.update(
         AUTH_TOKEN=TOKEN,
         TOKENS_FILE=str(tokens_file),
         KUBESHOT_REDIS_URL=redis_url,
         KUBESHOT_POLICY_FILES=json.dumps([str(policy_file)]),
-        KUBESHOT_RESULT_DIR=str(results),  # one directory: the shared store of this test
+        KUBESHOT_RESULT_DIR=str(results),
         KUBESHOT_WORKERS="1",
         KUBESHOT_METRICS_PORT=str(free_port()),
         KUBESHOT_MAX_CAPTURES_PER_IDENTITY=str(PER_IDENTITY),
         RATE_LIMIT_READ=f"{READ_LIMIT} per minute",
         RATE_LIMIT_CAPTURE="100 per minute",
         KUBESHOT_MAX_CONNECTIONS_PER_ADDRESS="512",  # every test connection is from 127.0.0.1
-        **extra,
+        **store,
     )
     return env
 
 
 @pytest.fixture
 async def replicas(
-    redis_url: str, policy_file: Path, tokens_file: Path, tmp_path: Path
+    redis_url: str, s3_server: S3Server, policy_file: Path, tokens_file: Path, tmp_path: Path
 ) -> AsyncIterator[tuple[list[Replica], Balancer, ClientSession]]:
     group = []
+    store = s3_server.store_env(f"replicas-{uuid.uuid4().hex[:8]}")
     for name in ("a", "b"):
         port = free_port()
-        env = replica_env(redis_url, policy_file, tokens_file, tmp_path / "results")
+        env = replica_env(redis_url, store, policy_file, tokens_file, tmp_path / name)
         env["KUBESHOT_PORT"] = str(port)
         group.append(Replica(port, env, tmp_path / f"{name}.log"))
     balancer = Balancer([r.port for r in group])
@@ -213,37 +219,53 @@ async def test_limits_and_captures_in_flight_hold_across_both_replicas(
     assert {a["error"]["code"] for a in refused} == {"concurrency_limited"}
 
 
-async def test_a_job_outlives_the_replica_that_accepted_it(
-    replicas: tuple[list[Replica], Balancer, ClientSession], pages: Pages
+async def test_a_job_and_its_webhook_outlive_the_replica_that_accepted_it(
+    replicas: tuple[list[Replica], Balancer, ClientSession], pages: Pages, s3_server: S3Server
 ) -> None:
     group, balancer, session = replicas
     a, b = group
-    body = {"url": f"{pages.base}/slow?s=6", "format": "png"}
-    async with session.post(f"{a.url}/v1/captures", json=body, headers=auth(CI_TOKEN)) as r:
-        assert r.status == 202, await r.text()
-        job_id = (await r.json())["id"]
-    # Seen through the other replica, by its caller only (the identity check is unchanged).
-    assert (await job(session, b.url, job_id, CI_TOKEN))[0] == 200
-    assert (await job(session, b.url, job_id, TOKEN))[0] == 404
+    async with receiving() as receiver:
+        webhook = {"url": receiver.url, "secret": SECRET}
+        body = {"url": f"{pages.base}/slow?s=6", "format": "png", "delivery": {"webhook": webhook}}
+        async with session.post(f"{a.url}/v1/captures", json=body, headers=auth(CI_TOKEN)) as r:
+            assert r.status == 202, await r.text()
+            job_id = (await r.json())["id"]
+        # Seen through the other replica, by its caller only (the identity check is unchanged).
+        assert (await job(session, b.url, job_id, CI_TOKEN))[0] == 200
+        assert (await job(session, b.url, job_id, TOKEN))[0] == 404
 
-    async def running() -> bool:
-        return (await job(session, a.url, job_id, CI_TOKEN))[1].get("phase") == "Running"
+        async def running() -> bool:
+            return (await job(session, a.url, job_id, CI_TOKEN))[1].get("phase") == "Running"
 
-    assert await wait_until(running, 60, 1.0)
-    await a.kill()  # mid-capture: the page takes 6 s to answer
+        assert await wait_until(running, 60, 1.0)
+        await a.kill()  # mid-capture: the page takes 6 s to answer
 
-    finished: dict[str, Any] = {}
+        finished: dict[str, Any] = {}
 
-    async def done() -> bool:
-        status, view = await job(session, balancer.url, job_id, CI_TOKEN)
-        finished.update(view if status == 200 else {})
-        return finished.get("phase") in {"Succeeded", "Failed"}
+        async def announced() -> bool:
+            status, view = await job(session, balancer.url, job_id, CI_TOKEN)
+            finished.update(view if status == 200 else {})
+            return finished["delivery"]["webhook"]["outcome"] != "Pending"
 
-    # Replica b takes it over once a's lease has run out, and runs it again.
-    assert await wait_until(done, 90, 2.0), finished
-    assert finished["phase"] == "Succeeded", finished
+        # Replica b takes it over once a's lease has run out, runs it again, announces it.
+        assert await wait_until(announced, 90, 2.0), finished
+        assert finished["phase"] == "Succeeded", finished
+        assert finished["delivery"]["webhook"]["outcome"] == "Delivered", finished
+        # Once (a was killed before it finished), signed, with the id a promised.
+        [hit] = receiver.received
+        assert hit.headers["webhook-id"] == finished["delivery"]["webhook"]["id"]
+        assert hit.headers["webhook-id"] == f"msg_{job_id}"
+        assert isinstance(hit.verified, dict), hit.verified
+        assert hit.verified["data"]["job"] == job_id
+        assert hit.verified["data"]["result"]["sha256"] == finished["result"]["sha256"]
     await a.start(session)
     status, view = await job(session, a.url, job_id, CI_TOKEN)
     assert status == 200 and view == finished
     async with session.get(f"{a.url}{view['result']['url']}", headers=auth(CI_TOKEN)) as r:
-        assert r.status == 200 and (await r.read()).startswith(b"\x89PNG")
+        served = await r.read()
+        assert r.status == 200 and served.startswith(b"\x89PNG")
+    # From the bucket: the replicas share no directory.
+    [stored] = (s3_server.data / s3_server.bucket).glob(f"replicas-*/{job_id}")
+    assert stored.read_bytes() == served
+    for replica in group:  # the job store holds the webhook's secret; no log line does
+        assert SECRET.removeprefix("whsec_") not in replica.log.read_text()

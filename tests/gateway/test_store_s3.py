@@ -5,6 +5,7 @@ credentials kept out of logs and error bodies."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import logging
@@ -18,11 +19,13 @@ import pytest_asyncio
 from aiohttp import ClientSession
 from botocore.exceptions import ClientError
 
-from kubeshot.api import CaptureError
+from kubeshot.api import CaptureError, CaptureReport, FailureReason, Format, UploadTarget
 from kubeshot.gateway import Settings, keys
 from kubeshot.gateway.store import result_store
 from kubeshot.store.files import FileStore
-from kubeshot.store.s3 import S3Store, StoreUnavailable
+from kubeshot.store.s3 import S3Store, StoreUnavailable, UploadSigner
+from kubeshot_capture.pod import TOO_LARGE, multipart_form
+from kubeshot_capture.pod import upload as pod_upload
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY, S3Server
 from tests.gateway.conftest import Gateway, Pages, base_settings, start_gateway
 
@@ -165,31 +168,15 @@ async def test_the_sweeper_deletes_expired_artifacts_under_its_prefix_only(
             assert (await r.json())["error"]["message"] == "the artifact has expired"
 
 
-def _form(fields: dict[str, str], data: bytes) -> tuple[bytes, str]:
-    """multipart/form-data as S3's POST Object takes it: the fields, then the file, last."""
-    boundary = uuid.uuid4().hex
-    parts = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-        for k, v in fields.items()
-    ]
-    parts.append(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="artifact"\r\n'
-        f"Content-Type: application/octet-stream\r\n\r\n".encode()
-        + data
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
-
-
 async def test_a_presigned_upload_takes_one_key_and_a_bounded_size(
     store: S3Store, s3_server: S3Server, session: ClientSession
 ) -> None:
     job_id, other = uuid.uuid4().hex, uuid.uuid4().hex
-    upload = await store.presigned_upload(job_id, max_bytes=1000, expires_in=60)
+    upload = UploadSigner(store.config).presigned_upload(job_id, max_bytes=1000, expires_in=60)
     assert S3_SECRET_KEY not in str(upload)
 
     async def post(key: str, data: bytes) -> tuple[int, str]:
-        body, content_type = _form({**upload.fields, "key": key}, data)
+        body, content_type = multipart_form({**upload.fields, "key": key}, data)
         headers = {"Content-Type": content_type}
         async with session.post(upload.url, data=body, headers=headers) as r:
             return r.status, await r.text()
@@ -204,6 +191,36 @@ async def test_a_presigned_upload_takes_one_key_and_a_bounded_size(
     data = b"y" * 1000
     status, text = await post(store.key(job_id), data)
     assert status in {200, 201, 204}, text
+    assert await store.get(job_id, hashlib.sha256(data).hexdigest()) == data
+
+
+async def test_a_capture_pod_posts_its_artifact_with_the_signed_form(
+    store: S3Store, s3_server: S3Server
+) -> None:
+    """The capture pod's own upload (kubeshot_capture.pod.upload), against the real server."""
+    job_id = uuid.uuid4().hex
+    post = UploadSigner(store.config).presigned_upload(job_id, max_bytes=2000, expires_in=60)
+    target = UploadTarget(url=post.url, fields=post.fields)
+
+    def report(data: bytes) -> CaptureReport:
+        return CaptureReport(
+            format=Format.PNG, content_type="image/png", bytes=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+        )  # fmt: skip
+
+    too_large = b"z" * 2001
+    with pytest.raises(CaptureError) as refused:
+        await asyncio.to_thread(pod_upload, target, too_large, report(too_large))
+    assert (refused.value.reason, refused.value.message) == (FailureReason.INTERNAL, TOO_LARGE)
+    forged = target.model_copy(update={"fields": {**post.fields, "key": f"{PREFIX}/other"}})
+    with pytest.raises(CaptureError) as refused:
+        await asyncio.to_thread(pod_upload, forged, b"z", report(b"z"))
+    assert refused.value.message.startswith("upload refused: HTTP 403"), refused.value.message
+    assert post.fields["x-amz-signature"] not in refused.value.message
+    assert f"{PREFIX}/{job_id}" not in objects(s3_server)
+
+    data = b"z" * 2000
+    assert await asyncio.to_thread(pod_upload, target, data, report(data)) is None
     assert await store.get(job_id, hashlib.sha256(data).hexdigest()) == data
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import statistics
 import time
@@ -74,16 +75,25 @@ class Receiver:
         return web.Response(status=status, text="x" * 100_000, headers=headers)
 
 
-@pytest_asyncio.fixture
-async def receiver() -> AsyncIterator[Receiver]:
+@contextlib.asynccontextmanager
+async def receiving() -> AsyncIterator[Receiver]:
+    """A receiver served on the running loop for the block's duration."""
     hook = Receiver(free_port(RECEIVER_HOST))
     app = web.Application()
     app.router.add_post("/hook", hook.handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, RECEIVER_HOST, hook.port).start()
-    yield hook
-    await runner.cleanup()
+    try:
+        yield hook
+    finally:
+        await runner.cleanup()
+
+
+@pytest_asyncio.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    async with receiving() as hook:
+        yield hook
 
 
 @pytest.fixture(scope="module")

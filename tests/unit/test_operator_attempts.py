@@ -101,7 +101,10 @@ class VersionedApi(FakeApi):
         return merged
 
 
-async def test_the_api_server_refuses_a_running_write_after_another_writer() -> None:
+@pytest.mark.parametrize("other_writes", ["before the start", "between its read and its write"])
+async def test_the_api_server_refuses_a_running_write_after_another_writer(
+    other_writes: str,
+) -> None:
     versioned = VersionedApi()
     add_policy(versioned)
     body = add_job(versioned, "shot")
@@ -110,13 +113,17 @@ async def test_the_api_server_refuses_a_running_write_after_another_writer() -> 
     reindex(starting, versioned)
     (seen,) = starting.jobs_of((body["metadata"]["namespace"], "default"))
 
-    def other_replica_starts_the_attempt() -> None:  # between this start's read and its write
-        body["metadata"]["resourceVersion"] = "8"
+    def other_replica_starts_the_attempt() -> None:
+        body["metadata"]["resourceVersion"] = str(int(body["metadata"]["resourceVersion"]) + 1)
         body["status"] = {"phase": "Running", "attempts": 1, "podName": "shot-1"}
 
-    versioned.between = other_replica_starts_the_attempt
+    if other_writes == "before the start":  # the start's first write is from its view: refused
+        other_replica_starts_the_attempt()
+    else:  # someone changed the job since the view: the start reads it, then the other writes
+        body["metadata"]["resourceVersion"] = "8"
+        versioned.between = other_replica_starts_the_attempt
     await starting.start(seen)
-    assert versioned.between is None  # the start read the job
+    assert versioned.between is None
     assert f"{PODS}/shot-1" not in versioned.objects
     assert ("patch", f"{JOBS}/shot/status") not in versioned.writes
     assert versioned.objects[f"{JOBS}/shot"]["status"]["attempts"] == 1

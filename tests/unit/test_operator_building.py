@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from kubeshot.api import CaptureOptions, CaptureRequest, ScreenshotPolicySpec
+from kubeshot.api import CaptureOptions, CaptureRequest, ScreenshotPolicySpec, UploadTarget
 from kubeshot.kube.names import dns_name, label_value
 from kubeshot.operator import (
     JobRef,
@@ -183,8 +183,7 @@ def test_secret_holds_the_request_with_the_upload_token() -> None:
     request = build_request(
         options,
         policy(),
-        upload_url="http://gw/v1/internal/uploads/team-a/shot",
-        upload_token="t" * 43,
+        upload=UploadTarget(url="http://gw/v1/internal/uploads/team-a/shot", token="t" * 43),
     )
     secret = build_secret(JOB, "default", request)
     assert secret == {
@@ -216,8 +215,7 @@ def test_the_secret_reveals_the_proxy_password_to_the_pod_only() -> None:
     request = build_request(
         CaptureOptions(url="https://example.com"),
         policy(),
-        upload_url="http://gw/x",
-        upload_token="t" * 20,
+        upload=UploadTarget(url="http://gw/x", token="t" * 20),
         proxy=proxy,
     )
     assert "hunter2" not in repr(request)

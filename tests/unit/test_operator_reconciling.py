@@ -176,8 +176,8 @@ async def test_an_admitted_job_gets_its_secret_and_a_status_naming_the_pod_befor
     writes = [w for w in api.writes if "/events" not in w[1]]
     assert writes == [  # a free slot: no Queued status in between
         ("apply", NETPOL),  # no pod before its NetworkPolicy (the policy's event is yet to come)
-        ("create", f"{SECRETS}/shot-request"),
         ("patch", f"{JOBS}/shot/status"),  # Running, naming the pod before it exists
+        ("create", f"{SECRETS}/shot-request"),  # only once the attempt is this start's
         ("create", f"{PODS}/shot-1"),
     ]
     status = api.objects[f"{JOBS}/shot"]["status"]
@@ -416,8 +416,8 @@ async def test_a_job_is_admitted_once_however_often_it_is_seen_pending(
     writes = [w for w in api.writes if "/events" not in w[1]]
     assert writes == [
         ("apply", NETPOL),
-        ("create", f"{SECRETS}/twice-request"),
         ("patch", f"{JOBS}/twice/status"),
+        ("create", f"{SECRETS}/twice-request"),
         ("create", f"{PODS}/twice-1"),
     ]
     assert api.objects[f"{JOBS}/twice"]["status"]["phase"] == "Running"

@@ -1,9 +1,11 @@
 """Webhooks, the pure parts: the delivery models and their secrets, the event, which answers are
 retried and how long between attempts, the opt-in of a CaptureJob's Secret, and the URL a
-request is made to (the guard's reading of the host)."""
+request is made to (the guard's reading of the host), which finished CaptureJobs owe their
+webhook, and the deliveries running in the background."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 
@@ -12,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from kubeshot.api import Failure, FailureReason, NetworkRules, Phase
+from kubeshot.api import CaptureJobSpec, Failure, FailureReason, NetworkRules, Phase, ResultSummary
 from kubeshot.api.delivery import (
     SECRET_PATTERN,
     WEBHOOK_SECRET_LABEL,
@@ -21,7 +23,18 @@ from kubeshot.api.delivery import (
     webhook_key,
 )
 from kubeshot.gateway.openapi import openapi_document
-from kubeshot.webhooks import Retries, capture_event, refusal, request_url, retried, secret_of
+from kubeshot.operator.notifying import owed
+from kubeshot.operator.views import JobView
+from kubeshot.webhooks import (
+    Deliveries,
+    Retries,
+    capture_event,
+    message_id,
+    refusal,
+    request_url,
+    retried,
+    secret_of,
+)
 from kubeshot_capture.guard import parse_url
 
 pytestmark = pytest.mark.unit
@@ -180,19 +193,99 @@ def test_refusal_on_its_face_is_the_guards() -> None:
     )
 
 
-def test_a_capturejob_asking_for_a_webhook_is_refused_not_silently_unannounced() -> None:
-    # The operator does not send CaptureJob webhooks yet: accepting spec.delivery would be an
-    # option accepted and ignored.
-    from pydantic import ValidationError
+def test_a_capturejob_asking_for_a_webhook_is_accepted() -> None:
+    # The operator sends CaptureJob webhooks (kubeshot.operator.notifying).
+    spec = CaptureJobSpec.model_validate(
+        {
+            "url": "https://example.com/",
+            "delivery": {
+                "webhook": {"url": "https://hooks.example.com/", "secretRef": {"name": "s"}}
+            },
+        }
+    )
+    assert spec.delivery is not None and spec.delivery.webhook is not None
+    assert spec.delivery.webhook.secret_ref.name == "s"
+    assert "delivery" not in spec.capture_options().to_wire()
 
-    from kubeshot.api.job import CaptureJobSpec
 
-    with pytest.raises(ValidationError, match="not delivered by the operator yet"):
-        CaptureJobSpec.model_validate(
-            {
-                "url": "https://example.com/",
-                "delivery": {
-                    "webhook": {"url": "https://hooks.example.com/", "secretRef": {"name": "s"}}
-                },
-            }
-        )
+def test_the_artifact_url_is_the_results() -> None:
+    result = ResultSummary(content_type="image/png", bytes=1, sha256="0" * 64, url="/v1/a")
+    event = capture_event("j", Phase.SUCCEEDED, result=result)
+    assert event["data"]["artifactUrl"] == "/v1/a"
+    assert event["data"]["result"]["url"] == "/v1/a"
+    assert message_id("j") == "msg_j"
+
+
+def test_a_result_without_a_url_is_announced_with_the_gateways_artifact_path() -> None:
+    # A capture pod that uploads straight to the bucket reports no URL (status.result.url).
+    result = ResultSummary(content_type="image/png", bytes=1, sha256="0" * 64)
+    event = capture_event("0123abcd" * 4, Phase.SUCCEEDED, result=result)
+    assert event["data"]["artifactUrl"] == f"/v1/captures/{'0123abcd' * 4}/artifact"
+
+
+# -- which finished CaptureJobs owe their webhook (the failover resend decision) -----------------
+
+WEBHOOK = {"webhook": {"url": "https://hooks.test/", "secretRef": {"name": "s"}}}
+
+
+def job(phase: str, delivery: object = None, outcome: str | None = None) -> JobView:
+    status: dict[str, object] = {"phase": phase}
+    if outcome is not None:
+        status["delivery"] = {"webhook": {"outcome": outcome, "id": "msg_1"}}
+    spec: dict[str, object] = {"html": "<p/>"}
+    if delivery is not None:
+        spec["delivery"] = delivery
+    return JobView.from_body(
+        {"metadata": {"name": "j", "uid": "1"}, "spec": spec, "status": status}
+    )
+
+
+@pytest.mark.parametrize(
+    ("view", "expected"),
+    [
+        (job("Succeeded", WEBHOOK), True),  # finished, nothing recorded (the sender stopped)
+        (job("Failed", WEBHOOK), True),
+        (job("Succeeded", WEBHOOK, "Pending"), True),  # cut short mid-delivery
+        (job("Succeeded", WEBHOOK, "Delivered"), False),
+        (job("Failed", WEBHOOK, "Refused"), False),
+        (job("Failed", WEBHOOK, "Rejected"), False),
+        (job("Failed", WEBHOOK, "Failed"), False),  # retries ran out: final
+        (job("Running", WEBHOOK), False),  # not finished
+        (job("Queued", WEBHOOK), False),
+        (job("Pending", WEBHOOK), False),
+        (job("Succeeded"), False),  # asks for none
+        (job("Succeeded", {}), False),
+        (job("Succeeded", {"webhook": None}), False),
+        (job("Succeeded", "garbage"), False),
+    ],
+)
+def test_which_finished_jobs_owe_their_webhook(view: JobView, expected: bool) -> None:
+    assert owed(view) is expected
+
+
+# -- deliveries in the background ---------------------------------------------------------------
+
+
+async def test_deliveries_run_one_per_key_within_the_limit_and_end_with_close() -> None:
+    started: list[str] = []
+    release = asyncio.Event()
+
+    async def delivery(name: str) -> None:
+        started.append(name)
+        await release.wait()
+
+    deliveries = Deliveries(limit=2)
+    assert deliveries.start("a", delivery("a1"))
+    assert not deliveries.start("a", delivery("a2"))  # one per key at a time
+    assert deliveries.start("b", delivery("b1"))
+    assert not deliveries.start("c", delivery("c1"))  # the limit: asked again later
+    await asyncio.sleep(0)
+    assert started == ["a1", "b1"] and len(deliveries) == 2
+    release.set()
+    await asyncio.sleep(0.01)
+    assert len(deliveries) == 0
+    assert deliveries.start("a", delivery("a3"))  # done: the key is free again
+    release.clear()
+    await asyncio.sleep(0)
+    await deliveries.close(grace=0.01)  # still waiting: cancelled
+    assert len(deliveries) == 0

@@ -131,6 +131,64 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "http://%s.%s.svc:%d/v1/internal/uploads" (include "kubeshot.gateway.name" .) .Release.Namespace (int .Values.gateway.uploadPort) -}}
 {{- end -}}
 
+{{/*
+The result store, as the gateway and the operator both read it (one StoreSettings): the gateway
+keeps artifacts there, the operator mints each capture pod's presigned upload to it. Credentials
+are files from the mounted Secret (kubeshot.store.volumeMounts), never values in the environment.
+*/}}
+{{- define "kubeshot.store.env" -}}
+{{- $store := .Values.gateway.store -}}
+- name: KUBESHOT_STORE
+  value: {{ $store.type | quote }}
+{{- if eq $store.type "s3" }}
+{{- $s3 := $store.s3 }}
+- name: KUBESHOT_STORE_DOWNLOAD
+  value: {{ $store.download | quote }}
+- name: KUBESHOT_S3_BUCKET
+  value: {{ $s3.bucket | quote }}
+- name: KUBESHOT_S3_PREFIX
+  value: {{ $s3.prefix | quote }}
+- name: KUBESHOT_S3_REGION
+  value: {{ $s3.region | quote }}
+{{- with $s3.endpoint }}
+- name: KUBESHOT_S3_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+{{- if $s3.credentialsSecret }}
+- name: KUBESHOT_S3_ACCESS_KEY_ID_FILE
+  value: /etc/kubeshot/s3/accessKeyId
+- name: KUBESHOT_S3_SECRET_ACCESS_KEY_FILE
+  value: /etc/kubeshot/s3/secretAccessKey
+{{- end }}
+{{- with $s3.peers }}
+- name: KUBESHOT_S3_NETWORK_PEERS
+  value: {{ . | toJson | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "kubeshot.store.volumeMounts" -}}
+{{- if and (eq .Values.gateway.store.type "s3") .Values.gateway.store.s3.credentialsSecret }}
+- name: s3-credentials
+  mountPath: /etc/kubeshot/s3
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "kubeshot.store.volumes" -}}
+{{- if and (eq .Values.gateway.store.type "s3") .Values.gateway.store.s3.credentialsSecret }}
+- name: s3-credentials
+  secret:
+    secretName: {{ .Values.gateway.store.s3.credentialsSecret }}
+    defaultMode: 0440
+    items:
+      - key: accessKeyId
+        path: accessKeyId
+      - key: secretAccessKey
+        path: secretAccessKey
+{{- end }}
+{{- end -}}
+
 {{/* The Lease that elects the active operator replica (in the release namespace). */}}
 {{- define "kubeshot.operator.lease" -}}
 {{- printf "%s-operator" (include "kubeshot.fullname" .) -}}
@@ -225,6 +283,9 @@ seccompProfile:
 {{- end -}}
 {{- if and $gw.keda.enabled (not $gw.keda.serverAddress) -}}
 {{- fail "gateway.keda.serverAddress is required with gateway.keda.enabled: the Prometheus KEDA queries for kubeshot_queue_depth" -}}
+{{- end -}}
+{{- if and (eq $gw.store.type "s3") .Values.operator.enabled (not $gw.store.s3.peers) (not (regexMatch "^https?://([0-9.]+|\\[[0-9a-fA-F:.]+\\])(:[0-9]+)?(/.*)?$" $gw.store.s3.endpoint)) -}}
+{{- fail "gateway.store.s3.peers is required unless gateway.store.s3.endpoint is an IP address: capture pods upload straight to the bucket, and their NetworkPolicy opens only these peers (for example an ipBlock of the S3 server's addresses)" -}}
 {{- end -}}
 {{- if and (not $gw.httpsOnly) (or $gw.ingress.enabled (eq $gw.service.type "LoadBalancer")) -}}
 {{- fail "gateway.httpsOnly=false with an Ingress or LoadBalancer would accept tokens over plain HTTP; keep httpsOnly and terminate TLS (gateway.tls or the Ingress with trustedProxies)" -}}

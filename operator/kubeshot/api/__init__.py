@@ -26,6 +26,7 @@ from kubeshot.api.job import (
     ResultSummary,
     Timings,
     UploadTarget,
+    artifact_path,
 )
 from kubeshot.api.names import DataKey, ObjectName, is_object_name
 from kubeshot.api.networks import unreachable_networks
@@ -80,6 +81,7 @@ __all__ = [
     "UploadTarget",
     "Viewport",
     "WaitUntil",
+    "artifact_path",
     "describe_validation_error",
     "is_object_name",
     "load_policy_file",

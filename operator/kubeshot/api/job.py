@@ -29,19 +29,9 @@ class CaptureJobSpec(CaptureOptions):
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
     """Delete the job this long after it finished; the policy's TTL when unset."""
     delivery: JobDelivery | None = None
-    """Announce the outcome: a webhook signed with a Secret of this namespace. Not sent by the
-    operator yet: a job that sets it is refused (InvalidSpec) rather than silently unannounced;
-    the gateway's `POST /v1/captures` delivers webhooks for both backends."""
-
-    @field_validator("delivery")
-    @classmethod
-    def _delivery_not_sent_yet(cls, delivery: JobDelivery | None) -> JobDelivery | None:
-        if delivery is not None:
-            raise ValueError(
-                "spec.delivery is not delivered by the operator yet; ask the gateway "
-                "(POST /v1/captures with delivery.webhook) to announce a capture"
-            )
-        return delivery
+    """Announce the outcome: a webhook signed with a Secret of this namespace, sent by the
+    operator when the job finished (at least once), under the job's ScreenshotPolicy; how it
+    went is `status.delivery`."""
 
 
 class Phase(StrEnum):
@@ -80,6 +70,11 @@ def page_title(text: object) -> str | None:
 
 
 PageTitle = Annotated[str | None, BeforeValidator(page_title)]
+
+
+def artifact_path(job_id: str) -> str:
+    """Where the gateway serves a finished job's artifact (its HTTP API path)."""
+    return f"/v1/captures/{job_id}/artifact"
 
 
 class ResultSummary(Model):
@@ -240,12 +235,22 @@ class CaptureJobStatus(Model):
 
 
 class UploadTarget(Model):
-    """Where a capture pod sends its artifact."""
+    """Where a capture pod sends its artifact: the gateway's upload endpoint (`token`: a PUT
+    with that bearer token), or the S3 result store's bucket (`fields`: a presigned POST)."""
 
     url: str = Field(pattern=r"^https?://")
-    """Upload URL of the gateway's result store."""
-    token: str = Field(min_length=16)
+    """The gateway's upload URL of this job, or the bucket's POST URL."""
+    token: str | None = Field(default=None, min_length=16)
     """Bearer token valid for this job's upload only."""
+    fields: dict[str, str] | None = None
+    """The POST policy's form fields, signed for this job's object and a bounded size; sent
+    before the file. They hold a signature: the job's Secret is their one place."""
+
+    @model_validator(mode="after")
+    def _one_way(self) -> UploadTarget:
+        if (self.token is None) == (self.fields is None):
+            raise ValueError("an upload target has a token or form fields")
+        return self
 
 
 class CaptureRequest(Model):
@@ -259,6 +264,8 @@ class CaptureRequest(Model):
     """Resolved upstream proxy and credentials."""
     upload: UploadTarget | None = None
     """Where to upload the artifact; the artifact is written to a file when unset."""
+    deliver: UploadTarget | None = None
+    """The caller's bucket (`delivery.s3`): a form signed for one key, posted after `upload`."""
 
     def to_json(self) -> str:
         """The request as capture pods and workers read it: the one place the proxy password

@@ -36,9 +36,9 @@ from kubeshot.api import (
     ScreenshotPolicySpec,
 )
 from kubeshot.api.admission import admit, pixel_budget_fields
-from kubeshot.api.delivery import CaptureRequestBody
+from kubeshot.api.delivery import CaptureRequestBody, Delivery
 from kubeshot.api.reasons import redact_addresses
-from kubeshot.gateway import keys
+from kubeshot.gateway import keys, webhooks
 from kubeshot.gateway.auth import (
     DEFAULT_IDENTITY,
     Authenticator,
@@ -79,7 +79,6 @@ from kubeshot.gateway.validation import (
     options_from_query,
     policy_name,
 )
-from kubeshot.gateway.webhooks import Webhooks
 
 log = logging.getLogger("kubeshot.gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -523,16 +522,16 @@ async def screenshot_signed(request: web.Request) -> web.StreamResponse:
 async def captures_create(request: web.Request) -> web.StreamResponse:
     """POST /v1/captures: accept a capture to run in the background (202)."""
     body = options_from_json(await _json_body(request), CaptureRequestBody)
-    options, webhook = body.capture_options(), body.delivery and body.delivery.webhook
+    options, delivery = body.capture_options(), body.delivery or Delivery()
     identity = request[keys.IDENTITY]
     with tracing.span("admission"):
         policy = await _admitted_policy(request, identity, options, _policy_param(request))
-        if webhook:
-            request.app[keys.WEBHOOKS].admit(webhook, policy)
+        if delivery.webhook:
+            webhooks.admit(delivery.webhook, policy)
     async with _capture_slot(request, identity) as slot:
-        view = await request.app[keys.JOBS].submit(identity, policy, options)
-        if webhook:
-            view = request.app[keys.WEBHOOKS].follow(identity, view, policy, webhook)
+        view = await request.app[keys.JOBS].submit(
+            identity, policy, options, delivery.webhook, delivery.s3
+        )
         logs.bind(job=view.id)
         tracing.set_attributes(job=view.id)
         if slot is not None:
@@ -547,7 +546,7 @@ async def _job_view(request: web.Request) -> CaptureJobView:
     view = await jobs.find(request[keys.IDENTITY], request.match_info["job_id"])
     if view is None:
         raise ApiError(404, "not_found", "no such capture")
-    return request.app[keys.WEBHOOKS].with_status(view)
+    return view
 
 
 async def captures_get(request: web.Request) -> web.StreamResponse:
@@ -714,12 +713,11 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     app[keys.RATE_LIMITER] = RateLimiter(settings.rate_limit_enabled, redis_url)
     store = result_store(settings)
     backend = backend or default_backend(settings, metrics_, store)
-    app[keys.STORE] = store
+    # The kubernetes backend checks what capture pods put into a bucket themselves (cluster.py).
+    app[keys.STORE] = backend.store if isinstance(backend, KubernetesBackend) else store
     app[keys.BACKEND] = backend
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_backend_ctx)
-    # Stopped after the jobs (a job failed by the shutdown is still announced, within the grace).
-    app.cleanup_ctx.append(lambda a: a[keys.WEBHOOKS].running(settings.shutdown_grace))
     registry = None
     if isinstance(backend, Jobs):
         app[keys.JOBS] = backend
@@ -744,9 +742,6 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
         app[keys.FAIRNESS] = fairness
         if registry is not None:
             registry.on_finish.append(fairness.job_finished)
-    app[keys.WEBHOOKS] = Webhooks(app[keys.JOBS], metrics_, settings.result_ttl_seconds)
-    if registry is not None:
-        registry.on_finish.append(app[keys.WEBHOOKS].notify)
 
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/readyz", readyz, name="readyz")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from kubeshot.api import CaptureOptions, CaptureReport, ScreenshotPolicy
+from kubeshot.api.delivery import S3Delivery, Webhook
 from kubeshot.gateway.auth import Identity
 from kubeshot.gateway.models import CaptureJobView
 
@@ -69,9 +70,17 @@ class Jobs(Protocol):
     """Asynchronous captures: accepted at once, then looked up by id by their caller only."""
 
     async def submit(
-        self, caller: Identity, policy: ScreenshotPolicy, options: CaptureOptions
+        self,
+        caller: Identity,
+        policy: ScreenshotPolicy,
+        options: CaptureOptions,
+        webhook: Webhook | None = None,
+        s3: S3Delivery | None = None,
     ) -> CaptureJobView:
-        """Accept an admitted capture; errors.ApiError(503) when it cannot be taken now."""
+        """Accept an admitted capture, announced to `webhook` when it finished (kept with the
+        job: whichever process finishes it sends it), its artifact put into the caller's bucket
+        too with `s3`; errors.ApiError(503) when it cannot be taken now, (400) when this backend
+        cannot deliver to `s3`."""
 
     async def find(self, caller: Identity, job_id: str) -> CaptureJobView | None:
         """The job with this id if the caller may see it, else None."""

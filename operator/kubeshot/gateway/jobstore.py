@@ -2,14 +2,16 @@
 
 Two stores with one interface: SQLite in KUBESHOT_RESULT_DIR (the embedded default, one gateway)
 and Redis (KUBESHOT_REDIS_URL, shared by every replica: a job accepted by one is seen through
-all). A job not finished carries a lease, renewed by the gateway running it every
-LEASE_SECONDS / 3; a job whose lease ran out (its gateway was killed) is claimed by exactly one
-gateway, atomically (one SQLite transaction, one Redis Lua script), which runs it again or fails
-it (jobs.JobRegistry). Finished jobs are deleted `ttl_seconds` after they finished.
+all). A job not done (not finished, or its webhook not delivered) carries a lease, renewed by
+the gateway running it every LEASE_SECONDS / 3; a job whose lease ran out (its gateway was
+killed) is claimed by exactly one gateway, atomically (one SQLite transaction, one Redis Lua
+script), which runs it again, fails it or sends its webhook (jobs.JobRegistry). Finished jobs
+are deleted `ttl_seconds` after they finished.
 
 A job holds what running it again takes: the caller's identity, the capture options (headers
-and cookies included: the database file is private to the gateway's user, Redis is behind its
-password) and the deadline by which it must have started.
+and cookies included), its webhook (the signing secret included) and the deadline by which it
+must have started. The database file is private to the gateway's user, Redis is behind its
+password.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_serializer
 from redis.asyncio import Redis
 
 from kubeshot.api import CaptureOptions
+from kubeshot.api.delivery import DeliveryOutcome, Webhook
 from kubeshot.gateway.auth import Identity
 from kubeshot.gateway.models import CaptureJobView
 
@@ -40,9 +43,30 @@ class Job(BaseModel):
     view: CaptureJobView
     caller: Identity
     options: CaptureOptions
+    webhook: Webhook | None = None
+    """Where its outcome is announced; how that went is `view.delivery`."""
     deadline: float
     """Epoch seconds after which the capture is no longer started (again)."""
     finished_at: float | None = None
+
+    @field_serializer("webhook")
+    def _with_secret(self, webhook: Webhook | None) -> dict[str, str] | None:
+        """Stored with its secret (pydantic masks a SecretStr): whoever delivers it signs."""
+        if webhook is None:
+            return None
+        return {"url": webhook.url, "secret": webhook.secret.get_secret_value()}
+
+    @property
+    def owes_webhook(self) -> bool:
+        """Finished, and its webhook not delivered yet (Pending)."""
+        delivery = self.view.delivery.webhook if self.view.delivery is not None else None
+        pending = delivery is not None and delivery.outcome is DeliveryOutcome.PENDING
+        return self.finished_at is not None and pending
+
+    @property
+    def leased(self) -> bool:
+        """Whether some gateway must still do something with it (run it, or announce it)."""
+        return self.finished_at is None or self.owes_webhook
 
 
 class JobStore(Protocol):
@@ -51,15 +75,15 @@ class JobStore(Protocol):
     async def close(self) -> None: ...
 
     async def save(self, job: Job) -> None:
-        """Create or update the job; an unfinished one (re)gets a lease of LEASE_SECONDS."""
+        """Create or update the job; a `leased` one (re)gets a lease of LEASE_SECONDS."""
 
     async def load(self, job_id: str) -> Job | None: ...
 
     async def renew(self, job_ids: list[str]) -> None:
-        """Extend the leases of these unfinished jobs (the ones this gateway runs)."""
+        """Extend the leases of these jobs (the ones this gateway runs or announces)."""
 
     async def claim(self) -> list[Job]:
-        """The unfinished jobs whose lease ran out, each now leased to the caller alone."""
+        """The leased jobs whose lease ran out, each now leased to the caller alone."""
 
     async def expire(self, before: float) -> list[str]:
         """Delete the jobs finished before this time (epoch seconds); their ids."""
@@ -104,7 +128,7 @@ class SqliteJobs:
             return self._db.execute(sql, args).fetchall()
 
     async def save(self, job: Job) -> None:
-        lease = None if job.finished_at is not None else time.time() + LEASE_SECONDS
+        lease = time.time() + LEASE_SECONDS if job.leased else None
         await asyncio.to_thread(
             self._run,
             "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?)",
@@ -123,7 +147,7 @@ class SqliteJobs:
         for job_id in job_ids:
             await asyncio.to_thread(
                 self._run,
-                "UPDATE jobs SET lease = ? WHERE id = ? AND finished_at IS NULL",
+                "UPDATE jobs SET lease = ? WHERE id = ? AND lease IS NOT NULL",
                 until,
                 job_id,
             )
@@ -132,7 +156,7 @@ class SqliteJobs:
         now = time.time()
         rows = await asyncio.to_thread(
             self._run,
-            "UPDATE jobs SET lease = ? WHERE finished_at IS NULL AND lease <= ? RETURNING data",
+            "UPDATE jobs SET lease = ? WHERE lease <= ? RETURNING data",
             now + LEASE_SECONDS,
             now,
         )
@@ -140,7 +164,9 @@ class SqliteJobs:
 
     async def expire(self, before: float) -> list[str]:
         rows = await asyncio.to_thread(
-            self._run, "DELETE FROM jobs WHERE finished_at < ? RETURNING id", before
+            self._run,
+            "DELETE FROM jobs WHERE finished_at < ? AND lease IS NULL RETURNING id",
+            before,
         )
         return [row[0] for row in rows]
 
@@ -190,10 +216,10 @@ class RedisJobs:
         return f"{_PREFIX}:{job_id}"
 
     async def save(self, job: Job) -> None:
-        finished = job.finished_at is not None
-        ttl = self.ttl_seconds if finished else LEASE_SECONDS
+        done = not job.leased
+        ttl = self.ttl_seconds if done else LEASE_SECONDS
         keys = [self._key(job.view.id), self._leases]
-        await self._save(keys, [job.model_dump_json(), int(finished), ttl, job.view.id])
+        await self._save(keys, [job.model_dump_json(), int(done), ttl, job.view.id])
 
     async def load(self, job_id: str) -> Job | None:
         data = await self.redis.get(self._key(job_id))

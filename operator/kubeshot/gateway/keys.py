@@ -13,7 +13,6 @@ from kubeshot.gateway.serving import ConnectionGuard
 from kubeshot.gateway.settings import Settings
 from kubeshot.gateway.signing import UrlSigner
 from kubeshot.gateway.store import ResultStore
-from kubeshot.gateway.webhooks import Webhooks
 
 SETTINGS = web.AppKey("settings", Settings)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
@@ -25,7 +24,6 @@ JOBS = web.AppKey("jobs", Jobs)
 METRICS = web.AppKey("metrics", Metrics)
 FAIRNESS = web.AppKey("fairness", FairShare)
 CONNECTIONS = web.AppKey("connections", ConnectionGuard)
-WEBHOOKS = web.AppKey("webhooks", Webhooks)
 
 IDENTITY = web.RequestKey("identity", Identity)
 CLIENT = web.RequestKey("client", str)

@@ -48,7 +48,8 @@ class CaptureJobView(Model):
     failure: Failure | None = None
     """Why it failed, when Failed."""
     delivery: DeliveryStatus | None = None
-    """How its outcome was announced (`delivery.webhook` of the request): Pending until then."""
+    """How its outcome was announced (`delivery.webhook` of the request: Pending until then),
+    and where its artifact was put (`delivery.s3`, once Succeeded)."""
 
 
 class Health(Model):

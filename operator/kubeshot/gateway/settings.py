@@ -13,9 +13,10 @@ from typing import Annotated, Literal
 
 from limits import parse as parse_rate_limit
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from kubeshot.api.capture import MAX_CAPTURE_PIXELS
+from kubeshot.store.settings import StoreSettings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Never passed on to capture workers (and so never visible to a page's browser).
@@ -82,8 +83,9 @@ def _alias(name: str) -> AliasChoices:
     return AliasChoices(name)
 
 
-class Settings(BaseSettings):
-    """Everything `kubeshot serve` can be told. Defaults are the secure choice."""
+class Settings(StoreSettings):
+    """Everything `kubeshot serve` can be told. Defaults are the secure choice. The result store's
+    settings are the operator's too: kubeshot.store.settings defines them."""
 
     model_config = SettingsConfigDict(
         env_prefix="",
@@ -246,10 +248,7 @@ class Settings(BaseSettings):
     )
     """Namespace of the CaptureJobs of AUTH_TOKEN, signed-URL and --no-auth callers (tokens of a
     tokens file name their own); the chart sets the gateway's own namespace."""
-    max_upload_bytes: int = Field(
-        default=64 * 1024 * 1024, ge=1024, validation_alias=_alias("KUBESHOT_MAX_UPLOAD_BYTES")
-    )
-    """Largest artifact a capture pod may upload; larger gets 413."""
+    # KUBESHOT_MAX_UPLOAD_BYTES: kubeshot.store.settings (the operator's presigned uploads too).
     kube_wait_grace: float = Field(
         default=120.0, gt=0, validation_alias=_alias("KUBESHOT_KUBE_WAIT_GRACE")
     )
@@ -293,34 +292,7 @@ class Settings(BaseSettings):
     result_dir: Path | None = Field(default=None, validation_alias=_alias("KUBESHOT_RESULT_DIR"))
     """Directory of async-capture artifacts (KUBESHOT_STORE=filesystem); a private temporary
     directory when unset."""
-    store: Literal["filesystem", "s3"] = Field(
-        default="filesystem", validation_alias=_alias("KUBESHOT_STORE")
-    )
-    """Where artifacts wait for their download: KUBESHOT_RESULT_DIR, or an S3-compatible bucket
-    (what gateway replicas share)."""
-    s3_endpoint: str | None = Field(default=None, validation_alias=_alias("KUBESHOT_S3_ENDPOINT"))
-    """URL of an S3-compatible server (MinIO, Ceph, versitygw...); unset: AWS S3 of the region."""
-    s3_bucket: str | None = Field(default=None, validation_alias=_alias("KUBESHOT_S3_BUCKET"))
-    """The bucket (it must exist). Required with KUBESHOT_STORE=s3."""
-    s3_prefix: str = Field(default="", validation_alias=_alias("KUBESHOT_S3_PREFIX"))
-    """Key prefix of the artifacts (`<prefix>/<job id>`); nothing else in the bucket is touched."""
-    s3_region: str = Field(default="us-east-1", validation_alias=_alias("KUBESHOT_S3_REGION"))
-    """Region the requests are signed for."""
-    s3_access_key_id_file: Path | None = Field(
-        default=None, validation_alias=_alias("KUBESHOT_S3_ACCESS_KEY_ID_FILE")
-    )
-    """File holding the access key id (a mounted Secret). Unset with the next: the AWS default
-    chain (AWS_* environment, web identity, instance profile)."""
-    s3_secret_access_key_file: Path | None = Field(
-        default=None, validation_alias=_alias("KUBESHOT_S3_SECRET_ACCESS_KEY_FILE")
-    )
-    """File holding the secret access key; both files or neither. Masked in every log line."""
-    store_download: Literal["gateway", "presigned"] = Field(
-        default="gateway", validation_alias=_alias("KUBESHOT_STORE_DOWNLOAD")
-    )
-    """How callers download an artifact: through the gateway, or (KUBESHOT_STORE=s3) redirected
-    (307) to a presigned GET of the bucket, valid 5 minutes: the endpoint must be reachable by
-    callers then."""
+    # KUBESHOT_STORE, KUBESHOT_S3_*, KUBESHOT_STORE_DOWNLOAD: kubeshot.store.settings.
     result_ttl_seconds: int = Field(
         default=3600, ge=1, validation_alias=_alias("KUBESHOT_RESULT_TTL")
     )
@@ -400,19 +372,6 @@ class Settings(BaseSettings):
         clash = [name for name, port in others.items() if port and port == self.metrics_port]
         if clash:
             raise ValueError(f"KUBESHOT_METRICS_PORT must differ from {', '.join(clash)}")
-        return self
-
-    @model_validator(mode="after")
-    def _store_complete(self) -> Settings:
-        if self.store == "s3" and not self.s3_bucket:
-            raise ValueError("KUBESHOT_STORE=s3 needs KUBESHOT_S3_BUCKET")
-        if self.store_download == "presigned" and self.store != "s3":
-            raise ValueError("KUBESHOT_STORE_DOWNLOAD=presigned needs KUBESHOT_STORE=s3")
-        if (self.s3_access_key_id_file is None) != (self.s3_secret_access_key_file is None):
-            raise ValueError(
-                "set both KUBESHOT_S3_ACCESS_KEY_ID_FILE and KUBESHOT_S3_SECRET_ACCESS_KEY_FILE,"
-                " or neither"
-            )
         return self
 
     @property

@@ -21,23 +21,10 @@ def result_store(settings: Settings) -> ResultStore:
     line from now on."""
     if settings.store == "filesystem":
         return FileStore(settings.result_dir, settings.result_ttl_seconds)
-    from kubeshot.store.s3 import S3Config, S3Store  # aiobotocore: loaded only when used
+    from kubeshot.store.s3 import S3Store  # aiobotocore: loaded only when used
 
-    assert settings.s3_bucket is not None  # Settings refuse s3 without a bucket
-    keys = [
-        path.read_text().strip() if path is not None else None
-        for path in (settings.s3_access_key_id_file, settings.s3_secret_access_key_file)
-    ]
-    redact_logs(k for k in keys if k)
-    config = S3Config(
-        bucket=settings.s3_bucket,
-        prefix=settings.s3_prefix,
-        endpoint=settings.s3_endpoint,
-        region=settings.s3_region,
-        access_key_id=keys[0],
-        secret_access_key=keys[1],
-        presigned_downloads=settings.store_download == "presigned",
-    )
+    config = settings.s3_config()
+    redact_logs(k for k in (config.access_key_id, config.secret_access_key) if k)
     return S3Store(config, settings.result_ttl_seconds)
 
 

@@ -5,7 +5,8 @@
 time, with the `uploadTokenSha256` the operator wrote into that job's status. The body must
 decode as a file of the job's format (kubeshot_capture.artifacts.verify, as on the local path):
 a capture pod runs hostile pages, so its artifact is checked as untrusted input. Nothing else is
-served on this port.
+served on this port. With KUBESHOT_STORE=s3 pods upload to the bucket instead, and this endpoint
+refuses (409): the kubernetes backend checks their artifacts at their first read (CheckedStore).
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ import re
 
 from aiohttp import web
 
-from kubeshot.api import CaptureError, Format, Phase
+from kubeshot.api import Format, Phase, artifact_path
 from kubeshot.gateway import keys
 from kubeshot.gateway.auth import parse_authorization
-from kubeshot.gateway.cluster import KubernetesBackend
+from kubeshot.gateway.cluster import KubernetesBackend, decodes_as
 from kubeshot.gateway.errors import ApiError, unauthorized
 from kubeshot.kube.names import job_format, job_phase, store_id
-from kubeshot_capture.artifacts import verify
 
 log = logging.getLogger("kubeshot.gateway.uploads")
 UPLOAD_PATH = "/v1/internal/uploads/{namespace}/{name}"
@@ -37,6 +37,7 @@ _MAGIC: dict[Format, tuple[bytes, ...]] = {
 }
 BACKEND = web.AppKey("backend", KubernetesBackend)
 BODY_TIMEOUT = web.AppKey("body_timeout", float)
+DIRECT = web.AppKey("direct", bool)
 
 
 def has_format(fmt: Format, data: bytes) -> bool:
@@ -52,17 +53,6 @@ def has_format(fmt: Format, data: bytes) -> bool:
     return data.startswith(_MAGIC[fmt])
 
 
-def decodes_as(fmt: Format, data: bytes) -> str | None:
-    """Why `data` is not a whole file of format `fmt` (decoded, every pixel), None when it is."""
-    try:
-        verify(data, fmt)
-    except CaptureError as exc:
-        return exc.message
-    except Exception as exc:  # a decoder's own refusal (Pillow's decompression-bomb check, ...)
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
-
 def _refused(status: int, code: str, message: str) -> web.Response:
     return web.json_response(
         {"error": {"code": code, "message": message, "details": None}}, status=status
@@ -70,6 +60,13 @@ def _refused(status: int, code: str, message: str) -> web.Response:
 
 
 async def upload(request: web.Request) -> web.StreamResponse:
+    if request.app[DIRECT]:
+        raise ApiError(
+            409,
+            "conflict",
+            "with KUBESHOT_STORE=s3 capture pods upload to the bucket; this endpoint serves"
+            " KUBESHOT_STORE=filesystem",
+        )
     backend = request.app[BACKEND]
     namespace, name = request.match_info["namespace"], request.match_info["name"]
     try:
@@ -108,7 +105,7 @@ async def upload(request: web.Request) -> web.StreamResponse:
     job_id = store_id(job)
     await backend.store.put(job_id, data, claimed)
     log.info("artifact of %s/%s stored (%d bytes)", namespace, name, len(data))
-    return web.json_response({"url": f"/v1/captures/{job_id}/artifact"}, status=201)
+    return web.json_response({"url": artifact_path(job_id)}, status=201)
 
 
 @web.middleware
@@ -136,5 +133,6 @@ def create_upload_app(gateway: web.Application, max_bytes: int) -> web.Applicati
     app = web.Application(middlewares=[_errors], client_max_size=max_bytes)
     app[BACKEND] = backend
     app[BODY_TIMEOUT] = gateway[keys.SETTINGS].body_timeout
+    app[DIRECT] = gateway[keys.SETTINGS].store == "s3"
     app.router.add_put(UPLOAD_PATH, upload, name="upload")
     return app

@@ -19,6 +19,7 @@ from kubeshot.api import (
     CaptureRequest,
     ProxyCredentials,
     ScreenshotPolicySpec,
+    UploadTarget,
     is_object_name,
     unreachable_networks,
 )
@@ -97,19 +98,22 @@ def build_request(
     options: CaptureOptions,
     policy: ScreenshotPolicySpec,
     *,
-    upload_url: str,
-    upload_token: str,
+    upload: UploadTarget,
     proxy: ProxyCredentials | None = None,
+    deliver: UploadTarget | None = None,
 ) -> CaptureRequest:
-    """What the capture pod reads: the options, the effective policy, proxy and upload target."""
-    return CaptureRequest.model_validate(
-        {
-            "options": options,
-            "policy": policy,
-            "proxy": proxy,
-            "upload": {"url": upload_url, "token": upload_token},
-        }
+    """What the capture pod reads: the options, the effective policy, proxy and upload targets
+    (kubeshot's store, and the caller's bucket when the job asks for `delivery.s3`)."""
+    return CaptureRequest(
+        options=options, policy=policy, proxy=proxy, upload=upload, deliver=deliver
     )
+
+
+def pod_deadline(
+    options: CaptureOptions, policy: ScreenshotPolicySpec, settings: OperatorSettings
+) -> int:
+    """Seconds a capture pod may run (its activeDeadlineSeconds): the capture, and some grace."""
+    return effective_timeout(options, policy) + settings.pod_deadline_grace_seconds
 
 
 def build_secret(job: JobRef, policy_name: str, request: CaptureRequest) -> Manifest:
@@ -125,8 +129,8 @@ def build_secret(job: JobRef, policy_name: str, request: CaptureRequest) -> Mani
             "ownerReferences": [owner_reference("CaptureJob", job.name, job.uid)],
         },
         "type": "Opaque",
-        # The token lets this pod upload this job's artifact and nothing else; a Secret (not the
-        # Pod's env) keeps it out of `kubectl get pod -o yaml`.
+        # The token (or the signed POST policy) lets this pod upload this job's artifact and
+        # nothing else; a Secret (not the Pod's env) keeps it out of `kubectl get pod -o yaml`.
         "immutable": True,
         "stringData": {REQUEST_KEY: request.to_json()},
     }
@@ -164,8 +168,7 @@ def build_pod(
         # No Service environment variables: they map the cluster for whoever reads them.
         "enableServiceLinks": False,
         # The kubelet kills the pod (reason DeadlineExceeded → Timeout) if the engine overruns.
-        "activeDeadlineSeconds": effective_timeout(options, policy)
-        + settings.pod_deadline_grace_seconds,
+        "activeDeadlineSeconds": pod_deadline(options, policy, settings),
         "terminationGracePeriodSeconds": settings.termination_grace_seconds,
         "securityContext": {
             "runAsNonRoot": True,
@@ -289,6 +292,20 @@ def _proxy_peer(server: str) -> tuple[list[Manifest], int]:
     return [{"ipBlock": {"cidr": f"{address}/{address.max_prefixlen}"}}], port
 
 
+def _upload_rule(settings: OperatorSettings) -> Manifest:
+    """Where the pods upload: the S3 store's endpoint (exactly its peers, on its port), or the
+    gateway's upload port."""
+    if settings.store.store == "s3":
+        return {
+            "to": settings.store.upload_peers(),
+            "ports": [{"protocol": "TCP", "port": settings.store.s3_port}],
+        }
+    return {
+        "to": _gateway_peers(settings),
+        "ports": [{"protocol": "TCP", "port": settings.upload_port}],
+    }
+
+
 def _gateway_peers(settings: OperatorSettings) -> list[Manifest]:
     """The gateway's pods, or its addresses when it runs outside the cluster."""
     if settings.gateway_cidrs:
@@ -353,7 +370,8 @@ def build_network_policy(
 ) -> Manifest:
     """The one NetworkPolicy of a ScreenshotPolicy: confines all of its capture pods.
 
-    No ingress at all. Egress: cluster DNS, the gateway's upload port, and then either the
+    No ingress at all. Egress: cluster DNS, where the artifact is uploaded to (the gateway's
+    upload port, or with KUBESHOT_STORE=s3 the bucket's endpoint alone), and then either the
     upstream proxy only, or the internet on the allowed ports with the private ranges excepted;
     plus the policy's `allowedCIDRs` on any port.
     """
@@ -369,10 +387,7 @@ def build_network_policy(
             ],
             "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
         },
-        {
-            "to": _gateway_peers(settings),
-            "ports": [{"protocol": "TCP", "port": settings.upload_port}],
-        },
+        _upload_rule(settings),
     ]
     if spec.network.proxy is not None:
         peers, port = _proxy_peer(spec.network.proxy.server)

@@ -4,10 +4,13 @@ The request Secret holds the job's capture request and its upload token. Later a
 only while the job owns it (its controller ownerReference) and the job's status names its token
 (by hash; only the operator writes the status), so that the token and the proxy credentials stay
 the job's own. A Secret of that name the job does not own fails the job and is left alone.
+With KUBESHOT_STORE=s3 the Secret holds no token but a POST policy signed for one attempt: it
+names no token, so every attempt replaces it with one signed anew.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -23,12 +26,20 @@ from kubeshot.api import (
     FailureReason,
     ProxyCredentials,
     ScreenshotPolicySpec,
+    UploadTarget,
 )
+from kubeshot.api.delivery import S3_CREDENTIALS_LABEL, S3Delivery, S3DeliveryStatus
 from kubeshot.kube import Conflict, KubeClient, NotFound, NotOwned, controller_uid, resource_path
+from kubeshot.kube.names import store_id
 from kubeshot.operator import building
 from kubeshot.operator.settings import OperatorSettings
+from kubeshot.store.s3 import S3Config, UploadSigner
+from kubeshot.webhooks import refusal
 
 Manifest = dict[str, Any]
+UPLOAD_START_SECONDS = 600
+"""How long a pod may take to start (scheduling, image pull) before its deadline counts: the
+presigned upload's validity beyond the pod's deadline."""
 
 
 def not_ours(kind: str, name: str) -> Failure:
@@ -90,12 +101,14 @@ async def ensure_secret(
     policy: ScreenshotPolicySpec,
     token: str,
     kept_sha256: str | None,
+    delivery: S3Delivery | None = None,
 ) -> str:
     """The job's request Secret; returns the job's upload token (`token` when it is made now).
 
     `kept_sha256`: the hash of the token of the job's first attempt, as its status says. A
     Secret the job owns but cannot vouch for (left by a start interrupted before its status was
-    written) is replaced; one it does not own fails the job (CaptureError).
+    written) is replaced; one it does not own fails the job (CaptureError). With `delivery`
+    (`delivery.s3`) it is made anew, with the kept token, so that its form is signed anew.
     """
     path = resource_path("v1", "secrets", job.namespace)
     name = building.secret_name(job)
@@ -103,15 +116,16 @@ async def ensure_secret(
         with contextlib.suppress(NotFound):
             existing = await client.get(f"{path}/{name}")
             kept = vouched_token(existing, job, kept_sha256)
-            if kept:
+            if kept and delivery is None:
                 return kept
+            token = kept or token
             await delete_owned(client, f"{path}/{name}", existing)
     request = building.build_request(
         options,
         policy,
-        upload_url=settings.upload_url_for(job.namespace, job.name),
-        upload_token=token,
+        upload=await upload_target(settings, job, options, policy, token),
         proxy=await proxy_credentials(client, job.namespace, policy),
+        deliver=await delivery_target(client, settings, job, delivery, options, policy),
     )
     manifest = building.build_secret(job, policy_name, request)
     for _ in range(2):
@@ -127,6 +141,110 @@ async def ensure_secret(
             return kept
         await delete_owned(client, f"{path}/{name}", existing)
     raise Conflict(409, "Conflict", f"the request Secret {name} was made again meanwhile")
+
+
+async def upload_target(
+    settings: OperatorSettings,
+    job: building.JobRef,
+    options: CaptureOptions,
+    policy: ScreenshotPolicySpec,
+    token: str,
+) -> UploadTarget:
+    """Where this attempt's pod uploads: the gateway's endpoint with the job's token; or, with
+    KUBESHOT_STORE=s3, the bucket, by a POST policy signed for the job's object alone (the key
+    the gateway reads), of at most KUBESHOT_MAX_UPLOAD_BYTES and the policy's maxResultBytes,
+    valid while the pod may run and start (UPLOAD_START_SECONDS)."""
+    store = settings.store
+    if store.store != "s3":
+        return UploadTarget(url=settings.upload_url_for(job.namespace, job.name), token=token)
+    key = store_id({"metadata": {"uid": job.uid}})
+    max_bytes, expires = upload_bounds(settings, options, policy)
+    # In a thread: the first call makes the signer (botocore loads its S3 model, a second).
+    post = await asyncio.to_thread(
+        lambda: store.upload_signer.presigned_upload(key, max_bytes, expires)
+    )
+    return UploadTarget(url=post.url, fields=post.fields)
+
+
+def upload_bounds(
+    settings: OperatorSettings, options: CaptureOptions, policy: ScreenshotPolicySpec
+) -> tuple[int, int]:
+    """A signed form's largest body (KUBESHOT_MAX_UPLOAD_BYTES and the policy's maxResultBytes)
+    and its validity in seconds (while the pod may start and run)."""
+    max_bytes = min(settings.store.max_upload_bytes, policy.limits.max_result_bytes)
+    return max_bytes, building.pod_deadline(options, policy, settings) + UPLOAD_START_SECONDS
+
+
+async def delivery_target(
+    client: KubeClient,
+    settings: OperatorSettings,
+    job: building.JobRef,
+    delivery: S3Delivery | None,
+    options: CaptureOptions,
+    policy: ScreenshotPolicySpec,
+) -> UploadTarget | None:
+    """The form for the caller's bucket (`delivery.s3`): signed with the keys of the job's opted
+    in Secret, for the job's key alone, bounded as the result store's upload is."""
+    if delivery is None:
+        return None
+    ref = delivery.credentials_secret_ref
+    try:
+        secret = await client.get(resource_path("v1", "secrets", job.namespace, ref.name))
+    except NotFound:
+        secret = None
+    key = delivered_object(job, delivery, options).key
+    max_bytes, expires = upload_bounds(settings, options, policy)
+    # In a thread: making a signer loads botocore's S3 model (a second).
+    return await asyncio.to_thread(delivery_form, delivery, secret, policy, key, max_bytes, expires)
+
+
+def delivered_object(
+    job: building.JobRef, delivery: S3Delivery, options: CaptureOptions
+) -> S3DeliveryStatus:
+    """The job's object in the caller's bucket: `<prefix>/<job id>.<format>`."""
+    key = delivery.key(store_id({"metadata": {"uid": job.uid}}), options.format.value)
+    return S3DeliveryStatus(bucket=delivery.bucket, key=key)
+
+
+def delivery_form(
+    delivery: S3Delivery,
+    secret: Mapping[str, Any] | None,
+    policy: ScreenshotPolicySpec,
+    key: str,
+    max_bytes: int,
+    expires: int,
+) -> UploadTarget:
+    """The POST form for `key` of the caller's bucket, signed with the Secret's keys (signing
+    is computation: no connection). CaptureError (InvalidSpec) when the Secret is missing, has
+    not opted in (label `kubeshot.dev/s3-credentials: "true"`) or lacks a key (alike, never
+    naming a value), or when the policy refuses the URL the pod would POST to, judged as a
+    webhook URL is (scheme, port, domains, literal address)."""
+    ref = delivery.credentials_secret_ref
+    metadata = (secret or {}).get("metadata") or {}
+    data = (secret or {}).get("data") or {}
+    keys = (ref.access_key_id_key, ref.secret_access_key_key)
+    if (metadata.get("labels") or {}).get(S3_CREDENTIALS_LABEL) != "true" or any(
+        k not in data for k in keys
+    ):
+        raise CaptureError(
+            FailureReason.INVALID_SPEC,
+            f"delivery.s3 credentials Secret {ref.name!r} not found, not labelled"
+            f' {S3_CREDENTIALS_LABEL}: "true", or without the keys {keys[0]!r} and {keys[1]!r}',
+        )
+    access_key_id, secret_access_key = (base64.b64decode(data[k]).decode().strip() for k in keys)
+    config = S3Config(
+        bucket=delivery.bucket,
+        endpoint=delivery.endpoint.rstrip("/") if delivery.endpoint else None,
+        region=delivery.region,
+        access_key_id=access_key_id,
+        secret_access_key=secret_access_key,
+    )
+    post = UploadSigner(config).presigned_post(key, max_bytes, expires)
+    why = refusal(post.url, policy.network)
+    if why is not None:
+        message = f"delivery.s3: the bucket's URL is refused by the ScreenshotPolicy: {why}"
+        raise CaptureError(FailureReason.INVALID_SPEC, message[:1024])
+    return UploadTarget(url=post.url, fields=post.fields)
 
 
 async def proxy_credentials(

@@ -57,7 +57,9 @@ class EventPoster:
     def post(
         self, kind: str, body: Mapping[str, Any], type_: str, reason: str, message: str
     ) -> None:
-        event = build_event(kind, body, type_, reason, message, now())
+        self.send(build_event(kind, body, type_, reason, message, now()))
+
+    def send(self, event: dict[str, Any]) -> None:
         task = asyncio.get_running_loop().create_task(self._post(event))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -68,6 +68,9 @@ RETRIES = Counter(
     "kubeshot_operator_retries_total", "Attempts retried after a retriable failure", ["reason"]
 )
 LEADER = Gauge("kubeshot_operator_leader", "1 while this replica holds the leader Lease")
+WEBHOOKS = Counter(
+    "kubeshot_operator_webhooks_total", "CaptureJob webhooks, by how they ended", ["outcome"]
+)
 
 for _controller in CONTROLLERS:  # every series exists from the start: rate() needs a zero
     RECONCILE_ERRORS.labels(_controller)

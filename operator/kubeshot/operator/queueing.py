@@ -65,12 +65,14 @@ class JobQueue:
             self.expected.pop(uid, None)
 
     def observe(self, job: JobView) -> bool:
-        """A job as the watch shows it now: forget a decision the status reflects (True)."""
+        """A job as the watch shows it now: forget a decision the status reflects; whether the
+        status is of the operator's making (a start under way says Running before its pod exists
+        and stays expected: the status changes nothing it decided)."""
         found = self.expected.get(job.uid)
         if found is not None and found[0].met_by(job.phase):
             del self.expected[job.uid]
             return True
-        return False
+        return found is not None and found[0] is Expect.STARTING and job.phase is Phase.RUNNING
 
     def believed(self, jobs: Iterable[JobView]) -> list[Believed]:
         """The unfinished jobs as the operator's decisions make them: admitted ones Queued,

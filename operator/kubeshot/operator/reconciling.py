@@ -37,12 +37,14 @@ from kubeshot.api import (
     describe_validation_error,
 )
 from kubeshot.api.admission import admit
+from kubeshot.api.delivery import DeliveryStatus, S3Delivery
 from kubeshot.kube import ApiError, Conflict, KubeClient, NotFound, NotOwned, names, resource_path
 from kubeshot.kube.names import jobs_path
 from kubeshot.operator import building, credentials, lifecycle, metrics
 from kubeshot.operator.confinement import NETWORK_POLICY_PENDING, Confinement
-from kubeshot.operator.events import EventPoster
+from kubeshot.operator.events import EventPoster, build_event
 from kubeshot.operator.lifecycle import Outcome
+from kubeshot.operator.notifying import Notifier
 from kubeshot.operator.policies import Index, Policies
 from kubeshot.operator.queueing import Expect, JobQueue, plan, waits_for_slot
 from kubeshot.operator.settings import OperatorSettings
@@ -62,6 +64,7 @@ class Reconciler:
     - `confinement`: the reads of NetworkPolicies under way, shared by starts (see there);
     - `_specs`: each job's spec as validated, by uid (a CaptureJob's spec is immutable);
     - `_locks`, one per policy: held while deciding which of its jobs start or say Queued;
+    - `_rounds`: each policy's next round of those decisions, which dispatches join;
     - `_saying`: the Queued writes under way, by job uid (a start of the job waits for its own);
     - `_job_locks`, one per job whose attempt is being recorded: the pod watch and the sweeper
       can both see an attempt end, and the first records it;
@@ -76,9 +79,11 @@ class Reconciler:
         self.events = EventPoster(client)
         self.policies = Policies(client, settings, self.events)
         self.confinement = Confinement(client, settings)
+        self.notifier = Notifier(client, self.policies)
         self.jobs: Index | None = None
         self._specs: dict[str, tuple[CaptureJobSpec, CaptureOptions] | Failure] = {}
         self._locks: defaultdict[PolicyKey, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._rounds: dict[PolicyKey, asyncio.Task[list[asyncio.Task[None]]]] = {}
         self._saying: dict[str, asyncio.Task[None]] = {}
         self._job_locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._wakeups: set[asyncio.Task[None]] = set()
@@ -110,6 +115,13 @@ class Reconciler:
                 parsed = Failure(reason=FailureReason.INVALID_SPEC, message=problems[:1024])
             self._specs[view.uid] = parsed
         return parsed
+
+    def s3_delivery(self, view: JobView) -> S3Delivery | None:
+        """The job's `delivery.s3`, if its spec is valid and asks for one."""
+        parsed = self.parsed_spec(view)
+        if isinstance(parsed, Failure) or parsed[0].delivery is None:
+            return None
+        return parsed[0].delivery.s3
 
     async def effective(
         self, view: JobView
@@ -169,10 +181,10 @@ class Reconciler:
     async def reject(self, view: JobView, failure: Failure) -> None:
         """The job can never run: Failed for good; the others of its policy go on."""
         at = lifecycle.now()
-        await self.patch_status(
-            view, lifecycle.rejected_status(view.status, failure, view.generation, at)
-        )
+        status = lifecycle.rejected_status(view.status, failure, view.generation, at)
+        await self.patch_status(view, status)
         self.queue.expect(view.uid, Expect.FINISHED)
+        self.notifier.announce(replace(view, status=view.status.merged(status)))
         metrics.JOBS_FINISHED.labels(Phase.FAILED.value, failure.reason.value).inc()
         self.events.post(JOB, view.body(), "Warning", failure.reason.value, failure.message)
         await self.dispatch(view.key)  # it holds no slot and no younger job back any more
@@ -184,41 +196,50 @@ class Reconciler:
 
     async def dispatch(self, key: PolicyKey, admitted: JobView | None = None) -> None:
         """Start as many queued jobs of the policy as its maxConcurrentJobs allows, first come
-        first served (`admitted`: a job just admitted, Queued by its status to come).
+        first served (`admitted`: a job just admitted, Queued by its status to come); return
+        once the writes decided for the policy are done.
 
         An admitted job that waits for a slot is said Queued at once; one that waits only for
-        older jobs' admission is not yet (it may start in a moment: one status write less). The
-        decisions are made under the policy's lock, the writes after it (a start of a job waits
-        for its Queued write, so that this never lands last).
+        older jobs' admission is not yet (it may start in a moment: one status write less).
+        Dispatches of a policy coalesce into rounds: one made while a round is pending joins it
+        (a burst's admissions pay one pass over the policy's jobs per round, not one each).
         """
+        if admitted is not None:
+            self.queue.expect(admitted.uid, Expect.ADMITTED, admitted)
+        pending = self._rounds.get(key)
+        if pending is None or pending.done():  # done: cancelled before it began
+            pending = self._rounds[key] = asyncio.create_task(self._decide(key))
+        writes = await asyncio.shield(pending)
+        for result in await asyncio.gather(*writes, return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _decide(self, key: PolicyKey) -> list[asyncio.Task[None]]:
+        """One round of `dispatch`: the decisions, made under the policy's lock; the writes go
+        on after it (a start of a job waits for its Queued write, so that this never lands
+        last)."""
         writes: list[asyncio.Task[None]] = []
-        try:
-            async with self._locks[key]:
-                if admitted is not None:
-                    self.queue.expect(admitted.uid, Expect.ADMITTED, admitted)
-                jobs = self.queue.believed(self.jobs_of(key))
-                limit = await self.policies.limit(key)
-                chosen = plan(jobs, limit, time.time())
-                for job in chosen:
-                    self.queue.expect(job.uid, Expect.STARTING, job)
-                    writes.append(asyncio.create_task(self.start(job)))
-                waiting = [
-                    j
-                    for p, j in jobs
-                    if p is Phase.QUEUED and not self.queue.expects(j.uid, Expect.STARTING)
-                ]
-                metrics.WORKQUEUE_DEPTH.labels(*key).set(len(waiting))
-                for job in waiting:
-                    if self.queue.expects(job.uid, Expect.ADMITTED) and waits_for_slot(
-                        jobs, job, limit
-                    ):
-                        self.queue.expect(job.uid, Expect.QUEUED, job)
-                        self._saying[job.uid] = asyncio.create_task(self.say_queued(job))
-                        writes.append(self._saying[job.uid])
-        finally:
-            for result in await asyncio.gather(*writes, return_exceptions=True):
-                if isinstance(result, BaseException):
-                    raise result
+        async with self._locks[key]:
+            self._rounds.pop(key, None)  # from now on, a dispatch waits for the next round
+            jobs = self.queue.believed(self.jobs_of(key))
+            limit = await self.policies.limit(key)
+            for job in plan(jobs, limit, time.time()):
+                self.queue.expect(job.uid, Expect.STARTING, job)
+                writes.append(asyncio.create_task(self.start(job)))
+            waiting = [
+                j
+                for p, j in jobs
+                if p is Phase.QUEUED and not self.queue.expects(j.uid, Expect.STARTING)
+            ]
+            metrics.WORKQUEUE_DEPTH.labels(*key).set(len(waiting))
+            for job in waiting:
+                if self.queue.expects(job.uid, Expect.ADMITTED) and waits_for_slot(
+                    jobs, job, limit
+                ):
+                    self.queue.expect(job.uid, Expect.QUEUED, job)
+                    self._saying[job.uid] = asyncio.create_task(self.say_queued(job))
+                    writes.append(self._saying[job.uid])
+        return writes
 
     async def say_queued(self, job: JobView) -> None:
         try:
@@ -275,46 +296,40 @@ class Reconciler:
             return
         proposed = secrets.token_urlsafe(32)
 
-        def running_status(token: str) -> CaptureJobStatus:
-            digest = hashlib.sha256(token.encode()).hexdigest()
-            at = lifecycle.now()
-            return lifecycle.running_status(
-                view.status, pod_name, attempt, digest, view.generation, at
+        # The status must say Running before the pod exists (a restarted operator then never
+        # makes a second pod). A first attempt's Secret is written once that compare-and-swap
+        # is won: a start that loses it (a stale view) would replace the winner's Secret and
+        # token. Later attempts reuse the Secret, so it is read first, its token in the status.
+        s3 = self.s3_delivery(view)
+
+        async def secret(kept: str | None) -> str:
+            return await credentials.ensure_secret(
+                self.client, self.settings, job, view.policy, options, policy, proposed, kept, s3
             )
 
-        # The status must say Running before the pod exists (a restarted operator then never
-        # makes a second pod); the Secret may come in parallel on a first attempt, when it
-        # almost never exists yet. Later attempts reuse the Secret, so it is read first.
-        kept = view.status.upload_token_sha256 if attempt > 1 else None
-        secret = credentials.ensure_secret(
-            self.client, self.settings, job, view.policy, options, policy, proposed, kept
-        )
-        token: str | BaseException
-        patched: object
-        if attempt == 1:
-            status = running_status(proposed)
-            token, patched = await asyncio.gather(
-                secret, self.claim(view, status), return_exceptions=True
-            )
-        else:
+        token: str | BaseException = proposed
+        if attempt > 1:
             try:
-                token = await secret
+                token = await secret(view.status.upload_token_sha256)
             except (CaptureError, ApiError) as exc:
                 token = exc
-            status = running_status(token if isinstance(token, str) else proposed)
-            try:
-                patched = await self.claim(view, status)
-            except ApiError as exc:
-                patched = exc
-        if isinstance(patched, NotFound):  # deleted meanwhile; the GC takes the Secret
+        status = running_status(
+            view, pod_name, attempt, token if isinstance(token, str) else proposed
+        )
+        try:
+            await self.claim(view, status)
+        except NotFound:  # deleted meanwhile; the GC takes the Secret
             self.queue.forget(view.uid)
             return
-        if isinstance(patched, Conflict):  # the attempt is another's: no pod; the watch tells
-            log.info("%s/%s: attempt %d not ours: %s", view.namespace, view.name, attempt, patched)
+        except Conflict as exc:  # the attempt is another's: no pod; the watch tells
+            log.info("%s/%s: attempt %d not ours: %s", view.namespace, view.name, attempt, exc)
             self.queue.forget(view.uid, Expect.STARTING)
             return
-        if isinstance(patched, BaseException):
-            raise patched
+        if attempt == 1:
+            try:
+                token = await secret(None)
+            except (CaptureError, ApiError) as exc:
+                token = exc
         running = replace(view, status=view.status.merged(status))
         if isinstance(token, CaptureError):
             failure = Failure(reason=token.reason, message=token.message)
@@ -324,8 +339,6 @@ class Reconciler:
             message = f"request Secret not created: {token.message}"
             await self.conclude(running, Outcome.failed(FailureReason.INTERNAL, message), None)
             return
-        if isinstance(token, BaseException):
-            raise token
         try:
             await self.client.create_or_adopt(resource_path("v1", "pods", view.namespace), pod)
         except NotOwned:  # someone made a pod of that name first: never taken for the attempt's
@@ -342,28 +355,32 @@ class Reconciler:
         if attempt == 1:
             metrics.left_queue(view.created)
         log.info("%s/%s: attempt %d in pod %s", view.namespace, view.name, attempt, pod_name)
-        self.events.post(
-            JOB, view.body(), "Normal", "Started", f"attempt {attempt}: pod {pod_name}"
-        )
+        self.events.send(started_event(view, attempt, pod_name))
 
     async def claim(self, view: JobView, status: CaptureJobStatus) -> dict[str, Any]:
         """Write an attempt's Running status as a compare-and-swap (Conflict when it loses), so
         that one start, of one replica, gets each attempt, and only it creates the pod: never
         when the job moved on since `view` (an attempt started or recorded meanwhile), and the
         job's resourceVersion a precondition of the write (the API server refuses the write
-        when anyone wrote the job between this read and it, whatever the writers believe)."""
+        when anyone wrote the job between this read and it, whatever the writers believe).
+        The read is the view itself first; refused, the job is read afresh and checked again."""
         path = jobs_path(view.namespace, view.name)
-        body = await self.client.get(path)
-        now = JobView.from_body(body)
-        if now.uid != view.uid:
-            raise NotFound(404, "NotFound", f"{path}: replaced by another job of that name")
-        moved = now.phase is Phase.RUNNING or now.phase.finished
-        if moved or now.status.attempts != view.status.attempts:
-            message = f"attempt {now.status.attempts}, {now.phase.value}, since it was seen"
-            raise Conflict(409, "Conflict", message)
-        version = body["metadata"].get("resourceVersion")
-        patch = {"metadata": {"resourceVersion": version}, "status": status.patch()}
-        return await self.client.merge_patch(path + "/status", patch)
+        now = view  # first as seen (no read: a burst's jobs are written by no one else meanwhile)
+        for read in (not view.version, True):
+            if read:
+                now = JobView.from_body(await self.client.get(path))
+            if now.uid != view.uid:
+                raise NotFound(404, "NotFound", f"{path}: replaced by another job of that name")
+            moved = now.phase is Phase.RUNNING or now.phase.finished
+            if moved or now.status.attempts != view.status.attempts:
+                message = f"attempt {now.status.attempts}, {now.phase.value}, since it was seen"
+                raise Conflict(409, "Conflict", message)
+            try:
+                return await self.client.merge_patch(path + "/status", claim_patch(status, now))
+            except Conflict:
+                if read:
+                    raise
+        raise AssertionError("unreachable")
 
     async def wait_for_confinement(self, view: JobView, problem: str) -> None:
         """The job waits, Queued, until its NetworkPolicy confines its pod: the policy's
@@ -477,15 +494,20 @@ class Reconciler:
             self._wake(next_attempt - time.time(), view.key)
         else:
             status = lifecycle.finished_status(view.status, outcome, view.generation, at)
+            job = building.JobRef(view.name, view.namespace, view.uid)
+            s3 = self.s3_delivery(view)
+            if failure is None and s3 is not None and not isinstance(parsed, Failure):
+                put = credentials.delivered_object(job, s3, parsed[1])  # status.delivery.s3
+                status = status.model_copy(update={"delivery": DeliveryStatus(s3=put)})
             await self.patch_status(view, status)
             self.queue.expect(view.uid, Expect.FINISHED)
+            self.notifier.announce(replace(view, status=view.status.merged(status)))
             reason = failure.reason.value if failure is not None else ""
             metrics.JOBS_FINISHED.labels(status.phase.value, reason).inc()
             if failure is None:
                 self.events.post(JOB, view.body(), "Normal", "Succeeded", "the capture succeeded")
             else:
                 self.events.post(JOB, view.body(), "Warning", reason, failure.message)
-            job = building.JobRef(view.name, view.namespace, view.uid)
             await credentials.delete_secret(self.client, job)
         if pod_name is not None and pod_uid is not None:  # only now that its outcome is recorded
             await self.delete_pod(view.namespace, pod_name, pod_uid)
@@ -557,6 +579,7 @@ class Reconciler:
         for view in views:
             by_phase[view.phase.value] += 1
             active[view.key] += view.phase is Phase.RUNNING
+            self.notifier.announce(view)  # a webhook cut short (a failover) is sent again
             stuck = now - lifecycle.parse_time(view.created) if view.created else timedelta()
             if view.phase is Phase.PENDING and stuck > STUCK_ADMISSION:
                 await self.admit(view)  # an admission that failed half-way (else a no-op)
@@ -590,6 +613,26 @@ class Reconciler:
         active = sum(1 for v in self.jobs_of(key) if v.phase is Phase.RUNNING)
         if await self.policies.reconcile(event_type, body, active):
             await self.dispatch(key)
+
+
+def running_status(view: JobView, pod_name: str, attempt: int, token: str) -> CaptureJobStatus:
+    """The status that claims `attempt` of the job: Running in `pod_name`, the request Secret's
+    upload token named by its hash."""
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    at = lifecycle.now()
+    return lifecycle.running_status(view.status, pod_name, attempt, digest, view.generation, at)
+
+
+def claim_patch(status: CaptureJobStatus, seen: JobView) -> dict[str, Any]:
+    """The Running write: a merge patch of the job's status, a compare-and-swap on the
+    resourceVersion of the job as `seen`."""
+    return {"metadata": {"resourceVersion": seen.version or None}, "status": status.patch()}
+
+
+def started_event(view: JobView, attempt: int, pod_name: str) -> dict[str, Any]:
+    """The Event of an attempt's start, once its pod exists."""
+    message = f"attempt {attempt}: pod {pod_name}"
+    return build_event(JOB, view.body(), "Normal", "Started", message, lifecycle.now())
 
 
 def _job_scope(view: JobView) -> contextlib.AbstractContextManager[None]:

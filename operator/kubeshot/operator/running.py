@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from kubeshot.kube import ApiError, KubeClient
 from kubeshot.operator import metrics
 from kubeshot.operator.leading import LeaderLease
+from kubeshot.operator.notifying import SHUTDOWN_GRACE_SECONDS
 from kubeshot.operator.reconciling import Reconciler
 from kubeshot.operator.settings import OperatorSettings
 
@@ -119,6 +120,7 @@ async def run(settings: OperatorSettings) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await kopf_task
         await reconciler.events.drain()
+        await reconciler.notifier.close(0 if lost.is_set() else SHUTDOWN_GRACE_SECONDS)
     finally:
         for task in tasks:
             task.cancel()

@@ -8,10 +8,11 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kubeshot import __version__
+from kubeshot.store.settings import StoreSettings
 
 CAPTURE_REPOSITORY = "ghcr.io/kubeshot/capture"
 """Where the capture image is published; its default tag is this package's version (testenv/
@@ -61,6 +62,10 @@ class OperatorSettings(BaseSettings):
     gateway_cidrs: list[str] = Field(default_factory=list)
     """Where the gateway runs outside the cluster (a VM, the node tier's host): capture pods may
     reach these CIDRs on the upload port instead of the gateway pods selected above."""
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    """The result store, as the gateway's (KUBESHOT_STORE, KUBESHOT_S3_*, unprefixed): with S3,
+    pods upload to the bucket with a POST policy the operator signs (its keys sign, nothing
+    more: they never reach a pod), and not to the gateway."""
     dns_namespace: str = "kube-system"
     """Namespace of the cluster DNS pods."""
     dns_pod_labels: dict[str, str] = Field(default_factory=lambda: {"k8s-app": "kube-dns"})
@@ -96,6 +101,12 @@ class OperatorSettings(BaseSettings):
     @classmethod
     def _cidrs(cls, cidrs: list[str]) -> list[str]:
         return [str(ipaddress.ip_network(c, strict=True)) for c in cidrs]
+
+    @model_validator(mode="after")
+    def _store_reachable(self) -> OperatorSettings:
+        if self.store.store == "s3":
+            self.store.upload_peers()  # ValueError when the pods' way to the bucket is unknown
+        return self
 
     @field_validator("upload_url")
     @classmethod

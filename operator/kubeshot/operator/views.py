@@ -26,6 +26,8 @@ class JobView:
     policy: str
     created: str
     generation: int | None
+    version: str = ""
+    """The resourceVersion seen: the Running write's compare-and-swap starts from it."""
     status: CaptureJobStatus = field(default_factory=CaptureJobStatus, repr=False)
     """Compared: Kopf's index keeps a job's old view while the new one compares equal."""
     spec: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -59,6 +61,7 @@ class JobView:
             policy=names.job_policy(body),
             created=str(meta.get("creationTimestamp", "")),
             generation=meta.get("generation"),
+            version=str(meta.get("resourceVersion") or ""),
             status=status,
             spec=dict(body.get("spec") or {}),
             annotations={

@@ -56,10 +56,17 @@ def check_id(job_id: str) -> str:
     return job_id
 
 
+class Mismatch(CaptureError):
+    """An artifact that does not hash to its sha256: refused on the way in, never served."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(FailureReason.INTERNAL, problem)
+
+
 def check_sha256(data: bytes, sha256: str, problem: str) -> None:
-    """CaptureError(Internal, problem) unless `data` hashes to `sha256`."""
+    """Mismatch(problem) unless `data` hashes to `sha256`."""
     if not hmac.compare_digest(hashlib.sha256(data).hexdigest(), sha256):
-        raise CaptureError(FailureReason.INTERNAL, problem)
+        raise Mismatch(problem)
 
 
 MISMATCH = "the artifact does not match the sha256 of its report"

@@ -5,8 +5,9 @@ One object per job id, `<prefix><job id>`. A put carries the artifact's sha256
 again, so a corrupted object is never served. Expiry is the gateway's sweeper over the listed
 objects (`expire`), not a bucket lifecycle rule: lifecycle rules count in whole days, the TTL in
 seconds, and not every S3-compatible server runs them. Downloads go through the gateway, or, when
-configured, straight from the bucket with a presigned GET. Capture pods may upload straight to the
-bucket with a presigned POST (`presigned_upload`): one key, a size range the server enforces.
+configured, straight from the bucket with a presigned GET. Capture pods upload straight to the
+bucket with a presigned POST the operator signs (`UploadSigner`): one key, a size range the server
+enforces.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import botocore.session
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
+from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from kubeshot.api import CaptureError, FailureReason
-from kubeshot.store import CORRUPTED, MISMATCH, check_id, check_sha256
+from kubeshot.store import CORRUPTED, MISMATCH, Mismatch, check_id, check_sha256
 
 log = logging.getLogger("kubeshot.store.s3")
 PRESIGNED_SECONDS = 300
@@ -69,8 +72,7 @@ class S3Store:
     def __init__(self, config: S3Config, ttl_seconds: int) -> None:
         self.config = config
         self.ttl_seconds = ttl_seconds
-        prefix = config.prefix.strip("/")
-        self._prefix = f"{prefix}/" if prefix else ""
+        self._prefix = key_prefix(config)
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
 
@@ -87,8 +89,7 @@ class S3Store:
         c = self.config
         config = AioConfig(
             signature_version="s3v4",
-            # An endpoint of its own (MinIO, versitygw, Ceph...) is addressed by path.
-            s3={"addressing_style": "path" if c.endpoint else "auto"},
+            s3={"addressing_style": _addressing(c)},
             retries={"mode": "standard", "max_attempts": 3},
             connect_timeout=5,
             read_timeout=60,
@@ -127,7 +128,7 @@ class S3Store:
             )
         except ClientError as exc:
             if _code(exc) in {"BadDigest", "XAmzContentSHA256Mismatch"}:
-                raise CaptureError(FailureReason.INTERNAL, MISMATCH) from None
+                raise Mismatch(MISMATCH) from None
             raise _unavailable("put", exc) from None
         except BotoCoreError as exc:
             raise _unavailable("put", exc) from None
@@ -203,18 +204,58 @@ class S3Store:
         )
         return url
 
-    async def presigned_upload(
-        self, job_id: str, max_bytes: int, expires_in: int
-    ) -> PresignedUpload:
+
+class UploadSigner:
+    """Signs capture pods' uploads to the bucket: a POST policy per job (`presigned_upload`).
+
+    A presigned PUT cannot bound the body's size (the signature covers no Content-Length a
+    client must keep to); a POST policy can: the server refuses a body outside its
+    `content-length-range`. Signing is computation alone, so this is plain botocore, with no
+    connection (the operator, which signs, never talks to the bucket).
+    """
+
+    def __init__(self, config: S3Config) -> None:
+        self.config = config
+        self._client = botocore.session.get_session().create_client(
+            "s3",
+            endpoint_url=config.endpoint,
+            region_name=config.region,
+            aws_access_key_id=config.access_key_id,
+            aws_secret_access_key=config.secret_access_key,
+            config=Config(signature_version="s3v4", s3={"addressing_style": _addressing(config)}),
+        )
+
+    def presigned_upload(self, job_id: str, max_bytes: int, expires_in: int) -> PresignedUpload:
         """A POST policy for this job's key only, with a body of 1 to `max_bytes` bytes (the
-        server checks `content-length-range`), valid `expires_in` seconds."""
-        post = await self.client.generate_presigned_post(
+        server checks `content-length-range`), valid `expires_in` seconds. Blocking only while
+        the AWS default chain fetches credentials (call it in a thread)."""
+        return self.presigned_post(object_key(self.config, job_id), max_bytes, expires_in)
+
+    def presigned_post(self, key: str, max_bytes: int, expires_in: int) -> PresignedUpload:
+        """A POST policy for `key` of the bucket (see presigned_upload)."""
+        post = self._client.generate_presigned_post(
             Bucket=self.config.bucket,
-            Key=self.key(job_id),
+            Key=key,
             Conditions=[["content-length-range", 1, max_bytes]],
             ExpiresIn=expires_in,
         )
         return PresignedUpload(url=str(post["url"]), fields=dict(post["fields"]))
+
+
+def key_prefix(config: S3Config) -> str:
+    """What every object key of the store starts with: `<prefix>/`, or nothing."""
+    prefix = config.prefix.strip("/")
+    return f"{prefix}/" if prefix else ""
+
+
+def object_key(config: S3Config, job_id: str) -> str:
+    """The job's object: `<prefix>/<job id>`."""
+    return key_prefix(config) + check_id(job_id)
+
+
+def _addressing(config: S3Config) -> str:
+    # An endpoint of its own (MinIO, versitygw, Ceph...) is addressed by path.
+    return "path" if config.endpoint else "auto"
 
 
 def _code(exc: ClientError) -> str:

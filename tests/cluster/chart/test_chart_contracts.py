@@ -15,6 +15,7 @@ import pytest
 from kubeshot import logs
 from kubeshot.gateway.settings import Settings
 from kubeshot.operator.settings import OperatorSettings
+from kubeshot.store.settings import StoreSettings
 from kubeshot.tracing import TracingSettings
 from tests.cluster.chart.conftest import VALUES_DIR, Helm
 from tests.conftest import ROOT, need
@@ -22,7 +23,7 @@ from tests.conftest import ROOT, need
 VALUES_FILES = [None, *sorted(VALUES_DIR.glob("*.yaml"))]
 
 
-def _env_names(model: type[Settings] | type[TracingSettings]) -> set[str]:
+def _env_names(model: type[Settings | TracingSettings | StoreSettings]) -> set[str]:
     names: set[str] = set()
     for field in model.model_fields.values():
         alias = field.validation_alias
@@ -32,6 +33,8 @@ def _env_names(model: type[Settings] | type[TracingSettings]) -> set[str]:
 
 # What both daemons read besides their own settings: the log format and OpenTelemetry's variables.
 COMMON_ENV = {logs.FORMAT_ENV} | _env_names(TracingSettings)
+# The result store's settings, one definition read by both (the chart renders them once).
+STORE_ENV = _env_names(StoreSettings)
 
 
 def gateway_env_names() -> set[str]:
@@ -68,18 +71,24 @@ def test_operator_environment_is_read_by_its_settings(helm: Helm, values: Path |
         pytest.skip("no operator in this values set")
     env = rendered.env("ks-kubeshot-operator")
     fields = {f"KUBESHOT_OPERATOR_{name.upper()}" for name in OperatorSettings.model_fields}
-    unknown = set(env) - fields - COMMON_ENV
+    unknown = set(env) - fields - COMMON_ENV - STORE_ENV
     assert not unknown, f"the operator reads no such settings: {unknown}"
     plain = {
         k.removeprefix("KUBESHOT_OPERATOR_").lower(): v
         for k, v in env.items()
-        if isinstance(v, str) and k not in COMMON_ENV
+        if isinstance(v, str) and k not in COMMON_ENV | STORE_ENV
     }
     parsed = {
         k: json.loads(v) if k in {"namespaces", "gateway_pod_labels", "dns_pod_labels"} else v
         for k, v in plain.items()
     }
-    settings = OperatorSettings(**parsed)
+    store = {k: v for k, v in env.items() if k in STORE_ENV}
+    settings = OperatorSettings(**parsed, store=StoreSettings(**store))
+    # The very store the gateway is given.
+    gateway_env = rendered.env("ks-kubeshot-gateway")
+    assert settings.store == StoreSettings(
+        **{k: gateway_env[k] for k in STORE_ENV & set(gateway_env)}
+    )
     gateway = rendered.get("Deployment", "ks-kubeshot-gateway")
     template = gateway["spec"]["template"]
     assert settings.gateway_pod_labels.items() <= template["metadata"]["labels"].items()

@@ -78,15 +78,20 @@ def test_without_a_cluster_the_api_server_must_be_named(helm: Helm) -> None:
     }
 
 
-@pytest.mark.parametrize("values", ["local-backend.yaml", None], ids=["local", "kubernetes"])
-def test_gateway_internet_egress_excepts_what_the_egress_guard_refuses(
-    helm: Helm, values: str | None
+@pytest.mark.parametrize(
+    ("values", "component"),
+    [("local-backend.yaml", "gateway"), (None, "gateway"), (None, "operator")],
+    ids=["local", "kubernetes", "operator"],
+)
+def test_internet_egress_excepts_what_the_egress_guard_refuses(
+    helm: Helm, values: str | None, component: str
 ) -> None:
-    # One table for the guard, the operator's capture-pod NetworkPolicies and this one: the Azure
+    # One table for the guard, the operator's capture-pod NetworkPolicies and these: the Azure
     # WireServer (168.63.129.16) and Alibaba's metadata address stay unreachable here too. The
-    # local backend captures from here; both backends send webhooks from here.
+    # local backend captures from the gateway; the gateway sends the webhooks of POST
+    # /v1/captures, the operator those of CaptureJobs.
     rendered = helm.template(VALUES_DIR / values if values else None)
-    internet = internet_rule(rendered.get("NetworkPolicy", "ks-kubeshot-gateway"))
+    internet = internet_rule(rendered.get("NetworkPolicy", f"ks-kubeshot-{component}"))
     excepted = [c for block in internet["to"] for c in block["ipBlock"]["except"]]
     assert [b["ipBlock"]["cidr"] for b in internet["to"]] == ["0.0.0.0/0", "::/0"]
     assert excepted == UNREACHABLE
@@ -117,3 +122,26 @@ def test_uploads_come_only_from_capture_pods_of_the_watched_namespaces(helm: Hel
     ]
     # An operator watching every namespace runs capture pods in every namespace.
     assert uploaders(None) == [{"podSelector": {"matchLabels": capture}, "namespaceSelector": {}}]
+    # With the S3 store capture pods upload to the bucket: nothing may reach the upload port.
+    s3 = {"type": "s3", "s3": {"endpoint": "http://10.20.0.5:9000", "bucket": "shots"}}
+    gateway = helm.template({"gateway": {"store": s3}}).get("NetworkPolicy", "ks-kubeshot-gateway")
+    assert [r["ports"][0]["port"] for r in gateway["spec"]["ingress"]] == [8080, 9090]
+
+
+def test_the_bucket_is_opened_on_its_port_to_the_gateway_and_the_operator(helm: Helm) -> None:
+    # gateway.store.s3.peers: the same peers the capture pods' policies get (through the
+    # operator's KUBESHOT_S3_NETWORK_PEERS), on the endpoint's port.
+    peers = [{"ipBlock": {"cidr": "10.20.0.0/24"}}]
+    s3 = {"endpoint": "https://objects.example.com:9443", "bucket": "shots", "peers": peers}
+    rendered = helm.template({"gateway": {"store": {"type": "s3", "s3": s3}}})
+    for name in ("ks-kubeshot-gateway", "ks-kubeshot-operator"):
+        egress = rendered.get("NetworkPolicy", name)["spec"]["egress"]
+        assert {"ports": [{"protocol": "TCP", "port": 9443}], "to": peers} in egress, name
+        # The filesystem store opens no bucket: everything else is the same.
+        default = helm.template().get("NetworkPolicy", name)["spec"]["egress"]
+        assert [r for r in egress if r.get("to") != peers] == default, name
+    # AWS S3 without peers (no capture pods here to confine): its port, any address.
+    aws = {"type": "s3", "s3": {"bucket": "shots"}}
+    gateway = helm.template({"operator": {"enabled": False}, "gateway": {"store": aws}})
+    egress = gateway.get("NetworkPolicy", "ks-kubeshot-gateway")["spec"]["egress"]
+    assert {"ports": [{"protocol": "TCP", "port": 443}]} in egress

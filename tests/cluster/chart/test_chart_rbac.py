@@ -124,8 +124,13 @@ def test_namespaced_identities_reach_nothing_outside_their_namespaces(
             ("create", "capturejobs.kubeshot.dev", "-n", namespace),
             ("watch", "capturejobs.kubeshot.dev", "-n", namespace),
             ("get", "screenshotpolicies.kubeshot.dev", "-n", namespace),
+            ("create", "secrets", "-n", namespace),
         ],
-        [("create", "capturejobs.kubeshot.dev", "-n", "default")],
+        [
+            ("create", "capturejobs.kubeshot.dev", "-n", "default"),
+            ("create", "secrets", "-n", "default"),
+            ("delete", "secrets", "-n", "kube-system"),
+        ],
     )
 
 
@@ -143,12 +148,19 @@ def test_gateway_identity_only_creates_and_follows_capturejobs(
             ("list", "capturejobs.kubeshot.dev", *ns),
             ("watch", "capturejobs.kubeshot.dev", *ns),
             ("list", "screenshotpolicies.kubeshot.dev", *ns),
+            # A webhook's signing secret: its own Secret, made, owned by its job, or removed.
+            ("create", "secrets", *ns),
+            ("update", "secrets", *ns),
+            ("delete", "secrets", *ns),
         ],
         [
             ("delete", "capturejobs.kubeshot.dev", *ns),
             ("patch", "capturejobs.kubeshot.dev", "--subresource=status", *ns),
             ("create", "screenshotpolicies.kubeshot.dev", *ns),
             ("get", "secrets", *ns),
+            ("list", "secrets", *ns),
+            ("watch", "secrets", *ns),
+            ("patch", "secrets", *ns),  # a patch answers with the whole Secret: a read
             ("list", "pods", *ns),
             ("create", "pods", *ns),
             ("create", "leases.coordination.k8s.io", *ns),

@@ -33,6 +33,7 @@ OPERATOR_RULES = {
 GATEWAY_RULES = {
     ("kubeshot.dev", "capturejobs"): {"create", "get", "list", "watch"},
     ("kubeshot.dev", "screenshotpolicies"): {"get", "list", "watch"},
+    ("", "secrets"): {"create", "update", "delete"},  # a webhook's own Secret (cluster.py)
 }
 
 
@@ -111,6 +112,67 @@ def test_operator_environment_points_at_the_gateway_and_its_pods(helm: Helm) -> 
     }
     gateway_env = rendered.env("prod-kubeshot-gateway")
     assert gateway_env["KUBESHOT_TLS_CERT"] == "/etc/kubeshot/tls/tls.crt"
+
+
+BUCKET_PEERS = [{"ipBlock": {"cidr": "10.20.0.0/24"}}]
+S3_STORE = {
+    "type": "s3",
+    "s3": {
+        "endpoint": "https://objects.example.com:9443",
+        "bucket": "shots",
+        "prefix": "team-a",
+        "credentialsSecret": "kubeshot-s3",
+        "peers": BUCKET_PEERS,
+    },
+}
+
+
+def test_the_operator_reads_the_store_the_gateway_reads(helm: Helm) -> None:
+    # One StoreSettings in both: the operator mints each capture pod's presigned upload to the
+    # bucket the gateway serves artifacts from. The keys are files, never environment values.
+    rendered = helm.template({"gateway": {"store": S3_STORE}})
+
+    def store_env(deployment: str) -> dict[str, Any]:
+        env = rendered.env(deployment)
+        return {k: v for k, v in env.items() if k.startswith(("KUBESHOT_STORE", "KUBESHOT_S3_"))}
+
+    expected = {
+        "KUBESHOT_STORE": "s3",
+        "KUBESHOT_STORE_DOWNLOAD": "gateway",
+        "KUBESHOT_S3_BUCKET": "shots",
+        "KUBESHOT_S3_PREFIX": "team-a",
+        "KUBESHOT_S3_REGION": "us-east-1",
+        "KUBESHOT_S3_ENDPOINT": "https://objects.example.com:9443",
+        "KUBESHOT_S3_ACCESS_KEY_ID_FILE": "/etc/kubeshot/s3/accessKeyId",
+        "KUBESHOT_S3_SECRET_ACCESS_KEY_FILE": "/etc/kubeshot/s3/secretAccessKey",
+        "KUBESHOT_S3_NETWORK_PEERS": json.dumps(BUCKET_PEERS, separators=(",", ":")),
+    }
+    assert store_env("ks-kubeshot-gateway") == expected
+    assert store_env("ks-kubeshot-operator") == expected
+    specs = pod_specs(rendered)
+    for name in ("ks-kubeshot-gateway", "ks-kubeshot-operator"):
+        mounts = {m["name"]: m for m in specs[name]["containers"][0]["volumeMounts"]}
+        assert mounts["s3-credentials"] == {
+            "name": "s3-credentials",
+            "mountPath": "/etc/kubeshot/s3",
+            "readOnly": True,
+        }, name
+        volumes = {v["name"]: v for v in specs[name]["volumes"]}
+        assert volumes["s3-credentials"]["secret"]["secretName"] == "kubeshot-s3", name
+        assert volumes["s3-credentials"]["secret"]["defaultMode"] == 0o440, name
+    # The filesystem store (the default): the operator hands capture pods the gateway's upload
+    # endpoint; nothing of a bucket is mounted anywhere.
+    # An IP address as the endpoint: the operator opens that address itself, peers may be left out.
+    ip = {"type": "s3", "s3": {"endpoint": "http://10.20.0.5:9000", "bucket": "shots"}}
+    assert "KUBESHOT_S3_NETWORK_PEERS" not in helm.template({"gateway": {"store": ip}}).env(
+        "ks-kubeshot-operator"
+    )
+    default = helm.template()
+    for name in ("ks-kubeshot-gateway", "ks-kubeshot-operator"):
+        env = default.env(name)
+        assert env["KUBESHOT_STORE"] == "filesystem", name
+        assert not [k for k in env if "_S3_" in k], name
+        assert "s3-credentials" not in {v["name"] for v in pod_specs(default)[name]["volumes"]}
 
 
 @pytest.mark.parametrize("values", [None, *VALUES_FILES], ids=lambda v: v.stem if v else "default")
@@ -284,7 +346,10 @@ def test_ha_with_existing_secrets_and_pinned_images(helm: Helm) -> None:
     assert "emptyDir" in volumes["results"]
     assert volumes["s3-credentials"]["secret"]["secretName"] == "kubeshot-s3"
     egress = rendered.get("NetworkPolicy", "ks-kubeshot-gateway")["spec"]["egress"]
-    assert {"ports": [{"protocol": "TCP", "port": 9000}]} in egress  # the bucket
+    minio = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "storage"}},
+             "podSelector": {"matchLabels": {"app": "minio"}}}  # fmt: skip
+    assert {"ports": [{"protocol": "TCP", "port": 9000}], "to": [minio]} in egress  # the bucket
+    assert json.loads(rendered.env("ks-kubeshot-operator")["KUBESHOT_S3_NETWORK_PEERS"]) == [minio]
     assert {"ports": [{"protocol": "TCP", "port": 6379}]} in egress  # Redis
     for doc in rendered.docs:
         assert doc["metadata"]["labels"]["team"] == "platform", doc["metadata"]["name"]
@@ -355,6 +420,19 @@ def test_schema_rejects_wrong_values(helm: Helm, values: dict[str, Any], message
             "operator.serviceAccount.name is required",
         ),
         ({"fullnameOverride": "a" * 41}, "fullnameOverride"),
+        # Capture pods upload to the bucket: their NetworkPolicy must know where it is.
+        (
+            {"gateway": {"store": {"type": "s3", "s3": {"bucket": "shots"}}}},
+            "gateway.store.s3.peers is required unless gateway.store.s3.endpoint is an IP",
+        ),
+        (
+            {
+                "gateway": {
+                    "store": {"type": "s3", "s3": {"bucket": "shots", "endpoint": "http://s3:80"}}
+                }
+            },
+            "gateway.store.s3.peers is required",
+        ),
     ],
 )
 def test_chart_refuses_inconsistent_values(
