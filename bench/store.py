@@ -2,7 +2,9 @@
 
 Puts N random artifacts (sha256-checked, as the gateway does) into the filesystem store and
 into the S3 store against a local versitygw (testenv/s3, built by testenv/build.sh), then gets
-them back; prints p50/p95 per artifact for each, and the S3 store's overhead at p50/p95.
+them back; prints p50/p95 per artifact for each, and the S3 store's overhead at p50/p95. Then
+the way a capture pod puts one into the bucket on Kubernetes: a POST of the form the operator
+signed for its key (kubeshot_capture.pod.upload; the signing, the operator's, not timed).
 
 Usage: python bench/store.py [--artifacts N] [--kib K]
 """
@@ -21,9 +23,11 @@ import time
 import uuid
 from pathlib import Path
 
+from kubeshot.api import CaptureReport, UploadTarget
 from kubeshot.store import ResultStore
 from kubeshot.store.files import FileStore
-from kubeshot.store.s3 import S3Config, S3Store
+from kubeshot.store.s3 import S3Config, S3Store, UploadSigner
+from kubeshot_capture.pod import upload
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY, SECRET = "bench-access-key-0123", "bench-secret-key-0123456789abcdef"
@@ -54,6 +58,19 @@ async def measure(
     finally:
         for store in stores.values():
             await store.close()
+    return took
+
+
+def pod_posts(config: S3Config, artifacts: list[tuple[str, bytes, str]]) -> list[float]:
+    """ms per artifact of a capture pod's upload: the POST of its signed form to the bucket."""
+    signer, took = UploadSigner(config), []
+    for _, data, sha256 in artifacts:
+        form = signer.presigned_upload(uuid.uuid4().hex, len(data), 600)  # a key of its own
+        target = UploadTarget(url=form.url, fields=form.fields)
+        report = CaptureReport(content_type="image/png", bytes=len(data), sha256=sha256)
+        start = time.perf_counter()
+        upload(target, data, report)
+        took.append((time.perf_counter() - start) * 1000)
     return took
 
 
@@ -89,6 +106,7 @@ def main(count: int, kib: int) -> None:
                 "S3": S3Store(config, 3600),
             }
             took = asyncio.run(measure(stores, artifacts))
+            posts = pod_posts(config, artifacts)
         finally:
             server.terminate()
             server.wait(10)
@@ -98,6 +116,10 @@ def main(count: int, kib: int) -> None:
         s50, s95 = percentiles(took["S3", verb])
         print(f"  {verb}: filesystem {f50:.2f} / {f95:.2f}   S3 {s50:.2f} / {s95:.2f}   "
               f"overhead {s50 - f50:+.2f} / {s95 - f95:+.2f}")  # fmt: skip
+    f50, f95 = percentiles(took["filesystem", "put"])
+    p50, p95 = percentiles(posts)
+    print(f"  a capture pod's form POST to the bucket: {p50:.2f} / {p95:.2f}   "
+          f"vs filesystem put {p50 - f50:+.2f} / {p95 - f95:+.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":
