@@ -158,6 +158,14 @@ def test_the_policy_judges_the_buckets_url_as_a_webhook_url(
     )
 
 
+def test_a_policy_with_an_upstream_proxy_refuses_it_before_the_capture() -> None:
+    # Its NetworkPolicy opens the proxy alone: the pod could never reach the bucket.
+    with pytest.raises(CaptureError) as caught:
+        form(delivery(), secret(), network={"proxy": {"server": "http://proxy.corp:3128"}})
+    assert caught.value.reason is FailureReason.INVALID_SPEC
+    assert "upstream proxy" in caught.value.message
+
+
 def test_an_endpoint_the_policy_opens_is_signed_for_one_key_and_a_bounded_size() -> None:
     network = {"allowedCIDRs": ["127.0.0.1/32"], "allowedPorts": [9000]}
     target = form(delivery(endpoint="http://127.0.0.1:9000/"), secret(), network=network)

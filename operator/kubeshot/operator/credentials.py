@@ -217,8 +217,14 @@ def delivery_form(
     """The POST form for `key` of the caller's bucket, signed with the Secret's keys (signing
     is computation: no connection). CaptureError (InvalidSpec) when the Secret is missing, has
     not opted in (label `kubeshot.dev/s3-credentials: "true"`) or lacks a key (alike, never
-    naming a value), or when the policy refuses the URL the pod would POST to, judged as a
-    webhook URL is (scheme, port, domains, literal address)."""
+    naming a value), when the policy refuses the URL the pod would POST to, judged as a
+    webhook URL is (scheme, port, domains, literal address), or has an upstream proxy."""
+    if policy.network.proxy is not None:  # refused before a capture runs for nothing
+        raise CaptureError(
+            FailureReason.INVALID_SPEC,
+            "delivery.s3 is not supported under a ScreenshotPolicy with an upstream proxy: its"
+            " capture pods reach the proxy alone",
+        )
     ref = delivery.credentials_secret_ref
     metadata = (secret or {}).get("metadata") or {}
     data = (secret or {}).get("data") or {}
