@@ -23,7 +23,6 @@ time, and end with it.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import random
@@ -43,6 +42,7 @@ from standardwebhooks import Webhook
 from kubeshot.api import Failure, NetworkRules, Phase, ResultSummary, artifact_path
 from kubeshot.api.delivery import WEBHOOK_SECRET_LABEL, DeliveryOutcome, WebhookStatus
 from kubeshot.api.reasons import redact_addresses
+from kubeshot.kube.names import opted_in, secret_text
 from kubeshot_capture.guard import IPAddress, Resolver, Target, parse_url, system_resolver
 from kubeshot_capture.guard.rules import CompiledRules
 
@@ -107,12 +107,9 @@ def capture_event(
 def secret_of(secret: Mapping[str, Any], key: str) -> str | None:
     """The webhook secret under `key` of a Secret (as the API server answers it), or None when
     the Secret does not opt in (label `kubeshot.dev/webhook-secret: "true"`) or lacks the key.
-    The operator refuses a missing Secret and one that has not opted in alike."""
-    labels = (secret.get("metadata") or {}).get("labels") or {}
-    data = secret.get("data") or {}
-    if labels.get(WEBHOOK_SECRET_LABEL) != "true" or key not in data:
-        return None
-    return base64.b64decode(data[key]).decode()
+    The operator refuses a missing Secret and one that has not opted in alike. ValueError when
+    the value is not base64 of UTF-8 text."""
+    return secret_text(secret, key) if opted_in(secret, WEBHOOK_SECRET_LABEL) else None
 
 
 def refusal(url: str, rules: NetworkRules) -> str | None:

@@ -128,6 +128,13 @@ def test_only_an_opted_in_secret_with_both_keys_is_used() -> None:
         assert "'bucket-keys'" in caught.value.message
         assert S3_CREDENTIALS_LABEL in caught.value.message
         assert SECRET_KEY not in caught.value.message and "AKIDEXAMPLE" not in caught.value.message
+    # Values the Secret's writer made undecodable: refused alike, not an Internal crash.
+    for junk in ("not base64!", base64.b64encode(b"\xff\xfe").decode()):
+        garbled = secret()
+        garbled["data"]["secretAccessKey"] = junk
+        with pytest.raises(CaptureError) as caught:
+            form(delivery(), garbled)
+        assert caught.value.reason is FailureReason.INVALID_SPEC
     # Other keys of the Secret, when the ref names them.
     renamed = delivery(
         credentialsSecretRef={**REF, "accessKeyIdKey": "id", "secretAccessKeyKey": "key"}

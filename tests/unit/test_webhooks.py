@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import re
 
 import pytest
@@ -129,6 +130,10 @@ def test_only_a_secret_that_opts_in_is_read() -> None:
         secret_of({"metadata": {"labels": {WEBHOOK_SECRET_LABEL: "yes"}}, "data": data}, "secret")
         is None
     )
+    # A value that is not base64 of text: an error the operator records as Refused, not a crash.
+    for junk in ("not base64!", base64.b64encode(b"\xff\xfe").decode()):
+        with pytest.raises((binascii.Error, UnicodeDecodeError)):
+            secret_of({**opted, "data": {"secret": junk}}, "secret")
 
 
 def test_the_event() -> None:

@@ -4,6 +4,7 @@ result-store id are read from its body."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 from collections.abc import Mapping
@@ -109,3 +110,19 @@ def job_format(job: Mapping[str, Any]) -> Format | None:
 def store_id(job: Mapping[str, Any]) -> str:
     """Where a job's artifact is kept in the result store: its uid, as 32 hex digits."""
     return str(job["metadata"]["uid"]).replace("-", "")
+
+
+def opted_in(secret: Mapping[str, Any] | None, label: str) -> bool:
+    """Whether a Secret lets kubeshot use it: it carries `label` with the value "true" (a
+    Secret that is missing and one that has not opted in are alike to every caller)."""
+    labels = ((secret or {}).get("metadata") or {}).get("labels") or {}
+    return labels.get(label) == "true"
+
+
+def secret_text(secret: Mapping[str, Any], key: str) -> str | None:
+    """The text under `key` of a Secret's data as the API server answers it; None when absent.
+    ValueError when it is not base64 of UTF-8 text (a Secret is its namespace's to write)."""
+    data = secret.get("data") or {}
+    if key not in data:
+        return None
+    return base64.b64decode(str(data[key]), validate=True).decode("utf-8")

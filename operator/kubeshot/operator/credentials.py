@@ -30,7 +30,7 @@ from kubeshot.api import (
 )
 from kubeshot.api.delivery import S3_CREDENTIALS_LABEL, S3Delivery, S3DeliveryStatus
 from kubeshot.kube import Conflict, KubeClient, NotFound, NotOwned, controller_uid, resource_path
-from kubeshot.kube.names import store_id
+from kubeshot.kube.names import opted_in, secret_text, store_id
 from kubeshot.operator import building
 from kubeshot.operator.settings import OperatorSettings
 from kubeshot.store.s3 import S3Config, UploadSigner
@@ -226,24 +226,27 @@ def delivery_form(
             " capture pods reach the proxy alone",
         )
     ref = delivery.credentials_secret_ref
-    metadata = (secret or {}).get("metadata") or {}
-    data = (secret or {}).get("data") or {}
     keys = (ref.access_key_id_key, ref.secret_access_key_key)
-    if (metadata.get("labels") or {}).get(S3_CREDENTIALS_LABEL) != "true" or any(
-        k not in data for k in keys
-    ):
-        raise CaptureError(
-            FailureReason.INVALID_SPEC,
-            f"delivery.s3 credentials Secret {ref.name!r} not found, not labelled"
-            f' {S3_CREDENTIALS_LABEL}: "true", or without the keys {keys[0]!r} and {keys[1]!r}',
-        )
-    access_key_id, secret_access_key = (base64.b64decode(data[k]).decode().strip() for k in keys)
+    refused = CaptureError(
+        FailureReason.INVALID_SPEC,
+        f"delivery.s3 credentials Secret {ref.name!r} not found, not labelled"
+        f' {S3_CREDENTIALS_LABEL}: "true", or without the keys {keys[0]!r} and {keys[1]!r}'
+        " as base64 of text",
+    )
+    if secret is None or not opted_in(secret, S3_CREDENTIALS_LABEL):
+        raise refused
+    try:
+        access_key_id, secret_access_key = (secret_text(secret, k) for k in keys)
+    except ValueError:
+        raise refused from None
+    if access_key_id is None or secret_access_key is None:
+        raise refused
     config = S3Config(
         bucket=delivery.bucket,
         endpoint=delivery.endpoint.rstrip("/") if delivery.endpoint else None,
         region=delivery.region,
-        access_key_id=access_key_id,
-        secret_access_key=secret_access_key,
+        access_key_id=access_key_id.strip(),
+        secret_access_key=secret_access_key.strip(),
     )
     post = UploadSigner(config).presigned_post(key, max_bytes, expires)
     why = refusal(post.url, policy.network)
@@ -279,18 +282,15 @@ async def proxy_credentials(
         secret = await client.get(resource_path("v1", "secrets", namespace, ref.name))
     except NotFound:
         raise refused from None
-    labels = (secret.get("metadata") or {}).get("labels") or {}
-    if labels.get(PROXY_CREDENTIALS_LABEL) != "true":
+    if not opted_in(secret, PROXY_CREDENTIALS_LABEL):
         raise refused
-    data = secret.get("data") or {}
-
-    def value(key: str) -> str | None:
-        return base64.b64decode(data[key]).decode() if key in data else None
-
+    try:
+        username, password = (secret_text(secret, k) for k in (ref.username_key, ref.password_key))
+    except ValueError:
+        raise CaptureError(
+            FailureReason.INVALID_SPEC,
+            f"proxy credentials Secret {ref.name!r}: a value is not base64 of text",
+        ) from None
     return ProxyCredentials.model_validate(
-        {
-            "server": proxy.server,
-            "username": value(ref.username_key),
-            "password": value(ref.password_key),
-        }
+        {"server": proxy.server, "username": username, "password": password}
     )
