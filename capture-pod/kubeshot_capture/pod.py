@@ -87,6 +87,18 @@ def _fits(text: str) -> bool:
 TOO_LARGE = "upload refused: the artifact is larger than the result store accepts"
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """An upload goes where the operator signed it to, and nowhere else: a 3xx (from a bucket
+    endpoint a caller chose, for delivery.s3) is a refusal, never followed (urllib follows a
+    302 with a GET, to any address, by default)."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
 def upload(target: UploadTarget, data: bytes, report: CaptureReport) -> str | None:
     """Send the artifact where the operator said: a PUT to the gateway (which answers with the
     download URL, returned), or a POST of the signed form to the S3 store's bucket (None: the
@@ -107,7 +119,7 @@ def upload(target: UploadTarget, data: bytes, report: CaptureReport) -> str | No
     delay = 0.5
     for attempt in range(1, UPLOAD_ATTEMPTS + 1):
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            with _OPENER.open(request, timeout=30) as response:
                 if target.fields is not None:
                     return None
                 answer = json.loads(response.read() or b"{}")

@@ -21,14 +21,21 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from kubeshot.api import CaptureError, CaptureOptions, ScreenshotPolicySpec, UploadTarget
+from kubeshot.api import (
+    CaptureError,
+    CaptureOptions,
+    CaptureReport,
+    ScreenshotPolicySpec,
+    UploadTarget,
+)
 from kubeshot.gateway import Settings
 from kubeshot.gateway.cluster import CheckedStore
 from kubeshot.operator import JobRef, OperatorSettings, PolicyRef, build_network_policy
 from kubeshot.operator.credentials import UPLOAD_START_SECONDS, upload_target
 from kubeshot.store.files import FileStore
 from kubeshot.store.settings import StoreSettings
-from kubeshot_capture.pod import multipart_form
+from kubeshot_capture.pod import multipart_form, upload
+from tests.support import Handler, serving
 
 ENDPOINT_PEERS = [
     {
@@ -186,6 +193,32 @@ def test_the_pods_form_holds_the_fields_first_and_the_file_last() -> None:
     assert names == [*fields, "file"]
     assert [p.get_payload(decode=True).decode() for p in parts[:-1]] == list(fields.values())
     assert parts[-1].get_payload(decode=True) == data
+
+
+def test_a_pods_upload_never_follows_a_redirect() -> None:
+    """A bucket endpoint (delivery.s3: the caller's choice) that answers 302 elsewhere gets a
+    refusal with its status; the address it names is never asked."""
+    asked: list[str] = []
+
+    class Elsewhere(Handler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            self.reply(200, b"metadata")
+
+    with serving(Elsewhere) as elsewhere:
+
+        class Bucket(Handler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                self.reply(302, headers={"Location": elsewhere.url("/latest/meta-data/")})
+
+        with serving(Bucket) as bucket:
+            target = UploadTarget(url=bucket.url("/b"), fields={"key": "k"})
+            report = CaptureReport(content_type="image/png", bytes=3, sha256="0" * 64)
+            with pytest.raises(CaptureError) as caught:
+                upload(target, b"png", report)
+    assert caught.value.message == "upload refused: HTTP 302"
+    assert asked == []
 
 
 def png() -> bytes:
