@@ -109,27 +109,27 @@ def uploads(upload_port: int) -> Uploads:
     return Uploads(url=f"http://127.0.0.1:{upload_port}/v1/internal/uploads")
 
 
-@pytest.fixture
-def gateway(
-    control_plane: Any, namespace: str, kubeshot_crds: list[str], upload_port: int, tmp_path: Path
-) -> Iterator[Gateway]:
+def start_gateway(
+    control_plane: Any,
+    namespace: str,
+    tmp_path: Path,
+    env: dict[str, str],
+    upload_port: int | None = None,
+) -> Gateway:
+    """`kubeshot serve --backend kubernetes` with `env` (the store's, and more), for alice and
+    bob of `namespace`, once ready (its log and results under `tmp_path`); end it with
+    stop_gateway."""
+    tmp_path.mkdir(exist_ok=True)
     tokens = tmp_path / "tokens.yaml"
-    entries = [
+    callers = [
         {"name": name, "sha256": hashlib.sha256(token.encode()).hexdigest(), "namespace": namespace}
         for name, token in (("alice", ALICE), ("bob", BOB))
     ]
-    tokens.write_text(json.dumps({"tokens": entries}))
+    tokens.write_text(json.dumps({"tokens": callers}))
     metrics_port = free_port()
-    proc, log_path, port, _ = launch_gateway(
-        control_plane,
-        namespace,
-        tokens,
-        tmp_path,
-        upload_port=upload_port,
-        env={
-            "KUBESHOT_BODY_TIMEOUT": str(BODY_TIMEOUT),
-            "KUBESHOT_METRICS_PORT": str(metrics_port),
-        },
+    env = {**env, "KUBESHOT_METRICS_PORT": str(metrics_port)}
+    proc, log_path, port, upload_port = launch_gateway(
+        control_plane, namespace, tokens, tmp_path, upload_port=upload_port, env=env
     )
     served = Gateway(
         proc,
@@ -147,8 +147,17 @@ def gateway(
             return False
 
     wait_for(ready, 60, "the gateway's CaptureJob watch")
+    return served
+
+
+@pytest.fixture
+def gateway(
+    control_plane: Any, namespace: str, kubeshot_crds: list[str], upload_port: int, tmp_path: Path
+) -> Iterator[Gateway]:
+    env = {"KUBESHOT_BODY_TIMEOUT": str(BODY_TIMEOUT)}
+    served = start_gateway(control_plane, namespace, tmp_path, env, upload_port=upload_port)
     yield served
-    stop_gateway(proc, log_path)
+    stop_gateway(served.proc, served.log_path)
 
 
 BODY_TIMEOUT = 3

@@ -24,8 +24,9 @@ from tests.cluster.operator.test_gateway_kubernetes import (
     Gateway,
     gateway_jobs,
     pod_of,
+    start_gateway,
 )
-from tests.cluster.operator.test_operator_s3 import in_bucket, start_gateway, wait_succeeded
+from tests.cluster.operator.test_operator_s3 import in_bucket, wait_succeeded
 from tests.cluster.operator.test_operator_s3 import s3_operator as s3_operator
 from tests.cluster.operator.test_operator_s3 import store_env as store_env
 from tests.conftest import S3Server

@@ -17,7 +17,7 @@ from typing import Any
 from tests.cluster.operator import test_gateway_kubernetes as kube
 from tests.cluster.operator import test_operator_webhooks as hooks
 from tests.cluster.operator.conftest import API, Cluster, Operator, stop_gateway
-from tests.cluster.operator.test_operator_s3 import start_gateway
+from tests.cluster.operator.test_gateway_kubernetes import start_gateway
 from tests.gateway.test_webhooks import RECEIVER_HOST, SECRET, Receiver
 from tests.support import wait_for
 

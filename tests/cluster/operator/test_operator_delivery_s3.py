@@ -19,12 +19,11 @@ from botocore.session import get_session
 
 from kubeshot.api.delivery import S3_CREDENTIALS_LABEL
 from tests.cluster.operator.conftest import Cluster, FakeKubelet, Operator, stop_gateway
-from tests.cluster.operator.test_gateway_kubernetes import gateway_jobs, pod_of
+from tests.cluster.operator.test_gateway_kubernetes import gateway_jobs, pod_of, start_gateway
 from tests.cluster.operator.test_operator_s3 import (  # noqa: F401 - two are fixtures
     in_bucket,
     request_of,
     s3_operator,
-    start_gateway,
     store_env,
 )
 from tests.conftest import S3Server
@@ -168,7 +167,7 @@ def test_a_secret_that_has_not_opted_in_fails_the_job_and_nothing_is_uploaded(
     assert status["failure"]["message"] == (
         f"delivery.s3 credentials Secret {KEYS_SECRET!r} not found, not labelled"
         f" {S3_CREDENTIALS_LABEL}: \"true\", or without the keys 'accessKeyId' and"
-        " 'secretAccessKey'"
+        " 'secretAccessKey' as base64 of text"
     )
     assert status["attempts"] == 1 and "delivery" not in status  # not retried
     assert cluster.get("pods", "unlabelled-1") is None

@@ -26,19 +26,17 @@ from tests.cluster.operator.conftest import (
     FakeKubelet,
     Operator,
     Operators,
-    launch_gateway,
     operator_env,
     stop_gateway,
 )
 from tests.cluster.operator.test_gateway_kubernetes import (
-    ALICE,
-    BOB,
     POLICY,
     Gateway,
     gateway_jobs,
     http,
     png_file,
     pod_of,
+    start_gateway,
 )
 from tests.conftest import S3Server
 from tests.support import free_port, wait_for
@@ -71,43 +69,6 @@ def s3_operator(
     env = operator_env(control_plane, namespace, "http://127.0.0.1:9/none", http_port=port)
     yield operators.launch({**env, **store_env}, port)
     operators.stop_all()
-
-
-def start_gateway(
-    control_plane: Any, namespace: str, tmp_path: Path, env: dict[str, str]
-) -> Gateway:
-    """`kubeshot serve --backend kubernetes` with `env` (the store's, and more), for alice and
-    bob of `namespace`, once ready (its log and results under `tmp_path`); end it with
-    stop_gateway."""
-    tmp_path.mkdir(exist_ok=True)
-    tokens = tmp_path / "tokens.yaml"
-    callers = [
-        {"name": name, "sha256": hashlib.sha256(token.encode()).hexdigest(), "namespace": namespace}
-        for name, token in (("alice", ALICE), ("bob", BOB))
-    ]
-    tokens.write_text(json.dumps({"tokens": callers}))
-    metrics_port = free_port()
-    env = {**env, "KUBESHOT_METRICS_PORT": str(metrics_port)}
-    proc, log_path, port, upload_port = launch_gateway(
-        control_plane, namespace, tokens, tmp_path, env=env
-    )
-    served = Gateway(
-        proc,
-        log_path,
-        f"http://127.0.0.1:{port}",
-        f"http://127.0.0.1:{upload_port}/v1/internal/uploads/{namespace}",
-        f"http://127.0.0.1:{metrics_port}/metrics",
-    )
-
-    def ready() -> bool:
-        assert proc.poll() is None, served.log()
-        try:
-            return http("GET", served.url + "/readyz", timeout=2).status == 200
-        except OSError:
-            return False
-
-    wait_for(ready, 60, "the gateway's CaptureJob watch")
-    return served
 
 
 @pytest.fixture
