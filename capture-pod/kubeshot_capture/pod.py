@@ -10,6 +10,14 @@ The operator copies the result, the whole report, into the CaptureJob's `status.
 records its timings' phases as this pod's spans (the pod itself exports nothing: its
 NetworkPolicy lets it reach no collector).
 
+A warm pod (KUBESHOT_ASSIGNMENT_URL set instead of KUBESHOT_REQUEST) starts Chromium first, then
+asks the operator for its job: GET <KUBESHOT_ASSIGNMENT_URL> with the pod's key (the file
+KUBESHOT_POD_KEY) as a Bearer token; 200 is the request, 204 "not yet" (asked again at once),
+401/403/404 a refusal (exit Internal), anything else is retried after a short backoff. With no job
+after KUBESHOT_WARM_IDLE_SECONDS it exits 0, reporting nothing. It captures and delivers as a
+cold pod does, POSTs the termination message to <KUBESHOT_ASSIGNMENT_URL>/outcome, and still
+writes the termination log (the operator's fallback).
+
 `python -m kubeshot_capture` (__main__) starts Playwright's driver before it imports this module,
 and hands it to `main`.
 """
@@ -17,6 +25,7 @@ and hands it to `main`.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import logging
 import os
@@ -26,7 +35,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 from playwright.async_api import Playwright
@@ -49,6 +58,9 @@ from kubeshot_capture.engine import CaptureEngine
 log = logging.getLogger("kubeshot_capture.pod")
 MAX_TERMINATION_MESSAGE = 4096
 UPLOAD_ATTEMPTS = 3
+POLL_TIMEOUT = 40.0  # the operator holds a poll up to 25 s
+BACKOFF = (0.2, 1.0)  # the first and the longest wait before asking again after an error
+REFUSED = {401, 403, 404}
 
 
 def termination_message(outcome: CaptureOutcome) -> str:
@@ -173,7 +185,10 @@ async def main(driver: Awaitable[Playwright]) -> int:
     Playwright's, starting meanwhile (__main__), and stopped before this returns."""
     # JSON lines with the job's request id, job, policy and trace id (set by the operator).
     logs.setup(logs.log_format(None, "json"), static=logs.context_from_env())
-    request = await asyncio.to_thread(_read_request)
+    if assignment := os.environ.get("KUBESHOT_ASSIGNMENT_URL"):
+        return await _warm(driver, assignment)
+    path = Path(os.environ.get("KUBESHOT_REQUEST", "/var/run/kubeshot/request.json"))
+    request = await asyncio.to_thread(_read_request, path.read_text)
     playwright = await driver
     try:
         if isinstance(request, CaptureOutcome):  # unreadable: nothing to capture
@@ -187,11 +202,103 @@ async def main(driver: Awaitable[Playwright]) -> int:
     return await asyncio.to_thread(_report, outcome)
 
 
-def _read_request() -> CaptureRequest | CaptureOutcome:
-    """The request, or the failure to report when it cannot be read."""
+async def _warm(driver: Awaitable[Playwright], url: str) -> int:
+    """A warm pod's life (see above): Chromium, with a context waiting, before the first poll."""
+    idle = float(os.environ.get("KUBESHOT_WARM_IDLE_SECONDS", "600"))
+    playwright = await driver
     try:
-        raw = Path(os.environ.get("KUBESHOT_REQUEST", "/var/run/kubeshot/request.json")).read_text()
-        return CaptureRequest.model_validate_json(raw)
+        key = await asyncio.to_thread(_pod_key)
+        async with CaptureEngine(spare_contexts=1, playwright=playwright) as engine:
+            log.info("Chromium started; asking for a job at %s", url)
+            body = await _assignment(url, key, idle)
+            if body is None:
+                log.info("no job in %g s: exiting", idle)
+                return ExitCode.OK
+            request = _read_request(lambda: body)
+            if isinstance(request, CaptureOutcome):  # unreadable: nothing to capture
+                outcome = request
+            else:
+                captured, data = await run(request, engine)
+                outcome = await asyncio.to_thread(_deliver, request, captured, data)
+    except CaptureError as exc:  # no key, or the operator refused this pod: no job ran
+        return await asyncio.to_thread(_report, CaptureOutcome.failed(exc))
+    finally:
+        await playwright.stop()
+    await asyncio.to_thread(_post_outcome, url, key, termination_message(outcome))
+    return await asyncio.to_thread(_report, outcome)
+
+
+def _pod_key() -> str:
+    try:
+        return (
+            Path(os.environ.get("KUBESHOT_POD_KEY", "/var/run/kubeshot/key/key"))
+            .read_text()
+            .strip()
+        )
+    except OSError as exc:
+        raise CaptureError(FailureReason.INTERNAL, f"pod key unreadable: {exc}") from exc
+
+
+async def _assignment(url: str, key: str, idle: float) -> bytes | None:
+    """The request's JSON the operator assigns to this pod, or None when none came within `idle`
+    seconds. No poll starts after that, but one under way is awaited: the operator may have
+    given it this pod's job."""
+    deadline = time.monotonic() + idle
+    delay = BACKOFF[0]
+    while time.monotonic() < deadline:
+        # In a thread: the event loop keeps serving Playwright's driver meanwhile.
+        status, body = await asyncio.to_thread(_poll, url, key)
+        if status == 200:
+            return body
+        if status in REFUSED:
+            raise CaptureError(FailureReason.INTERNAL, f"assignment refused: HTTP {status}")
+        if status == 204:
+            delay = BACKOFF[0]
+            continue
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, BACKOFF[1])
+    return None
+
+
+def _poll(url: str, key: str) -> tuple[int, bytes]:
+    """One GET of the assignment: its status and body; 0 when it got no answer."""
+    request = urllib.request.Request(  # noqa: S310 - the operator's URL (^https?://)
+        url, headers={"Authorization": f"Bearer {key}"}
+    )
+    try:
+        with _OPENER.open(request, timeout=POLL_TIMEOUT) as response:
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        if exc.code not in REFUSED:
+            log.warning("asking for a job: HTTP %d", exc.code)
+        return exc.code, b""
+    except (OSError, http.client.HTTPException) as exc:
+        log.warning("asking for a job: %s", exc)
+        return 0, b""
+
+
+def _post_outcome(url: str, key: str, message: str) -> None:
+    """Tell the operator how the job ended (twice at most); the termination log follows anyway."""
+    request = urllib.request.Request(  # noqa: S310 - the operator's URL (^https?://)
+        f"{url}/outcome",
+        data=message.encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    for attempt in (1, 2):
+        try:
+            with _OPENER.open(request, timeout=5):
+                return
+        except (OSError, http.client.HTTPException) as exc:
+            log.warning("reporting the outcome (try %d of 2): %s", attempt, exc)
+
+
+def _read_request(read: Callable[[], str | bytes]) -> CaptureRequest | CaptureOutcome:
+    """The request `read` returns (the mounted file's, or the warm pod's assignment), or the
+    failure to report when it cannot be read."""
+    try:
+        return CaptureRequest.model_validate_json(read())
     except (OSError, ValidationError) as exc:
         message = f"request unreadable: {exc}".splitlines()[0]
         return CaptureOutcome.failed(CaptureError(FailureReason.INVALID_SPEC, message))

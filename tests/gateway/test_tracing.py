@@ -301,12 +301,12 @@ def test_a_setting_that_cannot_be_honoured_is_refused(
 
 
 def test_a_pods_phases_are_taken_only_when_they_could_be_a_captures() -> None:
-    from kubeshot.operator.lifecycle import _from_termination_message
+    from kubeshot.operator.lifecycle import from_termination_message
 
     def phases(document: object) -> int:
         result = {"contentType": "image/png", "bytes": 3, "sha256": "f" * 64}
         result["timings"] = {"phases": document}
-        outcome = _from_termination_message(json.dumps({"result": result}))
+        outcome = from_termination_message(json.dumps({"result": result}))
         assert outcome is not None and outcome.result is not None  # the result stands anyway
         return len(outcome.phases)
 

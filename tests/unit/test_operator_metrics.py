@@ -48,6 +48,7 @@ def kopf_kwargs(bound: Reconciler) -> dict[str, Any]:
         "memo": {"reconciler": bound},
         "capturejob_index": bound.jobs,
         "screenshotpolicy_index": bound.policies.index,
+        "warmpod_index": {},
     }
 
 

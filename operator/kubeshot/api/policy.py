@@ -168,6 +168,12 @@ class Runtime(Model):
     """Tolerations of capture pods."""
     ttl_seconds_after_finished: int = Field(default=3600, ge=0)
     """How long finished CaptureJobs of this policy are kept (a job's own TTL wins)."""
+    warm_pods: int = Field(default=0, ge=0, le=50)
+    """Capture pods the operator keeps started (Chromium launched, waiting for one job each):
+    a job then starts in about a second instead of a cold pod's few. Each costs an idle
+    Chromium's memory; see docs/operator.md "Warm capture pods"."""
+    warm_idle_seconds: int = Field(default=600, ge=30, le=86400)
+    """An unused warm pod exits after this long and is replaced by a fresh one."""
 
 
 class ScreenshotPolicySpec(Model):

@@ -28,6 +28,10 @@ POLICY = f"{GROUP}/policy"
 ATTEMPT = f"{GROUP}/attempt"
 CALLER = f"{GROUP}/caller"
 JOB_NAME_ANNOTATION = f"{GROUP}/job"
+# A warm capture pod (made ahead of its job, docs/operator.md "Warm capture pods"), and the hash
+# of the pod template it was built from (a pod of an older template is never claimed).
+WARM = f"{GROUP}/warm"
+WARM_TEMPLATE = f"{GROUP}/warm-template"
 
 # The policy of a CaptureJob without policyRef (and of a request that names none).
 DEFAULT_POLICY = "default"

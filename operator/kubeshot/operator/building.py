@@ -7,10 +7,13 @@ explicitly, with the reason next to it, so that a reviewer reads the whole attac
 from __future__ import annotations
 
 import functools
+import hashlib
 import ipaddress
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,6 +34,7 @@ from kubeshot.operator.settings import OperatorSettings
 Manifest = dict[str, Any]
 
 REQUEST_KEY = "request.json"
+KEY_KEY = "key"  # a warm pod's key, in its Secret and as the file it reads
 REQUEST_DIR = "/var/run/kubeshot"
 CONTAINER = "capture"
 # The internet a capture pod may reach, less what the egress guard refuses (below).
@@ -159,6 +163,136 @@ def build_pod(
 
     `log_context`: request id, job, policy and trace ids for the pod's log lines
     (KUBESHOT_LOG_CONTEXT); nothing secret goes there, the pod's environment is no secret."""
+    env = [{"name": "KUBESHOT_REQUEST", "value": f"{REQUEST_DIR}/{REQUEST_KEY}"}]
+    spec = _capture_spec(policy, settings, secret_name(job), REQUEST_DIR, env)
+    if log_context:
+        spec["containers"][0]["env"].append(
+            {"name": "KUBESHOT_LOG_CONTEXT", "value": json.dumps(dict(log_context), sort_keys=True)}
+        )
+    # The kubelet kills the pod (reason DeadlineExceeded → Timeout) if the engine overruns.
+    spec["activeDeadlineSeconds"] = pod_deadline(options, policy, settings)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name(job, attempt),
+            "namespace": job.namespace,
+            "labels": {
+                **names.capture_labels(policy_name),
+                names.JOB_UID: job.uid,
+                names.ATTEMPT: str(attempt),
+            },
+            "annotations": {names.JOB_NAME_ANNOTATION: job.name},
+            "ownerReferences": [owner_reference("CaptureJob", job.name, job.uid)],
+        },
+        "spec": spec,
+    }
+
+
+def warm_pod_name(policy_name: str, suffix: str) -> str:
+    return names.dns_name(policy_name, "warm", suffix, limit=63)
+
+
+def key_secret_name(pod: str) -> str:
+    return names.dns_name(pod, "key")
+
+
+def build_warm_pod(
+    policy: PolicyRef, spec: ScreenshotPolicySpec, settings: OperatorSettings, name: str
+) -> Manifest:
+    """A warm capture pod of the policy: a cold pod's spec (labels, limits, hardening, so its
+    NetworkPolicy confines it from the start) that starts Chromium and then asks the operator
+    for its one job (docs/operator.md "Warm capture pods"). No deadline until it is claimed
+    (`claim_warm_pod`); the policy owns it until then. Its key (to ask with) is a file of the
+    Secret `key_secret_name(name)`, never in its environment."""
+    env = [
+        {
+            "name": "KUBESHOT_ASSIGNMENT_URL",
+            "value": settings.assignment_url_for(policy.namespace, name),
+        },
+        {"name": "KUBESHOT_POD_KEY", "value": f"{REQUEST_DIR}/{KEY_KEY}"},
+        {"name": "KUBESHOT_WARM_IDLE_SECONDS", "value": str(spec.runtime.warm_idle_seconds)},
+    ]
+    pod_spec = _capture_spec(spec, settings, key_secret_name(name), REQUEST_DIR, env)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": policy.namespace,
+            "labels": {**names.capture_labels(policy.name), names.WARM: "true"},
+            "annotations": {names.WARM_TEMPLATE: warm_template(spec, settings)},
+            "ownerReferences": [owner_reference("ScreenshotPolicy", policy.name, policy.uid)],
+        },
+        "spec": pod_spec,
+    }
+
+
+def warm_template(spec: ScreenshotPolicySpec, settings: OperatorSettings) -> str:
+    """What a warm pod of this policy is built from, as a hash: a pod whose annotation differs
+    was built under an older policy (limits, runtime) or operator and is never claimed."""
+    template = _capture_spec(spec, settings, "-", REQUEST_DIR, [])
+    text = json.dumps([template, spec.runtime.warm_idle_seconds, settings.assignment_url])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def build_key_secret(namespace: str, pod: str, pod_uid: str, key: str) -> Manifest:
+    """The warm pod's key: it proves the pod when it asks for its job. Owned by the pod (the
+    garbage collector removes it with the pod)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": key_secret_name(pod),
+            "namespace": namespace,
+            "labels": {names.NAME: names.APP, names.MANAGED_BY: names.MANAGER, names.WARM: "true"},
+            "ownerReferences": [
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "name": pod,
+                    "uid": pod_uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "type": "Opaque",
+        "immutable": True,
+        "stringData": {KEY_KEY: key},
+    }
+
+
+def claim_warm_pod(
+    version: str, start_time: str, job: JobRef, attempt: int, deadline: int, now: float
+) -> Manifest:
+    """The merge patch that gives a warm pod to `attempt` of the job: the job becomes its
+    controller owner (so the pod's end is the attempt's, as a cold pod's), with the job's
+    labels, and a deadline counted from the pod's start (`start_time`) as the kubelet counts
+    it. The pod's resourceVersion `version` is the precondition: of two claims, the second is
+    refused (409)."""
+    started = datetime.fromisoformat(start_time.replace("Z", "+00:00"))
+    ran = max(0, math.ceil(now - started.timestamp()))
+    return {
+        "metadata": {
+            "resourceVersion": version,
+            "ownerReferences": [owner_reference("CaptureJob", job.name, job.uid)],
+            "labels": {names.JOB_UID: job.uid, names.ATTEMPT: str(attempt)},
+            "annotations": {names.JOB_NAME_ANNOTATION: job.name},
+        },
+        "spec": {"activeDeadlineSeconds": ran + deadline},
+    }
+
+
+def _capture_spec(
+    policy: ScreenshotPolicySpec,
+    settings: OperatorSettings,
+    secret: str,
+    secret_dir: str,
+    env: list[Manifest],
+) -> Manifest:
+    """The spec every capture pod shares (cold or warm): `env` and the Secret mounted read-only
+    at `secret_dir` are what differ."""
     runtime = policy.runtime
     spec: Manifest = {
         "restartPolicy": "Never",
@@ -167,8 +301,6 @@ def build_pod(
         "automountServiceAccountToken": False,
         # No Service environment variables: they map the cluster for whoever reads them.
         "enableServiceLinks": False,
-        # The kubelet kills the pod (reason DeadlineExceeded → Timeout) if the engine overruns.
-        "activeDeadlineSeconds": pod_deadline(options, policy, settings),
         "terminationGracePeriodSeconds": settings.termination_grace_seconds,
         "securityContext": {
             "runAsNonRoot": True,
@@ -185,7 +317,7 @@ def build_pod(
                 "imagePullPolicy": settings.image_pull_policy,
                 "command": ["python", "-m", "kubeshot_capture"],
                 "env": [
-                    {"name": "KUBESHOT_REQUEST", "value": f"{REQUEST_DIR}/{REQUEST_KEY}"},
+                    *env,
                     {"name": "KUBESHOT_TERMINATION_LOG", "value": "/dev/termination-log"},
                     {"name": "KUBESHOT_OUTPUT", "value": "/tmp/artifact"},  # noqa: S108
                     # Chromium writes its profile and caches under HOME: the emptyDir.
@@ -206,49 +338,27 @@ def build_pod(
                 "terminationMessagePath": "/dev/termination-log",
                 "terminationMessagePolicy": "File",
                 "volumeMounts": [
-                    {"name": "request", "mountPath": REQUEST_DIR, "readOnly": True},
+                    {"name": "request", "mountPath": secret_dir, "readOnly": True},
                     {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108
                     {"name": "dshm", "mountPath": "/dev/shm"},  # noqa: S108
                 ],
             }
         ],
         "volumes": [
-            {
-                "name": "request",
-                "secret": {"secretName": secret_name(job), "defaultMode": 0o440},
-            },
+            {"name": "request", "secret": {"secretName": secret, "defaultMode": 0o440}},
             {"name": "tmp", "emptyDir": {"sizeLimit": policy.limits.memory}},
             # Chromium's shared memory. Memory-backed emptyDir pages are charged to the pod's
             # memory limit, so a page cannot grow past the policy's limit through /dev/shm.
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": policy.limits.memory}},
         ],
     }
-    if log_context:
-        spec["containers"][0]["env"].append(
-            {"name": "KUBESHOT_LOG_CONTEXT", "value": json.dumps(dict(log_context), sort_keys=True)}
-        )
     if runtime.runtime_class_name is not None:
         spec["runtimeClassName"] = runtime.runtime_class_name
     if runtime.node_selector:
         spec["nodeSelector"] = dict(runtime.node_selector)
     if runtime.tolerations:
         spec["tolerations"] = [t.to_wire() for t in runtime.tolerations]
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": pod_name(job, attempt),
-            "namespace": job.namespace,
-            "labels": {
-                **names.capture_labels(policy_name),
-                names.JOB_UID: job.uid,
-                names.ATTEMPT: str(attempt),
-            },
-            "annotations": {names.JOB_NAME_ANNOTATION: job.name},
-            "ownerReferences": [owner_reference("CaptureJob", job.name, job.uid)],
-        },
-        "spec": spec,
-    }
+    return spec
 
 
 def _egress_ports(ports: list[int]) -> list[Manifest]:
@@ -316,6 +426,20 @@ def _gateway_peers(settings: OperatorSettings) -> list[Manifest]:
                 "matchLabels": {"kubernetes.io/metadata.name": settings.gateway_namespace}
             },
             "podSelector": {"matchLabels": dict(settings.gateway_pod_labels)},
+        }
+    ]
+
+
+def _operator_peers(settings: OperatorSettings) -> list[Manifest]:
+    """The operator's pods, or its addresses when it runs outside the cluster."""
+    if settings.operator_cidrs:
+        return [{"ipBlock": {"cidr": cidr}} for cidr in settings.operator_cidrs]
+    return [
+        {
+            "namespaceSelector": {
+                "matchLabels": {"kubernetes.io/metadata.name": settings.operator_namespace}
+            },
+            "podSelector": {"matchLabels": dict(settings.operator_pod_labels)},
         }
     ]
 
@@ -396,6 +520,9 @@ def build_network_policy(
         egress.append({"to": _internet(spec), "ports": _egress_ports(spec.network.allowed_ports)})
     if spec.network.allowed_cidrs:
         egress.append({"to": [{"ipBlock": {"cidr": c}} for c in spec.network.allowed_cidrs]})
+    if spec.runtime.warm_pods:  # warm pods ask the operator for their job, on that port alone
+        ports = _egress_ports([settings.assignment_port_of_url])
+        egress.append({"to": _operator_peers(settings), "ports": ports})
     selector = {
         names.COMPONENT: names.CAPTURE_COMPONENT,
         names.POLICY: names.label_value(policy.name),

@@ -20,6 +20,7 @@ from kubeshot.operator import metrics
 from kubeshot.operator.reconciling import Reconciler
 from kubeshot.operator.settings import OperatorSettings
 from kubeshot.operator.views import JobView
+from kubeshot.operator.warming import WarmPod
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ def _reconciler(memo: Any, kwargs: dict[str, Any]) -> Reconciler:
     """The process's Reconciler, bound to Kopf's indexes (passed by the index functions' names)."""
     reconciler: Reconciler = memo["reconciler"]
     reconciler.bind(kwargs["capturejob_index"], kwargs["screenshotpolicy_index"])
+    reconciler.pool.bind(kwargs["warmpod_index"])
     return reconciler
 
 
@@ -79,6 +81,12 @@ async def screenshotpolicy_index(body: kopf.Body, **_: Any) -> dict[Any, dict[st
     key = (body.metadata.namespace, body.metadata.name)
     document = {"metadata": dict(body.metadata), "spec": dict(body.spec)}
     return {key: {**document, "status": dict(body.status)}}
+
+
+@kopf.index("", "v1", "pods", labels={**names.CAPTURE_PODS, names.WARM: "true"})
+async def warmpod_index(body: kopf.Body, **_: Any) -> dict[Any, WarmPod]:
+    pod = WarmPod.from_body(body)
+    return {(pod.namespace, body.metadata.labels.get(names.POLICY, "")): pod}
 
 
 @kopf.on.event(GROUP, VERSION, "capturejobs")

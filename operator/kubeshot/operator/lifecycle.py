@@ -83,7 +83,7 @@ def _container_state(pod: Manifest) -> Manifest | None:
     return None
 
 
-def _from_termination_message(text: str) -> Outcome | None:
+def from_termination_message(text: str) -> Outcome | None:
     """What the capture pod reported (the CaptureOutcome it ended with); None when unreadable."""
     try:
         reported = CaptureOutcome.model_validate_json(text)
@@ -144,7 +144,7 @@ def pod_outcome(pod: Manifest, now: datetime | None = None) -> Outcome | None:
             FailureReason.MEMORY_LIMIT_EXCEEDED, "the page used more memory than the policy allows"
         )
     code = int(terminated.get("exitCode", ExitCode.INTERNAL))
-    reported = _from_termination_message(terminated.get("message") or "")
+    reported = from_termination_message(terminated.get("message") or "")
     if reported is not None:
         if code == ExitCode.OK and reported.result is not None:
             return reported

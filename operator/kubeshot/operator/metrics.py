@@ -64,6 +64,12 @@ RECONCILE_TIME = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 PODS_CREATED = Counter("kubeshot_operator_pods_created_total", "Capture pods created")
+WARM_PODS_ASKING = Gauge(
+    "kubeshot_operator_warm_pods_asking", "Warm capture pods asking for a job now (claimable)"
+)
+WARM_PODS_CLAIMED = Counter(
+    "kubeshot_operator_warm_pods_claimed_total", "Attempts that started in a warm capture pod"
+)
 RETRIES = Counter(
     "kubeshot_operator_retries_total", "Attempts retried after a retriable failure", ["reason"]
 )

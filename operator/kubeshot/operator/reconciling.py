@@ -49,6 +49,7 @@ from kubeshot.operator.policies import Index, Policies
 from kubeshot.operator.queueing import Expect, JobQueue, plan, waits_for_slot
 from kubeshot.operator.settings import OperatorSettings
 from kubeshot.operator.views import JobView, PolicyKey
+from kubeshot.operator.warming import WarmPool
 
 log = logging.getLogger(__name__)
 JOB = "CaptureJob"
@@ -80,6 +81,7 @@ class Reconciler:
         self.policies = Policies(client, settings, self.events)
         self.confinement = Confinement(client, settings)
         self.notifier = Notifier(client, self.policies)
+        self.pool = WarmPool(client, settings, self.policies, self.confinement)
         self.jobs: Index | None = None
         self._specs: dict[str, tuple[CaptureJobSpec, CaptureOptions] | Failure] = {}
         self._locks: defaultdict[PolicyKey, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -294,6 +296,14 @@ class Reconciler:
         if problem is not None:
             await self.wait_for_confinement(view, problem)
             return
+        # A warm pod of the policy, if one asks for a job now: claimed before the status names
+        # it (docs/operator.md "Warm capture pods"); else the attempt's cold pod.
+        warm = self.pool.take(view.namespace, view.policy, policy)
+        deadline = building.pod_deadline(options, policy, self.settings)
+        if warm is not None and not await self.pool.claim(warm, job, attempt, deadline):
+            warm = None
+        pod_name = warm.name if warm is not None else pod_name
+        made = (pod_name, warm.uid) if warm is not None else (None, None)
         proposed = secrets.token_urlsafe(32)
 
         # The status must say Running before the pod exists (a restarted operator then never
@@ -318,10 +328,13 @@ class Reconciler:
         )
         try:
             await self.claim(view, status)
-        except NotFound:  # deleted meanwhile; the GC takes the Secret
-            self.queue.forget(view.uid)
-            return
-        except Conflict as exc:  # the attempt is another's: no pod; the watch tells
+        except (NotFound, Conflict) as exc:
+            if warm is not None:  # claimed for an attempt that is not ours: it never runs one
+                await self.pool.discard(warm)
+            if isinstance(exc, NotFound):  # deleted meanwhile; the GC takes the Secret
+                self.queue.forget(view.uid)
+                return
+            # The attempt is another's: no pod; the watch tells.
             log.info("%s/%s: attempt %d not ours: %s", view.namespace, view.name, attempt, exc)
             self.queue.forget(view.uid, Expect.STARTING)
             return
@@ -333,14 +346,18 @@ class Reconciler:
         running = replace(view, status=view.status.merged(status))
         if isinstance(token, CaptureError):
             failure = Failure(reason=token.reason, message=token.message)
-            await self.conclude(running, Outcome(failure=failure), None)
+            await self.conclude(running, Outcome(failure=failure), made[0], pod_uid=made[1])
             return
         if isinstance(token, ApiError):
             message = f"request Secret not created: {token.message}"
-            await self.conclude(running, Outcome.failed(FailureReason.INTERNAL, message), None)
+            outcome = Outcome.failed(FailureReason.INTERNAL, message)
+            await self.conclude(running, outcome, made[0], pod_uid=made[1])
             return
+        if warm is not None:  # its request exists: the pod's question is answered
+            self.pool.assigned(warm.namespace, warm.name)
         try:
-            await self.client.create_or_adopt(resource_path("v1", "pods", view.namespace), pod)
+            if warm is None:
+                await self.client.create_or_adopt(resource_path("v1", "pods", view.namespace), pod)
         except NotOwned:  # someone made a pod of that name first: never taken for the attempt's
             failure = credentials.not_ours("Pod", pod_name)
             await self.conclude(running, Outcome(failure=failure), None)
@@ -351,7 +368,7 @@ class Reconciler:
             )
             await self.conclude(running, outcome, None)
             return
-        metrics.PODS_CREATED.inc()
+        (metrics.PODS_CREATED if warm is None else metrics.WARM_PODS_CLAIMED).inc()
         if attempt == 1:
             metrics.left_queue(view.created)
         log.info("%s/%s: attempt %d in pod %s", view.namespace, view.name, attempt, pod_name)
@@ -412,6 +429,8 @@ class Reconciler:
         namespace, pod_name = meta.get("namespace", ""), meta.get("name", "")
         owner = building.owning_job(pod)
         if owner is None:
+            if names.WARM in (meta.get("labels") or {}):
+                await self.pool.pod_event(event_type, pod)
             return
         job_name, job_uid = owner
         if event_type == "DELETED":
@@ -590,6 +609,7 @@ class Reconciler:
         await self.policies.set_active_jobs(active)
         for body in self.policies.unreconciled():
             await self.policy_event(None, body)
+        await self.pool.sweep(lambda: list(self.policies.index or ()))
 
     async def expired(self, view: JobView, now: datetime) -> bool:
         """Whether the job finished longer ago than its TTL (else its policy's) says."""
@@ -613,6 +633,8 @@ class Reconciler:
         active = sum(1 for v in self.jobs_of(key) if v.phase is Phase.RUNNING)
         if await self.policies.reconcile(event_type, body, active):
             await self.dispatch(key)
+        if event_type != "DELETED":  # its warm pods go with it (their owner)
+            self.pool.refill(*key)
 
 
 def running_status(view: JobView, pod_name: str, attempt: int, token: str) -> CaptureJobStatus:

@@ -15,7 +15,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kubeshot.kube import ApiError, KubeClient
-from kubeshot.operator import metrics
+from kubeshot.operator import assigning, metrics
 from kubeshot.operator.leading import LeaderLease
 from kubeshot.operator.notifying import SHUTDOWN_GRACE_SECONDS
 from kubeshot.operator.reconciling import Reconciler
@@ -77,6 +77,7 @@ async def run(settings: OperatorSettings) -> int:
         loop.add_signal_handler(signum, stop.set)
     lost = asyncio.Event()
     tasks: list[asyncio.Task[object]] = []
+    runners = [runner]
     try:
         acquiring = asyncio.create_task(lease.acquire())
         stopping = asyncio.create_task(stop.wait())
@@ -88,6 +89,14 @@ async def run(settings: OperatorSettings) -> int:
         leader.set()
         metrics.LEADER.set(1)
         reconciler = Reconciler(client, settings)
+        # Warm pods ask the leader alone for their jobs: a standby's port is closed.
+        assigner = web.AppRunner(assigning.create_app(reconciler, leader), access_log=None)
+        await assigner.setup()
+        runners.append(assigner)
+        assigned = web.TCPSite(assigner, settings.assignment_host, settings.assignment_port)
+        await assigned.start()
+        for sock in getattr(assigned._server, "sockets", None) or []:
+            log.info("serving warm pods' assignments on %s:%s", *sock.getsockname()[:2])
         tasks.append(asyncio.create_task(lease.hold(lost)))
         tasks.append(asyncio.create_task(_sweep_forever(reconciler, settings.resync_seconds)))
         import kubeshot.operator.handlers  # noqa: F401 - registers the handlers with Kopf
@@ -130,7 +139,9 @@ async def run(settings: OperatorSettings) -> int:
         metrics.LEADER.set(0)
         if leader.is_set() and not lost.is_set():
             await lease.release()
-        await runner.cleanup()
+        leader.clear()
+        for each in reversed(runners):
+            await each.cleanup()
         await client.close()
         await lease.client.close()
     return 1 if lost.is_set() else 0

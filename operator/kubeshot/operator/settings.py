@@ -66,6 +66,29 @@ class OperatorSettings(BaseSettings):
     """The result store, as the gateway's (KUBESHOT_STORE, KUBESHOT_S3_*, unprefixed): with S3,
     pods upload to the bucket with a POST policy the operator signs (its keys sign, nothing
     more: they never reach a pod), and not to the gateway."""
+    # --- warm capture pods (docs/operator.md "Warm capture pods") ---------------------------
+    assignment_url: str = Field(
+        default="http://kubeshot-operator.kubeshot.svc:8082/v1/assignments",
+        pattern=r"^https?://",
+    )
+    """Base of the operator's assignment endpoint as warm pods reach it: a warm pod asks
+    `<base>/<namespace>/<pod>` for its job."""
+    assignment_host: str = "0.0.0.0"  # noqa: S104 - warm pods in every watched namespace ask
+    """Address the assignment endpoint listens on."""
+    assignment_port: int = Field(default=8082, ge=0, le=65535)
+    """Port the assignment endpoint listens on (0: a free port, printed at start)."""
+    operator_namespace: str = "kubeshot"
+    """Namespace of the operator pods (warm pods may reach them on the assignment port only)."""
+    operator_pod_labels: dict[str, str] = Field(
+        default_factory=lambda: {
+            "app.kubernetes.io/name": "kubeshot",
+            "app.kubernetes.io/component": "operator",
+        }
+    )
+    """Labels selecting the operator pods."""
+    operator_cidrs: list[str] = Field(default_factory=list)
+    """Where the operator runs outside the cluster: warm pods may reach these CIDRs on the
+    assignment port instead of the operator pods selected above."""
     dns_namespace: str = "kube-system"
     """Namespace of the cluster DNS pods."""
     dns_pod_labels: dict[str, str] = Field(default_factory=lambda: {"k8s-app": "kube-dns"})
@@ -97,7 +120,7 @@ class OperatorSettings(BaseSettings):
     http_port: int = Field(default=8080, ge=0, le=65535)
     """Port of the /metrics and /healthz server (0: a free port, printed at start)."""
 
-    @field_validator("gateway_cidrs")
+    @field_validator("gateway_cidrs", "operator_cidrs")
     @classmethod
     def _cidrs(cls, cidrs: list[str]) -> list[str]:
         return [str(ipaddress.ip_network(c, strict=True)) for c in cidrs]
@@ -108,7 +131,7 @@ class OperatorSettings(BaseSettings):
             self.store.upload_peers()  # ValueError when the pods' way to the bucket is unknown
         return self
 
-    @field_validator("upload_url")
+    @field_validator("upload_url", "assignment_url")
     @classmethod
     def _strip_slash(cls, url: str) -> str:
         return url.rstrip("/")
@@ -120,3 +143,11 @@ class OperatorSettings(BaseSettings):
 
     def upload_url_for(self, namespace: str, name: str) -> str:
         return f"{self.upload_url}/{namespace}/{name}"
+
+    @property
+    def assignment_port_of_url(self) -> int:
+        parts = urlsplit(self.assignment_url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
+    def assignment_url_for(self, namespace: str, pod: str) -> str:
+        return f"{self.assignment_url}/{namespace}/{pod}"

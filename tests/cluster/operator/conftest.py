@@ -117,9 +117,13 @@ def operator_env(
         "RETRY_BACKOFF_MAX_SECONDS": 1,
         "UPLOAD_URL": upload_url,
         "HTTP_HOST": "127.0.0.1",
+        "ASSIGNMENT_HOST": "127.0.0.1",
         "CAPTURE_IMAGE": "kubeshot/capture:test",
     }
     settings.update({k.upper(): v for k, v in overrides.items()})
+    if "ASSIGNMENT_PORT" not in settings:  # warm pods ask this operator for their jobs
+        settings["ASSIGNMENT_PORT"] = port = free_port()
+        settings["ASSIGNMENT_URL"] = f"http://127.0.0.1:{port}/v1/assignments"
     env = {**control_plane.env(), "PYTHONUNBUFFERED": "1"}
     env.update({f"KUBESHOT_OPERATOR_{k}": str(v) for k, v in settings.items()})
     return env
@@ -349,28 +353,7 @@ class FakeKubelet:
         self.tmp_path = tmp_path
 
     def run(self, pod_name: str, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
-        pod = self.cluster.wait_pod(pod_name)
-        container = pod["spec"]["containers"][0]
-        volume = next(v for v in pod["spec"]["volumes"] if v.get("secret"))
-        secret = self.cluster.get("secrets", volume["secret"]["secretName"])
-        assert secret is not None
-        workdir = self.tmp_path / pod_name
-        mount = next(m for m in container["volumeMounts"] if m["name"] == volume["name"])
-        files = {}
-        for key, value in secret["data"].items():
-            files[f"{mount['mountPath']}/{key}"] = base64.b64decode(value)
-        env = {e["name"]: e["value"] for e in container["env"]}
-        # The container's paths, mapped into a private folder on this machine.
-        workdir.mkdir()
-        local = {path: workdir / Path(path).name for path in files}
-        for path, data in files.items():
-            local[path].write_bytes(data)
-        termination = workdir / "termination-log"
-        env["KUBESHOT_REQUEST"] = str(local[env["KUBESHOT_REQUEST"]])
-        env["KUBESHOT_TERMINATION_LOG"] = str(termination)
-        env["KUBESHOT_OUTPUT"] = str(workdir / "artifact")
-        env["HOME"] = str(workdir)
-        assert container["command"][:3] == ["python", "-m", "kubeshot_capture"]
+        env, termination = self._prepare(pod_name)
         done = subprocess.run(
             [sys.executable, "-m", "kubeshot_capture"],
             env={**os.environ, **env},
@@ -379,11 +362,80 @@ class FakeKubelet:
             check=False,
             cwd=ROOT,
         )
-        message = termination.read_text() if termination.exists() else ""
-        self.cluster.terminate(
-            pod_name, done.returncode, "Completed" if done.returncode == 0 else "Error", message
-        )
+        self._ended(pod_name, done.returncode, termination)
         return done
+
+    def start(self, pod_name: str) -> WarmProcess:
+        """Start a (warm) pod's container and say it runs, as the kubelet would; `finish`
+        writes its end."""
+        env, termination = self._prepare(pod_name)
+        log = (self.tmp_path / pod_name / "output").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kubeshot_capture"],
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        running = {"running": {"startedAt": now}}
+        container = {"name": "capture", "ready": True, "restartCount": 0, "state": running}
+        container.update({"image": "kubeshot/capture:test", "imageID": ""})
+        status = {"phase": "Running", "startTime": now, "containerStatuses": [container]}
+        self.cluster.write_pod_status(pod_name, status)
+        return WarmProcess(pod_name, proc, termination, self.tmp_path / pod_name / "output")
+
+    def finish(self, warm: WarmProcess, timeout: float = 120) -> int:
+        """Wait for the container to exit; its end written to the pod if the pod is still there."""
+        code = warm.proc.wait(timeout)
+        try:
+            self._ended(warm.pod, code, warm.termination)
+        except AssertionError:  # the operator deleted it meanwhile (its outcome recorded)
+            if self.cluster.get("pods", warm.pod) is not None:
+                raise
+        return code
+
+    def _prepare(self, pod_name: str) -> tuple[dict[str, str], Path]:
+        """The container's environment, its Secret's files in a private folder on this machine
+        (the container's paths mapped there), and where its termination log goes."""
+        pod = self.cluster.wait_pod(pod_name)
+        container = pod["spec"]["containers"][0]
+        volume = next(v for v in pod["spec"]["volumes"] if v.get("secret"))
+        name = volume["secret"]["secretName"]
+        secret = wait_for(lambda: self.cluster.get("secrets", name), what=f"secret {name}")
+        workdir = self.tmp_path / pod_name
+        mount = next(m for m in container["volumeMounts"] if m["name"] == volume["name"])
+        files = {}
+        for key, value in secret["data"].items():
+            files[f"{mount['mountPath']}/{key}"] = base64.b64decode(value)
+        env = {e["name"]: e["value"] for e in container["env"]}
+        workdir.mkdir()
+        local = {path: workdir / Path(path).name for path in files}
+        for path, data in files.items():
+            local[path].write_bytes(data)
+        termination = workdir / "termination-log"
+        for mapped in ("KUBESHOT_REQUEST", "KUBESHOT_POD_KEY"):
+            if mapped in env:
+                env[mapped] = str(local[env[mapped]])
+        env["KUBESHOT_TERMINATION_LOG"] = str(termination)
+        env["KUBESHOT_OUTPUT"] = str(workdir / "artifact")
+        env["HOME"] = str(workdir)
+        assert container["command"][:3] == ["python", "-m", "kubeshot_capture"]
+        return env, termination
+
+    def _ended(self, pod_name: str, code: int, termination: Path) -> None:
+        message = termination.read_text() if termination.exists() else ""
+        self.cluster.terminate(pod_name, code, "Completed" if code == 0 else "Error", message)
+
+
+@dataclass
+class WarmProcess:
+    """A pod's container started by `FakeKubelet.start`."""
+
+    pod: str
+    proc: subprocess.Popen[bytes]
+    termination: Path
+    output: Path
 
 
 @pytest.fixture

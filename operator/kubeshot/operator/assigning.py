@@ -1,0 +1,114 @@
+"""The assignment endpoint: a warm capture pod asks here for its one job (docs/operator.md
+"Warm capture pods"). Nothing connects to a capture pod; it asks, with the key of its Secret.
+
+    GET  /v1/assignments/{namespace}/{pod}          200 the job's request · 204 none yet (25 s)
+    POST /v1/assignments/{namespace}/{pod}/outcome  204 recorded · 409 no job names the pod
+Both: 401 without the pod's key, 404 for a pod that is no warm pod of ours, 503 on a replica
+that does not lead. The answer is computed from the API server's objects (Kopf's indexes and
+the job's request Secret), never from what a leader alone remembers: a new leader answers as
+the old one would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from aiohttp import web
+
+from kubeshot.api import Phase
+from kubeshot.kube import NotFound, controller_uid, names, resource_path
+from kubeshot.operator import building, lifecycle
+from kubeshot.operator.reconciling import Reconciler
+from kubeshot.operator.views import JobView
+from kubeshot.operator.warming import WarmPod
+
+log = logging.getLogger(__name__)
+POLL_SECONDS = 25.0
+WAKE_SECONDS = 1.0  # a poll looks again this often even unwoken (a job started by another leader)
+MAX_OUTCOME_BYTES = 8192  # the termination message's 4 KiB, with room
+RECONCILER = web.AppKey("reconciler", Reconciler)
+LEADER = web.AppKey("leader", asyncio.Event)
+
+
+def create_app(reconciler: Reconciler, leader: asyncio.Event) -> web.Application:
+    app = web.Application(client_max_size=MAX_OUTCOME_BYTES)
+    app[RECONCILER], app[LEADER] = reconciler, leader
+    app.router.add_get("/v1/assignments/{namespace}/{pod}", _assignment)
+    app.router.add_post("/v1/assignments/{namespace}/{pod}/outcome", _outcome)
+    return app
+
+
+async def _assignment(request: web.Request) -> web.Response:
+    reconciler, pod = await _asking_pod(request)
+    deadline = asyncio.get_running_loop().time() + POLL_SECONDS
+    with reconciler.pool.polling(pod.namespace, pod.name) as woken:
+        while True:
+            job = _job_naming(reconciler, pod)
+            text = await _request_of(reconciler, job) if job is not None else None
+            if text is not None:
+                log.info(
+                    "warm pod %s/%s given job %s", pod.namespace, pod.name, job.name if job else ""
+                )
+                return web.Response(text=text, content_type="application/json")
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return web.Response(status=204)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken.wait(), min(WAKE_SECONDS, remaining))
+            woken.clear()
+
+
+async def _outcome(request: web.Request) -> web.Response:
+    reconciler, pod = await _asking_pod(request)
+    job = _job_naming(reconciler, pod)
+    if job is None:
+        raise web.HTTPConflict(text="no job names this pod")
+    outcome = lifecycle.from_termination_message(await request.text())
+    if outcome is None:
+        raise web.HTTPBadRequest(text="not a capture outcome")
+    await reconciler.record(pod.namespace, job.name, job.uid, pod.name, outcome, pod.uid)
+    return web.Response(status=204)
+
+
+async def _asking_pod(request: web.Request) -> tuple[Reconciler, WarmPod]:
+    """The warm pod that asks, proven by its key; else the HTTP error that answers."""
+    if not request.app[LEADER].is_set():
+        raise web.HTTPServiceUnavailable(text="not the leader")
+    reconciler = request.app[RECONCILER]
+    pod = reconciler.pool.pod(request.match_info["namespace"], request.match_info["pod"])
+    if pod is None:
+        raise web.HTTPNotFound(text="no such warm pod")
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not await reconciler.pool.authentic(pod, presented.strip()):
+        raise web.HTTPUnauthorized(text="the pod's key is required")
+    return reconciler, pod
+
+
+def _job_naming(reconciler: Reconciler, pod: WarmPod) -> JobView | None:
+    """The Running job whose status names the pod (written by the operator alone)."""
+    for view in reconciler.all_jobs():
+        named = view.namespace == pod.namespace and view.status.pod_name == pod.name
+        if named and view.phase is Phase.RUNNING:
+            return view
+    return None
+
+
+async def _request_of(reconciler: Reconciler, job: JobView) -> str | None:
+    """The job's request, from its Secret (the job's own), once it exists."""
+    path = resource_path("v1", "secrets", job.namespace, building.secret_name(job_ref(job)))
+    try:
+        secret = await reconciler.client.get(path)
+    except NotFound:
+        return None
+    if controller_uid(secret) != job.uid:
+        return None
+    try:
+        return names.secret_text(secret, building.REQUEST_KEY)
+    except ValueError:
+        return None
+
+
+def job_ref(view: JobView) -> building.JobRef:
+    return building.JobRef(view.name, view.namespace, view.uid)

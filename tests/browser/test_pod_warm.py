@@ -1,0 +1,182 @@
+"""A warm capture pod (`python -m kubeshot_capture` with KUBESHOT_ASSIGNMENT_URL): Chromium up
+before it asks a fake operator for its job, then the same capture and upload as a cold pod, the
+outcome POSTed back (the protocol: the operator's /v1/assignments)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kubeshot.api import CaptureOutcome, ScreenshotPolicySpec
+from tests.browser.conftest import TestSite
+from tests.browser.test_pod import Receiver, request_for
+from tests.support import Handler, serving
+
+ASSIGNMENT = "/v1/assignments/ns/shots-warm-abcde"
+
+
+def chromium_below(pid: int) -> bool:
+    """Whether a Chromium process descends from `pid` (Playwright's driver launches it)."""
+    parents: dict[int, tuple[int, str]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # ended meanwhile
+            continue
+        name, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :]
+        parents[int(stat.parent.name)] = (int(rest.split()[1]), name)
+    below, found = {pid}, True
+    while found:
+        found = False
+        for child, (parent, _) in parents.items():
+            if parent in below and child not in below:
+                below.add(child)
+                found = True
+    return any("chrom" in parents[p][1] for p in below if p in parents and p != pid)
+
+
+@dataclass
+class Operator:
+    """Answers the pod's polls with `statuses` in turn (the last one repeated; 0 hangs up without
+    an answer), a 200 with `request`; records every request's Authorization and the outcome
+    POSTs' bodies."""
+
+    statuses: list[int]
+    request: str = ""
+    pod: int = 0
+    keys: list[str | None] = field(default_factory=list)
+    polls: int = 0
+    outcomes: list[bytes] = field(default_factory=list)
+    content_types: list[str | None] = field(default_factory=list)
+    chromium_at_first_poll: bool | None = None
+    url: str = ""
+
+
+@contextmanager
+def operator(statuses: list[int], request: str = "") -> Iterator[Operator]:
+    state = Operator(statuses, request)
+
+    class Assignments(Handler):
+        def do_GET(self) -> None:
+            state.keys.append(self.headers.get("Authorization"))
+            if self.path != ASSIGNMENT:
+                self.reply(400)
+                return
+            if state.polls == 0:
+                state.chromium_at_first_poll = chromium_below(state.pod)
+            status = state.statuses[min(state.polls, len(state.statuses) - 1)]
+            state.polls += 1
+            if status == 0:
+                self.close_connection = True
+            elif status == 200:
+                self.reply(200, state.request.encode(), "application/json")
+            elif status == 204:
+                self.send_response(204)
+                self.end_headers()
+            else:
+                self.reply(status, b"no", "text/plain")
+
+        def do_POST(self) -> None:
+            state.keys.append(self.headers.get("Authorization"))
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if self.path != f"{ASSIGNMENT}/outcome":
+                self.reply(400)
+                return
+            state.outcomes.append(body)
+            state.content_types.append(self.headers.get("Content-Type"))
+            self.send_response(204)
+            self.end_headers()
+
+    with serving(Assignments) as served:
+        state.url = served.url(ASSIGNMENT)
+        yield state
+
+
+def run_warm(
+    tmp_path: Path, state: Operator, idle: int = 600
+) -> tuple[subprocess.CompletedProcess[bytes], str]:
+    """Run a warm pod against `state`'s operator until it exits; it and the key it was given."""
+    key = secrets.token_urlsafe(32)
+    (tmp_path / "key").write_text(key)
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "KUBESHOT_REQUEST"},
+        "KUBESHOT_ASSIGNMENT_URL": state.url,
+        "KUBESHOT_POD_KEY": str(tmp_path / "key"),
+        "KUBESHOT_WARM_IDLE_SECONDS": str(idle),
+        "KUBESHOT_TERMINATION_LOG": str(tmp_path / "termination-log"),
+    }
+    with subprocess.Popen(
+        [sys.executable, "-m", "kubeshot_capture"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group: Chromium too ends if it hangs
+    ) as pod:
+        state.pod = pod.pid
+        try:
+            stdout, stderr = pod.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(pod.pid, signal.SIGKILL)
+            raise
+    done = subprocess.CompletedProcess(pod.args, pod.returncode, stdout, stderr)
+    assert key.encode() not in stdout + stderr
+    return done, key
+
+
+def test_a_warm_pod_captures_the_job_it_is_assigned(
+    tmp_path: Path, site: TestSite, local_policy: ScreenshotPolicySpec
+) -> None:
+    receiver = Receiver()
+    try:
+        request = request_for(site.url("/page"), local_policy, receiver.url)
+        with operator([503, 0, 503, 204, 200, 204], request) as state:
+            done, key = run_warm(tmp_path, state)
+    finally:
+        receiver.server.shutdown()
+        receiver.server.server_close()
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    assert state.chromium_at_first_poll is True
+    assert state.polls == 5  # never again after the 200
+    assert state.keys == [f"Bearer {key}"] * 6  # five polls and the outcome
+    [upload] = receiver.uploads
+    termination = (tmp_path / "termination-log").read_text()
+    assert [body.decode() for body in state.outcomes] == [termination]
+    assert state.content_types == ["application/json"]
+    report = CaptureOutcome.model_validate_json(termination).report()
+    assert report.bytes == len(upload["body"]) and report.format == "jpeg"
+
+
+def test_a_refused_pod_exits_internal_without_a_capture(tmp_path: Path, site: TestSite) -> None:
+    pages = len(site.requests)
+    with operator([401]) as state:
+        done, _ = run_warm(tmp_path, state)
+    assert done.returncode == 1
+    failure = json.loads((tmp_path / "termination-log").read_text())
+    assert failure == {"failure": {"reason": "Internal", "message": "assignment refused: HTTP 401"}}
+    assert state.polls == 1 and state.outcomes == [] and len(site.requests) == pages
+
+
+def test_an_idle_warm_pod_exits_quietly(tmp_path: Path) -> None:
+    with operator([204]) as state:
+        done, _ = run_warm(tmp_path, state, idle=2)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    assert state.chromium_at_first_poll is True
+    assert state.polls > 1 and state.outcomes == []
+    assert not (tmp_path / "termination-log").exists()
+
+
+def test_an_unreadable_assignment_is_reported_as_invalid_spec(tmp_path: Path) -> None:
+    with operator([200], '{"options": {"url": "file:///etc/passwd"}}') as state:
+        done, _ = run_warm(tmp_path, state)
+    assert done.returncode == 2
+    termination = (tmp_path / "termination-log").read_text()
+    assert json.loads(termination)["failure"]["reason"] == "InvalidSpec"
+    assert state.polls == 1 and [body.decode() for body in state.outcomes] == [termination]
