@@ -4,6 +4,8 @@ Inputs come from the environment the operator sets:
   KUBESHOT_REQUEST           JSON CaptureRequest (mounted from the job's Secret)
   KUBESHOT_TERMINATION_LOG   where the outcome goes (default /dev/termination-log)
   KUBESHOT_OUTPUT            artifact path when the request has no upload target
+  KUBESHOT_OUTCOME_URL       where the outcome is POSTed as soon as it is known (with the
+                             request's reportToken), ahead of the kubelet's report
 The termination log holds the CaptureOutcome as JSON of at most 4 KiB (UTF-8):
   {"result": {...CaptureReport...}} or {"failure": {"reason": ..., "message": ...}}
 The operator copies the result, the whole report, into the CaptureJob's `status.result` and
@@ -196,7 +198,13 @@ async def main(driver: Awaitable[Playwright]) -> int:
         else:
             async with CaptureEngine(spare_contexts=0, playwright=playwright) as engine:
                 captured, data = await run(request, engine)
-            outcome = await asyncio.to_thread(_deliver, request, captured, data)
+                outcome = await asyncio.to_thread(_deliver, request, captured, data)
+                # Told now, while Chromium closes: the kubelet reports the pod's end only at its
+                # next relist (up to a second later).
+                url = os.environ.get("KUBESHOT_OUTCOME_URL")
+                if url and request.report_token:
+                    message = termination_message(outcome)
+                    await asyncio.to_thread(_post_outcome, url, request.report_token, message)
     finally:
         await playwright.stop()
     return await asyncio.to_thread(_report, outcome)
@@ -220,11 +228,12 @@ async def _warm(driver: Awaitable[Playwright], url: str) -> int:
             else:
                 captured, data = await run(request, engine)
                 outcome = await asyncio.to_thread(_deliver, request, captured, data)
+            message = termination_message(outcome)
+            await asyncio.to_thread(_post_outcome, f"{url}/outcome", key, message)
     except CaptureError as exc:  # no key, or the operator refused this pod: no job ran
         return await asyncio.to_thread(_report, CaptureOutcome.failed(exc))
     finally:
         await playwright.stop()
-    await asyncio.to_thread(_post_outcome, url, key, termination_message(outcome))
     return await asyncio.to_thread(_report, outcome)
 
 
@@ -281,7 +290,7 @@ def _poll(url: str, key: str) -> tuple[int, bytes]:
 def _post_outcome(url: str, key: str, message: str) -> None:
     """Tell the operator how the job ended (twice at most); the termination log follows anyway."""
     request = urllib.request.Request(  # noqa: S310 - the operator's URL (^https?://)
-        f"{url}/outcome",
+        url,
         data=message.encode(),
         method="POST",
         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},

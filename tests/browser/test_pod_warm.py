@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kubeshot.api import CaptureOutcome, ScreenshotPolicySpec
+from kubeshot.api import CaptureOutcome, CaptureRequest, ScreenshotPolicySpec
 from tests.browser.conftest import TestSite
 from tests.browser.test_pod import Receiver, request_for
 from tests.support import Handler, serving
@@ -180,3 +180,39 @@ def test_an_unreadable_assignment_is_reported_as_invalid_spec(tmp_path: Path) ->
     termination = (tmp_path / "termination-log").read_text()
     assert json.loads(termination)["failure"]["reason"] == "InvalidSpec"
     assert state.polls == 1 and [body.decode() for body in state.outcomes] == [termination]
+
+
+def test_a_cold_pod_reports_its_outcome_with_its_jobs_token_before_it_ends(
+    tmp_path: Path, site: TestSite, local_policy: ScreenshotPolicySpec
+) -> None:
+    receiver = Receiver()
+    token = secrets.token_urlsafe(32)
+    try:
+        request = CaptureRequest.model_validate_json(
+            request_for(site.url("/page"), local_policy, receiver.url)
+        ).model_copy(update={"report_token": token})
+        (tmp_path / "request.json").write_text(request.to_json())
+        with operator([]) as state:
+            env = {
+                **os.environ,
+                "KUBESHOT_REQUEST": str(tmp_path / "request.json"),
+                "KUBESHOT_OUTCOME_URL": state.url + "/outcome",
+                "KUBESHOT_TERMINATION_LOG": str(tmp_path / "termination-log"),
+            }
+            done = subprocess.run(
+                [sys.executable, "-m", "kubeshot_capture"],
+                env=env,
+                capture_output=True,
+                timeout=90,
+                check=False,
+            )
+    finally:
+        receiver.server.shutdown()
+        receiver.server.server_close()
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    assert state.polls == 0  # a cold pod never asks for a job
+    assert state.keys == [f"Bearer {token}"]
+    termination = (tmp_path / "termination-log").read_text()
+    assert [body.decode() for body in state.outcomes] == [termination]
+    assert CaptureOutcome.model_validate_json(termination).report().format == "jpeg"
+    assert token.encode() not in done.stdout + done.stderr

@@ -77,6 +77,11 @@ def expected_pod(**spec_changes: Any) -> dict[str, Any]:
                 "command": ["python", "-m", "kubeshot_capture"],
                 "env": [
                     {"name": "KUBESHOT_REQUEST", "value": "/var/run/kubeshot/request.json"},
+                    {
+                        "name": "KUBESHOT_OUTCOME_URL",
+                        "value": "http://kubeshot-operator.kubeshot.svc:8082/v1/assignments"
+                        "/team-a/shot-1/outcome",
+                    },
                     {"name": "KUBESHOT_TERMINATION_LOG", "value": "/dev/termination-log"},
                     {"name": "KUBESHOT_OUTPUT", "value": "/tmp/artifact"},
                     {"name": "HOME", "value": "/tmp"},
@@ -246,6 +251,21 @@ GATEWAY_RULE = {
     ],
     "ports": [{"protocol": "TCP", "port": 8081}],
 }
+# Every capture pod reports its outcome to the operator (warm pods ask it for their job).
+OPERATOR_RULE = {
+    "to": [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kubeshot"}},
+            "podSelector": {
+                "matchLabels": {
+                    "app.kubernetes.io/name": "kubeshot",
+                    "app.kubernetes.io/component": "operator",
+                }
+            },
+        }
+    ],
+    "ports": [{"protocol": "TCP", "port": 8082}],
+}
 # What the egress guard refuses by address (kubeshot.api.networks), excepted from "anywhere".
 PRIVATE_V4 = [
     "0.0.0.0/8",
@@ -372,7 +392,7 @@ def test_network_policy_of_the_default_policy() -> None:
         "ports": [{"protocol": "TCP", "port": 80}, {"protocol": "TCP", "port": 443}],
     }
     assert build_network_policy(POLICY, policy(), SETTINGS) == expected_network_policy(
-        [DNS_RULE, GATEWAY_RULE, internet]
+        [DNS_RULE, GATEWAY_RULE, OPERATOR_RULE, internet]
     )
 
 
@@ -387,14 +407,14 @@ def test_network_policy_with_allowed_cidrs_and_ports() -> None:
     }
     intranet = {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}]}
     assert build_network_policy(POLICY, spec, SETTINGS) == expected_network_policy(
-        [DNS_RULE, GATEWAY_RULE, internet, intranet]
+        [DNS_RULE, GATEWAY_RULE, OPERATOR_RULE, internet, intranet]
     )
 
 
 def test_network_policy_without_private_blocking_still_excepts_metadata() -> None:
     spec = policy(network={"blockPrivateNetworks": False})
     egress = build_network_policy(POLICY, spec, SETTINGS)["spec"]["egress"]
-    assert egress[2]["to"] == [
+    assert egress[3]["to"] == [
         {"ipBlock": {"cidr": "0.0.0.0/0", "except": METADATA_V4}},
         {"ipBlock": {"cidr": "::/0", "except": METADATA_V6}},
     ]
@@ -418,7 +438,7 @@ def test_network_policy_with_a_proxy_allows_only_the_proxy(
     spec = policy(network={"proxy": {"server": server}})
     proxy_rule = {"to": peers, "ports": [{"protocol": "TCP", "port": port}]}
     assert build_network_policy(POLICY, spec, SETTINGS) == expected_network_policy(
-        [DNS_RULE, GATEWAY_RULE, proxy_rule]
+        [DNS_RULE, GATEWAY_RULE, OPERATOR_RULE, proxy_rule]
     )
 
 

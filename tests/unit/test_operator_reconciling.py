@@ -342,7 +342,7 @@ async def test_policy_event_applies_its_network_policy_and_status(
     np = api.objects[
         "/apis/networking.k8s.io/v1/namespaces/team-a/networkpolicies/kubeshot-capture-default"
     ]
-    assert np["spec"]["egress"][2]["ports"] == [{"protocol": "TCP", "port": 443}]
+    assert np["spec"]["egress"][3]["ports"] == [{"protocol": "TCP", "port": 443}]
     status = api.objects[f"{POLICIES}/default"]["status"]
     assert status["observedGeneration"] == 1
     assert status["networkPolicyName"] == "kubeshot-capture-default"

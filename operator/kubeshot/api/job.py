@@ -264,6 +264,9 @@ class CaptureRequest(Model):
     """Resolved upstream proxy and credentials."""
     upload: UploadTarget | None = None
     """Where to upload the artifact; the artifact is written to a file when unset."""
+    report_token: str | None = Field(default=None, min_length=16)
+    """The job's token (its status names its hash): with it the pod reports its outcome to the
+    operator (KUBESHOT_OUTCOME_URL) the moment it knows it, before the kubelet would."""
     deliver: UploadTarget | None = None
     """The caller's bucket (`delivery.s3`): a form signed for one key, posted after `upload`."""
 

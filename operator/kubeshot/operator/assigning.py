@@ -2,17 +2,21 @@
 "Warm capture pods"). Nothing connects to a capture pod; it asks, with the key of its Secret.
 
     GET  /v1/assignments/{namespace}/{pod}          200 the job's request · 204 none yet (25 s)
+         401 without the pod's key, 404 for a pod that is no warm pod of ours
     POST /v1/assignments/{namespace}/{pod}/outcome  204 recorded · 409 no job names the pod
-Both: 401 without the pod's key, 404 for a pod that is no warm pod of ours, 503 on a replica
-that does not lead. The answer is computed from the API server's objects (Kopf's indexes and
-the job's request Secret), never from what a leader alone remembers: a new leader answers as
-the old one would.
+         401 without the warm pod's key or the token of the job that names the pod (any pod,
+         cold ones too, reports its outcome here, ahead of the kubelet)
+Both: 503 on a replica that does not lead. The answer is computed from the API server's
+objects (Kopf's indexes and the job's request Secret), never from what a leader alone
+remembers: a new leader answers as the old one would.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
 
 from aiohttp import web
@@ -45,7 +49,7 @@ async def _assignment(request: web.Request) -> web.Response:
     deadline = asyncio.get_running_loop().time() + POLL_SECONDS
     with reconciler.pool.polling(pod.namespace, pod.name) as woken:
         while True:
-            job = _job_naming(reconciler, pod)
+            job = _job_naming(reconciler, pod.namespace, pod.name)
             text = await _request_of(reconciler, job) if job is not None else None
             if text is not None:
                 log.info(
@@ -61,35 +65,60 @@ async def _assignment(request: web.Request) -> web.Response:
 
 
 async def _outcome(request: web.Request) -> web.Response:
-    reconciler, pod = await _asking_pod(request)
-    job = _job_naming(reconciler, pod)
+    """A pod's outcome, recorded at once. A warm pod proves itself with its key; any pod with
+    its job's token (`reportToken` of its request: the job's status names its hash)."""
+    reconciler = _leading(request)
+    namespace, name = request.match_info["namespace"], request.match_info["pod"]
+    presented = _bearer(request)
+    job = _job_naming(reconciler, namespace, name)
+    warm = reconciler.pool.pod(namespace, name)
+    token = job.status.upload_token_sha256 if job is not None else None
+    digest = hashlib.sha256(presented.encode()).hexdigest()
+    if not (token and hmac.compare_digest(digest, token)) and not (
+        warm is not None and await reconciler.pool.authentic(warm, presented)
+    ):
+        raise web.HTTPUnauthorized(text="the pod's key or its job's token is required")
     if job is None:
         raise web.HTTPConflict(text="no job names this pod")
     outcome = lifecycle.from_termination_message(await request.text())
     if outcome is None:
         raise web.HTTPBadRequest(text="not a capture outcome")
-    await reconciler.record(pod.namespace, job.name, job.uid, pod.name, outcome, pod.uid)
+    pod_uid = warm.uid if warm is not None else None  # a cold pod is deleted once it ends
+    await reconciler.record(namespace, job.name, job.uid, name, outcome, pod_uid)
     return web.Response(status=204)
 
 
 async def _asking_pod(request: web.Request) -> tuple[Reconciler, WarmPod]:
     """The warm pod that asks, proven by its key; else the HTTP error that answers."""
-    if not request.app[LEADER].is_set():
-        raise web.HTTPServiceUnavailable(text="not the leader")
-    reconciler = request.app[RECONCILER]
+    reconciler = _leading(request)
     pod = reconciler.pool.pod(request.match_info["namespace"], request.match_info["pod"])
     if pod is None:
         raise web.HTTPNotFound(text="no such warm pod")
-    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not await reconciler.pool.authentic(pod, presented.strip()):
+    if not await reconciler.pool.authentic(pod, _bearer(request)):
         raise web.HTTPUnauthorized(text="the pod's key is required")
     return reconciler, pod
 
 
-def _job_naming(reconciler: Reconciler, pod: WarmPod) -> JobView | None:
+def _leading(request: web.Request) -> Reconciler:
+    """The leader's Reconciler once Kopf's indexes are filled (a pod asked a replica that just
+    took over would otherwise be told it is no pod of ours); else 503: the pod asks again."""
+    reconciler = request.app[RECONCILER]
+    if not request.app[LEADER].is_set():
+        raise web.HTTPServiceUnavailable(text="not the leader")
+    if reconciler.jobs is None or reconciler.pool.index is None:
+        raise web.HTTPServiceUnavailable(text="starting")
+    return reconciler
+
+
+def _bearer(request: web.Request) -> str:
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    return presented.strip() if scheme.lower() == "bearer" else ""
+
+
+def _job_naming(reconciler: Reconciler, namespace: str, pod: str) -> JobView | None:
     """The Running job whose status names the pod (written by the operator alone)."""
     for view in reconciler.all_jobs():
-        named = view.namespace == pod.namespace and view.status.pod_name == pod.name
+        named = view.namespace == namespace and view.status.pod_name == pod
         if named and view.phase is Phase.RUNNING:
             return view
     return None

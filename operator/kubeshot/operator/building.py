@@ -105,11 +105,17 @@ def build_request(
     upload: UploadTarget,
     proxy: ProxyCredentials | None = None,
     deliver: UploadTarget | None = None,
+    report_token: str | None = None,
 ) -> CaptureRequest:
     """What the capture pod reads: the options, the effective policy, proxy and upload targets
     (kubeshot's store, and the caller's bucket when the job asks for `delivery.s3`)."""
     return CaptureRequest(
-        options=options, policy=policy, proxy=proxy, upload=upload, deliver=deliver
+        options=options,
+        policy=policy,
+        proxy=proxy,
+        upload=upload,
+        deliver=deliver,
+        report_token=report_token,
     )
 
 
@@ -163,7 +169,14 @@ def build_pod(
 
     `log_context`: request id, job, policy and trace ids for the pod's log lines
     (KUBESHOT_LOG_CONTEXT); nothing secret goes there, the pod's environment is no secret."""
-    env = [{"name": "KUBESHOT_REQUEST", "value": f"{REQUEST_DIR}/{REQUEST_KEY}"}]
+    name = pod_name(job, attempt)
+    env = [
+        {"name": "KUBESHOT_REQUEST", "value": f"{REQUEST_DIR}/{REQUEST_KEY}"},
+        {
+            "name": "KUBESHOT_OUTCOME_URL",
+            "value": settings.assignment_url_for(job.namespace, name) + "/outcome",
+        },
+    ]
     spec = _capture_spec(policy, settings, secret_name(job), REQUEST_DIR, env)
     if log_context:
         spec["containers"][0]["env"].append(
@@ -175,7 +188,7 @@ def build_pod(
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": pod_name(job, attempt),
+            "name": name,
             "namespace": job.namespace,
             "labels": {
                 **names.capture_labels(policy_name),
@@ -495,7 +508,8 @@ def build_network_policy(
     """The one NetworkPolicy of a ScreenshotPolicy: confines all of its capture pods.
 
     No ingress at all. Egress: cluster DNS, where the artifact is uploaded to (the gateway's
-    upload port, or with KUBESHOT_STORE=s3 the bucket's endpoint alone), and then either the
+    upload port, or with KUBESHOT_STORE=s3 the bucket's endpoint alone), the operator's
+    assignment port (warm pods' jobs, every pod's outcome), and then either the
     upstream proxy only, or the internet on the allowed ports with the private ranges excepted;
     plus the policy's `allowedCIDRs` on any port.
     """
@@ -512,6 +526,12 @@ def build_network_policy(
             "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
         },
         _upload_rule(settings),
+        # The operator's assignment port alone: warm pods ask for their job there, and every
+        # pod reports its outcome there.
+        {
+            "to": _operator_peers(settings),
+            "ports": _egress_ports([settings.assignment_port_of_url]),
+        },
     ]
     if spec.network.proxy is not None:
         peers, port = _proxy_peer(spec.network.proxy.server)
@@ -520,9 +540,6 @@ def build_network_policy(
         egress.append({"to": _internet(spec), "ports": _egress_ports(spec.network.allowed_ports)})
     if spec.network.allowed_cidrs:
         egress.append({"to": [{"ipBlock": {"cidr": c}} for c in spec.network.allowed_cidrs]})
-    if spec.runtime.warm_pods:  # warm pods ask the operator for their job, on that port alone
-        ports = _egress_ports([settings.assignment_port_of_url])
-        egress.append({"to": _operator_peers(settings), "ports": ports})
     selector = {
         names.COMPONENT: names.CAPTURE_COMPONENT,
         names.POLICY: names.label_value(policy.name),

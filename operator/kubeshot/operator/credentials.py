@@ -55,8 +55,8 @@ def not_ours(kind: str, name: str) -> Failure:
 def upload_token(secret: Mapping[str, Any]) -> str:
     """The upload token in a request Secret; empty when it holds none."""
     try:
-        raw = base64.b64decode((secret.get("data") or {}).get(building.REQUEST_KEY, ""))
-        token = (json.loads(raw).get("upload") or {}).get("token", "")
+        raw = json.loads(base64.b64decode((secret.get("data") or {}).get(building.REQUEST_KEY, "")))
+        token = raw.get("reportToken") or (raw.get("upload") or {}).get("token", "")
     except (ValueError, AttributeError):
         return ""
     return token if isinstance(token, str) else ""
@@ -116,7 +116,8 @@ async def ensure_secret(
         with contextlib.suppress(NotFound):
             existing = await client.get(f"{path}/{name}")
             kept = vouched_token(existing, job, kept_sha256)
-            if kept and delivery is None:
+            # A signed form (the S3 store's, delivery.s3's) is signed anew for every attempt.
+            if kept and delivery is None and settings.store.store != "s3":
                 return kept
             token = kept or token
             await delete_owned(client, f"{path}/{name}", existing)
@@ -126,6 +127,7 @@ async def ensure_secret(
         upload=await upload_target(settings, job, options, policy, token),
         proxy=await proxy_credentials(client, job.namespace, policy),
         deliver=await delivery_target(client, settings, job, delivery, options, policy),
+        report_token=token,
     )
     manifest = building.build_secret(job, policy_name, request)
     for _ in range(2):

@@ -298,7 +298,12 @@ class WarmPool:
             self.refill(seen.namespace, seen.owner[1])
 
     async def sweep(self, policies: Callable[[], list[PolicyKey]]) -> None:
-        """Every policy's pool to its size (a refill that failed, a changed template)."""
+        """Every policy's pool to its size (a refill that failed, a changed template); what
+        is kept of pods that are gone, forgotten."""
+        live = {pod.uid for key in list(self.index or ()) for pod in (self.index or {})[key]}
+        self._taken &= live
+        for key in [k for k in self._keys if k[2] not in live]:
+            del self._keys[key]
         for namespace, policy in policies():
             await self._ensure_quietly(namespace, policy)
 

@@ -115,7 +115,7 @@ def test_policy_becomes_a_network_policy_and_follows_its_updates(
     np = wait_for(lambda: network_policy(cluster), what="the NetworkPolicy")
     assert np["spec"]["ingress"] == [] if "ingress" in np["spec"] else True
     assert np["spec"]["policyTypes"] == ["Ingress", "Egress"]
-    assert np["spec"]["egress"][2]["ports"] == [{"protocol": "TCP", "port": 443}]
+    assert np["spec"]["egress"][3]["ports"] == [{"protocol": "TCP", "port": 443}]
     policy = wait_for(
         lambda: (
             (p := cluster.policy()) and p.get("status", {}).get("observedGeneration") == 1 and p
@@ -135,14 +135,14 @@ def test_policy_becomes_a_network_policy_and_follows_its_updates(
         }
     )
     np = wait_for(
-        lambda: (n := network_policy(cluster)) and len(n["spec"]["egress"]) == 4 and n,
+        lambda: (n := network_policy(cluster)) and len(n["spec"]["egress"]) == 5 and n,
         what="the NetworkPolicy update",
     )
-    assert np["spec"]["egress"][2]["ports"] == [
+    assert np["spec"]["egress"][3]["ports"] == [
         {"protocol": "TCP", "port": 443},
         {"protocol": "TCP", "port": 8443},
     ]
-    assert np["spec"]["egress"][3] == {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}]}
+    assert np["spec"]["egress"][4] == {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}]}
     wait_for(
         lambda: (cluster.policy() or {}).get("status", {}).get("observedGeneration") == 2,
         what="observedGeneration 2",

@@ -244,7 +244,10 @@ def test_an_assignment_survives_a_failover(
     second = start_operator(**where)
     # The pod asks again (its connection broke): the new leader answers with the same job,
     # from the API server alone, and records the pod's one outcome once.
-    status, again = ask(url_of(pod), key)
+    # (As a pod does, it asks again after a 503: the new leader's indexes are still filling.)
+    status, again = wait_for(
+        lambda: (answer := ask(url_of(pod), key))[0] != 503 and answer, 30, "the new leader"
+    )
     assert (status, again) == (200, given)
     outcome = {"failure": {"reason": "Timeout", "message": "the page took too long"}}
     assert ask(url_of(pod) + "/outcome", key, json.dumps(outcome).encode())[0] == 204
