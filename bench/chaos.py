@@ -52,7 +52,7 @@ from kubeshot.gateway import procs
 from kubeshot.kube import names
 from kubeshot.operator.building import owning_job
 from tests.cluster.conftest import CRD_DIR, KUBESHOT_CRDS, Kubectl, controlplane
-from tests.cluster.node.conftest import PodWatch, nodes
+from tests.cluster.node.conftest import PodWatch, node_assignments, nodes
 from tests.cluster.operator.conftest import (
     API,
     KUBESHOT,
@@ -486,6 +486,7 @@ def kubelet_stop(bed: Bed, args: argparse.Namespace) -> Row:
     )
     gateway = Gateway(gateway_proc, f"http://{nodes.HOST_ADDRESS}:{port}", log)
     upload_url = f"http://{nodes.HOST_ADDRESS}:{upload_port}/v1/internal/uploads"
+    assignments = node_assignments()  # every replica's, as a Service would be
     state = Burst(
         bed,
         cluster,
@@ -499,6 +500,7 @@ def kubelet_stop(bed: Bed, args: argparse.Namespace) -> Row:
             image_pull_policy="Never",
             gateway_cidrs=json.dumps([f"{nodes.HOST_ADDRESS}/32"]),
             pod_deadline_grace_seconds=grace,
+            **assignments,
         ),
         args.kubelet_jobs,
     )

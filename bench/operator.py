@@ -385,6 +385,8 @@ def main() -> int:
             "KUBESHOT_OPERATOR_LEASE_NAMESPACE": namespace,
             "KUBESHOT_OPERATOR_HTTP_HOST": "127.0.0.1",
             "KUBESHOT_OPERATOR_HTTP_PORT": str(port),
+            "KUBESHOT_OPERATOR_ASSIGNMENT_HOST": "127.0.0.1",
+            "KUBESHOT_OPERATOR_ASSIGNMENT_PORT": str(free_port()),
         }
         log = (work / "operator.log").open("wb")
         operator = subprocess.Popen(

@@ -204,7 +204,10 @@ async def main(driver: Awaitable[Playwright]) -> int:
                 url = os.environ.get("KUBESHOT_OUTCOME_URL")
                 if url and request.report_token:
                     message = termination_message(outcome)
-                    await asyncio.to_thread(_post_outcome, url, request.report_token, message)
+                    # Once, briefly: it only saves time; the kubelet reports the end anyway.
+                    await asyncio.to_thread(
+                        _post_outcome, url, request.report_token, message, tries=1, timeout=1.0
+                    )
     finally:
         await playwright.stop()
     return await asyncio.to_thread(_report, outcome)
@@ -287,20 +290,20 @@ def _poll(url: str, key: str) -> tuple[int, bytes]:
         return 0, b""
 
 
-def _post_outcome(url: str, key: str, message: str) -> None:
-    """Tell the operator how the job ended (twice at most); the termination log follows anyway."""
+def _post_outcome(url: str, key: str, message: str, tries: int = 2, timeout: float = 5.0) -> None:
+    """Tell the operator how the job ended (`tries` at most); the termination log follows."""
     request = urllib.request.Request(  # noqa: S310 - the operator's URL (^https?://)
         url,
         data=message.encode(),
         method="POST",
         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
     )
-    for attempt in (1, 2):
+    for attempt in range(1, tries + 1):
         try:
-            with _OPENER.open(request, timeout=5):
+            with _OPENER.open(request, timeout=timeout):
                 return
         except (OSError, http.client.HTTPException) as exc:
-            log.warning("reporting the outcome (try %d of 2): %s", attempt, exc)
+            log.warning("reporting the outcome (try %d of %d): %s", attempt, tries, exc)
 
 
 def _read_request(read: Callable[[], str | bytes]) -> CaptureRequest | CaptureOutcome:

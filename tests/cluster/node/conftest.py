@@ -217,6 +217,18 @@ def gateway(
     stop_gateway(proc, log_path)
 
 
+def node_assignments() -> dict[str, object]:
+    """Where pods on the node reach an operator on this host (their outcomes, warm pods' jobs):
+    the node link's host address, which their NetworkPolicy opens."""
+    port = free_port()
+    return {
+        "assignment_host": nodes.HOST_ADDRESS,
+        "assignment_port": port,
+        "assignment_url": f"http://{nodes.HOST_ADDRESS}:{port}/v1/assignments",
+        "operator_cidrs": json.dumps([f"{nodes.HOST_ADDRESS}/32"]),
+    }
+
+
 @pytest.fixture
 def start_node_operator(
     control_plane: Any, namespace: str, kubeshot_crds: list[str], capture_image: str, tmp_path: Path
@@ -235,6 +247,7 @@ def start_node_operator(
             image_pull_policy="Never",
             # The gateway runs on this host, not in a pod: pods may reach its address only.
             gateway_cidrs=json.dumps([f"{nodes.HOST_ADDRESS}/32"]),
+            **node_assignments(),
             **overrides,
         )
         return operators.launch(env, port)
