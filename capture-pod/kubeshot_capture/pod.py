@@ -242,11 +242,7 @@ async def _warm(driver: Awaitable[Playwright], url: str) -> int:
 
 def _pod_key() -> str:
     try:
-        return (
-            Path(os.environ.get("KUBESHOT_POD_KEY", "/var/run/kubeshot/key/key"))
-            .read_text()
-            .strip()
-        )
+        return Path(os.environ.get("KUBESHOT_POD_KEY", "/var/run/kubeshot/key")).read_text().strip()
     except OSError as exc:
         raise CaptureError(FailureReason.INTERNAL, f"pod key unreadable: {exc}") from exc
 

@@ -136,7 +136,7 @@ class WarmPool:
 
     def take(self, namespace: str, policy: str, spec: ScreenshotPolicySpec) -> WarmPod | None:
         """An idle pod of the policy's current template that asks for a job now, reserved for
-        a claim (`claim`, else `release`); None: the job takes a cold pod."""
+        its claim (`claim`; refused, it is idle again); None: the job takes a cold pod."""
         if not spec.runtime.warm_pods:
             return None
         template = building.warm_template(spec, self.settings)
@@ -160,6 +160,7 @@ class WarmPool:
             await self.client.merge_patch(_pod_path(pod.namespace, pod.name), patch)
         except (Conflict, NotFound) as exc:
             log.info("warm pod %s/%s not claimed: %s", pod.namespace, pod.name, exc)
+            self._taken.discard(pod.uid)  # idle again, as the index will show it
             return False
         return True
 
