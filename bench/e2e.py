@@ -1,21 +1,28 @@
-"""End to end on the node tier: cold capture pods and the gateway's backends, in one run.
+"""End to end on the node tier: cold and warm capture pods and the gateway's backends, in one run.
 
 Starts the test control plane and a node (testenv/controlplane.py, testenv/node.py; root), the
-capture image from testenv/image.sh (or --archive), a real `kubeshot operator`, and `kubeshot
-serve --backend kubernetes` on the node link's host address (the pods upload to it). Then, for
-the same small inline page, each measured for N jobs one after another (after one that warms the
-node) and for a burst of B at once, p50/p95:
-  1. cold pods: CaptureJob created → Succeeded (watches on the jobs and their pods), split into
-     job → pod created (operator), pod start (pod created → container running: scheduling,
-     sandbox, CNI, container), the container's run (Python, Chromium, capture, upload) and
-     exit → Succeeded (kubelet status, operator);
-  2. warm pods: not built yet (issue 14 item 1), printed as such;
-  3. a synchronous POST /v1/screenshot through the gateway's kubernetes backend (a CaptureJob, a
+capture image from testenv/image.sh (or --archive), a real `kubeshot operator` (its assignment
+endpoint for warm pods, like the gateway, on the node link's host address), and `kubeshot serve
+--backend kubernetes` there (the pods upload to it). Then, for the same small inline page, each
+measured for N jobs one after another (after one that warms the node) and for a burst of B at
+once, p50/p95:
+  1. cold pods (ScreenshotPolicy `default`): CaptureJob created → Succeeded (watches on the jobs
+     and their pods), split into job → pod created (operator), pod start (pod created →
+     container running: scheduling, sandbox, CNI, container), the container's run (Python,
+     Chromium, capture, upload) and exit → Succeeded (kubelet status, operator);
+  2. a synchronous POST /v1/screenshot through the gateway's kubernetes backend (a CaptureJob, a
      cold pod, the upload, the artifact in the answer);
-  4. the local backend (`kubeshot serve`, its warm worker pool) answering the same POST.
-The ScreenshotPolicy is the default but for its 1 GiB memory limit: maxConcurrentJobs 4, so a
-burst queues as it would in a cluster. The gateways' per-identity limit (and fair share) and the
-local backend's queue hold the whole burst.
+  3. the idle cost of one warm pod of policy `warm` (the same limits, runtime.warmPods
+     WARM_PODS): its cgroup's memory (usage and RSS) and the CPU seconds it uses in 10 s idling;
+  4. warm pods: 1 and 2 again under policy `warm`. Each measurement starts with a full pool (its
+     pods running and asking for a job); within it jobs run as users' would: nothing waits for
+     the pool to refill, and a job that finds no pod asking takes a cold pod. How many ran in a
+     warm pod is printed beside the figures (the synchronous POSTs' pods are told by their jobs'
+     status.podName, as the jobs'), and how long after the burst the pool's pods all run again;
+  5. the local backend (`kubeshot serve`, its warm worker pool) answering the same POST.
+Both policies are the default but for their 1 GiB memory limit: maxConcurrentJobs 4, so a burst
+queues as it would in a cluster. The gateways' per-identity limit (and fair share) and the local
+backend's queue hold the whole burst.
 
     sudo .venv/bin/python bench/e2e.py [--jobs 20] [--burst 20] [--archive capture-<sha>.tar]
 """
@@ -38,11 +45,13 @@ import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo: tests.support
 
+from kubeshot.kube import names
 from tests.cluster.operator.conftest import launch_gateway, stop_gateway
 from tests.support import free_port
 
@@ -53,6 +62,13 @@ NAMESPACE = "bench-e2e"
 PAGE = "<html><body><h1>kubeshot e2e</h1><p>a small page</p></body></html>"
 TOKEN = "bench-e2e-token-0123456789"
 PNG = b"\x89PNG\r\n\x1a\n"
+LIMITS = {"memory": "1Gi", "timeoutSeconds": 60}
+WARM_POLICY = "warm"
+WARM_PODS = 4
+# A warm pod asks for a job once Chromium runs, a second or two after its container starts:
+# a pool is full when its pods have run this long.
+WARM_SETTLE_SECONDS = 5.0
+IDLE_SECONDS = 10.0
 
 
 def _load(name: str, path: Path) -> Any:
@@ -158,12 +174,12 @@ class Cluster:
         self.pods = Watch(cp, f"/api/v1/namespaces/{NAMESPACE}/pods", pod_states)
         self.jobs = Watch(cp, f"{API}/namespaces/{NAMESPACE}/capturejobs", job_states)
 
-    def create(self, name: str) -> float:
+    def create(self, name: str, policy: str) -> float:
         job = {
             "apiVersion": "kubeshot.dev/v1alpha1",
             "kind": "CaptureJob",
             "metadata": {"name": name, "namespace": NAMESPACE},
-            "spec": {"html": PAGE, "format": "png", "retries": 0},
+            "spec": {"html": PAGE, "format": "png", "retries": 0, "policyRef": policy},
         }
         created = time.monotonic()
         status, body = self.cp.request("POST", f"{API}/namespaces/{NAMESPACE}/capturejobs", job)
@@ -184,50 +200,125 @@ class Cluster:
             done,
         )
 
+    def warm_pool(
+        self, size: int, settle: float = WARM_SETTLE_SECONDS, timeout: float = 300
+    ) -> list[dict[str, Any]]:
+        """Once policy `warm` has `size` idle pods (no job's) that have run for `settle`
+        seconds: those pods."""
+        selector = f"{names.WARM}=true,{names.POLICY}={WARM_POLICY},!{names.JOB_UID}"
+        path = f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector={selector}"
+        deadline = time.monotonic() + timeout
+        while True:
+            ready = []
+            for pod in self.cp.get(path)["items"]:
+                for status in (pod.get("status") or {}).get("containerStatuses") or []:
+                    started = (status["state"].get("running") or {}).get("startedAt")
+                    if started and time.time() - _epoch(started) >= settle:
+                        ready.append(pod)
+            if len(ready) >= size:
+                return ready
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(ready)} of {size} warm pods ready after {timeout} s")
+            time.sleep(0.5)
+
+    def job_pods(self) -> dict[str, str]:
+        """Every CaptureJob of the namespace (the gateway's too) → its pod."""
+        found = self.cp.get(f"{API}/namespaces/{NAMESPACE}/capturejobs")["items"]
+        return {j["metadata"]["name"]: (j.get("status") or {}).get("podName", "") for j in found}
+
     def stop(self) -> None:
         self.pods.stop()
         self.jobs.stop()
 
 
-def sequential_jobs(cluster: Cluster, prefix: str, jobs: int) -> list[JobTimes]:
+def _epoch(timestamp: str) -> float:
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+
+
+def is_warm(pod: str) -> bool:
+    return f"{WARM_POLICY}-warm-" in pod
+
+
+def sequential_jobs(cluster: Cluster, prefix: str, jobs: int, policy: str) -> list[JobTimes]:
     """`jobs` CaptureJobs one after another, after one that warms the node (page cache, the
     first sandbox), which is not counted."""
     measured = []
     for i in range(jobs + 1):
         name = f"{prefix}-{i}"
-        times = cluster.settled(name, cluster.create(name))
+        times = cluster.settled(name, cluster.create(name, policy))
         split = ", ".join(f"{k} {v:.2f}s" for k, v in times.phases().items())
+        if times.pod_created < times.created:  # the pod was there before its job
+            split = f"total {times.phases()['total']:.2f}s in a warm pod"
         print(f"  {name}: {split}", file=sys.stderr)
         if i:
             measured.append(times)
     return measured
 
 
-def burst_jobs(cluster: Cluster, prefix: str, jobs: int) -> list[JobTimes]:
+def burst_jobs(cluster: Cluster, prefix: str, jobs: int, policy: str) -> list[JobTimes]:
     """`jobs` CaptureJobs created at once, each timed from its own creation."""
     names = [f"{prefix}-{i}" for i in range(jobs)]
-    created = {name: cluster.create(name) for name in names}
+    created = {name: cluster.create(name, policy) for name in names}
     return [cluster.settled(name, created[name]) for name in names]
 
 
-def post_screenshot(url: str) -> float:
+def post_screenshot(url: str, policy: str | None = None) -> float:
     """One synchronous POST /v1/screenshot of the page: seconds to the whole PNG."""
     body = json.dumps({"html": PAGE, "format": "png"}).encode()
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-    request = urllib.request.Request(url + "/v1/screenshot", body, headers, method="POST")
+    query = f"?policy={policy}" if policy else ""
+    request = urllib.request.Request(f"{url}/v1/screenshot{query}", body, headers, method="POST")
     started = time.monotonic()
     with urllib.request.urlopen(request, timeout=300) as answer:
         assert answer.read().startswith(PNG)
     return time.monotonic() - started
 
 
-def sequential_posts(url: str, requests: int) -> list[float]:
-    return [post_screenshot(url) for _ in range(requests + 1)][1:]  # the first one warms up
+def sequential_posts(url: str, requests: int, policy: str | None = None) -> list[float]:
+    return [post_screenshot(url, policy) for _ in range(requests + 1)][1:]  # the first warms up
 
 
-def burst_posts(url: str, requests: int) -> list[float]:
+def burst_posts(url: str, requests: int, policy: str | None = None) -> list[float]:
     with ThreadPoolExecutor(requests) as pool:
-        return list(pool.map(lambda _: post_screenshot(url), range(requests)))
+        return list(pool.map(lambda _: post_screenshot(url, policy), range(requests)))
+
+
+def pod_cgroup(controller: str, uid: str) -> Path:
+    """The pod's cgroup folder of a cgroup v1 controller (the node's kubelet: cgroupfs driver),
+    or of the unified hierarchy (controller "")."""
+    root = Path("/sys/fs/cgroup") / controller
+    found = [*root.glob(f"kubepods/pod{uid}"), *root.glob(f"kubepods/*/pod{uid}")]
+    if not found:
+        raise FileNotFoundError(f"no cgroup of pod {uid} under {root}/kubepods")
+    return found[0]
+
+
+def idle_cost(pod: dict[str, Any]) -> dict[str, float]:
+    """One idle warm pod: its memory (the cgroup's usage, and its processes' RSS) and the CPU
+    seconds it used over IDLE_SECONDS."""
+    uid = pod["metadata"]["uid"]
+    if Path("/sys/fs/cgroup/memory").is_dir():  # cgroup v1, as testenv/node.py runs the kubelet
+        memory, cpu = pod_cgroup("memory", uid), pod_cgroup("cpuacct", uid)
+        usage, rss_key = memory / "memory.usage_in_bytes", "total_rss"
+        cpu_file, cpu_scale = cpu / "cpuacct.usage", 1e9  # nanoseconds
+    else:
+        memory = cpu = pod_cgroup("", uid)
+        usage, rss_key = memory / "memory.current", "anon"
+        cpu_file, cpu_scale = cpu / "cpu.stat", 1e6  # usage_usec
+
+    def cpu_seconds() -> float:
+        text = cpu_file.read_text()
+        value = text.split()[1] if text.startswith("usage_usec") else text.strip()
+        return int(value) / cpu_scale
+
+    before = cpu_seconds()
+    time.sleep(IDLE_SECONDS)
+    stat = dict(line.split() for line in (memory / "memory.stat").read_text().splitlines())
+    return {
+        "memory_mib": int(usage.read_text()) / 2**20,
+        "rss_mib": int(stat[rss_key]) / 2**20,
+        "cpu_seconds": cpu_seconds() - before,
+    }
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -282,6 +373,7 @@ def node_tier(cp: Any, image: str, jobs: int, burst: int, work: Path) -> dict[st
         env={"HTTPS_ONLY": "false", "KUBESHOT_MAX_CAPTURES_PER_IDENTITY": str(burst)},
     )  # fmt: skip
     gateway_url = f"http://{nodes.HOST_ADDRESS}:{port}"
+    assignment_port = free_port()
     env = {**cp.env(), "PYTHONUNBUFFERED": "1"}
     env.update({
         f"KUBESHOT_OPERATOR_{k}": str(v)
@@ -292,6 +384,11 @@ def node_tier(cp: Any, image: str, jobs: int, burst: int, work: Path) -> dict[st
             "CAPTURE_IMAGE": image,
             "IMAGE_PULL_POLICY": "Never",
             "GATEWAY_CIDRS": json.dumps([f"{nodes.HOST_ADDRESS}/32"]),
+            # Warm pods ask this host for their jobs, on the link, as the gateway's uploads.
+            "ASSIGNMENT_URL": f"http://{nodes.HOST_ADDRESS}:{assignment_port}/v1/assignments",
+            "ASSIGNMENT_HOST": nodes.HOST_ADDRESS,
+            "ASSIGNMENT_PORT": assignment_port,
+            "OPERATOR_CIDRS": json.dumps([f"{nodes.HOST_ADDRESS}/32"]),
             "HTTP_HOST": "127.0.0.1",
             "HTTP_PORT": free_port(),
         }.items()
@@ -300,32 +397,56 @@ def node_tier(cp: Any, image: str, jobs: int, burst: int, work: Path) -> dict[st
     operator = subprocess.Popen(
         [str(KUBESHOT), "operator"], env=env, stdout=log, stderr=subprocess.STDOUT
     )
-    policy = {
-        "apiVersion": "kubeshot.dev/v1alpha1",
-        "kind": "ScreenshotPolicy",
-        "metadata": {"name": "default", "namespace": NAMESPACE},
-        "spec": {"limits": {"memory": "1Gi", "timeoutSeconds": 60}},
-    }
-    status, body = cp.request("POST", f"{API}/namespaces/{NAMESPACE}/screenshotpolicies", policy)
-    assert status == 201, body
+    create_policy(cp, "default", {"limits": LIMITS})
     cluster = Cluster(cp)
     try:
         wait_ready(gateway_url, gateway, gateway_log)
         measured: dict[str, Any] = {}
-        for key, measure in (
-            ("sequential", lambda: sequential_jobs(cluster, "seq", jobs)),
-            ("burst", lambda: burst_jobs(cluster, "burst", burst)),
-            ("gw seq", lambda: sequential_posts(gateway_url, jobs)),
-            ("gw burst", lambda: burst_posts(gateway_url, burst)),
-        ):
-            measured[key] = measure()
-            print(f"  {key}: {summary(measured[key])}", file=sys.stderr)  # kept if a later fails
+
+        def measure(key: str, run: Callable[[], list[Any]], warm: bool = False) -> None:
+            if warm:  # each warm measurement starts with a full pool
+                cluster.warm_pool(WARM_PODS)
+            before = cluster.job_pods()
+            measured[key] = run()
+            pods = [pod for job, pod in cluster.job_pods().items() if job not in before]
+            measured[f"{key} warm"] = (sum(map(is_warm, pods)), len(pods))
+            print(f"  {key}: {summary(measured[key])}, {len(pods)} jobs "
+                  f"({measured[f'{key} warm'][0]} in warm pods)", file=sys.stderr)  # fmt: skip
+
+        measure("sequential", lambda: sequential_jobs(cluster, "seq", jobs, "default"))
+        measure("burst", lambda: burst_jobs(cluster, "burst", burst, "default"))
+        measure("gw seq", lambda: sequential_posts(gateway_url, jobs))
+        measure("gw burst", lambda: burst_posts(gateway_url, burst))
+        # The warm pool only now: its idle pods take no CPU or memory from the cold runs.
+        create_policy(cp, WARM_POLICY, {"limits": LIMITS, "runtime": {"warmPods": WARM_PODS}})
+        # Idling, not starting: measured from a pod that has waited for a job for a while.
+        measured["idle"] = idle_cost(cluster.warm_pool(WARM_PODS, settle=3 * IDLE_SECONDS)[0])
+        print(f"  idle warm pod: {measured['idle']}", file=sys.stderr)
+        measure("warm seq", lambda: sequential_jobs(cluster, "wseq", jobs, WARM_POLICY), True)
+        measure("warm burst", lambda: burst_jobs(cluster, "wburst", burst, WARM_POLICY), True)
+        emptied = time.monotonic()
+        cluster.warm_pool(WARM_PODS, settle=0)
+        measured["refill"] = time.monotonic() - emptied
+        print(f"  pool running again {measured['refill']:.1f}s after the burst", file=sys.stderr)
+        measure("gw warm seq", lambda: sequential_posts(gateway_url, jobs, WARM_POLICY), True)
+        measure("gw warm burst", lambda: burst_posts(gateway_url, burst, WARM_POLICY), True)
         return measured
     finally:
         cluster.stop()
         operator.send_signal(signal.SIGTERM)
         operator.wait(30)
         stop_gateway(gateway, gateway_log)
+
+
+def create_policy(cp: Any, name: str, spec: dict[str, Any]) -> None:
+    policy = {
+        "apiVersion": "kubeshot.dev/v1alpha1",
+        "kind": "ScreenshotPolicy",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": spec,
+    }
+    status, body = cp.request("POST", f"{API}/namespaces/{NAMESPACE}/screenshotpolicies", policy)
+    assert status == 201, body
 
 
 def local_backend(jobs: int, burst: int, work: Path) -> dict[str, list[float]]:
@@ -355,16 +476,18 @@ def summary(values: list[Any]) -> str:
 
 
 def report(jobs: int, burst: int, node: dict[str, Any], local: dict[str, list[float]]) -> None:
-    def cell(values: list[float] | None) -> str:
-        if not values:
-            return f"{'not built':>19}"
+    def cell(values: list[float]) -> str:
         return f"{percentile(values, 0.5):6.2f}s / {percentile(values, 0.95):6.2f}s"
 
-    def row(label: str, sequential: list[float] | None, burst: list[float] | None) -> None:
-        print(f"{label:<46} {cell(sequential)}   {cell(burst)}")
+    def row(label: str, sequential: list[float], burst: list[float], hits: str = "") -> None:
+        print(f"{label:<46} {cell(sequential)}   {cell(burst)}{hits}")
 
     def split(times: list[JobTimes], key: str) -> list[float]:
         return [t.phases()[key] for t in times]
+
+    def hits(seq: str, bur: str) -> str:
+        counts = [node[f"{key} warm"] for key in (seq, bur)]
+        return "   warm pods: " + ", ".join(f"{n}/{of}" for n, of in counts)
 
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     print(f"a small inline page, PNG; load average at the end {load}")
@@ -378,11 +501,24 @@ def report(jobs: int, burst: int, node: dict[str, Any], local: dict[str, list[fl
         ("report", "  exited → job Succeeded"),
     ):
         row(label, split(seq, key), split(bur, key))
-    row("warm pods: CaptureJob created → Succeeded", None, None)
+    row(f"warm pods ({WARM_PODS}): CaptureJob created → Succeeded",
+        split(node["warm seq"], "total"), split(node["warm burst"], "total"),
+        hits("warm seq", "warm burst"))  # fmt: skip
     row("POST /v1/screenshot, kubernetes backend (cold)", node["gw seq"], node["gw burst"])
+    row("POST /v1/screenshot, kubernetes backend (warm)", node["gw warm seq"],
+        node["gw warm burst"], hits("gw warm seq", "gw warm burst"))  # fmt: skip
     row("POST /v1/screenshot, local backend", local["sequential"], local["burst"])
-    ratio = percentile(node["gw seq"], 0.5) / percentile(local["sequential"], 0.5)
-    print(f"POST /v1/screenshot p50, kubernetes (cold pods) / local backend: {ratio:.1f}x")
+    local_p50 = percentile(local["sequential"], 0.5)
+    for kind in ("cold", "warm"):
+        key = "gw seq" if kind == "cold" else "gw warm seq"
+        ratio = percentile(node[key], 0.5) / local_p50
+        print(f"POST /v1/screenshot p50, kubernetes ({kind} pods) / local backend: {ratio:.1f}x")
+    idle = node["idle"]
+    print(
+        f"one idle warm pod: memory {idle['memory_mib']:.0f} MiB (cgroup usage; RSS "
+        f"{idle['rss_mib']:.0f} MiB), CPU {idle['cpu_seconds']:.2f} s in {IDLE_SECONDS:.0f} s; "
+        f"the pool's {WARM_PODS} pods running again {node['refill']:.1f} s after the warm burst"
+    )
 
 
 def main() -> int:

@@ -246,6 +246,7 @@ def schema_body() -> Schema:
                     "resyncSeconds": {"type": "number", "exclusiveMinimum": 0},
                     "leaseDurationSeconds": {"type": "number", "minimum": 1},
                     "metricsPort": PORT,
+                    "assignmentPort": PORT,
                     "captureImage": image(),
                     "dns": obj({"namespace": DNS_LABEL, "podLabels": STRING_MAP}),
                     "extraEnv": env_list(),

@@ -13,9 +13,10 @@ through what a user has: kubectl, helm, the chart's Secrets, and the gateway Ser
   on the host: the operator, the gateway and the capture pods are the chart's pods.
 
 The suite is one lifecycle, in file order: install (test_1), captures (test_2), NetworkPolicies
-(test_3), restarts (test_4), upgrade and uninstall (test_5). It runs in a pytest session of its
-own (`pytest -m e2e`, `make test-e2e`): tests/conftest.py keeps it out of a session with the
-other tiers, whose control plane and node it would otherwise duplicate.
+(test_3), restarts (test_4), upgrade and uninstall (test_5); then releases of their own, each
+removed with its CRDs at its end: replicas (test_6), warm capture pods (test_7). It runs in a
+pytest session of its own (`pytest -m e2e`, `make test-e2e`): tests/conftest.py keeps it out of a
+session with the other tiers, whose control plane and node it would otherwise duplicate.
 """
 
 from __future__ import annotations
@@ -113,9 +114,9 @@ class Kubectl:
         text = "\n---\n".join(json.dumps(m) for m in manifests)
         self("apply", "-n", namespace, "-f", "-", input=text)
 
-    def secret(self, name: str, key: str) -> bytes:
-        secret = self.get("secret", name)
-        assert secret is not None, f"no Secret {name} in {NAMESPACE}"
+    def secret(self, name: str, key: str, namespace: str = NAMESPACE) -> bytes:
+        secret = self.get("secret", name, namespace)
+        assert secret is not None, f"no Secret {name} in {namespace}"
         return base64.b64decode(secret["data"][key])
 
 
@@ -444,14 +445,18 @@ def examples(
 
 
 class Gateway:
-    """The gateway Service through `kubectl port-forward`, over HTTPS with the chart's CA."""
+    """The gateway Service through `kubectl port-forward`, over HTTPS with the chart's CA (of
+    the suite's release unless another is named)."""
 
-    def __init__(self, kubectl: Kubectl, work: Path) -> None:
+    def __init__(
+        self, kubectl: Kubectl, work: Path, release: str = RELEASE, namespace: str = NAMESPACE
+    ) -> None:
         self.kubectl = kubectl
         self.work = work
+        self.release, self.namespace = release, namespace
         self.ca = work / "kubeshot-ca.crt"
-        self.ca.write_bytes(kubectl.secret(f"{RELEASE}-gateway-tls", "ca.crt"))
-        self.token = kubectl.secret(f"{RELEASE}-auth", "token").decode()
+        self.ca.write_bytes(kubectl.secret(f"{release}-gateway-tls", "ca.crt", namespace))
+        self.token = kubectl.secret(f"{release}-auth", "token", namespace).decode()
         self.context = ssl.create_default_context(cafile=str(self.ca))
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
@@ -468,8 +473,8 @@ class Gateway:
                 *self.kubectl.argv,
                 "port-forward",
                 "-n",
-                NAMESPACE,
-                f"service/{RELEASE}-gateway",
+                self.namespace,
+                f"service/{self.release}-gateway",
                 f"{port}:443",
             ],
             stdout=log,

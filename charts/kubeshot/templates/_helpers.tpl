@@ -56,9 +56,11 @@ app.kubernetes.io/component: {{ .component }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
-{{/* The gateway pods' selector labels as JSON: the operator lets capture pods upload to them. */}}
-{{- define "kubeshot.gatewayPodLabelsJson" -}}
-{{- include "kubeshot.componentSelectorLabels" (dict "root" . "component" "gateway") | fromYaml | toJson -}}
+{{/* A component's selector labels as JSON: (dict "root" $ "component" "gateway"). The operator
+lets capture pods reach these pods (uploads to the gateway, warm pods' assignments from the
+operator). */}}
+{{- define "kubeshot.componentSelectorLabelsJson" -}}
+{{- include "kubeshot.componentSelectorLabels" . | fromYaml | toJson -}}
 {{- end -}}
 
 {{/* An image reference: (dict "image" .Values.image "root" $) */}}
@@ -129,6 +131,11 @@ app.kubernetes.io/component: {{ .component }}
 {{/* The upload endpoint capture pods PUT artifacts to (the operator's KUBESHOT_OPERATOR_UPLOAD_URL). */}}
 {{- define "kubeshot.uploadUrl" -}}
 {{- printf "http://%s.%s.svc:%d/v1/internal/uploads" (include "kubeshot.gateway.name" .) .Release.Namespace (int .Values.gateway.uploadPort) -}}
+{{- end -}}
+
+{{/* Where warm capture pods ask the operator for their job (KUBESHOT_OPERATOR_ASSIGNMENT_URL). */}}
+{{- define "kubeshot.assignmentUrl" -}}
+{{- printf "http://%s.%s.svc:%d/v1/assignments" (include "kubeshot.operator.name" .) .Release.Namespace (int .Values.operator.assignmentPort) -}}
 {{- end -}}
 
 {{/*
@@ -265,6 +272,9 @@ seccompProfile:
 {{- end -}}
 {{- if has (int $gw.metricsPort) (list (int $gw.port) (int $gw.uploadPort)) -}}
 {{- fail "gateway.metricsPort must differ from gateway.port and gateway.uploadPort: /metrics has a port of its own, off the callers' Service" -}}
+{{- end -}}
+{{- if eq (int .Values.operator.metricsPort) (int .Values.operator.assignmentPort) -}}
+{{- fail "operator.metricsPort and operator.assignmentPort must differ: the operator listens on both, and capture pods may reach the assignment port only" -}}
 {{- end -}}
 {{- if and $gw.autoscaling.enabled $gw.keda.enabled -}}
 {{- fail "gateway.autoscaling and gateway.keda both scale the gateway: enable one (KEDA makes its own HorizontalPodAutoscaler)" -}}

@@ -274,8 +274,9 @@ def chart_operator(
     """Start `kubeshot operator` as the chart's operator ServiceAccount of a Release.
 
     The environment is the chart Deployment's own, with the pod-only parts replaced: the
-    /metrics port is a free loopback port, the identity a fixed name, uploads go to a local
-    stand-in for the gateway, and sweeps are fast. Its only credential is the SA's token.
+    /metrics and assignment ports are free loopback ports, the identity a fixed name, uploads
+    go to a local stand-in for the gateway, and sweeps are fast. Its only credential is the
+    SA's token.
     """
     operators = Operators(tmp_path)
 
@@ -290,6 +291,8 @@ def chart_operator(
                 "KUBESHOT_OPERATOR_IDENTITY": f"test-{len(operators.started)}",
                 "KUBESHOT_OPERATOR_HTTP_HOST": "127.0.0.1",
                 "KUBESHOT_OPERATOR_HTTP_PORT": str(port),
+                "KUBESHOT_OPERATOR_ASSIGNMENT_HOST": "127.0.0.1",
+                "KUBESHOT_OPERATOR_ASSIGNMENT_PORT": str(free_port()),
                 "KUBESHOT_OPERATOR_UPLOAD_URL": uploads.url,
                 "KUBESHOT_OPERATOR_RESYNC_SECONDS": "0.5",
                 "KUBESHOT_OPERATOR_LEASE_DURATION_SECONDS": "3",

@@ -78,10 +78,8 @@ def test_operator_environment_is_read_by_its_settings(helm: Helm, values: Path |
         for k, v in env.items()
         if isinstance(v, str) and k not in COMMON_ENV | STORE_ENV
     }
-    parsed = {
-        k: json.loads(v) if k in {"namespaces", "gateway_pod_labels", "dns_pod_labels"} else v
-        for k, v in plain.items()
-    }
+    as_json = {"namespaces", "gateway_pod_labels", "dns_pod_labels", "operator_pod_labels"}
+    parsed = {k: json.loads(v) if k in as_json else v for k, v in plain.items()}
     store = {k: v for k, v in env.items() if k in STORE_ENV}
     settings = OperatorSettings(**parsed, store=StoreSettings(**store))
     # The very store the gateway is given.
@@ -94,6 +92,10 @@ def test_operator_environment_is_read_by_its_settings(helm: Helm, values: Path |
     assert settings.gateway_pod_labels.items() <= template["metadata"]["labels"].items()
     ports = {p["name"]: p["containerPort"] for p in template["spec"]["containers"][0]["ports"]}
     assert settings.upload_port == ports["upload"]  # capture pods' NetworkPolicy allows this port
+    operator = rendered.get("Deployment", "ks-kubeshot-operator")["spec"]["template"]
+    assert settings.operator_pod_labels.items() <= operator["metadata"]["labels"].items()
+    ports = {p["name"]: p["containerPort"] for p in operator["spec"]["containers"][0]["ports"]}
+    assert settings.assignment_port == ports["assignment"]
     lease = rendered.get("Role", "ks-kubeshot-operator-lease")
     assert [r["resourceNames"] for r in lease["rules"] if "resourceNames" in r] == [
         [settings.lease_name]

@@ -44,7 +44,12 @@ def test_install_creates_the_release(
     full = release.fullname
     assert objects(kubectl, namespace, "deployments") == [f"{full}-gateway", f"{full}-operator"]
     services = objects(kubectl, namespace, "services")
-    assert services == [f"{full}-gateway", f"{full}-gateway-metrics", f"{full}-operator-metrics"]
+    assert services == [
+        f"{full}-gateway",
+        f"{full}-gateway-metrics",
+        f"{full}-operator",  # warm capture pods' assignments
+        f"{full}-operator-metrics",
+    ]
     assert objects(kubectl, namespace, "networkpolicies") == [f"{full}-gateway", f"{full}-operator"]
     assert objects(kubectl, namespace, "poddisruptionbudgets") == [
         f"{full}-gateway",

@@ -43,6 +43,7 @@ def operator_checks(
         ("create", "pods", *ns),
         ("delete", "pods", *ns),
         ("watch", "pods", *ns),
+        ("patch", "pods", *ns),  # a warm pod claimed by a job
         ("create", "secrets", *ns),
         ("get", "secrets", *ns),
         ("patch", "networkpolicies.networking.k8s.io", *ns),

@@ -25,7 +25,7 @@ OPERATOR_RULES = {
     ("kubeshot.dev", "screenshotpolicies/status"): {"patch"},
     ("kubeshot.dev", "capturejobs/finalizers"): {"update"},
     ("kubeshot.dev", "screenshotpolicies/finalizers"): {"update"},
-    ("", "pods"): {"create", "get", "list", "watch", "delete"},
+    ("", "pods"): {"create", "get", "list", "watch", "patch", "delete"},  # patch: warm claims
     ("", "secrets"): {"create", "get", "delete"},
     ("networking.k8s.io", "networkpolicies"): {"get", "create", "patch"},
     ("", "events"): {"create"},
@@ -66,6 +66,7 @@ def test_defaults_render_the_whole_install(helm: Helm) -> None:
     assert sorted(kinds["Service"]) == [
         "ks-kubeshot-gateway",
         "ks-kubeshot-gateway-metrics",
+        "ks-kubeshot-operator",
         "ks-kubeshot-operator-metrics",
     ]
     assert sorted(kinds["NetworkPolicy"]) == ["ks-kubeshot-gateway", "ks-kubeshot-operator"]

@@ -74,6 +74,7 @@ def test_metrics_ports_are_off_the_callers_service_and_ingress(
     assert sorted(services) == [
         "ks-kubeshot-gateway",
         "ks-kubeshot-gateway-metrics",
+        "ks-kubeshot-operator",  # warm capture pods' assignments only (test_chart_warm.py)
         "ks-kubeshot-operator-metrics",
     ]
     callers = services["ks-kubeshot-gateway"]
