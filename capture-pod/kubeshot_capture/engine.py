@@ -96,6 +96,9 @@ class CaptureEngine:
         guard: the egress guard; a new one by default. Passing one is for tests.
         playwright: Playwright's driver, started by the caller, who stops it; by default the
             engine starts its own. The capture pod starts it while Python imports the engine.
+        replace_spares: open a spare's replacement when a capture takes it (a worker captures
+            again); False for an engine that captures once (a warm capture pod): its one
+            capture then shares the CPU with nothing.
     """
 
     def __init__(
@@ -104,8 +107,10 @@ class CaptureEngine:
         spare_contexts: int = 1,
         guard: EgressGuard | None = None,
         playwright: Playwright | None = None,
+        replace_spares: bool = True,
     ) -> None:
         self._spare_target = spare_contexts
+        self._replace_spares = replace_spares
         self._guard = guard if guard is not None else EgressGuard()
         self._playwright = playwright
         self._browser: Browser | None = None
@@ -180,7 +185,8 @@ class CaptureEngine:
                     started = time.perf_counter()
                     deadline = actions.Deadline.after(seconds)
                     spare = await self._take_spare(options, policy)
-                    if spare is not None and self._pending() < self._spares_for(policy):
+                    replace = spare is not None and self._replace_spares
+                    if replace and self._pending() < self._spares_for(policy):
                         # Its replacement opens while this capture runs, not after it.
                         self._refill()
                     retried = False
@@ -295,8 +301,9 @@ class CaptureEngine:
     # -- contexts ---------------------------------------------------------------------------
 
     def _pending(self) -> int:
-        """Spare contexts ready or being opened."""
-        return self._spares.qsize() + len(self._refills)
+        """Spare contexts ready or being opened (a refill whose spare a capture just took may
+        not have been discarded from `_refills` yet: it is done, and no longer counts)."""
+        return self._spares.qsize() + sum(not task.done() for task in self._refills)
 
     def _spares_for(self, policy: ScreenshotPolicySpec) -> int:
         """How many spares to keep under this policy: each counts against the memory limit of

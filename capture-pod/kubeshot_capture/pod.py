@@ -219,7 +219,8 @@ async def _warm(driver: Awaitable[Playwright], url: str) -> int:
     playwright = await driver
     try:
         key = await asyncio.to_thread(_pod_key)
-        async with CaptureEngine(spare_contexts=1, playwright=playwright) as engine:
+        engine = CaptureEngine(spare_contexts=1, playwright=playwright, replace_spares=False)
+        async with engine:
             log.info("Chromium started; asking for a job at %s", url)
             body = await _assignment(url, key, idle)
             if body is None:

@@ -382,3 +382,29 @@ async def test_contexts_start_no_browser_ui(engine: Any) -> None:
         await cdp.detach()
         await context.close()
     assert targets and {target["type"] for target in targets} == {"page"}, targets
+
+
+async def test_an_engine_that_captures_once_opens_no_spare_after_its_capture(
+    local_policy: Any, site: TestSite
+) -> None:
+    # A warm capture pod: its one spare is taken, and nothing is opened beside its capture.
+    from kubeshot_capture.engine import CaptureEngine
+
+    async with CaptureEngine(spare_contexts=1, replace_spares=False) as once:
+        data, report = await shot(once, local_policy, url=site.url("/page"))
+        assert data and report.format == "png"
+        await asyncio.sleep(0.5)  # a replacement would have opened by now
+        assert once.browser.contexts == []
+
+
+async def test_a_worker_engine_replaces_the_spare_its_first_capture_took(
+    local_policy: Any, site: TestSite
+) -> None:
+    # The first capture waits for the spare being opened and takes it the moment it is ready:
+    # that refill, done, must not count as the replacement (it did: no spare was ever again).
+    from kubeshot_capture.engine import CaptureEngine
+
+    async with CaptureEngine(spare_contexts=1) as worker:
+        await shot(worker, local_policy, url=site.url("/page"))
+        await asyncio.sleep(0.5)
+        assert len(worker.browser.contexts) == 1
