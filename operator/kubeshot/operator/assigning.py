@@ -23,6 +23,7 @@ from aiohttp import web
 
 from kubeshot.api import Phase
 from kubeshot.kube import NotFound, controller_uid, names, resource_path
+from kubeshot.kube.names import jobs_path
 from kubeshot.operator import building, lifecycle
 from kubeshot.operator.reconciling import Reconciler
 from kubeshot.operator.views import JobView
@@ -49,7 +50,7 @@ async def _assignment(request: web.Request) -> web.Response:
     deadline = asyncio.get_running_loop().time() + POLL_SECONDS
     with reconciler.pool.polling(pod.namespace, pod.name) as woken:
         while True:
-            job = _job_naming(reconciler, pod.namespace, pod.name)
+            job = await _job_naming(reconciler, pod.namespace, pod.name)
             text = await _request_of(reconciler, job) if job is not None else None
             if text is not None:
                 log.info(
@@ -70,7 +71,7 @@ async def _outcome(request: web.Request) -> web.Response:
     reconciler = _leading(request)
     namespace, name = request.match_info["namespace"], request.match_info["pod"]
     presented = _bearer(request)
-    job = _job_naming(reconciler, namespace, name)
+    job = await _job_naming(reconciler, namespace, name)
     warm = reconciler.pool.pod(namespace, name)
     token = job.status.upload_token_sha256 if job is not None else None
     digest = hashlib.sha256(presented.encode()).hexdigest()
@@ -115,13 +116,24 @@ def _bearer(request: web.Request) -> str:
     return presented.strip() if scheme.lower() == "bearer" else ""
 
 
-def _job_naming(reconciler: Reconciler, namespace: str, pod: str) -> JobView | None:
-    """The Running job whose status names the pod (written by the operator alone)."""
+async def _job_naming(reconciler: Reconciler, namespace: str, pod: str) -> JobView | None:
+    """The Running job whose status names the pod (written by the operator alone): from the
+    index; a job this process just started there (the watch shows it a moment later), read."""
     for view in reconciler.all_jobs():
-        named = view.namespace == namespace and view.status.pod_name == pod
-        if named and view.phase is Phase.RUNNING:
+        if view.namespace == namespace and _names(view, pod):
             return view
-    return None
+    hint = reconciler.pool.job_hint(namespace, pod)
+    if hint is None:
+        return None
+    try:
+        view = JobView.from_body(await reconciler.client.get(jobs_path(namespace, hint[0])))
+    except NotFound:
+        return None
+    return view if view.uid == hint[1] and _names(view, pod) else None
+
+
+def _names(view: JobView, pod: str) -> bool:
+    return view.status.pod_name == pod and view.phase is Phase.RUNNING
 
 
 async def _request_of(reconciler: Reconciler, job: JobView) -> str | None:

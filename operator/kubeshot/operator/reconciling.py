@@ -354,7 +354,7 @@ class Reconciler:
             await self.conclude(running, outcome, made[0], pod_uid=made[1])
             return
         if warm is not None:  # its request exists: the pod's question is answered
-            self.pool.assigned(warm.namespace, warm.name)
+            self.pool.assigned(warm.namespace, warm.name, view.name, view.uid)
         try:
             if warm is None:
                 await self.client.create_or_adopt(resource_path("v1", "pods", view.namespace), pod)

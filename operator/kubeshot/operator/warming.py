@@ -11,7 +11,9 @@ restart:
 - `_made`: pods created and not yet in the index (so a refill does not create them twice);
 - `_polling`: the pods asking for a job right now: only those are picked (a pod that does not
   ask yet, Chromium still starting, would make its job wait);
-- `_assigned`: a wake-up per pod, set when its job's request exists.
+- `_assigned`: a wake-up per pod, set when its job's request exists;
+- `_jobs`: which job this process started in a pod, until the watch shows the job's status (a
+  hint only: the endpoint reads the job to check that its status names the pod).
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ class WarmPool:
         self._made: defaultdict[PodKey, dict[str, float]] = defaultdict(dict)
         self._polling: Counter[PodKey] = Counter()
         self._assigned: defaultdict[PodKey, asyncio.Event] = defaultdict(asyncio.Event)
+        self._jobs: dict[PodKey, tuple[str, str]] = {}
         self._keys: dict[tuple[str, str, str], bytes] = {}
         self._locks: defaultdict[PolicyKey, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._refills: set[asyncio.Task[None]] = set()
@@ -170,9 +173,14 @@ class WarmPool:
         with contextlib.suppress(Conflict):
             await self.client.delete(_pod_path(pod.namespace, pod.name), uid=pod.uid)
 
-    def assigned(self, namespace: str, name: str) -> None:
+    def assigned(self, namespace: str, name: str, job: str, uid: str) -> None:
         """The pod's job's request exists: wake its poll."""
+        self._jobs[(namespace, name)] = (job, uid)
         self._assigned[(namespace, name)].set()
+
+    def job_hint(self, namespace: str, name: str) -> tuple[str, str] | None:
+        """The job (name, uid) this process started in the pod, if any."""
+        return self._jobs.get((namespace, name))
 
     # ---------------------------------------------------------------- the pods' requests
 
@@ -301,10 +309,14 @@ class WarmPool:
     async def sweep(self, policies: Callable[[], list[PolicyKey]]) -> None:
         """Every policy's pool to its size (a refill that failed, a changed template); what
         is kept of pods that are gone, forgotten."""
-        live = {pod.uid for key in list(self.index or ()) for pod in (self.index or {})[key]}
+        pods = [pod for key in list(self.index or ()) for pod in (self.index or {})[key]]
+        live = {pod.uid for pod in pods}
         self._taken &= live
         for key in [k for k in self._keys if k[2] not in live]:
             del self._keys[key]
+        named = {(pod.namespace, pod.name) for pod in pods}
+        for gone in [k for k in self._jobs if k not in named]:
+            del self._jobs[gone]
         for namespace, policy in policies():
             await self._ensure_quietly(namespace, policy)
 
