@@ -431,28 +431,23 @@ def _upload_rule(settings: OperatorSettings) -> Manifest:
 
 def _gateway_peers(settings: OperatorSettings) -> list[Manifest]:
     """The gateway's pods, or its addresses when it runs outside the cluster."""
-    if settings.gateway_cidrs:
-        return [{"ipBlock": {"cidr": cidr}} for cidr in settings.gateway_cidrs]
-    return [
-        {
-            "namespaceSelector": {
-                "matchLabels": {"kubernetes.io/metadata.name": settings.gateway_namespace}
-            },
-            "podSelector": {"matchLabels": dict(settings.gateway_pod_labels)},
-        }
-    ]
+    return _peers(settings.gateway_cidrs, settings.gateway_namespace, settings.gateway_pod_labels)
 
 
 def _operator_peers(settings: OperatorSettings) -> list[Manifest]:
     """The operator's pods, or its addresses when it runs outside the cluster."""
-    if settings.operator_cidrs:
-        return [{"ipBlock": {"cidr": cidr}} for cidr in settings.operator_cidrs]
+    return _peers(
+        settings.operator_cidrs, settings.operator_namespace, settings.operator_pod_labels
+    )
+
+
+def _peers(cidrs: list[str], namespace: str, labels: Mapping[str, str]) -> list[Manifest]:
+    if cidrs:
+        return [{"ipBlock": {"cidr": cidr}} for cidr in cidrs]
     return [
         {
-            "namespaceSelector": {
-                "matchLabels": {"kubernetes.io/metadata.name": settings.operator_namespace}
-            },
-            "podSelector": {"matchLabels": dict(settings.operator_pod_labels)},
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+            "podSelector": {"matchLabels": dict(labels)},
         }
     ]
 

@@ -166,20 +166,29 @@ def test_the_assignment_endpoint_answers_only_a_warm_pod_with_its_own_key(
     assert ask(url + "/outcome", first_key, b'{"failure": {}}')[0] == 409  # no job names it
 
 
+def assigned(
+    operator: Operator, cluster: Cluster, job: str, used: frozenset[str] = frozenset()
+) -> tuple[str, bytes]:
+    """A job started in an idle warm pod that asks for it as a pod does (the test is the
+    pod, started by the kubelet): the pod's name and the request it was given."""
+    pod = one_idle_pod(cluster, other_than=used)
+    name = pod["metadata"]["name"]
+    running(cluster, name)
+    answer = assigned_in_background(url_of(pod), pod_key(cluster, name))
+    wait_for(lambda: asking(operator) >= 1, 30, "the pod to ask")
+    cluster.apply(capture_job(job, html=f"<p>{job}</p>", format="png"))
+    status, body = answer()
+    assert status == 200
+    return name, body
+
+
 def test_warm_pods_fail_as_cold_ones_and_a_lost_one_is_retried_never_run_twice(
     operator: Operator, cluster: Cluster
 ) -> None:
     cluster.apply(warm_policy())
     # Out of memory after the assignment: MemoryLimitExceeded.
-    pod = one_idle_pod(cluster)
-    name = pod["metadata"]["name"]
-    running(cluster, name)
-    answer = assigned_in_background(url_of(pod), pod_key(cluster, name))
-    wait_for(lambda: asking(operator) >= 1, 30, "the pod to ask")
-    cluster.apply(capture_job("oom", html="<p>big</p>", format="png"))
-    status, body = answer()
-    assert status == 200
-    assert json.loads(body)["options"]["html"] == "<p>big</p>"
+    name, body = assigned(operator, cluster, "oom")
+    assert json.loads(body)["options"]["html"] == "<p>oom</p>"
     claimed = cluster.get("pods", name)
     assert claimed is not None
     assert [o["name"] for o in claimed["metadata"]["ownerReferences"]] == ["oom"]
@@ -190,25 +199,13 @@ def test_warm_pods_fail_as_cold_ones_and_a_lost_one_is_retried_never_run_twice(
     assert job["status"]["failure"]["reason"] == "MemoryLimitExceeded", job["status"]
 
     # Past its deadline: the kubelet's DeadlineExceeded is Timeout.
-    pod = one_idle_pod(cluster, other_than=frozenset({name}))
-    name = pod["metadata"]["name"]
-    running(cluster, name)
-    answer = assigned_in_background(url_of(pod), pod_key(cluster, name))
-    wait_for(lambda: asking(operator) >= 1, 30, "the pod to ask")
-    cluster.apply(capture_job("slow", html="<p>slow</p>", format="png"))
-    assert answer()[0] == 200
+    name, _ = assigned(operator, cluster, "slow", frozenset({name}))
     cluster.write_pod_status(name, {"phase": "Failed", "reason": "DeadlineExceeded"})
     job = cluster.wait_phase("slow", "Failed", "Succeeded")
     assert job["status"]["failure"]["reason"] == "Timeout", job["status"]
 
     # Lost after the assignment: PodLost, retried in another pod; the lost one never runs it.
-    pod = one_idle_pod(cluster, other_than=frozenset({name}))
-    lost = pod["metadata"]["name"]
-    running(cluster, lost)
-    answer = assigned_in_background(url_of(pod), pod_key(cluster, lost))
-    wait_for(lambda: asking(operator) >= 1, 30, "the pod to ask")
-    cluster.apply(capture_job("lost", html="<p>lost</p>", format="png"))
-    assert answer()[0] == 200
+    lost, _ = assigned(operator, cluster, "lost", frozenset({name}))
     cluster.kubectl("delete", "pod", lost, "-n", cluster.namespace, "--wait=false")
     job = wait_for(
         lambda: (j := cluster.job("lost")) and j["status"].get("attempts", 0) >= 2 and j,
