@@ -452,6 +452,7 @@ def node_tier(cp: Any, image: str, jobs: int, burst: int, work: Path) -> dict[st
             seconds = []
             for _ in range(jobs + 1):
                 asking(metrics_port, WARM_PODS)
+                time.sleep(1)  # the used pod's end and its replacement's start behind it
                 seconds.append(post_screenshot(gateway_url, WARM_POLICY))
             return seconds[1:]
 

@@ -140,6 +140,11 @@ class CaptureEngine:
             self._refill()
         return self
 
+    async def spares_opened(self) -> None:
+        """Wait until the spare contexts being opened are open (a warm pod asks for its job
+        only then: its capture then takes a ready context and shares the CPU with nothing)."""
+        await asyncio.gather(*self._refills, return_exceptions=True)
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,

@@ -221,6 +221,7 @@ async def _warm(driver: Awaitable[Playwright], url: str) -> int:
         key = await asyncio.to_thread(_pod_key)
         engine = CaptureEngine(spare_contexts=1, playwright=playwright, replace_spares=False)
         async with engine:
+            await engine.spares_opened()
             log.info("Chromium started; asking for a job at %s", url)
             body = await _assignment(url, key, idle)
             if body is None:

@@ -23,8 +23,9 @@ from tests.support import Handler, serving
 ASSIGNMENT = "/v1/assignments/ns/shots-warm-abcde"
 
 
-def chromium_below(pid: int) -> bool:
-    """Whether a Chromium process descends from `pid` (Playwright's driver launches it)."""
+def chromium_below(pid: int, argument: str = "") -> bool:
+    """Whether a Chromium process descends from `pid` (Playwright's driver launches it), with
+    `argument` on its command line (`--type=renderer`: a page's renderer, a context's page)."""
     parents: dict[int, tuple[int, str]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -40,7 +41,18 @@ def chromium_below(pid: int) -> bool:
             if parent in below and child not in below:
                 below.add(child)
                 found = True
-    return any("chrom" in parents[p][1] for p in below if p in parents and p != pid)
+    return any(
+        "chrom" in parents[p][1] and argument in _command_line(p)
+        for p in below
+        if p in parents and p != pid
+    )
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
 
 
 @dataclass
@@ -57,6 +69,7 @@ class Operator:
     outcomes: list[bytes] = field(default_factory=list)
     content_types: list[str | None] = field(default_factory=list)
     chromium_at_first_poll: bool | None = None
+    renderer_at_first_poll: bool | None = None
     url: str = ""
 
 
@@ -72,6 +85,7 @@ def operator(statuses: list[int], request: str = "") -> Iterator[Operator]:
                 return
             if state.polls == 0:
                 state.chromium_at_first_poll = chromium_below(state.pod)
+                state.renderer_at_first_poll = chromium_below(state.pod, "--type=renderer")
             status = state.statuses[min(state.polls, len(state.statuses) - 1)]
             state.polls += 1
             if status == 0:
@@ -144,6 +158,7 @@ def test_a_warm_pod_captures_the_job_it_is_assigned(
         receiver.server.server_close()
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     assert state.chromium_at_first_poll is True
+    assert state.renderer_at_first_poll is True  # its context's page open before it asks
     assert state.polls == 5  # never again after the 200
     assert state.keys == [f"Bearer {key}"] * 6  # five polls and the outcome
     [upload] = receiver.uploads
