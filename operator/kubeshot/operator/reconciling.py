@@ -257,7 +257,8 @@ class Reconciler:
         self.events.post(JOB, job.body(), "Normal", "Queued", f"waiting under policy {job.policy}")
 
     async def start(self, view: JobView) -> None:
-        """Secret (kept across attempts), status Running, then the attempt's pod."""
+        """Status Running, the Secret (kept across attempts), then the attempt's pod; or a
+        warm pod claimed first, then the status and the Secret (see `warming`)."""
         saying = self._saying.get(view.uid)
         try:
             if saying is not None:
