@@ -12,7 +12,6 @@ import copy
 import json
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Any
 
 import pytest
@@ -147,8 +146,7 @@ def test_the_warm_template_changes_with_what_a_pod_is_built_from() -> None:
 
 
 def test_a_claim_makes_the_job_the_pods_sole_owner_and_counts_its_deadline_from_its_start() -> None:
-    started = datetime.fromisoformat(STARTED.replace("Z", "+00:00")).timestamp()
-    patch = building.claim_warm_pod("4711", STARTED, JOB, 2, 60, started + 12.3)
+    patch = building.claim_warm_pod("4711", 12.3, JOB, 2, 60)
     assert patch == {
         "metadata": {
             "resourceVersion": "4711",

@@ -22,9 +22,9 @@ import logging
 from aiohttp import web
 
 from kubeshot.api import Phase
-from kubeshot.kube import NotFound, controller_uid, names, resource_path
+from kubeshot.kube import NotFound
 from kubeshot.kube.names import jobs_path
-from kubeshot.operator import building, lifecycle
+from kubeshot.operator import building, credentials, lifecycle
 from kubeshot.operator.reconciling import Reconciler
 from kubeshot.operator.views import JobView
 from kubeshot.operator.warming import WarmPod
@@ -138,18 +138,7 @@ def _names(view: JobView, pod: str) -> bool:
 
 async def _request_of(reconciler: Reconciler, job: JobView) -> str | None:
     """The job's request, from its Secret (the job's own), once it exists."""
-    path = resource_path("v1", "secrets", job.namespace, building.secret_name(job_ref(job)))
-    try:
-        secret = await reconciler.client.get(path)
-    except NotFound:
-        return None
-    if controller_uid(secret) != job.uid:
-        return None
-    try:
-        return names.secret_text(secret, building.REQUEST_KEY)
-    except ValueError:
-        return None
-
-
-def job_ref(view: JobView) -> building.JobRef:
-    return building.JobRef(view.name, view.namespace, view.uid)
+    name = building.secret_name(building.JobRef(job.name, job.namespace, job.uid))
+    return await credentials.owned_text(
+        reconciler.client, job.namespace, name, job.uid, building.REQUEST_KEY
+    )

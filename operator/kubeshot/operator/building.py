@@ -13,7 +13,6 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -276,16 +275,12 @@ def build_key_secret(namespace: str, pod: str, pod_uid: str, key: str) -> Manife
     }
 
 
-def claim_warm_pod(
-    version: str, start_time: str, job: JobRef, attempt: int, deadline: int, now: float
-) -> Manifest:
+def claim_warm_pod(version: str, ran: float, job: JobRef, attempt: int, deadline: int) -> Manifest:
     """The merge patch that gives a warm pod to `attempt` of the job: the job becomes its
     controller owner (so the pod's end is the attempt's, as a cold pod's), with the job's
-    labels, and a deadline counted from the pod's start (`start_time`) as the kubelet counts
-    it. The pod's resourceVersion `version` is the precondition: of two claims, the second is
-    refused (409)."""
-    started = datetime.fromisoformat(start_time.replace("Z", "+00:00"))
-    ran = max(0, math.ceil(now - started.timestamp()))
+    labels, and a deadline counted from the pod's start (it has run `ran` seconds) as the
+    kubelet counts it. The pod's resourceVersion `version` is the precondition: of two claims,
+    the second is refused (409)."""
     return {
         "metadata": {
             "resourceVersion": version,
@@ -293,7 +288,7 @@ def claim_warm_pod(
             "labels": {names.JOB_UID: job.uid, names.ATTEMPT: str(attempt)},
             "annotations": {names.JOB_NAME_ANNOTATION: job.name},
         },
-        "spec": {"activeDeadlineSeconds": ran + deadline},
+        "spec": {"activeDeadlineSeconds": max(0, math.ceil(ran)) + deadline},
     }
 
 

@@ -74,6 +74,24 @@ def vouched_token(secret: Manifest, job: building.JobRef, sha256: str | None) ->
     return ""
 
 
+async def owned_text(
+    client: KubeClient, namespace: str, name: str, owner_uid: str, key: str
+) -> str | None:
+    """The text under `key` of the Secret `name` when the object `owner_uid` is its controller
+    (the request Secret of a job, the key of a warm pod); None when it is missing, another's,
+    or not base64 of text (a Secret under that name is anyone's to plant)."""
+    try:
+        secret = await client.get(resource_path("v1", "secrets", namespace, name))
+    except NotFound:
+        return None
+    if controller_uid(secret) != owner_uid:
+        return None
+    try:
+        return secret_text(secret, key)
+    except ValueError:
+        return None
+
+
 async def delete_owned(client: KubeClient, path: str, existing: Manifest) -> None:
     """Delete that very object (its uid), not one made under its name meanwhile."""
     uid = (existing.get("metadata") or {}).get("uid")

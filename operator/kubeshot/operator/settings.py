@@ -138,16 +138,20 @@ class OperatorSettings(BaseSettings):
 
     @property
     def upload_port(self) -> int:
-        parts = urlsplit(self.upload_url)
-        return parts.port or (443 if parts.scheme == "https" else 80)
+        return _port_of(self.upload_url)
 
     def upload_url_for(self, namespace: str, name: str) -> str:
         return f"{self.upload_url}/{namespace}/{name}"
 
     @property
     def assignment_port_of_url(self) -> int:
-        parts = urlsplit(self.assignment_url)
-        return parts.port or (443 if parts.scheme == "https" else 80)
+        """The port warm pods reach the operator on (a Service may map it to assignment_port)."""
+        return _port_of(self.assignment_url)
 
     def assignment_url_for(self, namespace: str, pod: str) -> str:
         return f"{self.assignment_url}/{namespace}/{pod}"
+
+
+def _port_of(url: str) -> int:
+    parts = urlsplit(url)
+    return parts.port or (443 if parts.scheme == "https" else 80)

@@ -19,8 +19,6 @@ restart:
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import hashlib
 import hmac
@@ -38,11 +36,10 @@ from kubeshot.kube import (
     Conflict,
     KubeClient,
     NotFound,
-    controller_uid,
     names,
     resource_path,
 )
-from kubeshot.operator import building, metrics
+from kubeshot.operator import building, credentials, lifecycle, metrics
 from kubeshot.operator.confinement import Confinement
 from kubeshot.operator.policies import Index, Policies
 from kubeshot.operator.settings import OperatorSettings
@@ -109,7 +106,7 @@ class WarmPool:
         self.policies, self.confinement = policies, confinement
         self.index: Index | None = None
         self._taken: set[str] = set()
-        self._made: defaultdict[PodKey, dict[str, float]] = defaultdict(dict)
+        self._made: defaultdict[PolicyKey, dict[str, float]] = defaultdict(dict)
         self._polling: Counter[PodKey] = Counter()
         self._assigned: defaultdict[PodKey, asyncio.Event] = defaultdict(asyncio.Event)
         self._jobs: dict[PodKey, tuple[str, str]] = {}
@@ -156,9 +153,8 @@ class WarmPool:
         """Make the pod the attempt's (see `building.claim_warm_pod`); False when it is gone or
         was changed since the index saw it (the job then takes a cold pod)."""
         assert pod.start_time is not None
-        patch = building.claim_warm_pod(
-            pod.version, pod.start_time, job, attempt, deadline, time.time()
-        )
+        ran = time.time() - lifecycle.parse_time(pod.start_time).timestamp()
+        patch = building.claim_warm_pod(pod.version, ran, job, attempt, deadline)
         try:
             await self.client.merge_patch(_pod_path(pod.namespace, pod.name), patch)
         except (Conflict, NotFound) as exc:
@@ -205,20 +201,13 @@ class WarmPool:
         cached = (pod.namespace, pod.name, pod.uid)
         digest = self._keys.get(cached)
         if digest is None:
-            path = resource_path("v1", "secrets", pod.namespace, building.key_secret_name(pod.name))
-            try:
-                secret = await self.client.get(path)
-            except NotFound:
-                return False
-            if controller_uid(secret) != pod.uid:
-                return False
-            try:
-                key = base64.b64decode((secret.get("data") or {}).get(building.KEY_KEY, ""))
-            except (binascii.Error, ValueError):
-                return False
+            name = building.key_secret_name(pod.name)
+            key = await credentials.owned_text(
+                self.client, pod.namespace, name, pod.uid, building.KEY_KEY
+            )
             if not key:
                 return False
-            digest = self._keys[cached] = hashlib.sha256(key).digest()
+            digest = self._keys[cached] = hashlib.sha256(key.encode()).digest()
         return hmac.compare_digest(digest, hashlib.sha256(presented.encode()).digest())
 
     # ----------------------------------------------------------------------- the pool
