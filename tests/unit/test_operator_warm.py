@@ -419,6 +419,25 @@ async def test_a_job_takes_only_an_idle_started_pod_of_the_current_template_that
     assert refills == [(NS, "default")] * 5  # every take refills the pool
 
 
+async def test_a_pod_planted_to_look_like_a_warm_pod_is_never_given_a_job(
+    api: FakeApi,  # noqa: F811
+    reconciler: Reconciler,  # noqa: F811
+) -> None:
+    # Whoever may create pods can copy a warm pod's labels, annotations and owner reference
+    # (and make its key Secret): the pool claims only pods it made itself, and replaces others.
+    name = await ready_pod(api, reconciler)
+    planted = json.loads(json.dumps(api.objects[f"{PODS}/{name}"]))
+    planted["metadata"].update({"name": "default-warm-planted", "uid": "uid-planted"})
+    api.objects[f"{PODS}/default-warm-planted"] = planted
+    index_pods(reconciler, api)
+    spec = await reconciler.policies.parsed(NS, "default")
+    assert isinstance(spec, ScreenshotPolicySpec)
+    with reconciler.pool.polling(NS, "default-warm-planted"):
+        assert reconciler.pool.take(NS, "default", spec) is None
+    await reconciler.pool.ensure(NS, "default")
+    assert list(warm_pods(api)) == [name]  # the planted one deleted, its own kept
+
+
 # ------------------------------------------------------------------- a job in a warm pod
 
 

@@ -7,6 +7,9 @@ a compare-and-swap on the pod's resourceVersion. A job's status naming the pod i
 the assignment, as for a cold pod; the pod fetches its job's request from the operator
 (`assigning`). Kept beside the index, in this process only, and rebuilt by the watch after a
 restart:
+- `_ours`: the pods this process made. Only those are ever claimed: labels and owner references
+  are anyone's to write, and a pod planted to look like a warm pod would otherwise be given a
+  job's request. A new leader replaces the idle pods it inherits (a few seconds of cold pods);
 - `_taken`: pods this process picked for a claim (the index shows the claim a moment later);
 - `_made`: pods created and not yet in the index (so a refill does not create them twice);
 - `_polling`: the pods asking for a job right now: only those are picked (a pod that does not
@@ -105,6 +108,7 @@ class WarmPool:
         self.client, self.settings = client, settings
         self.policies, self.confinement = policies, confinement
         self.index: Index | None = None
+        self._ours: set[str] = set()
         self._taken: set[str] = set()
         self._made: defaultdict[PolicyKey, dict[str, float]] = defaultdict(dict)
         self._polling: Counter[PodKey] = Counter()
@@ -142,6 +146,7 @@ class WarmPool:
         template = building.warm_template(spec, self.settings)
         for pod in self.pods(namespace, policy):
             ready = pod.idle and pod.template == template and pod.start_time is not None
+            ready = ready and pod.uid in self._ours
             if ready and pod.uid not in self._taken and self._polling[(namespace, pod.name)]:
                 self._taken.add(pod.uid)
                 self.refill(namespace, policy)
@@ -243,11 +248,12 @@ class WarmPool:
             for name, at in list(made.items()):
                 if name in seen or time.monotonic() - at > MADE_SECONDS:
                     del made[name]
-            fresh = [p for p in pods if p.idle and p.template == template]
+            fresh = [p for p in pods if p.idle and p.template == template and p.uid in self._ours]
             fresh.sort(key=lambda p: self._polling[(namespace, p.name)] > 0, reverse=True)
             keep = max(0, want - len(made))
             doomed = [p for p in pods if p.unclaimed and p.ended and not p.deleting]
             doomed += [p for p in pods if p.idle and p.template != template]
+            doomed += [p for p in pods if p.idle and p.uid not in self._ours]  # not made here
             doomed += fresh[keep:]
             for pod in doomed:
                 if pod.uid not in self._taken:
@@ -272,6 +278,7 @@ class WarmPool:
         manifest = building.build_warm_pod(policy, spec, self.settings, name)
         pod = await self.client.create(_pod_path(policy.namespace), manifest)
         made[name] = time.monotonic()
+        self._ours.add(pod["metadata"]["uid"])
         key = secrets.token_urlsafe(32)
         secret = building.build_key_secret(policy.namespace, name, pod["metadata"]["uid"], key)
         try:
@@ -301,6 +308,7 @@ class WarmPool:
         pods = [pod for key in list(self.index or ()) for pod in (self.index or {})[key]]
         live = {pod.uid for pod in pods}
         self._taken &= live
+        self._ours &= live
         for key in [k for k in self._keys if k[2] not in live]:
             del self._keys[key]
         named = {(pod.namespace, pod.name) for pod in pods}
