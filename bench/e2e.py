@@ -57,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo: tests.
 
 from kubeshot.kube import names
 from tests.cluster.operator.conftest import launch_gateway, stop_gateway
-from tests.support import free_port
+from tests.support import controlplane, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 KUBESHOT = Path(sys.executable).parent / "kubeshot"
@@ -84,7 +84,6 @@ def _load(name: str, path: Path) -> Any:
     return module
 
 
-controlplane = _load("controlplane", ROOT / "testenv" / "controlplane.py")
 nodes = _load("testenv_node", ROOT / "testenv" / "node.py")
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import json
 import os
 import secrets
@@ -50,16 +49,10 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo: tests.support
 
-from tests.support import free_port
+from tests.support import controlplane, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 API = "/apis/kubeshot.dev/v1alpha1"
-
-_spec = importlib.util.spec_from_file_location("controlplane", ROOT / "testenv" / "controlplane.py")
-assert _spec is not None and _spec.loader is not None
-controlplane = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = controlplane
-_spec.loader.exec_module(controlplane)
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -15,9 +15,9 @@ import argparse
 import asyncio
 import hashlib
 import os
-import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -28,6 +28,10 @@ from kubeshot.store import ResultStore
 from kubeshot.store.files import FileStore
 from kubeshot.store.s3 import S3Config, S3Store, UploadSigner
 from kubeshot_capture.pod import upload
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo: tests.support
+
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY, SECRET = "bench-access-key-0123", "bench-secret-key-0123456789abcdef"
@@ -83,9 +87,7 @@ def main(count: int, kib: int) -> None:
     for _ in range(count):
         data = os.urandom(kib * 1024)
         artifacts.append((uuid.uuid4().hex, data, hashlib.sha256(data).hexdigest()))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     with tempfile.TemporaryDirectory() as work:
         for sub in ("data/bench", "meta", "files"):
             Path(work, sub).mkdir(parents=True)

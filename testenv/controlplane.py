@@ -29,6 +29,7 @@ import contextlib
 import ctypes
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -74,14 +75,41 @@ def missing_binaries(bin_dir: Path) -> list[str]:
     return [b for b in BINARIES if not os.access(bin_dir / b, os.X_OK)]
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel hands out now; the sockets stay open until all are chosen (no repeats)."""
-    sockets = []
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux's default where /proc says
+    nothing)."""
     try:
-        for _ in range(count):
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct TCP ports nothing listens on now, for processes that must be told theirs.
+
+    Not bind(port 0): the kernel hands those out of its ephemeral range, the same range it takes
+    the local port of every outgoing connection from, so between this call and the server's own
+    bind any process's connection (the API server's to etcd, a kubelet's, a browser's) could
+    take the port, and the server died with "address already in use" (seen in CI). Ports below
+    the range are taken only by a bind that names them: they are drawn at random there (so two
+    callers seldom meet) and each is held bound until all are chosen.
+    """
+    low = _ephemeral_low()
+    pool = range(max(1024, low - 22000), low)
+    sockets: list[socket.socket] = []
+    try:
+        for port in random.sample(pool, len(pool)):
+            if len(sockets) == count:
+                break
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
+            try:
+                s.bind((host, port))
+            except OSError:
+                s.close()
+                continue
             sockets.append(s)
+        if len(sockets) < count:
+            raise OSError(f"fewer than {count} free ports below {low} on {host}")
         return [s.getsockname()[1] for s in sockets]
     finally:
         for s in sockets:

@@ -7,23 +7,36 @@ The Chromium fixture every browser-driving tier uses is `chromium` in tests/conf
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import inspect
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+# testenv/controlplane.py runs as a script of its own (stdlib only); loaded by the name
+# "controlplane", as testenv/node.py (the node tier) imports it.
+_spec = importlib.util.spec_from_file_location(
+    "controlplane", Path(__file__).resolve().parents[1] / "testenv" / "controlplane.py"
+)
+assert _spec is not None
+assert _spec.loader is not None
+controlplane = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = controlplane
+_spec.loader.exec_module(controlplane)
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on at the moment (for a process that must be told its port)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A TCP port nothing listens on at the moment, for a process that must be told its port
+    (controlplane.free_ports says why it is never one the kernel hands out)."""
+    return int(controlplane.free_ports(1, host)[0])
 
 
 def listening(port: int, host: str = "127.0.0.1") -> bool:

@@ -7,10 +7,8 @@ from `make testenv` (testenv/build.sh) or from $KUBESHOT_TESTENV_BIN.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,14 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, need
-
-# Loaded by name "controlplane", as testenv/node.py (the node tier) imports it.
-_spec = importlib.util.spec_from_file_location("controlplane", ROOT / "testenv" / "controlplane.py")
-assert _spec is not None
-assert _spec.loader is not None
-controlplane = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = controlplane
-_spec.loader.exec_module(controlplane)
+from tests.support import controlplane
 
 CRD_DIR = ROOT / "crds"
 KUBESHOT_CRDS = ("kubeshot.dev_screenshotpolicies.yaml", "kubeshot.dev_capturejobs.yaml")
