@@ -223,10 +223,13 @@ async def _warm(driver: Awaitable[Playwright], url: str) -> int:
         async with engine:
             await engine.spares_opened()
             log.info("Chromium started; asking for a job at %s", url)
-            body = await _assignment(url, key, idle)
-            if body is None:
+            assigned = await _assignment(url, key, idle)
+            if assigned is None:
                 log.info("no job in %g s: exiting", idle)
                 return ExitCode.OK
+            body, context = assigned
+            logs.bind(**context)  # the job's fields on every line from here on
+            log.info("assigned a job")
             request = _read_request(lambda: body)
             if isinstance(request, CaptureOutcome):  # unreadable: nothing to capture
                 outcome = request
@@ -249,17 +252,17 @@ def _pod_key() -> str:
         raise CaptureError(FailureReason.INTERNAL, f"pod key unreadable: {exc}") from exc
 
 
-async def _assignment(url: str, key: str, idle: float) -> bytes | None:
-    """The request's JSON the operator assigns to this pod, or None when none came within `idle`
-    seconds. No poll starts after that, but one under way is awaited: the operator may have
-    given it this pod's job."""
+async def _assignment(url: str, key: str, idle: float) -> tuple[bytes, dict[str, str]] | None:
+    """The request's JSON the operator assigns to this pod and the job's log fields, or None
+    when none came within `idle` seconds. No poll starts after that, but one under way is
+    awaited: the operator may have given it this pod's job."""
     deadline = time.monotonic() + idle
     delay = BACKOFF[0]
     while time.monotonic() < deadline:
         # In a thread: the event loop keeps serving Playwright's driver meanwhile.
-        status, body = await asyncio.to_thread(_poll, url, key)
+        status, body, context = await asyncio.to_thread(_poll, url, key)
         if status == 200:
-            return body
+            return body, context
         if status in REFUSED:
             raise CaptureError(FailureReason.INTERNAL, f"assignment refused: HTTP {status}")
         if status == 204:
@@ -270,22 +273,23 @@ async def _assignment(url: str, key: str, idle: float) -> bytes | None:
     return None
 
 
-def _poll(url: str, key: str) -> tuple[int, bytes]:
-    """One GET of the assignment: its status and body; 0 when it got no answer."""
+def _poll(url: str, key: str) -> tuple[int, bytes, dict[str, str]]:
+    """One GET of the assignment: its status, body and log fields; 0 when it got no answer."""
     request = urllib.request.Request(  # noqa: S310 - the operator's URL (^https?://)
         url, headers={"Authorization": f"Bearer {key}"}
     )
     try:
         with _OPENER.open(request, timeout=POLL_TIMEOUT) as response:
-            return int(response.status), response.read()
+            context = logs.parse_context(response.headers.get(logs.CONTEXT_HEADER, ""))
+            return int(response.status), response.read(), context
     except urllib.error.HTTPError as exc:
         exc.close()
         if exc.code not in REFUSED:
             log.warning("asking for a job: HTTP %d", exc.code)
-        return exc.code, b""
+        return exc.code, b"", {}
     except (OSError, http.client.HTTPException) as exc:
         log.warning("asking for a job: %s", exc)
-        return 0, b""
+        return 0, b"", {}
 
 
 def _post_outcome(url: str, key: str, message: str, tries: int = 2, timeout: float = 5.0) -> None:

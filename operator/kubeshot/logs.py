@@ -74,16 +74,23 @@ def context() -> dict[str, str]:
 
 # A process's static context as JSON (a capture pod's, set by the operator in its environment).
 CONTEXT_ENV = "KUBESHOT_LOG_CONTEXT"
+# The same JSON for a warm capture pod, which exists before its job: on its assignment.
+CONTEXT_HEADER = "Kubeshot-Log-Context"
 MAX_CONTEXT_ENV_BYTES = 2048
 
 
 def context_from_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The fields of $KUBESHOT_LOG_CONTEXT; unknown fields, non-strings and bad JSON are dropped
-    (a log line is never worth failing a capture for)."""
-    import json
+    """The fields of $KUBESHOT_LOG_CONTEXT (see `parse_context`)."""
     import os
 
-    raw = (os.environ if environ is None else environ).get(CONTEXT_ENV, "")
+    return parse_context((os.environ if environ is None else environ).get(CONTEXT_ENV, ""))
+
+
+def parse_context(raw: str) -> dict[str, str]:
+    """The context fields of a JSON object; unknown fields, non-strings and bad JSON are dropped
+    (a log line is never worth failing a capture for)."""
+    import json
+
     if not raw or len(raw) > MAX_CONTEXT_ENV_BYTES:
         return {}
     try:

@@ -15,12 +15,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kubeshot import logs
 from kubeshot.api import CaptureOutcome, CaptureRequest, ScreenshotPolicySpec
 from tests.browser.conftest import TestSite
 from tests.browser.test_pod import Receiver, request_for
 from tests.support import Handler, serving
 
 ASSIGNMENT = "/v1/assignments/ns/shots-warm-abcde"
+# The job's log fields, as the operator sends them with the assignment (and one it must drop).
+JOB_CONTEXT = {
+    "job": "ns/shot",
+    "policy": "shots",
+    "request_id": "0123456789abcdef0123456789abcdef",
+    "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+    "key": "not a log field",
+}
 
 
 def chromium_below(pid: int, argument: str = "") -> bool:
@@ -91,7 +100,8 @@ def operator(statuses: list[int], request: str = "") -> Iterator[Operator]:
             if status == 0:
                 self.close_connection = True
             elif status == 200:
-                self.reply(200, state.request.encode(), "application/json")
+                context = {logs.CONTEXT_HEADER: json.dumps(JOB_CONTEXT)}
+                self.reply(200, state.request.encode(), "application/json", context)
             elif status == 204:
                 self.send_response(204)
                 self.end_headers()
@@ -167,6 +177,14 @@ def test_a_warm_pod_captures_the_job_it_is_assigned(
     assert state.content_types == ["application/json"]
     report = CaptureOutcome.model_validate_json(termination).report()
     assert report.bytes == len(upload["body"]) and report.format == "jpeg"
+    # Its lines carry the job's fields from the assignment on (a warm pod exists before it).
+    lines = [json.loads(line) for line in done.stderr.decode().splitlines() if line.startswith("{")]
+    messages = [line["message"] for line in lines]
+    assigned = messages.index("assigned a job")
+    fields = {k: v for k, v in JOB_CONTEXT.items() if k != "key"}
+    assert lines[assigned:] and all(fields.items() <= line.items() for line in lines[assigned:])
+    assert not any("job" in line or "key" in line for line in lines[:assigned]), lines
+    assert assigned > 0  # it said something before: "asking for a job"
 
 
 def test_a_refused_pod_exits_internal_without_a_capture(tmp_path: Path, site: TestSite) -> None:

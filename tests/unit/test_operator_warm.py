@@ -18,6 +18,7 @@ import pytest
 from aiohttp import test_utils, web
 from prometheus_client import REGISTRY
 
+from kubeshot import logs, tracing
 from kubeshot.api import CaptureOptions, ScreenshotPolicySpec
 from kubeshot.kube import ApiError, Conflict, names
 from kubeshot.operator import assigning, building
@@ -646,9 +647,19 @@ async def test_a_pod_is_given_the_request_of_the_running_job_that_names_it(
     request_secret(api, owner="someone-elses")
     assert (await client.get(url, headers=bearer(key))).status == 204  # not the job's own
     text = request_secret(api)
+    request_id = "0123456789abcdef0123456789abcdef"
+    api.objects[f"{JOBS}/shot"]["metadata"]["annotations"] = {
+        tracing.REQUEST_ID_ANNOTATION: request_id
+    }
+    reindex(reconciler, api)
     answer = await client.get(url, headers=bearer(key))
     assert (answer.status, answer.content_type) == (200, "application/json")
     assert await answer.text() == text
+    # The job's log fields for the pod's lines (a warm pod is made before its job).
+    context = json.loads(answer.headers[logs.CONTEXT_HEADER])
+    assert context == {"job": f"{NS}/shot", "policy": "default", "request_id": request_id} | {
+        k: context[k] for k in logs.TRACE_FIELDS if k in context
+    }
     api.objects[f"{JOBS}/shot"]["status"]["phase"] = "Succeeded"  # done: never given again
     reindex(reconciler, api)
     assert (await client.get(url, headers=bearer(key))).status == 204

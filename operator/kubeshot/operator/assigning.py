@@ -1,7 +1,8 @@
 """The assignment endpoint: a warm capture pod asks here for its one job (docs/operator.md
 "Warm capture pods"). Nothing connects to a capture pod; it asks, with the key of its Secret.
 
-    GET  /v1/assignments/{namespace}/{pod}          200 the job's request · 204 none yet (25 s)
+    GET  /v1/assignments/{namespace}/{pod}          200 the job's request (its log fields in
+         the Kubeshot-Log-Context header) · 204 none yet (25 s)
          401 without the pod's key, 404 for a pod that is no warm pod of ours
     POST /v1/assignments/{namespace}/{pod}/outcome  204 recorded · 409 no job names the pod
          401 without the warm pod's key or the token of the job that names the pod (any pod,
@@ -17,15 +18,17 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import json
 import logging
 
 from aiohttp import web
 
+from kubeshot import logs
 from kubeshot.api import Phase
 from kubeshot.kube import NotFound
 from kubeshot.kube.names import jobs_path
 from kubeshot.operator import building, credentials, lifecycle
-from kubeshot.operator.reconciling import Reconciler
+from kubeshot.operator.reconciling import Reconciler, pod_log_context
 from kubeshot.operator.views import JobView
 from kubeshot.operator.warming import WarmPod
 
@@ -52,11 +55,15 @@ async def _assignment(request: web.Request) -> web.Response:
         while True:
             job = await _job_naming(reconciler, pod.namespace, pod.name)
             text = await _request_of(reconciler, job) if job is not None else None
-            if text is not None:
-                log.info(
-                    "warm pod %s/%s given job %s", pod.namespace, pod.name, job.name if job else ""
+            if text is not None and job is not None:
+                # The job's log fields, for the pod's lines from now on (docs/observability.md).
+                context = pod_log_context(job, "assign warm pod")
+                log.info("warm pod %s/%s given job %s", pod.namespace, pod.name, job.name)
+                return web.Response(
+                    text=text,
+                    content_type="application/json",
+                    headers={logs.CONTEXT_HEADER: json.dumps(context, sort_keys=True)},
                 )
-                return web.Response(text=text, content_type="application/json")
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 return web.Response(status=204)

@@ -667,6 +667,14 @@ def _job_scope(view: JobView) -> contextlib.AbstractContextManager[None]:
     )
 
 
+def pod_log_context(view: JobView, span: str) -> dict[str, str]:
+    """What the job's capture pod puts on its log lines: the job's fields and the ids of a span
+    `span` of the job's trace (a cold pod's in its environment, a warm pod's on its assignment:
+    it exists before its job). Nothing secret: the pod's environment is no secret."""
+    with _job_scope(view), _traced(span, view):
+        return logs.context()
+
+
 def _traced(name: str, view: JobView) -> contextlib.AbstractContextManager[object]:
     """A span of the job's trace: a child of the gateway's span its traceparent annotation names
     (validated), else the root of a trace of its own."""

@@ -145,6 +145,11 @@ def test_a_job_runs_in_the_warm_pod_that_asked_for_it_and_the_pool_refills(
     assert uploads.tokens[path] == job["status"]["uploadTokenSha256"]
     assert job["status"]["result"]["title"] == "warm"
     assert kubelet.finish(warm) == 0, warm.output.read_text()[-3000:]
+    # Its lines carry the job's fields from its assignment on: the operator sent them with it.
+    lines = [json.loads(x) for x in warm.output.read_text().splitlines() if x.startswith("{")]
+    [assigned] = [line for line in lines if line.get("message") == "assigned a job"]
+    assert assigned["job"] == f"{cluster.namespace}/hot", assigned
+    assert assigned["policy"] == "default", assigned
     wait_for(lambda: cluster.get("pods", name) is None, what="the used warm pod removed")
     # Never reused; the pool has a fresh pod in its place.
     one_idle_pod(cluster, other_than=frozenset({name}))
