@@ -37,7 +37,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -57,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo: tests.
 
 from kubeshot.kube import names
 from tests.cluster.operator.conftest import launch_gateway, stop_gateway
-from tests.support import controlplane, free_port
+from tests.support import controlplane, free_port, metric_value
 
 ROOT = Path(__file__).resolve().parents[1]
 KUBESHOT = Path(sys.executable).parent / "kubeshot"
@@ -241,8 +240,7 @@ def asking(metrics_port: int, size: int, timeout: float = 300) -> None:
     while time.monotonic() < deadline:
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as answer:
             text = answer.read().decode()
-        found = re.search(r"^kubeshot_operator_warm_pods_asking (\S+)$", text, re.MULTILINE)
-        if found and float(found.group(1)) >= size:
+        if metric_value(text, "kubeshot_operator_warm_pods_asking") >= size:
             return
         time.sleep(0.1)
     raise TimeoutError(f"fewer than {size} warm pods asking after {timeout} s")

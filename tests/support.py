@@ -1,4 +1,5 @@
-"""One of each piece of plumbing the tiers share: a free port, polling until something holds, and
+"""One of each piece of plumbing the tiers share: a free port, polling until something holds, a
+metric's value, and
 a threaded HTTP server for test pages (hack/gallery.py serves its pages with it too).
 
 The Chromium fixture every browser-driving tier uses is `chromium` in tests/conftest.py.
@@ -37,6 +38,18 @@ def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nothing listens on at the moment, for a process that must be told its port
     (controlplane.free_ports says why it is never one the kernel hands out)."""
     return int(controlplane.free_ports(1, host)[0])
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The value of the first sample `name` carrying `labels` in a Prometheus exposition (0 when
+    there is none)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                return float(sample.value)
+    return 0.0
 
 
 def listening(port: int, host: str = "127.0.0.1") -> bool:

@@ -427,19 +427,6 @@ def zombie_children() -> list[tuple[int, str]]:
     return found
 
 
-def metric_value(text: str, name: str, **labels: str) -> float:
-    """The value of one sample of a Prometheus exposition (0 when absent)."""
-    for line in text.splitlines():
-        if line.startswith("#") or not line.startswith(name):
-            continue
-        sample, _, value = line.rpartition(" ")
-        if sample.split("{")[0] != name:
-            continue
-        if all(f'{k}="{v}"' in sample for k, v in labels.items()):
-            return float(value)
-    return 0.0
-
-
 REDIS_PASSWORD = "redis-test-password-0123456789abcdef"
 
 

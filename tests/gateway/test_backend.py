@@ -17,12 +17,11 @@ from tests.gateway.conftest import (
     Gateway,
     Pages,
     base_settings,
-    metric_value,
     start_gateway,
     tagged_processes,
     zombie_children,
 )
-from tests.support import wait_until
+from tests.support import metric_value, wait_until
 
 
 async def _capture(

@@ -16,9 +16,9 @@ from pydantic import ValidationError
 from kubeshot import __version__
 from kubeshot.gateway import Settings
 from tests.conftest import need
-from tests.gateway.conftest import Gateway, Pages, metric_value, wait_ready
+from tests.gateway.conftest import Gateway, Pages, wait_ready
 from tests.gateway.test_cli import _serve, _stop
-from tests.support import free_port, wait_until
+from tests.support import free_port, metric_value, wait_until
 
 SLOW_SECONDS = 15  # the first capture's page takes this long to arrive; the second waits for it
 WAIT, CAPTURE = "kubeshot_queue_wait_seconds", "kubeshot_capture_duration_seconds"

@@ -8,7 +8,8 @@ import json
 from aiohttp import ClientSession
 
 from kubeshot.gateway.openapi import CHECKED_IN, openapi_document, openapi_text
-from tests.gateway.conftest import Gateway, metric_value
+from tests.gateway.conftest import Gateway
+from tests.support import metric_value
 
 
 async def test_health_and_readiness(gateway: Gateway, session: ClientSession):

@@ -56,7 +56,8 @@ async def _assignment(request: web.Request) -> web.Response:
             job = await _job_naming(reconciler, pod.namespace, pod.name)
             text = await _request_of(reconciler, job) if job is not None else None
             if text is not None and job is not None:
-                # The job's log fields, for the pod's lines from now on (docs/observability.md).
+                # The job's log fields, for the pod's lines from now on (docs/operator.md, "Tracing
+                # and logs").
                 context = pod_log_context(job, "assign warm pod")
                 log.info("warm pod %s/%s given job %s", pod.namespace, pod.name, job.name)
                 return web.Response(

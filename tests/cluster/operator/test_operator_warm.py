@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import threading
 import urllib.error
 import urllib.request
@@ -16,7 +15,7 @@ from typing import Any
 
 from tests.cluster.operator.conftest import Cluster, FakeKubelet, Operator, Uploads
 from tests.cluster.operator.test_operator_capture import capture_job
-from tests.support import free_port, wait_for
+from tests.support import free_port, metric_value, wait_for
 
 WARM = "kubeshot.dev/warm"
 
@@ -54,8 +53,7 @@ def one_idle_pod(cluster: Cluster, other_than: frozenset[str] = frozenset()) -> 
 
 
 def asking(operator: Operator) -> float:
-    found = re.search(r"^kubeshot_operator_warm_pods_asking (\S+)$", operator.metrics(), re.M)
-    return float(found.group(1)) if found else 0.0
+    return metric_value(operator.metrics(), "kubeshot_operator_warm_pods_asking")
 
 
 def pod_key(cluster: Cluster, pod: str) -> str:
